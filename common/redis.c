@@ -1,0 +1,313 @@
+/* redis.c - URL parsing, connect with timeout, argv building, scripts. */
+#include "common/redis.h"
+#include "common/xmalloc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cm_redis_url_parse(const char *url, cm_redis_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url || !*url) {
+        snprintf(err, errlen, "REDIS_URL is empty");
+        return -1;
+    }
+    if (!strncmp(url, "unix:", 5)) {
+        const char *p = url + 5;
+        if (!strncmp(p, "//", 2))
+            p += 2;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == 0 || n >= sizeof out->path || p[0] != '/') {
+            snprintf(err, errlen, "REDIS_URL %s: expected unix:/absolute/path[?db=N]", url);
+            return -1;
+        }
+        memcpy(out->path, p, n);
+        if (q) {
+            char *end;
+            if (strncmp(q, "?db=", 4) != 0 || (out->db = (int)strtol(q + 4, &end, 10)) < 0 || *end ||
+                end == q + 4) {
+                snprintf(err, errlen, "REDIS_URL %s: the only query allowed is ?db=N", url);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "REDIS_URL %s: expected redis://host:port/db or unix:/path", url);
+        return -1;
+    }
+    const char *p = url + 8;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *cred = p;
+        const char *colon = memchr(cred, ':', (size_t)(at - cred));
+        const char *pw = colon ? colon + 1 : cred;
+        size_t n = (size_t)(at - pw);
+        if (n >= sizeof out->password) {
+            snprintf(err, errlen, "REDIS_URL: password too long");
+            return -1;
+        }
+        memcpy(out->password, pw, n);
+        p = at + 1;
+    }
+    const char *slash = strchr(p, '/');
+    const char *hend = slash ? slash : p + strlen(p);
+    const char *colon = NULL;
+    if (*p == '[') {   /* [ipv6]:port */
+        const char *rb = memchr(p, ']', (size_t)(hend - p));
+        if (!rb) {
+            snprintf(err, errlen, "REDIS_URL %s: unterminated [ipv6] host", url);
+            return -1;
+        }
+        if ((size_t)(rb - p - 1) >= sizeof out->host) goto bad_host;
+        memcpy(out->host, p + 1, (size_t)(rb - p - 1));
+        colon = rb + 1 < hend && rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(hend - p));
+        const char *he = colon ? colon : hend;
+        if (he == p || (size_t)(he - p) >= sizeof out->host) goto bad_host;
+        memcpy(out->host, p, (size_t)(he - p));
+    }
+    if (colon) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (end != hend || port < 1 || port > 65535) {
+            snprintf(err, errlen, "REDIS_URL %s: port must be 1..65535", url);
+            return -1;
+        }
+        out->port = (int)port;
+    }
+    if (slash && slash[1]) {
+        char *end;
+        long db = strtol(slash + 1, &end, 10);
+        if (*end || db < 0 || db > 65535) {
+            snprintf(err, errlen, "REDIS_URL %s: db must be a number", url);
+            return -1;
+        }
+        out->db = (int)db;
+    }
+    return 0;
+bad_host:
+    snprintf(err, errlen, "REDIS_URL %s: missing or too long host", url);
+    return -1;
+}
+
+bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen)
+{
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", c && c->errstr[0] ? c->errstr : "no reply");
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
+        freeReplyObject(r);
+        return true;
+    }
+    return false;
+}
+
+redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    cm_redis_url u;
+    if (cm_redis_url_parse(url, &u, err, errlen) != 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    redisContext *c = u.path[0] ? redisConnectUnixWithTimeout(u.path, tv)
+                                : redisConnectWithTimeout(u.host, u.port, tv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "cannot connect to Redis at %s: %s", url, c ? c->errstr : "out of memory");
+        redisFree(c);
+        return NULL;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(err, errlen, "cannot set Redis timeout: %s", c->errstr);
+        redisFree(c);
+        return NULL;
+    }
+    if (u.password[0]) {
+        redisReply *r = redisCommand(c, "AUTH %s", u.password);
+        if (cm_reply_failed(c, r, err, errlen)) {
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
+    if (u.db) {
+        redisReply *r = redisCommand(c, "SELECT %d", u.db);
+        if (cm_reply_failed(c, r, err, errlen)) {
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
+    return c;
+}
+
+void cm_argv_add(cm_argv *a, const char *s, size_t n)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 16;
+        a->v = cm_xrealloc(a->v, sizeof *a->v * (size_t)a->cap);
+        a->len = cm_xrealloc(a->len, sizeof *a->len * (size_t)a->cap);
+    }
+    a->v[a->n] = cm_xstrndup(s, n);
+    a->len[a->n] = n;
+    a->n++;
+}
+
+void cm_argv_adds(cm_argv *a, const char *s)
+{
+    cm_argv_add(a, s, strlen(s));
+}
+
+void cm_argv_addf(cm_argv *a, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n < sizeof buf) {
+        cm_argv_add(a, buf, (size_t)n);
+        return;
+    }
+    char *big = cm_xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    cm_argv_add(a, big, (size_t)n);
+    free(big);
+}
+
+void cm_argv_addll(cm_argv *a, long long v)
+{
+    cm_argv_addf(a, "%lld", v);
+}
+
+void cm_argv_reset(cm_argv *a)
+{
+    for (int i = 0; i < a->n; i++)
+        free(a->v[i]);
+    a->n = 0;
+}
+
+void cm_argv_free(cm_argv *a)
+{
+    cm_argv_reset(a);
+    free(a->v);
+    free(a->len);
+    a->v = NULL;
+    a->len = NULL;
+    a->cap = 0;
+}
+
+int cm_script_load(redisContext *c, cm_script *s, char *err, size_t errlen)
+{
+    redisReply *r = redisCommand(c, "SCRIPT LOAD %s", s->src);
+    if (cm_reply_failed(c, r, err, errlen))
+        return -1;
+    if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        snprintf(err, errlen, "redis: unexpected SCRIPT LOAD reply");
+        freeReplyObject(r);
+        return -1;
+    }
+    memcpy(s->sha, r->str, 40);
+    s->sha[40] = '\0';
+    freeReplyObject(r);
+    return 0;
+}
+
+/* Builds EVALSHA/EVAL sha|src numkeys a... into a temporary argv view. */
+static void append_call(redisContext *c, cm_script *s, bool by_src, int numkeys, const cm_argv *a)
+{
+    enum { STACK = 64 };
+    const char *sv[STACK];
+    size_t sl[STACK];
+    int argc = a->n + 3;
+    const char **v = argc <= STACK ? sv : cm_xmalloc(sizeof *v * (size_t)argc);
+    size_t *l = argc <= STACK ? sl : cm_xmalloc(sizeof *l * (size_t)argc);
+    char nk[16];
+    snprintf(nk, sizeof nk, "%d", numkeys);
+    v[0] = by_src ? "EVAL" : "EVALSHA";
+    l[0] = strlen(v[0]);
+    v[1] = by_src ? s->src : s->sha;
+    l[1] = strlen(v[1]);
+    v[2] = nk;
+    l[2] = strlen(nk);
+    for (int i = 0; i < a->n; i++) {
+        v[i + 3] = a->v[i];
+        l[i + 3] = a->len[i];
+    }
+    redisAppendCommandArgv(c, argc, v, l);
+    if (v != sv) {
+        free(v);
+        free(l);
+    }
+}
+
+void cm_script_append(redisContext *c, cm_script *s, int numkeys, const cm_argv *a)
+{
+    /* EVAL by source also caches the script again under the same SHA. */
+    append_call(c, s, s->stale || !s->sha[0], numkeys, a);
+    s->stale = false;
+}
+
+static bool is_noscript(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8);
+}
+
+redisReply *cm_script_reply(redisContext *c, cm_script *s)
+{
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)
+        return NULL;
+    if (is_noscript(r))
+        s->stale = true;
+    return r;
+}
+
+redisReply *cm_script_call(redisContext *c, cm_script *s, int numkeys, const cm_argv *a)
+{
+    cm_script_append(c, s, numkeys, a);
+    redisReply *r = cm_script_reply(c, s);
+    if (is_noscript(r)) {
+        freeReplyObject(r);
+        cm_script_append(c, s, numkeys, a);
+        r = cm_script_reply(c, s);
+    }
+    return r;
+}
+
+const redisReply *cm_reply_elem(const redisReply *r, size_t i)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements)
+        return NULL;
+    return r->element[i];
+}
+
+bool cm_reply_is_str(const redisReply *r)
+{
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
+}
+
+long long cm_reply_ll(const redisReply *r, long long dflt)
+{
+    if (!r)
+        return dflt;
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer;
+    if (r->type == REDIS_REPLY_STRING) {
+        char *end;
+        long long v = strtoll(r->str, &end, 10);
+        if (end != r->str && !*end)
+            return v;
+    }
+    return dflt;
+}

@@ -1,0 +1,79 @@
+/* redis.h - Redis connection helpers over hiredis 0.14 (RESP2, sync API).
+ *
+ * REDIS_URL forms: redis://[:password@]host[:port][/db] and
+ * unix:/path/to/sock[?db=N] (also unix:///path). */
+#ifndef CM_REDIS_H
+#define CM_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cm_redis_url {
+    char host[256];      /* empty for unix sockets */
+    int port;
+    char path[256];      /* unix socket path, empty for TCP */
+    char password[256];  /* empty when none */
+    int db;
+} cm_redis_url;
+
+/* Parses url into out. Returns 0, or -1 with the reason in err. */
+int cm_redis_url_parse(const char *url, cm_redis_url *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Connects with a connect and command timeout of timeout_ms, authenticates and
+ * selects the db. Returns a context the caller frees with redisFree, or NULL
+ * with the reason (naming the address) in err. */
+redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen);
+
+/* Frees r (NULL ok). Returns true if r is NULL or an error reply, copying the
+ * message (or the context's errstr) into err; false for a good reply, which the
+ * caller still owns. Use as: if (cm_reply_failed(c, r, err, len)) goto fail; */
+bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen);
+
+/* An argument vector for redisCommandArgv / redisAppendCommandArgv.
+ * Arguments are copied; cm_argv_free releases them. */
+typedef struct cm_argv {
+    char **v;
+    size_t *len;
+    int n, cap;
+} cm_argv;
+
+void cm_argv_add(cm_argv *a, const char *s, size_t n);
+void cm_argv_adds(cm_argv *a, const char *s);
+void cm_argv_addf(cm_argv *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cm_argv_addll(cm_argv *a, long long v);
+void cm_argv_reset(cm_argv *a);   /* n = 0, keeps capacity */
+void cm_argv_free(cm_argv *a);
+
+/* A Lua script embedded at build time, loaded once and called by SHA. */
+typedef struct cm_script {
+    const char *src;  /* borrowed, static */
+    char sha[41];     /* filled by cm_script_load; empty until then */
+    bool stale;       /* Redis said NOSCRIPT: next call sends the source */
+} cm_script;
+
+/* SCRIPT LOADs s on c. Returns 0 or -1 with err. */
+int cm_script_load(redisContext *c, cm_script *s, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* EVALSHA with argv = [keys..., args...] (numkeys first keys of a). Reloads the
+ * script once on NOSCRIPT (Redis restarted and lost its cache). Returns the
+ * reply (caller frees; may be an error reply) or NULL on I/O error. */
+redisReply *cm_script_call(redisContext *c, cm_script *s, int numkeys, const cm_argv *a);
+
+/* Appends the EVALSHA to c's output buffer without waiting (pipelining);
+ * read with cm_script_reply. */
+void cm_script_append(redisContext *c, cm_script *s, int numkeys, const cm_argv *a);
+/* Reads the reply of one appended call (caller frees; NULL on I/O error). A
+ * NOSCRIPT error is returned as is (treat it as transient and retry): the
+ * script is marked stale so the next append sends its source, re-caching it. */
+redisReply *cm_script_reply(redisContext *c, cm_script *s);
+
+/* Small reply accessors that never crash on a foreign shape. */
+const redisReply *cm_reply_elem(const redisReply *r, size_t i);   /* NULL if absent */
+bool cm_reply_is_str(const redisReply *r);                        /* STRING or STATUS */
+long long cm_reply_ll(const redisReply *r, long long dflt);        /* INTEGER or numeric string */
+
+#endif

@@ -1,0 +1,155 @@
+/* append.c - the store object and atomic, idempotent appends. */
+#include "event_store/store_int.h"
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/names.h"
+#include "common/xmalloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char es_lua_append[];
+
+es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errlen)
+{
+    es_store *s = cm_xcalloc(1, sizeof *s);
+    s->c = c;
+    s->bus = cm_xstrdup(bus && *bus ? bus : CM_BUS_STREAM_DEFAULT);
+    s->append.src = es_lua_append;
+    if (cm_script_load(c, &s->append, err, errlen) != 0) {
+        es_store_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void es_store_free(es_store *s)
+{
+    if (!s)
+        return;
+    free(s->bus);
+    free(s);
+}
+
+const char *es_store_bus(const es_store *s)
+{
+    return s->bus;
+}
+
+redisContext *es_store_redis(const es_store *s)
+{
+    return s->c;
+}
+
+const char *es_store_errstr(const es_store *s)
+{
+    return s->err;
+}
+
+void es_history_key(const char *aggregate, const char *aggregate_id, char *out, size_t outlen)
+{
+    snprintf(out, outlen, CM_KEY_PREFIX "h:%s:%s", aggregate, aggregate_id);
+}
+
+void es_append_keys(const es_store *s, const char *aggregate, const char *aggregate_id, cm_argv *keys)
+{
+    char k[512];
+    es_history_key(aggregate, aggregate_id, k, sizeof k);
+    cm_argv_adds(keys, k);
+    cm_argv_adds(keys, s->bus);
+}
+
+int es_append_args(const es_append_req *req, cm_argv *args)
+{
+    if (!req->aggregate || !req->aggregate_id || !req->producer || req->n < 1 || req->n > ES_MAX_BATCH)
+        return ES_EINVAL;
+    cm_argv_addll(args, req->expected_version < 0 ? -1 : req->expected_version);
+    cm_argv_addll(args, (long long)req->n);
+    es_encoded enc = {0};
+    for (size_t i = 0; i < req->n; i++) {
+        const es_new_event *ev = &req->events[i];
+        if (!ev->type || (ev->event_id && !cm_uuid_valid(ev->event_id))) {
+            es_encoded_free(&enc);
+            return ES_EINVAL;
+        }
+        es_encode(ev, req->aggregate, req->aggregate_id, req->correlation_id, req->producer, &enc);
+        cm_argv_adds(args, enc.event_id);
+        cm_argv_adds(args, ev->type);
+        cm_argv_adds(args, enc.ts);
+        cm_argv_add(args, enc.head.data, enc.head.len);
+        cm_argv_add(args, enc.tail.data, enc.tail.len);
+    }
+    es_encoded_free(&enc);
+    return ES_OK;
+}
+
+int es_append_parse(const redisReply *r, size_t n, es_append_res *res, char *err, size_t errlen)
+{
+    memset(res, 0, sizeof *res);
+    const redisReply *st = cm_reply_elem(r, 0);
+    if (!cm_reply_is_str(st) || r->elements < 2) {
+        snprintf(err, errlen, "unexpected append reply");
+        return ES_EREDIS;
+    }
+    res->version = cm_reply_ll(r->element[1], -1);
+    if (!strcmp(st->str, "conflict")) {
+        snprintf(err, errlen, "expected version conflict (current version %lld)", (long long)res->version);
+        return ES_ECONFLICT;
+    }
+    if (strcmp(st->str, "ok") != 0 && strcmp(st->str, "dup") != 0) {
+        snprintf(err, errlen, "unexpected append status %s", st->str);
+        return ES_EREDIS;
+    }
+    res->duplicate = st->str[0] == 'd';
+    if (r->elements < 2 + 2 * n || n > ES_MAX_BATCH) {
+        snprintf(err, errlen, "short append reply");
+        return ES_EREDIS;
+    }
+    for (size_t i = 0; i < n; i++) {
+        res->pos[i].seq = cm_reply_ll(r->element[2 + 2 * i], 0);
+        const redisReply *id = r->element[3 + 2 * i];
+        if (cm_reply_is_str(id))
+            snprintf(res->pos[i].entry_id, sizeof res->pos[i].entry_id, "%s", id->str);
+    }
+    return ES_OK;
+}
+
+int es_append(es_store *s, const es_append_req *req, es_append_res *res)
+{
+    cm_argv a = {0};
+    es_append_keys(s, req->aggregate, req->aggregate_id, &a);
+    if (es_append_args(req, &a) != ES_OK) {
+        snprintf(s->err, sizeof s->err, "invalid append request");
+        cm_argv_free(&a);
+        return ES_EINVAL;
+    }
+    redisReply *r = cm_script_call(s->c, &s->append, 2, &a);
+    int rc;
+    if (cm_reply_failed(s->c, r, s->err, sizeof s->err)) {
+        rc = ES_EREDIS;
+    } else {
+        rc = es_append_parse(r, req->n, res, s->err, sizeof s->err);
+        freeReplyObject(r);
+    }
+    if (rc == ES_OK) {
+        /* event ids are args 4, 9, 14, ... (after 2 keys, expected and n) */
+        for (size_t i = 0; i < req->n; i++)
+            snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", a.v[4 + 5 * i]);
+    }
+    cm_argv_free(&a);
+    return rc;
+}
+
+long long es_retention_trim(es_store *s, int64_t days)
+{
+    if (days <= 0)
+        return 0;
+    int64_t cutoff = cm_wall_ms() - days * 86400000LL;
+    redisReply *r = redisCommand(s->c, "XTRIM %s MINID ~ %lld-0", s->bus, (long long)cutoff);
+    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+        return ES_EREDIS;
+    long long n = cm_reply_ll(r, 0);
+    freeReplyObject(r);
+    return n;
+}
