@@ -1,0 +1,81 @@
+/* wk.h - the worker runtime: one consumer group, a table of handlers.
+ *
+ * A worker is a wk_def: a table {event type -> handler} plus optional batch
+ * handler, settings, init/fini and a periodic tick. The runner (runner.c)
+ * alone touches XREADGROUP/XACK/XCLAIM/XAUTOCLAIM: it reads batches, calls the
+ * handlers, acknowledges an entry only after its handler returned WK_ACK (the
+ * handler's effects are then durable in Redis), retries WK_RETRY with
+ * exponential backoff and jitter, takes over entries idle longer than
+ * CLAIM_IDLE_MS from dead consumers, and parks an entry in the group's
+ * dead-letter stream after MAX_DELIVERIES attempts, on WK_DEAD, or at once
+ * when it cannot be decoded.
+ *
+ * Handlers must be idempotent: delivery is at-least-once. */
+#ifndef WK_H
+#define WK_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/config.h"
+#include "common/names.h"
+#include "event_store/event.h"
+#include "event_store/store.h"
+
+typedef enum wk_result {
+    WK_ACK = 0,    /* done (effects durable): acknowledge */
+    WK_RETRY = 1,  /* transient failure: leave pending, retry with backoff */
+    WK_DEAD = 2,   /* will never succeed: park in the dead-letter stream */
+} wk_result;
+
+typedef struct wk_ctx wk_ctx;
+
+/* Accessors valid inside handlers, tick, init and fini. */
+redisContext *wk_redis(wk_ctx *ctx);      /* the worker's connection (sync hiredis) */
+es_store *wk_store(wk_ctx *ctx);          /* event store on that connection */
+const char *wk_consumer(const wk_ctx *ctx);
+const char *wk_group(const wk_ctx *ctx);
+void *wk_state(wk_ctx *ctx);              /* what init stored */
+/* Records why the current event failed (shown in logs and the dead letter). */
+void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Keeps the in-flight batch's entries fresh (XCLAIM JUSTID) so a long handler
+ * is never mistaken for a dead consumer; call it during long work. */
+void wk_touch(wk_ctx *ctx);
+/* True once SIGTERM/SIGINT arrived: long handlers should finish quickly. */
+bool wk_stopping(const wk_ctx *ctx);
+
+typedef wk_result (*wk_handler_fn)(wk_ctx *ctx, const es_event *ev);
+
+typedef struct wk_handler {
+    enum cm_event_type type;
+    wk_handler_fn fn;
+} wk_handler;
+
+typedef struct wk_def {
+    enum cm_worker id;                 /* names and group from common/names.h */
+    const wk_handler *handlers;        /* rows for the types it handles ... */
+    size_t nhandlers;
+    /* ... or, instead, a batch handler that receives every decoded event of a
+     * batch (in stream order) and sets results[i] for each. */
+    void (*batch)(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *results);
+    const cm_opt *opts;                /* worker settings (NULL-name terminated) or NULL */
+    int (*init)(wk_ctx *ctx, char *err, size_t errlen);  /* may call wk_set_state */
+    void (*fini)(wk_ctx *ctx);
+    void (*tick)(wk_ctx *ctx);         /* periodic work, every tick_ms */
+    int tick_ms;
+} wk_def;
+
+void wk_set_state(wk_ctx *ctx, void *state);
+
+/* The six workers, and a test worker whose handler can be told to fail, hang
+ * or crash (tests only; see workers/test_worker.c). */
+extern const wk_def wk_stock_reservation, wk_order_creation, wk_stock_compensation, wk_notification,
+    wk_audit, wk_cqrs_projection, wk_test_worker;
+
+/* Runs def until SIGTERM/SIGINT: reads settings (env, then argv flags),
+ * connects, creates the group, serves /metrics and /health, loops. Returns the
+ * process exit code (0 after a clean drain). */
+int wk_run(const wk_def *def, int argc, char **argv);
+
+#endif
