@@ -60,19 +60,40 @@ void es_append_keys(const es_store *s, const char *aggregate, const char *aggreg
     cm_argv_adds(keys, s->bus);
 }
 
+/* True if s is a non-empty string of at most max bytes. */
+static bool str_ok(const char *s, size_t max)
+{
+    return s && *s && strlen(s) <= max;
+}
+
+/* True if req would store only events that es_event_decode accepts back (an
+ * undecodable event would make the aggregate's history unreadable), with a
+ * history key that fits es_append_keys' buffer. */
+static bool req_valid(const es_append_req *req)
+{
+    if (!str_ok(req->aggregate, 64) || !str_ok(req->aggregate_id, 256) || !str_ok(req->producer, 256) ||
+        (req->correlation_id && !str_ok(req->correlation_id, 256)) || req->n < 1 || req->n > ES_MAX_BATCH ||
+        !req->events)
+        return false;
+    for (size_t i = 0; i < req->n; i++) {
+        const es_new_event *ev = &req->events[i];
+        if (!ev->type || !cm_id_valid(ev->type, strlen(ev->type), 64) ||
+            (ev->event_id && !cm_uuid_valid(ev->event_id)) ||
+            (ev->causation_id && !str_ok(ev->causation_id, 256)) || (ev->data && !json_is_object(ev->data)))
+            return false;
+    }
+    return true;
+}
+
 int es_append_args(const es_append_req *req, cm_argv *args)
 {
-    if (!req->aggregate || !req->aggregate_id || !req->producer || req->n < 1 || req->n > ES_MAX_BATCH)
+    if (!req_valid(req))
         return ES_EINVAL;
     cm_argv_addll(args, req->expected_version < 0 ? -1 : req->expected_version);
     cm_argv_addll(args, (long long)req->n);
     es_encoded enc = {0};
     for (size_t i = 0; i < req->n; i++) {
         const es_new_event *ev = &req->events[i];
-        if (!ev->type || (ev->event_id && !cm_uuid_valid(ev->event_id))) {
-            es_encoded_free(&enc);
-            return ES_EINVAL;
-        }
         es_encode(ev, req->aggregate, req->aggregate_id, req->correlation_id, req->producer, &enc);
         cm_argv_adds(args, enc.event_id);
         cm_argv_adds(args, ev->type);
@@ -146,7 +167,7 @@ long long es_retention_trim(es_store *s, int64_t days)
     if (days <= 0)
         return 0;
     int64_t cutoff = cm_wall_ms() - days * 86400000LL;
-    redisReply *r = redisCommand(s->c, "XTRIM %s MINID ~ %lld-0", s->bus, (long long)cutoff);
+    redisReply *r = redisCommand(s->c, "XTRIM %s MINID %lld-0", s->bus, (long long)cutoff);
     if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
         return ES_EREDIS;
     long long n = cm_reply_ll(r, 0);

@@ -29,6 +29,44 @@ void es_event_free(es_event *ev)
     free(ev);
 }
 
+/* True if s[0..n) is a non-negative JSON number ("1691234567.89", "12",
+ * "1.5e3"): the ts field is embedded as is in JSON answers, so anything
+ * strtod alone would take (" 5", ".5", "0x10", a NUL inside) is refused. */
+static bool ts_valid(const char *s, size_t n)
+{
+    size_t i = 0;
+    if (i < n && s[i] == '0')
+        i++;
+    else if (i < n && s[i] >= '1' && s[i] <= '9')
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+    else
+        return false;
+    if (i < n && s[i] == '.') {
+        size_t d = ++i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == d)
+            return false;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        size_t d = i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == d)
+            return false;
+    }
+    char tmp[64];
+    if (i != n || n >= sizeof tmp)
+        return false;
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    return isfinite(strtod(tmp, NULL));
+}
+
 /* Copies the string member key of o into *dst; required members must be
  * non-empty strings. Returns 0 or -1 with err. */
 static int take_str(json_t *o, const char *key, bool required, char **dst, char *err, size_t errlen)
@@ -65,9 +103,7 @@ int es_event_decode(const char *entry_id, const char *type, size_t type_len, con
         snprintf(err, errlen, "entry %s: empty or binary type field", ev->entry_id);
         goto fail;
     }
-    char *end;
-    double tsv = strtod(ev->ts, &end);
-    if (ts_len == 0 || *end || !isfinite(tsv) || tsv < 0) {
+    if (!ts_valid(ts, ts_len)) {
         snprintf(err, errlen, "entry %s: ts field is not a number of seconds", ev->entry_id);
         goto fail;
     }
@@ -203,9 +239,7 @@ void es_event_to_json(const es_event *ev, cm_buf *out)
     else          /* foreign: embed the raw text as a string */
         cm_buf_put_json_str(out, ev->payload, ev->payload_len);
     cm_buf_puts(out, ",\"ts\":");
-    char *end;
-    double ts = strtod(ev->ts, &end);
-    if (*ev->ts && !*end && isfinite(ts))
+    if (ts_valid(ev->ts, strlen(ev->ts)))
         cm_buf_puts(out, ev->ts);
     else
         cm_buf_put_json_str(out, ev->ts, strlen(ev->ts));
