@@ -80,7 +80,7 @@ int es_stream_page(es_store *s, const char *stream, const char *after, size_t co
         snprintf(start, sizeof start, "-");
     else
         snprintf(start, sizeof start, "(%s", after);
-    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %zu", stream, start, count);
+    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
     if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
         return ES_EREDIS;
     if (r->type != REDIS_REPLY_ARRAY) {

@@ -48,12 +48,13 @@ bool wk_stopping(const wk_ctx *ctx);
 typedef wk_result (*wk_handler_fn)(wk_ctx *ctx, const es_event *ev);
 
 typedef struct wk_handler {
-    enum cm_event_type type;
+    enum cm_event_type type;   /* CM_EV_UNKNOWN: every type (catch-all row) */
     wk_handler_fn fn;
 } wk_handler;
 
 typedef struct wk_def {
     enum cm_worker id;                 /* names and group from common/names.h */
+    const char *name, *group;          /* overrides of the id's names (test worker) */
     const wk_handler *handlers;        /* rows for the types it handles ... */
     size_t nhandlers;
     /* ... or, instead, a batch handler that receives every decoded event of a

@@ -1,0 +1,209 @@
+/* reclaim.c - pending entries: own retries after backoff, takeover of a dead
+ * consumer's entries, and pruning consumers that have nothing pending.
+ *
+ * Retry: a failed entry stays in our pending list; XPENDING tells its idle
+ * time and delivery count, and once idle >= backoff(count) we XCLAIM it back
+ * to ourselves (which counts a delivery) and handle it again.
+ *
+ * Takeover: XAUTOCLAIM moves entries idle longer than CLAIM_IDLE_MS from any
+ * consumer to us. CLAIM_IDLE_MS exceeds the longest handler and the retry cap
+ * (runner.c clamps RETRY_MAX_MS to half of it), and a slow batch is kept
+ * fresh by wk_touch, so a live consumer's entry is never taken. Entries whose
+ * stream entry was trimmed are reported by XAUTOCLAIM as deleted (and already
+ * dropped from the pending list by Redis 7): we count them. */
+#include "workers/runner_int.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/xmalloc.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int64_t wk_backoff_ms(const wk_ctx *ctx, const char *id, long long deliveries)
+{
+    int64_t d = ctx->set.retry_base_ms;
+    for (long long i = 1; i < deliveries && d < ctx->set.retry_max_ms; i++)
+        d *= 2;
+    if (d > ctx->set.retry_max_ms)
+        d = ctx->set.retry_max_ms;
+    /* deterministic jitter so every scan agrees on when an entry is due */
+    unsigned char h[8];
+    char key[96];
+    snprintf(key, sizeof key, "%s/%lld", id, deliveries);
+    crypto_generichash(h, sizeof h, (const unsigned char *)key, strlen(key), NULL, 0);
+    double f = 0.5 + 0.5 * (double)(h[0] | h[1] << 8) / 65535.0;
+    return (int64_t)((double)d * f);
+}
+
+/* Reads delivery counts of our pending entries between first and last. Fills
+ * counts[i] for each entry of `entries` (1 when unknown). */
+static int delivery_counts(wk_ctx *ctx, int s, const redisReply *entries, long long *counts)
+{
+    size_t n = entries->elements;
+    for (size_t i = 0; i < n; i++)
+        counts[i] = 1;
+    const redisReply *first = cm_reply_elem(cm_reply_elem(entries, 0), 0);
+    const redisReply *last = cm_reply_elem(cm_reply_elem(entries, n - 1), 0);
+    if (!cm_reply_is_str(first) || !cm_reply_is_str(last))
+        return 0;
+    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s %s %s %lld %s", ctx->streams[s], ctx->group, first->str,
+                                 last->str, (long long)n + 16, ctx->consumer);
+    if (!r)
+        return -1;
+    for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j < r->elements; j++) {
+        const redisReply *p = r->element[j];
+        const redisReply *pid = cm_reply_elem(p, 0);
+        if (!cm_reply_is_str(pid))
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            const redisReply *eid = cm_reply_elem(entries->element[i], 0);
+            if (cm_reply_is_str(eid) && !strcmp(eid->str, pid->str)) {
+                counts[i] = cm_reply_ll(cm_reply_elem(p, 3), 1);
+                break;
+            }
+        }
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+static int retry_stream(wk_ctx *ctx, int s, int *waiting)
+{
+    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s IDLE %lld - + 100 %s", ctx->streams[s], ctx->group,
+                                 (long long)(ctx->set.retry_base_ms / 2), ctx->consumer);
+    if (!r)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return 0;
+    }
+    cm_argv a = {0};
+    cm_argv_adds(&a, "XCLAIM");
+    cm_argv_adds(&a, ctx->streams[s]);
+    cm_argv_adds(&a, ctx->group);
+    cm_argv_adds(&a, ctx->consumer);
+    cm_argv_adds(&a, "0");
+    int due = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *p = r->element[i];
+        const redisReply *id = cm_reply_elem(p, 0);
+        long long idle = cm_reply_ll(cm_reply_elem(p, 2), 0);
+        long long deliveries = cm_reply_ll(cm_reply_elem(p, 3), 1);
+        if (!cm_reply_is_str(id))
+            continue;
+        if (idle >= wk_backoff_ms(ctx, id->str, deliveries + 1)) {
+            cm_argv_adds(&a, id->str);
+            due++;
+        } else {
+            (*waiting)++;
+        }
+    }
+    freeReplyObject(r);
+    int rc = 0;
+    if (due) {
+        redisReply *c = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+        if (!c) {
+            rc = -1;
+        } else if (c->type == REDIS_REPLY_ARRAY && c->elements) {
+            if ((size_t)due > c->elements)
+                cm_series_add(ctx->m_trimmed, (uint64_t)due - c->elements);
+            long long *counts = cm_xcalloc(c->elements, sizeof *counts);
+            if (delivery_counts(ctx, s, c, counts) == 0)
+                rc = wk_process(ctx, s, c, counts);
+            else
+                rc = -1;
+            free(counts);
+        } else if (c->type == REDIS_REPLY_ARRAY) {
+            cm_series_add(ctx->m_trimmed, (uint64_t)due);
+        }
+        freeReplyObject(c);
+    }
+    cm_argv_free(&a);
+    return rc;
+}
+
+int wk_retry_due(wk_ctx *ctx)
+{
+    int waiting = 0;
+    for (int s = 0; s < WK_NSTREAMS; s++)
+        if (retry_stream(ctx, s, &waiting) != 0)
+            return -1;
+    ctx->retry_waiting = waiting;
+    return 0;
+}
+
+int wk_claim_idle(wk_ctx *ctx)
+{
+    for (int s = 0; s < WK_NSTREAMS; s++) {
+        redisReply *r = redisCommand(ctx->c, "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
+                                     ctx->consumer, (long long)ctx->set.claim_idle_ms, ctx->claim_cursor[s],
+                                     (long long)ctx->set.batch);
+        if (!r)
+            return -1;
+        if (r->type == REDIS_REPLY_ERROR) {
+            cm_log(CM_WARN, "XAUTOCLAIM on %s: %s", ctx->streams[s], r->str);
+            freeReplyObject(r);
+            continue;
+        }
+        const redisReply *cursor = cm_reply_elem(r, 0);
+        const redisReply *entries = cm_reply_elem(r, 1);
+        const redisReply *deleted = cm_reply_elem(r, 2);
+        snprintf(ctx->claim_cursor[s], sizeof ctx->claim_cursor[s], "%s",
+                 cm_reply_is_str(cursor) ? cursor->str : "0-0");
+        if (deleted && deleted->type == REDIS_REPLY_ARRAY && deleted->elements) {
+            cm_series_add(ctx->m_trimmed, deleted->elements);
+            cm_log(CM_WARN, "%zu pending entries of %s were trimmed before being handled", deleted->elements,
+                   ctx->streams[s]);
+        }
+        int rc = 0;
+        if (entries && entries->type == REDIS_REPLY_ARRAY && entries->elements) {
+            cm_series_add(ctx->m_claimed, entries->elements);
+            cm_log(CM_INFO, "took over %zu entries idle for more than %lld ms", entries->elements,
+                   (long long)ctx->set.claim_idle_ms);
+            long long *counts = cm_xcalloc(entries->elements, sizeof *counts);
+            rc = delivery_counts(ctx, s, entries, counts);
+            if (rc == 0)
+                rc = wk_process(ctx, s, entries, counts);
+            free(counts);
+        }
+        freeReplyObject(r);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int wk_prune_consumers(wk_ctx *ctx)
+{
+    for (int s = 0; s < WK_NSTREAMS; s++) {
+        redisReply *r = redisCommand(ctx->c, "XINFO CONSUMERS %s %s", ctx->streams[s], ctx->group);
+        if (!r)
+            return -1;
+        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+            const redisReply *c = r->element[i];
+            const char *name = NULL;
+            long long pending = -1, idle = -1;
+            for (size_t j = 0; c->type == REDIS_REPLY_ARRAY && j + 1 < c->elements; j += 2) {
+                const redisReply *k = c->element[j], *v = c->element[j + 1];
+                if (!cm_reply_is_str(k))
+                    continue;
+                if (!strcmp(k->str, "name") && cm_reply_is_str(v))
+                    name = v->str;
+                else if (!strcmp(k->str, "pending"))
+                    pending = cm_reply_ll(v, -1);
+                else if (!strcmp(k->str, "idle"))
+                    idle = cm_reply_ll(v, -1);
+            }
+            /* never remove a consumer that still has pending entries */
+            if (name && strcmp(name, ctx->consumer) != 0 && pending == 0 && idle > 3600000) {
+                redisReply *d = redisCommand(ctx->c, "XGROUP DELCONSUMER %s %s %s", ctx->streams[s], ctx->group,
+                                             name);
+                freeReplyObject(d);
+            }
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+}

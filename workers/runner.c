@@ -1,0 +1,610 @@
+/* runner.c - the read loop of a worker: connect, create the group, read
+ * batches, dispatch to the handler table, acknowledge with the next read,
+ * run periodic jobs, drain on SIGTERM.
+ *
+ * Invariant: an entry id is added to the ack list only after its handler
+ * returned WK_ACK (its effects are then durable in Redis) or after it was
+ * parked in the dead-letter stream. Acks are sent pipelined in front of the
+ * next XREADGROUP; if the connection breaks first, the entries stay pending
+ * and are handled again (at-least-once; handlers are idempotent). */
+#include "workers/runner_int.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "event_store/deadletter.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+volatile sig_atomic_t wk_stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    wk_stop_flag = 1;
+}
+
+redisContext *wk_redis(wk_ctx *ctx) { return ctx->c; }
+es_store *wk_store(wk_ctx *ctx) { return ctx->store; }
+const char *wk_consumer(const wk_ctx *ctx) { return ctx->consumer; }
+const char *wk_group(const wk_ctx *ctx) { return ctx->group; }
+void *wk_state(wk_ctx *ctx) { return ctx->state; }
+void wk_set_state(wk_ctx *ctx, void *state) { ctx->state = state; }
+bool wk_stopping(const wk_ctx *ctx) { (void)ctx; return wk_stop_flag != 0; }
+
+void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->reason, sizeof ctx->reason, fmt, ap);
+    va_end(ap);
+}
+
+void wk_touch(wk_ctx *ctx)
+{
+    if (!ctx->c || !ctx->ninflight)
+        return;
+    cm_argv a = {0};
+    cm_argv_adds(&a, "XCLAIM");
+    cm_argv_adds(&a, ctx->streams[ctx->cur_stream]);
+    cm_argv_adds(&a, ctx->group);
+    cm_argv_adds(&a, ctx->consumer);
+    cm_argv_adds(&a, "0");
+    for (size_t i = 0; i < ctx->ninflight; i++)
+        cm_argv_adds(&a, ctx->inflight[i]);
+    cm_argv_adds(&a, "JUSTID");
+    redisReply *r = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+    char err[256];
+    if (!cm_reply_failed(ctx->c, r, err, sizeof err))
+        freeReplyObject(r);
+    else
+        cm_log(CM_WARN, "touch of in-flight entries failed: %s", err);
+    cm_argv_free(&a);
+    ctx->last_touch_ms = cm_mono_ms();
+}
+
+static const wk_handler *find_handler(const wk_def *def, enum cm_event_type kind)
+{
+    const wk_handler *any = NULL;
+    for (size_t i = 0; i < def->nhandlers; i++) {
+        if (def->handlers[i].type == kind && kind != CM_EV_UNKNOWN)
+            return &def->handlers[i];
+        if (def->handlers[i].type == CM_EV_UNKNOWN)
+            any = &def->handlers[i];
+    }
+    return any;
+}
+
+/* Label index for per-type series: a DESIGN type, or the last slot for others. */
+static int type_slot(enum cm_event_type k)
+{
+    return k == CM_EV_UNKNOWN ? CM_EV_COUNT : (int)k;
+}
+
+static void count_consumed(wk_ctx *ctx, const es_event *ev)
+{
+    int s = type_slot(ev->kind);
+    const char *tname = s == CM_EV_COUNT ? "other" : cm_event_type_names[s];
+    if (!ctx->m_consumed[s]) {
+        char l[512];
+        cm_metrics_labels(l, sizeof l, "topic", ctx->streams[WK_STREAM_BUS], "type", tname, "consumer",
+                          ctx->def->name ? ctx->def->name : cm_worker_names[ctx->def->id], NULL);
+        ctx->m_consumed[s] = cm_counter("events_consumed_total", "events handled by this worker", l);
+        cm_metrics_labels(l, sizeof l, "topic", ctx->streams[WK_STREAM_BUS], "type", tname, NULL);
+        ctx->m_latency[s] = cm_histogram("event_latency_seconds", "emit to consume latency", l);
+        cm_metrics_labels(l, sizeof l, "group", ctx->group, "type", tname, NULL);
+        ctx->m_errors[s] = cm_counter("worker_handler_errors_total", "handler failures (retry or dead)", l);
+    }
+    cm_series_inc(ctx->m_consumed[s]);
+    cm_series_observe(ctx->m_latency[s], cm_wall_s() - ev->emitted_at);
+}
+
+int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason, long long attempts)
+{
+    char err[256];
+    const redisReply *id = cm_reply_elem(entry, 0);
+    if (es_dlq_park(ctx->c, ctx->streams[WK_STREAM_BUS], ctx->streams[stream], ctx->group, entry, reason,
+                    attempts, err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "cannot park entry %s: %s", cm_reply_is_str(id) ? id->str : "?", err);
+        return -1;
+    }
+    cm_series_inc(ctx->m_dead);
+    const char *kv[] = {"group", ctx->group, "entry_id", cm_reply_is_str(id) ? id->str : "?", "reason", reason,
+                        NULL};
+    cm_logx(CM_WARN, NULL, NULL, kv, "entry parked in the dead-letter stream after %lld attempt(s)", attempts);
+    return 0;
+}
+
+/* Applies a handler's verdict to one entry. */
+static int settle(wk_ctx *ctx, int stream, const redisReply *entry, const es_event *ev, wk_result res,
+                  long long deliveries)
+{
+    const char *id = entry->element[0]->str;
+    if (res == WK_ACK) {
+        cm_argv_adds(&ctx->acks[stream], id);
+        return 0;
+    }
+    cm_series_inc(ctx->m_errors[type_slot(ev->kind)]);
+    const char *why = ctx->reason[0] ? ctx->reason : (res == WK_DEAD ? "handler refused the event" : "handler failed");
+    if (res == WK_DEAD || deliveries >= ctx->set.max_deliveries) {
+        char reason[400];
+        snprintf(reason, sizeof reason, "%s%s", res == WK_RETRY ? "max deliveries exceeded: " : "", why);
+        return wk_park(ctx, stream, entry, reason, deliveries);
+    }
+    cm_series_inc(ctx->m_retries);
+    ctx->retry_waiting++;
+    const char *kv[] = {"group", ctx->group, "entry_id", id, NULL};
+    cm_logx(CM_WARN, ev->correlation_id, ev->event_id, kv, "delivery %lld failed, retrying in about %lld ms: %s",
+            deliveries, (long long)wk_backoff_ms(ctx, id, deliveries + 1), why);
+    return 0;
+}
+
+static bool broken(const wk_ctx *ctx)
+{
+    return !ctx->c || ctx->c->err;
+}
+
+int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long long *deliveries)
+{
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0)
+        return 0;
+    size_t n = entries->elements;
+    ctx->cur_stream = stream;
+    ctx->inflight = cm_xcalloc(n, sizeof *ctx->inflight);
+    ctx->ninflight = 0;
+    ctx->batch_started_ms = ctx->last_touch_ms = cm_mono_ms();
+    es_event **evs = cm_xcalloc(n, sizeof *evs);
+    const redisReply **evs_entry = cm_xcalloc(n, sizeof *evs_entry);
+    long long *evs_deliv = cm_xcalloc(n, sizeof *evs_deliv);
+    size_t nev = 0;
+    int rc = 0;
+
+    cm_series_inc(ctx->m_batches);
+    cm_series_add(ctx->m_batch_entries, n);
+    cm_series_set(ctx->m_batch_size, (double)n);
+
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const redisReply *e = entries->element[i];
+        const redisReply *id = cm_reply_elem(e, 0);
+        if (!cm_reply_is_str(id))
+            continue;
+        ctx->inflight[ctx->ninflight++] = id->str;
+        long long d = deliveries ? deliveries[i] : 1;
+        if (d > ctx->set.max_deliveries) {   /* crashed on its last attempt */
+            if (wk_park(ctx, stream, e, "max deliveries exceeded (handler never returned)", d - 1) != 0)
+                rc = -1;
+            continue;
+        }
+        /* Skip types nobody here handles before paying for a decode. */
+        if (!ctx->def->batch) {
+            const redisReply *f = cm_reply_elem(e, 1);
+            const char *type = NULL;
+            for (size_t j = 0; f && f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
+                if (cm_reply_is_str(f->element[j]) && !strcmp(f->element[j]->str, "type") &&
+                    cm_reply_is_str(f->element[j + 1]))
+                    type = f->element[j + 1]->str;
+            if (type && !find_handler(ctx->def, cm_event_type_parse(type))) {
+                cm_series_inc(ctx->m_skipped);
+                cm_argv_adds(&ctx->acks[stream], id->str);
+                continue;
+            }
+        }
+        char err[400];
+        es_event *ev = NULL;
+        if (es_event_from_entry(e, &ev, err, sizeof err) != 0) {
+            if (wk_park(ctx, stream, e, err, d) != 0)
+                rc = -1;
+            continue;
+        }
+        evs[nev] = ev;
+        evs_entry[nev] = e;
+        evs_deliv[nev] = d;
+        nev++;
+    }
+
+    if (rc == 0 && ctx->def->batch && nev) {
+        wk_result *res = cm_xcalloc(nev, sizeof *res);
+        ctx->reason[0] = '\0';
+        ctx->def->batch(ctx, evs, nev, res);
+        for (size_t i = 0; i < nev && rc == 0; i++) {
+            count_consumed(ctx, evs[i]);
+            if (broken(ctx))
+                break;   /* leave them pending: the verdicts may rest on lost writes */
+            rc = settle(ctx, stream, evs_entry[i], evs[i], res[i], evs_deliv[i]);
+        }
+        free(res);
+    } else {
+        for (size_t i = 0; i < nev && rc == 0; i++) {
+            const wk_handler *h = find_handler(ctx->def, evs[i]->kind);
+            count_consumed(ctx, evs[i]);
+            ctx->reason[0] = '\0';
+            wk_result r = h->fn(ctx, evs[i]);
+            if (broken(ctx))
+                break;
+            rc = settle(ctx, stream, evs_entry[i], evs[i], r, evs_deliv[i]);
+            /* a slow batch keeps its entries fresh so no peer claims them */
+            if (cm_mono_ms() - ctx->last_touch_ms > ctx->set.claim_idle_ms / 3)
+                wk_touch(ctx);
+        }
+    }
+    if (broken(ctx))
+        rc = -1;
+    es_events_free(evs, nev);
+    free(evs_entry);
+    free(evs_deliv);
+    free(ctx->inflight);
+    ctx->inflight = NULL;
+    ctx->ninflight = 0;
+    return rc;
+}
+
+/* Appends XACK of the collected ids for each stream; returns how many
+ * commands were appended (their replies are read by read_acks). */
+static int append_acks(wk_ctx *ctx)
+{
+    int sent = 0;
+    for (int s = 0; s < WK_NSTREAMS; s++) {
+        cm_argv *ids = &ctx->acks[s];
+        if (!ids->n)
+            continue;
+        cm_argv a = {0};
+        cm_argv_adds(&a, "XACK");
+        cm_argv_adds(&a, ctx->streams[s]);
+        cm_argv_adds(&a, ctx->group);
+        for (int i = 0; i < ids->n; i++)
+            cm_argv_add(&a, ids->v[i], ids->len[i]);
+        redisAppendCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+        cm_argv_free(&a);
+        cm_argv_reset(ids);
+        sent++;
+    }
+    return sent;
+}
+
+static int read_acks(wk_ctx *ctx, int n)
+{
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
+            return -1;
+        if (r && r->type == REDIS_REPLY_ERROR)
+            cm_log(CM_ERROR, "XACK failed: %s", r->str);
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+/* Sends pending acks and waits for their replies (used before other commands
+ * and at shutdown). */
+static int flush_acks(wk_ctx *ctx)
+{
+    if (broken(ctx))
+        return -1;
+    return read_acks(ctx, append_acks(ctx));
+}
+
+static int create_groups(wk_ctx *ctx)
+{
+    for (int s = 0; s < WK_NSTREAMS; s++) {
+        /* from the start of the stream: a new worker catches up on history */
+        redisReply *r = redisCommand(ctx->c, "XGROUP CREATE %s %s 0 MKSTREAM", ctx->streams[s], ctx->group);
+        if (!r)
+            return -1;
+        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
+            cm_log(CM_ERROR, "cannot create group %s on %s: %s", ctx->group, ctx->streams[s], r->str);
+            freeReplyObject(r);
+            return -1;
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+static void disconnect(wk_ctx *ctx)
+{
+    es_store_free(ctx->store);
+    ctx->store = NULL;
+    if (ctx->c)
+        redisFree(ctx->c);
+    ctx->c = NULL;
+    for (int s = 0; s < WK_NSTREAMS; s++)
+        cm_argv_reset(&ctx->acks[s]);   /* unacked entries stay pending: redelivered */
+}
+
+/* Connects (retrying with backoff until it works or a signal arrives), creates
+ * the groups and loads the store's scripts. */
+static int connect_redis(wk_ctx *ctx)
+{
+    int64_t delay = 100;
+    while (!wk_stop_flag) {
+        char err[400];
+        int timeout = (int)(ctx->set.redis_timeout_ms > ctx->set.block_ms + 1000 ? ctx->set.redis_timeout_ms
+                                                                                 : ctx->set.block_ms + 1000);
+        ctx->c = cm_redis_connect(ctx->set.redis_url, timeout, err, sizeof err);
+        if (ctx->c && create_groups(ctx) == 0 &&
+            (ctx->store = es_store_new(ctx->c, ctx->set.bus, err, sizeof err)) != NULL) {
+            ctx->last_ok_ms = cm_mono_ms();
+            cm_log(CM_INFO, "connected to %s; group %s, consumer %s", ctx->set.redis_url, ctx->group,
+                   ctx->consumer);
+            return 0;
+        }
+        cm_log(CM_ERROR, "Redis not ready (%s); retrying in %lld ms", ctx->c ? "setup failed" : err,
+               (long long)delay);
+        disconnect(ctx);
+        cm_sleep_ms(delay);
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+    }
+    return -1;
+}
+
+/* Periodic jobs, each at its own period (redis serverCron's run_with_period). */
+typedef struct job {
+    const char *name;
+    int (*fn)(wk_ctx *ctx);
+    int64_t period_ms, next_ms;
+} job;
+
+static int job_retention(wk_ctx *ctx)
+{
+    long long n = es_retention_trim(ctx->store, ctx->set.retention_days);
+    if (n > 0)
+        cm_log(CM_INFO, "retention: trimmed %lld bus entries older than %lld days", n,
+               (long long)ctx->set.retention_days);
+    return n < 0 ? -1 : 0;
+}
+
+static int job_lag(wk_ctx *ctx)
+{
+    redisReply *r = redisCommand(ctx->c, "XINFO GROUPS %s", ctx->streams[WK_STREAM_BUS]);
+    if (!r)
+        return -1;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const redisReply *g = r->element[i];
+        const char *name = NULL;
+        long long lag = -1, pending = -1;
+        for (size_t j = 0; g->type == REDIS_REPLY_ARRAY && j + 1 < g->elements; j += 2) {
+            const redisReply *k = g->element[j], *v = g->element[j + 1];
+            if (!cm_reply_is_str(k))
+                continue;
+            if (!strcmp(k->str, "name") && cm_reply_is_str(v))
+                name = v->str;
+            else if (!strcmp(k->str, "lag"))
+                lag = cm_reply_ll(v, -1);
+            else if (!strcmp(k->str, "pending"))
+                pending = cm_reply_ll(v, -1);
+        }
+        if (name && !strcmp(name, ctx->group)) {
+            if (lag >= 0)
+                cm_series_set(ctx->m_lag, (double)lag);
+            if (pending >= 0)
+                cm_series_set(ctx->m_pending, (double)pending);
+        }
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+static int job_tick(wk_ctx *ctx)
+{
+    ctx->def->tick(ctx);
+    return broken(ctx) ? -1 : 0;
+}
+
+static int health(void *ud, cm_buf *out)
+{
+    wk_ctx *ctx = ud;
+    int64_t age = cm_mono_ms() - ctx->last_ok_ms;
+    bool ok = age < 3 * ctx->set.block_ms + 10000;
+    cm_buf_printf(out, "{\"status\":\"%s\",\"group\":\"%s\",\"consumer\":\"%s\",\"last_redis_ok_ms_ago\":%lld}",
+                  ok ? "ok" : "redis_unreachable", ctx->group, ctx->consumer, (long long)age);
+    return ok ? 200 : 503;
+}
+
+static void init_metrics(wk_ctx *ctx)
+{
+    char l[256];
+    cm_metrics_labels(l, sizeof l, "group", ctx->group, NULL);
+    ctx->m_skipped = cm_counter("worker_skipped_total", "entries of types this worker does not handle", l);
+    ctx->m_retries = cm_counter("worker_retries_total", "deliveries that failed and will be retried", l);
+    ctx->m_dead = cm_counter("dead_letters_total", "entries parked in the dead-letter stream", l);
+    ctx->m_batches = cm_counter("worker_batches_total", "batches handled", l);
+    ctx->m_batch_entries = cm_counter("worker_batch_entries_total", "entries in all batches", l);
+    ctx->m_batch_size = cm_gauge("worker_batch_size", "entries in the last batch", l);
+    ctx->m_lag = cm_gauge("worker_lag", "entries of the bus not yet delivered to the group", l);
+    ctx->m_pending = cm_gauge("worker_pending", "entries delivered and not yet acknowledged", l);
+    ctx->m_claimed = cm_counter("worker_claimed_total", "entries taken over from idle consumers", l);
+    ctx->m_trimmed = cm_counter("worker_trimmed_pending_total", "pending entries whose stream entry was trimmed", l);
+}
+
+/* One XREADGROUP round, with the previous batch's acks pipelined in front. */
+static int read_round(wk_ctx *ctx, int64_t block_ms)
+{
+    int nacks = append_acks(ctx);
+    char cnt[24], blk[24];
+    snprintf(cnt, sizeof cnt, "%lld", (long long)ctx->set.batch);
+    snprintf(blk, sizeof blk, "%lld", (long long)block_ms);
+    const char *argv[] = {"XREADGROUP", "GROUP", ctx->group, ctx->consumer, "COUNT", cnt, "BLOCK", blk,
+                          "STREAMS", ctx->streams[WK_STREAM_BUS], ctx->streams[WK_STREAM_RETRY], ">", ">"};
+    redisAppendCommandArgv(ctx->c, 13, argv, NULL);
+    if (read_acks(ctx, nacks) != 0)
+        return -1;
+    redisReply *r = NULL;
+    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
+        return -1;
+    ctx->last_ok_ms = cm_mono_ms();
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        cm_log(CM_ERROR, "XREADGROUP: %s", r->str);
+        if (!strncmp(r->str, "NOGROUP", 7))   /* Redis lost its data: recreate */
+            rc = create_groups(ctx);
+        else
+            cm_sleep_ms(200);
+    } else if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements && rc == 0; i++) {
+            const redisReply *sr = r->element[i];
+            const redisReply *name = cm_reply_elem(sr, 0);
+            int s = cm_reply_is_str(name) && !strcmp(name->str, ctx->streams[WK_STREAM_RETRY]) ? WK_STREAM_RETRY
+                                                                                            : WK_STREAM_BUS;
+            rc = wk_process(ctx, s, cm_reply_elem(sr, 1), NULL);
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static cm_opt k_opts[] = {
+    {"redis-url", "REDIS_URL", CM_OPT_STR, NULL, "redis://127.0.0.1:6379/0", 0, -1, "Redis to use"},
+    {"bus", "BUS_STREAM", CM_OPT_STR, NULL, CM_BUS_STREAM_DEFAULT, 0, -1, "the bus stream"},
+    {"consumer", "CONSUMER_NAME", CM_OPT_STR, NULL, NULL, 0, -1, "consumer name (default host-pid)"},
+    {"metrics-port", "METRICS_PORT", CM_OPT_INT, NULL, "0", 0, 65535, "/metrics and /health port, 0 = off"},
+    {"batch", "BATCH_SIZE", CM_OPT_INT, NULL, "256", 1, 10000, "entries per XREADGROUP"},
+    {"block-ms", "BLOCK_MS", CM_OPT_INT, NULL, "500", 1, 60000, "XREADGROUP BLOCK"},
+    {"max-deliveries", "MAX_DELIVERIES", CM_OPT_INT, NULL, "5", 1, 1000, "attempts before dead-lettering"},
+    {"claim-idle-ms", "CLAIM_IDLE_MS", CM_OPT_INT, NULL, "30000", 100, 86400000, "idle time before takeover"},
+    {"retry-base-ms", "RETRY_BASE_MS", CM_OPT_INT, NULL, "200", 1, 600000, "first retry delay"},
+    {"retry-max-ms", "RETRY_MAX_MS", CM_OPT_INT, NULL, "10000", 1, 3600000, "retry delay cap"},
+    {"retention-days", "EVENT_RETENTION_DAYS", CM_OPT_INT, NULL, "30", 0, 36500, "bus retention, 0 = forever"},
+    {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, NULL, "5000", 100, 600000, "connect/command timeout"},
+    {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
+};
+
+/* Builds the settings table: the runtime's rows, then the worker's own. */
+static cm_opt *settings_table(wk_ctx *ctx)
+{
+    void *ptrs[] = {&ctx->set.redis_url,     &ctx->set.bus,           &ctx->set.consumer,
+                    &ctx->set.metrics_port,  &ctx->set.batch,         &ctx->set.block_ms,
+                    &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
+                    &ctx->set.retry_max_ms,  &ctx->set.retention_days, &ctx->set.redis_timeout_ms};
+    size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;
+    for (const cm_opt *o = ctx->def->opts; o && o->name; o++)
+        nextra++;
+    cm_opt *t = cm_xcalloc(nown + nextra + 1, sizeof *t);
+    for (size_t i = 0; i < nown; i++) {
+        t[i] = k_opts[i];
+        t[i].ptr = ptrs[i];
+    }
+    for (size_t i = 0; i < nextra; i++)
+        t[nown + i] = ctx->def->opts[i];
+    return t;
+}
+
+int wk_run(const wk_def *def, int argc, char **argv)
+{
+    static wk_ctx ctx_storage;
+    wk_ctx *ctx = &ctx_storage;
+    ctx->def = def;
+    ctx->group = def->group ? def->group : cm_group_names[def->id];
+    cm_log_init(def->name ? def->name : cm_worker_names[def->id]);
+
+    cm_opt *opts = settings_table(ctx);
+    char err[400];
+    int lr = cm_config_load(opts, argc, argv, err, sizeof err);
+    if (lr != 0) {
+        if (lr < 0)
+            fprintf(stderr, "chorus-worker %s: %s\n", argv[0], err);
+        cm_config_free(opts);
+        free(opts);
+        return lr < 0 ? 2 : 0;
+    }
+    if (ctx->set.retry_max_ms > ctx->set.claim_idle_ms / 2)   /* a backing-off entry is not a dead one */
+        ctx->set.retry_max_ms = ctx->set.claim_idle_ms / 2;
+    if (ctx->set.retry_base_ms > ctx->set.retry_max_ms)
+        ctx->set.retry_base_ms = ctx->set.retry_max_ms;
+    if (ctx->set.consumer)
+        snprintf(ctx->consumer, sizeof ctx->consumer, "%s", ctx->set.consumer);
+    else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(ctx->consumer, sizeof ctx->consumer, "%s-%ld", host, (long)getpid());
+    }
+    snprintf(ctx->streams[WK_STREAM_BUS], sizeof ctx->streams[0], "%s", ctx->set.bus);
+    es_retry_stream(ctx->set.bus, ctx->group, ctx->streams[WK_STREAM_RETRY], sizeof ctx->streams[0]);
+    for (int s = 0; s < WK_NSTREAMS; s++)
+        snprintf(ctx->claim_cursor[s], sizeof ctx->claim_cursor[s], "0-0");
+    init_metrics(ctx);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int code = 0;
+    cm_metrics_server *ms = NULL;
+    if (ctx->set.metrics_port > 0) {
+        ms = cm_metrics_serve((int)ctx->set.metrics_port, health, ctx, err, sizeof err);
+        if (!ms) {
+            cm_log(CM_ERROR, "%s", err);
+            code = 1;
+            goto out;
+        }
+    }
+    if (connect_redis(ctx) != 0)
+        goto out;
+    if (def->init && def->init(ctx, err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "init failed: %s", err);
+        code = 1;
+        goto out;
+    }
+
+    job jobs[] = {
+        {"retry", wk_retry_due, 50, 0},
+        {"claim", wk_claim_idle, ctx->set.claim_idle_ms / 4 > 100 ? ctx->set.claim_idle_ms / 4 : 100, 0},
+        {"lag", job_lag, 2000, 0},
+        {"retention", job_retention, 60000, 0},
+        {"prune", wk_prune_consumers, 300000, 0},
+        {"tick", def->tick ? job_tick : NULL, def->tick_ms > 0 ? def->tick_ms : 1000, 0},
+    };
+    const size_t njobs = sizeof jobs / sizeof jobs[0];
+    while (!wk_stop_flag) {
+        if (broken(ctx)) {
+            cm_log(CM_WARN, "connection to Redis lost (%s); reconnecting", ctx->c ? ctx->c->errstr : "none");
+            disconnect(ctx);
+            if (connect_redis(ctx) != 0)
+                break;
+        }
+        int64_t now = cm_mono_ms();
+        int64_t block = ctx->set.block_ms;
+        for (size_t i = 0; i < njobs; i++) {
+            if (!jobs[i].fn)
+                continue;
+            if (now >= jobs[i].next_ms) {
+                if (flush_acks(ctx) != 0 || jobs[i].fn(ctx) != 0)
+                    cm_log(CM_WARN, "periodic job %s failed", jobs[i].name);
+                jobs[i].next_ms = cm_mono_ms() + jobs[i].period_ms;
+                if (broken(ctx))
+                    break;
+            }
+            /* wake for the jobs that matter soon: retries and the worker's tick */
+            if ((i == 0 && ctx->retry_waiting) || jobs[i].fn == job_tick) {
+                int64_t until = jobs[i].next_ms - now;
+                if (until < block)
+                    block = until < 1 ? 1 : until;
+            }
+        }
+        if (broken(ctx))
+            continue;
+        if (read_round(ctx, block) != 0 && !broken(ctx))
+            cm_log(CM_WARN, "batch handling interrupted");
+    }
+    /* Drain: the batch in hand was finished inside read_round; ack it. */
+    if (!broken(ctx) && flush_acks(ctx) != 0)
+        cm_log(CM_ERROR, "final acknowledgements failed; the entries will be redelivered");
+    if (def->fini)
+        def->fini(ctx);
+    cm_log(CM_INFO, "stopped");
+out:
+    disconnect(ctx);
+    for (int s = 0; s < WK_NSTREAMS; s++)
+        cm_argv_free(&ctx->acks[s]);
+    cm_metrics_server_free(ms);
+    cm_config_free(opts);
+    free(opts);
+    return code;
+}

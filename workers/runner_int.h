@@ -1,0 +1,76 @@
+/* runner_int.h - the runtime's context, shared by runner.c (read loop,
+ * dispatch, acks) and reclaim.c (retries, takeover, dead letters). */
+#ifndef WK_RUNNER_INT_H
+#define WK_RUNNER_INT_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "common/metrics.h"
+#include "common/redis.h"
+#include "workers/wk.h"
+
+/* Settings of every worker (env, then flags). */
+typedef struct wk_settings {
+    char *redis_url;
+    char *bus;
+    char *consumer;           /* NULL: <host>-<pid> */
+    int64_t metrics_port;
+    int64_t batch;            /* XREADGROUP COUNT */
+    int64_t block_ms;         /* XREADGROUP BLOCK */
+    int64_t max_deliveries;
+    int64_t claim_idle_ms;
+    int64_t retry_base_ms;
+    int64_t retry_max_ms;
+    int64_t retention_days;
+    int64_t redis_timeout_ms;
+} wk_settings;
+
+enum { WK_STREAM_BUS, WK_STREAM_RETRY, WK_NSTREAMS };
+
+struct wk_ctx {
+    const wk_def *def;
+    wk_settings set;
+    const char *group;
+    char consumer[160];
+    char streams[WK_NSTREAMS][512];   /* the bus and this group's redelivery stream */
+    redisContext *c;                  /* NULL while disconnected */
+    es_store *store;
+    void *state;
+    cm_argv acks[WK_NSTREAMS];        /* ids handled, acknowledged with the next read */
+    /* the batch in hand, for wk_touch */
+    int cur_stream;
+    const char **inflight;
+    size_t ninflight;
+    int64_t batch_started_ms, last_touch_ms;
+    char reason[256];                 /* why the current event failed */
+    int retry_waiting;                /* own entries pending a retry */
+    char claim_cursor[WK_NSTREAMS][64];
+    int64_t last_ok_ms;               /* last successful Redis round trip (health) */
+    /* metrics */
+    cm_series *m_consumed[CM_EV_COUNT + 1], *m_latency[CM_EV_COUNT + 1], *m_errors[CM_EV_COUNT + 1];
+    cm_series *m_skipped, *m_retries, *m_dead, *m_batches, *m_batch_entries, *m_batch_size, *m_lag,
+        *m_pending, *m_claimed, *m_trimmed;
+};
+
+extern volatile sig_atomic_t wk_stop_flag;
+
+/* Handles entries (an array reply of [id, fields] from `stream`), with their
+ * delivery counts (NULL: all 1), acknowledging, scheduling retries or parking
+ * each. Returns -1 when the connection broke (caller reconnects), else 0. */
+int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long long *deliveries);
+
+/* Parks one entry in the dead-letter stream (and acks it). -1 on I/O error. */
+int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason, long long attempts);
+
+/* Retries own pending entries whose backoff elapsed (XPENDING + XCLAIM). */
+int wk_retry_due(wk_ctx *ctx);
+/* Takes over entries idle longer than CLAIM_IDLE_MS (XAUTOCLAIM). */
+int wk_claim_idle(wk_ctx *ctx);
+/* Removes consumers idle for an hour that have nothing pending. */
+int wk_prune_consumers(wk_ctx *ctx);
+/* Backoff before retry number `deliveries` of entry id: exponential, capped,
+ * with a deterministic jitter in [50%, 100%]. */
+int64_t wk_backoff_ms(const wk_ctx *ctx, const char *id, long long deliveries);
+
+#endif

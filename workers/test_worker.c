@@ -1,0 +1,124 @@
+/* test_worker.c - a worker for the runtime's own tests (`chorus-worker test`).
+ *
+ * It handles every event type and does what the event's data asks:
+ *   {"mode":"ok"}                 record the effect, succeed
+ *   {"mode":"fail","times":N}     fail (WK_RETRY) the first N deliveries
+ *   {"mode":"fail"}               fail every delivery (ends dead-lettered)
+ *   {"mode":"dead"}               refuse at once (WK_DEAD)
+ *   {"mode":"hang","ms":M}        take M ms (calling wk_touch), then succeed
+ *   {"mode":"crash"}              record the effect, then die by SIGKILL
+ *                                 before the ack, on the first delivery only
+ * Effects, all in Redis so a test can read them:
+ *   test:handled        hash event_id -> times the effect was applied
+ *   test:attempts       hash event_id -> deliveries seen by the handler
+ *   test:attempt_ms:<event_id>  list of wall-clock ms of each attempt
+ *   test:by_consumer    hash consumer -> effects applied
+ * TEST_HANDLE_DELAY_MS (env) slows every event, to catch a batch mid-way. */
+#include "workers/wk.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int64_t g_delay_ms;
+
+static const cm_opt k_opts[] = {
+    {"handle-delay-ms", "TEST_HANDLE_DELAY_MS", CM_OPT_INT, &g_delay_ms, "0", 0, 600000, "sleep per event"},
+    {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
+};
+
+/* Runs a pipeline of n commands and frees the replies; -1 on any error. */
+static int run_pipeline(redisContext *c, int n)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK)
+            return -1;
+        if (!r || r->type == REDIS_REPLY_ERROR)
+            rc = -1;
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+static long long attempts_of(redisContext *c, const es_event *ev)
+{
+    redisAppendCommand(c, "HINCRBY test:attempts %s 1", ev->event_id);
+    redisAppendCommand(c, "RPUSH test:attempt_ms:%s %lld", ev->event_id, (long long)cm_wall_ms());
+    redisReply *r = NULL;
+    long long n = -1;
+    if (redisGetReply(c, (void **)&r) == REDIS_OK && r && r->type == REDIS_REPLY_INTEGER)
+        n = r->integer;
+    freeReplyObject(r);
+    if (run_pipeline(c, 1) != 0)
+        return -1;
+    return n;
+}
+
+static int record_effect(wk_ctx *ctx, const es_event *ev)
+{
+    redisContext *c = wk_redis(ctx);
+    redisAppendCommand(c, "HINCRBY test:handled %s 1", ev->event_id);
+    redisAppendCommand(c, "HINCRBY test:by_consumer %s 1", wk_consumer(ctx));
+    return run_pipeline(c, 2);
+}
+
+static wk_result handle(wk_ctx *ctx, const es_event *ev)
+{
+    redisContext *c = wk_redis(ctx);
+    if (g_delay_ms)
+        cm_sleep_ms(g_delay_ms);
+    long long attempt = attempts_of(c, ev);
+    if (attempt < 0) {
+        wk_fail_reason(ctx, "redis error recording the attempt");
+        return WK_RETRY;
+    }
+    const char *mode = es_event_data_str(ev, "mode");
+    if (!mode)
+        mode = "ok";
+    if (!strcmp(mode, "dead")) {
+        wk_fail_reason(ctx, "test: refused");
+        return WK_DEAD;
+    }
+    if (!strcmp(mode, "fail")) {
+        json_t *t = json_object_get(ev->data, "times");
+        if (!json_is_integer(t) || attempt <= json_integer_value(t)) {
+            wk_fail_reason(ctx, "test: injected failure on attempt %lld", attempt);
+            return WK_RETRY;
+        }
+    }
+    if (!strcmp(mode, "hang")) {
+        json_t *ms = json_object_get(ev->data, "ms");
+        int64_t end = cm_mono_ms() + (json_is_integer(ms) ? json_integer_value(ms) : 1000);
+        while (cm_mono_ms() < end) {
+            cm_sleep_ms(50);
+            wk_touch(ctx);
+        }
+    }
+    if (record_effect(ctx, ev) != 0) {
+        wk_fail_reason(ctx, "redis error recording the effect");
+        return WK_RETRY;
+    }
+    if (!strcmp(mode, "crash") && attempt == 1) {
+        cm_logx(CM_WARN, NULL, ev->event_id, NULL, "test: crashing between effect and ack");
+        raise(SIGKILL);
+    }
+    return WK_ACK;
+}
+
+static const wk_handler k_handlers[] = {
+    {CM_EV_UNKNOWN, handle},   /* every type */
+};
+
+const wk_def wk_test_worker = {
+    .id = CM_W_AUDIT,   /* unused: name and group below */
+    .name = "test-worker",
+    .group = "test-group",
+    .handlers = k_handlers,
+    .nhandlers = 1,
+    .opts = k_opts,
+};
