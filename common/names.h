@@ -8,7 +8,7 @@
  *   chorus:product:<id>         hash   name price_cents available reserved sold
  *   chorus:resv:<checkout_id>   hash   product_id -> qty, plus "_state" held|sold|released
  *   chorus:order:<order_id>     hash   order_id checkout_id client_id total_cents items created_at
- *   chorus:saga:deadlines       zset   checkout_id scored by its deadline (ms)
+ *   chorus:saga:started         zset   checkout_id scored by its CheckoutInitiated emitted_at (ms)
  *   chorus:rm:checkout:<id>     hash   read model: client_id status order_id reason updated_at seq
  *   chorus:rm:client:<id>       hash   read model: total_orders last_order_id last_checkout_id last_update_ts
  *   chorus:rm:stock:<id>        hash   read model: reserved sold released (counts from events)
@@ -27,6 +27,7 @@
 #define CM_BUS_STREAM_DEFAULT "ecommerce.checkout.events"
 #define CM_KEY_PREFIX "chorus:"
 #define CM_RM_CHANGED_CHANNEL "chorus:rm:checkout-changed"
+#define CM_KEY_SAGA_STARTED "chorus:saga:started"  /* sagas not yet ended (timeout) */
 
 /* Event types of the saga, in DESIGN.md's order. */
 enum cm_event_type {

@@ -1,0 +1,226 @@
+/* order_creation.c - the order-creation worker (group choreo-order).
+ *
+ * On StockReserved it either creates the order or fails it:
+ *  - total_cents over ORDER_LIMIT_CENTS: OrderCreationFailed
+ *    {reason: order_limit_exceeded};
+ *  - fault injection (FAULT_ORDER_FAIL_RATE, the probability per event):
+ *    OrderCreationFailed {reason: injected_fault};
+ *  - otherwise lua/create_order.lua, in one script: the held reservation
+ *    becomes a sale (reserved -= q, sold += q), the order hash
+ *    chorus:order:<order_id> is written, the saga leaves the timeout set, and
+ *    OrderCreated + CheckoutSucceeded are appended.
+ * Either way the append names the version at StockReserved: if the saga timed
+ * out meanwhile the append conflicts, nothing is written, and the worker
+ * re-reads the history and stands down. FAULT_ORDER_DELAY_MS slows every
+ * event down before that decision (to let tests race the timeout).
+ *
+ * The order id is derived from the checkout id, so the order of a checkout is
+ * the same whoever creates it and however often. The total comes from
+ * StockReserved's total_cents (an extra field the reservation copies from
+ * CheckoutInitiated), or from the folded history when an older producer left
+ * it out. */
+#include "workers/saga.h"
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/log.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char wk_lua_create_order[];
+static cm_script k_create_order = {.src = wk_lua_create_order};
+
+static int64_t g_limit_cents;
+static double g_fail_rate;
+static int64_t g_delay_ms;
+
+static const cm_opt k_opts[] = {
+    {"order-limit-cents", "ORDER_LIMIT_CENTS", CM_OPT_INT, &g_limit_cents, "500000", 0, 1e15,
+     "orders whose total exceeds this fail with order_limit_exceeded"},
+    {"fault-order-fail-rate", "FAULT_ORDER_FAIL_RATE", CM_OPT_DOUBLE, &g_fail_rate, "0", 0, 1,
+     "fault injection: probability that an order fails with injected_fault"},
+    {"fault-order-delay-ms", "FAULT_ORDER_DELAY_MS", CM_OPT_INT, &g_delay_ms, "0", 0, 600000,
+     "fault injection: delay before each order decision"},
+    {0},
+};
+
+#define TOUCH_EVERY_MS 1000
+
+/* Sleeps g_delay_ms, keeping the batch claimed and giving up on shutdown. */
+static void injected_delay(wk_ctx *ctx)
+{
+    int64_t now = cm_mono_ms(), end = now + g_delay_ms, touched = now;
+    while (now < end && !wk_stopping(ctx)) {
+        cm_sleep_ms(end - now < 50 ? end - now : 50);
+        now = cm_mono_ms();
+        if (now - touched >= TOUCH_EVERY_MS) {
+            wk_touch(ctx);
+            touched = now;
+        }
+    }
+}
+
+static bool injected_fault(void)
+{
+    if (g_fail_rate <= 0)
+        return false;
+    return randombytes_uniform(1000000) < (uint32_t)(g_fail_rate * 1000000.0);
+}
+
+/* Fills total and client from the folded history (older StockReserved data). */
+static int totals_from_history(wk_ctx *ctx, const es_event *ev, json_int_t *total, char *client, size_t clen)
+{
+    es_event **evs = NULL;
+    size_t n = 0;
+    if (es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, ev->aggregate_id, &evs, &n) != ES_OK) {
+        wk_fail_reason(ctx, "history read: %s", es_store_errstr(wk_store(ctx)));
+        return -1;
+    }
+    es_checkout_state st;
+    es_checkout_fold(evs, n, &st);
+    es_events_free(evs, n);
+    *total = st.total_cents;
+    snprintf(client, clen, "%s", st.client_id);
+    return 0;
+}
+
+/* Appends OrderCreationFailed {reason}. */
+static wk_result order_failed(wk_ctx *ctx, const es_event *ev, const char *reason, json_int_t total)
+{
+    wk_step s;
+    wk_step_init(&s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
+    wk_step_add(&s, CM_EV_ORDER_CREATION_FAILED, json_pack("{s:s}", "reason", reason));
+    es_append_res res;
+    wk_result out = WK_RETRY;
+    switch (wk_step_append(ctx, &s, &res)) {
+    case WK_STEP_OK: {
+        wk_saga_count(ctx, &s, &res);
+        const char *kv[] = {"reason", reason, NULL};
+        cm_logx(CM_INFO, ev->aggregate_id, ev->event_id, kv, "order failed (total %lld cents)%s",
+                (long long)total, res.duplicate ? " (already recorded)" : "");
+        out = WK_ACK;
+        break;
+    }
+    case WK_STEP_CONFLICT:
+        out = wk_saga_moved(ctx, ev, "order-failed");
+        break;
+    default:
+        break;
+    }
+    wk_step_free(&s);
+    return out;
+}
+
+/* Creates the order with the script. */
+static wk_result order_create(wk_ctx *ctx, const es_event *ev, const wk_lines *lines, const char *client,
+                              json_int_t total)
+{
+    const char *checkout = ev->aggregate_id;
+    char order_id[CM_UUID_LEN + 1];
+    cm_uuid_derive(checkout, "order", order_id);
+
+    wk_step s;
+    wk_step_init(&s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
+    wk_step_add(&s, CM_EV_ORDER_CREATED,
+                json_pack("{s:s, s:s, s:I}", "order_id", order_id, "client_id", client, "total_cents", total));
+    wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", order_id));
+
+    cm_argv keys = {0}, args = {0};
+    char resv[160];
+    wk_resv_key(checkout, resv, sizeof resv);
+    cm_argv_adds(&keys, resv);
+    cm_argv_addf(&keys, CM_KEY_PREFIX "order:%s", order_id);
+    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
+    wk_lines_keys(lines, &keys);
+    char *items = json_dumps(json_object_get(ev->data, "items"), JSON_COMPACT | JSON_ENSURE_ASCII);
+    cm_argv_adds(&args, checkout);
+    cm_argv_adds(&args, order_id);
+    cm_argv_adds(&args, client);
+    cm_argv_addll(&args, (long long)total);
+    cm_argv_adds(&args, items ? items : "[]");
+    cm_argv_addf(&args, "%.6f", cm_wall_s());
+    cm_argv_addll(&args, (long long)lines->n);
+    for (size_t i = 0; i < lines->n; i++)
+        cm_argv_adds(&args, lines->v[i].product_id);
+    free(items);
+
+    es_append_res res;
+    redisReply *verdict = NULL;
+    wk_result out = WK_RETRY;
+    switch (wk_step_run(ctx, &k_create_order, &s, &keys, &args, &res, &verdict)) {
+    case WK_STEP_OK: {
+        wk_saga_count(ctx, &s, &res);
+        const char *kv[] = {"order_id", order_id, NULL};
+        cm_logx(CM_INFO, checkout, ev->event_id, kv, "order created (total %lld cents)%s", (long long)total,
+                res.duplicate ? " (already created)" : "");
+        out = WK_ACK;
+        break;
+    }
+    case WK_STEP_CONFLICT:
+        out = wk_saga_moved(ctx, ev, "create-order");
+        break;
+    case WK_STEP_VERDICT: {
+        /* The reservation is not held (or lists a product StockReserved does
+         * not): never sell what was not reserved. The saga times out. */
+        const redisReply *what = cm_reply_elem(verdict, 0), *arg = cm_reply_elem(verdict, 1);
+        wk_fail_reason(ctx, "reservation of %s: %s %s", checkout, cm_reply_is_str(what) ? what->str : "?",
+                       cm_reply_is_str(arg) ? arg->str : "");
+        freeReplyObject(verdict);
+        out = WK_DEAD;
+        break;
+    }
+    default:
+        break;
+    }
+    cm_argv_free(&keys);
+    cm_argv_free(&args);
+    wk_step_free(&s);
+    return out;
+}
+
+static wk_result handle_stock_reserved(wk_ctx *ctx, const es_event *ev)
+{
+    if (!wk_saga_checkout(ctx, ev))
+        return WK_DEAD;
+    wk_lines lines;
+    char err[160];
+    if (wk_lines_parse(json_object_get(ev->data, "items"), &lines, err, sizeof err) != 0) {
+        wk_fail_reason(ctx, "StockReserved data: %s", err);
+        return WK_DEAD;
+    }
+    char client[72];
+    json_int_t total;
+    json_t *t = json_object_get(ev->data, "total_cents");
+    const char *c = es_event_data_str(ev, "client_id");
+    if (json_is_integer(t) && c) {
+        total = json_integer_value(t);
+        snprintf(client, sizeof client, "%s", c);
+    } else if (totals_from_history(ctx, ev, &total, client, sizeof client) != 0) {
+        return WK_RETRY;
+    }
+    if (!client[0]) {
+        wk_fail_reason(ctx, "checkout %s has no client_id", ev->aggregate_id);
+        return WK_DEAD;
+    }
+
+    if (g_delay_ms > 0)
+        injected_delay(ctx);
+    if (total > g_limit_cents)
+        return order_failed(ctx, ev, CM_REASON_ORDER_LIMIT, total);
+    if (injected_fault())
+        return order_failed(ctx, ev, CM_REASON_INJECTED_FAULT, total);
+    return order_create(ctx, ev, &lines, client, total);
+}
+
+static const wk_handler k_handlers[] = {
+    {CM_EV_STOCK_RESERVED, handle_stock_reserved},
+};
+
+const wk_def wk_order_creation = {
+    .id = CM_W_ORDER_CREATION,
+    .handlers = k_handlers,
+    .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
+    .opts = k_opts,
+};

@@ -1,0 +1,276 @@
+/* saga.c - helpers shared by the saga workers (see saga.h). */
+#include "workers/saga.h"
+#include "common/ids.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/names.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int wk_lines_parse(const json_t *items, wk_lines *out, char *err, size_t errlen)
+{
+    out->n = 0;
+    if (!json_is_array(items) || json_array_size(items) == 0) {
+        snprintf(err, errlen, "items must be a non-empty array");
+        return -1;
+    }
+    if (json_array_size(items) > WK_SAGA_MAX_LINES) {
+        snprintf(err, errlen, "more than %d lines", WK_SAGA_MAX_LINES);
+        return -1;
+    }
+    size_t i;
+    json_t *line;
+    json_array_foreach(items, i, line) {
+        json_t *pid = json_object_get(line, "product_id");
+        json_t *qty = json_object_get(line, "quantity");
+        if (!json_is_string(pid) ||
+            !cm_id_valid(json_string_value(pid), json_string_length(pid), 64)) {
+            snprintf(err, errlen, "line %zu: product_id must be 1..64 of [A-Za-z0-9_-]", i);
+            return -1;
+        }
+        if (!json_is_integer(qty) || json_integer_value(qty) < 1 ||
+            json_integer_value(qty) > WK_SAGA_MAX_QTY) {
+            snprintf(err, errlen, "line %zu: quantity must be an integer in 1..%d", i, WK_SAGA_MAX_QTY);
+            return -1;
+        }
+        const char *id = json_string_value(pid);
+        size_t k = 0;
+        while (k < out->n && strcmp(out->v[k].product_id, id) != 0)
+            k++;
+        if (k == out->n) {
+            snprintf(out->v[k].product_id, sizeof out->v[k].product_id, "%s", id);
+            out->v[k].qty = 0;
+            out->n++;
+        }
+        out->v[k].qty += json_integer_value(qty);
+        if (out->v[k].qty > WK_SAGA_MAX_QTY) {
+            snprintf(err, errlen, "product %s: more than %d units", id, WK_SAGA_MAX_QTY);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+json_t *wk_lines_json(const wk_lines *l)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < l->n; i++)
+        json_array_append_new(a, json_pack("{s:s, s:I}", "product_id", l->v[i].product_id, "quantity",
+                                           (json_int_t)l->v[i].qty));
+    return a;
+}
+
+void wk_lines_keys(const wk_lines *l, cm_argv *keys)
+{
+    for (size_t i = 0; i < l->n; i++)
+        cm_argv_addf(keys, CM_KEY_PREFIX "product:%s", l->v[i].product_id);
+}
+
+void wk_resv_key(const char *checkout_id, char *out, size_t outlen)
+{
+    snprintf(out, outlen, CM_KEY_PREFIX "resv:%s", checkout_id);
+}
+
+void wk_step_init(wk_step *s, const es_event *cause, const char *producer)
+{
+    memset(s, 0, sizeof *s);
+    s->cause = cause;
+    s->producer = producer;
+    s->expected = cause->seq;
+}
+
+void wk_step_add(wk_step *s, enum cm_event_type t, json_t *data)
+{
+    if (s->n >= WK_SAGA_MAX_STEP) { /* a programming error, never input */
+        json_decref(data);
+        return;
+    }
+    size_t i = s->n++;
+    const char *type = cm_event_type_names[t];
+    cm_uuid_derive(s->cause->event_id, type, s->ids[i]);
+    s->data[i] = data;
+    s->evs[i] = (es_new_event){
+        .event_id = s->ids[i], .type = type, .causation_id = s->cause->event_id, .data = data};
+}
+
+void wk_step_free(wk_step *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        json_decref(s->data[i]);
+    s->n = 0;
+}
+
+static es_append_req step_req(const wk_step *s)
+{
+    return (es_append_req){
+        .aggregate = WK_SAGA_AGGREGATE,
+        .aggregate_id = s->cause->aggregate_id,
+        .correlation_id = s->cause->aggregate_id,
+        .producer = s->producer,
+        .expected_version = s->expected,
+        .events = s->evs,
+        .n = s->n,
+    };
+}
+
+/* True if r looks like an append result: an array led by ok/dup/conflict. */
+static bool is_append_result(const redisReply *r)
+{
+    const redisReply *st = cm_reply_elem(r, 0);
+    return cm_reply_is_str(st) &&
+           (!strcmp(st->str, "ok") || !strcmp(st->str, "dup") || !strcmp(st->str, "conflict"));
+}
+
+int wk_step_run(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                const cm_argv *xargs, es_append_res *res, redisReply **verdict)
+{
+    *verdict = NULL;
+    memset(res, 0, sizeof *res);
+    es_store *st = wk_store(ctx);
+    redisContext *c = wk_redis(ctx);
+    es_append_req req = step_req(s);
+    cm_argv a = {0};
+    int rc = WK_STEP_EREDIS;
+    es_append_keys(st, WK_SAGA_AGGREGATE, s->cause->aggregate_id, &a);
+    for (int i = 0; xkeys && i < xkeys->n; i++)
+        cm_argv_add(&a, xkeys->v[i], xkeys->len[i]);
+    int numkeys = a.n;
+    if (es_append_args(&req, &a) != ES_OK) {
+        wk_fail_reason(ctx, "invalid follow-up append");
+        goto done;
+    }
+    for (int i = 0; xargs && i < xargs->n; i++)
+        cm_argv_add(&a, xargs->v[i], xargs->len[i]);
+    redisReply *r = cm_script_call(c, script, numkeys, &a);
+    char err[256];
+    if (cm_reply_failed(c, r, err, sizeof err)) {
+        wk_fail_reason(ctx, "step script: %s", err);
+        goto done;
+    }
+    if (!is_append_result(r)) {
+        if (r->type == REDIS_REPLY_ARRAY) {
+            *verdict = r;
+            rc = WK_STEP_VERDICT;
+        } else {
+            wk_fail_reason(ctx, "step script: unexpected reply type %d", r->type);
+            freeReplyObject(r);
+        }
+        goto done;
+    }
+    int prc = es_append_parse(r, s->n, res, err, sizeof err);
+    freeReplyObject(r);
+    if (prc == ES_ECONFLICT) {
+        rc = WK_STEP_CONFLICT;
+    } else if (prc != ES_OK) {
+        wk_fail_reason(ctx, "step script: %s", err);
+    } else {
+        for (size_t i = 0; i < s->n; i++)
+            snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", s->ids[i]);
+        rc = WK_STEP_OK;
+    }
+done:
+    cm_argv_free(&a);
+    return rc;
+}
+
+int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res)
+{
+    es_append_req req = step_req(s);
+    int rc = es_append(wk_store(ctx), &req, res);
+    if (rc == ES_OK)
+        return WK_STEP_OK;
+    if (rc == ES_ECONFLICT)
+        return WK_STEP_CONFLICT;
+    wk_fail_reason(ctx, "append: %s", es_store_errstr(wk_store(ctx)));
+    return WK_STEP_EREDIS;
+}
+
+wk_result wk_saga_moved(wk_ctx *ctx, const es_event *cause, const char *step)
+{
+    es_event **evs = NULL;
+    size_t n = 0;
+    int rc = es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, cause->aggregate_id, &evs, &n);
+    if (rc == ES_EREDIS) {
+        wk_fail_reason(ctx, "history read: %s", es_store_errstr(wk_store(ctx)));
+        return WK_RETRY;
+    }
+    wk_result out;
+    if (rc != ES_OK) {
+        wk_fail_reason(ctx, "history unreadable: %s", es_store_errstr(wk_store(ctx)));
+        out = WK_DEAD;
+    } else if ((int64_t)n <= cause->seq - 1 || strcmp(evs[cause->seq - 1]->event_id, cause->event_id)) {
+        /* The history does not hold the cause where the bus says it is. */
+        wk_fail_reason(ctx, "history of %s has no event %s at seq %lld", cause->aggregate_id,
+                       cause->event_id, (long long)cause->seq);
+        out = WK_DEAD;
+    } else if ((int64_t)n == cause->seq) {
+        /* Nothing after the cause: the conflict came from elsewhere; try again. */
+        wk_fail_reason(ctx, "conflict but history of %s ends at the cause", cause->aggregate_id);
+        out = WK_RETRY;
+    } else {
+        es_checkout_state st;
+        es_checkout_fold(evs, n, &st);
+        const char *kv[] = {"step", step, "status", st.status, NULL};
+        cm_logx(CM_INFO, cause->aggregate_id, cause->event_id, kv,
+                "saga moved on (version %lld, expected %lld%s): nothing to do", (long long)st.version,
+                (long long)cause->seq, st.timed_out ? ", timed out" : "");
+        out = WK_ACK;
+    }
+    es_events_free(evs, n);
+    return out;
+}
+
+const char *wk_saga_checkout(wk_ctx *ctx, const es_event *cause)
+{
+    if (strcmp(cause->aggregate, WK_SAGA_AGGREGATE) != 0) {
+        wk_fail_reason(ctx, "aggregate %s is not a checkout", cause->aggregate);
+        return NULL;
+    }
+    if (!cm_id_valid(cause->aggregate_id, strlen(cause->aggregate_id), 64)) {
+        wk_fail_reason(ctx, "checkout id is not 1..64 of [A-Za-z0-9_-]");
+        return NULL;
+    }
+    return cause->aggregate_id;
+}
+
+void wk_saga_count(wk_ctx *ctx, const wk_step *s, const es_append_res *res)
+{
+    if (res->duplicate)
+        return;
+    char labels[256];
+    for (size_t i = 0; i < s->n; i++) {
+        const char *type = s->evs[i].type;
+        cm_metrics_labels(labels, sizeof labels, "topic", es_store_bus(wk_store(ctx)), "type", type, NULL);
+        cm_series_inc(cm_counter("events_published_total", "Events appended to the bus", labels));
+        if (!strcmp(type, cm_event_type_names[CM_EV_CHECKOUT_SUCCEEDED])) {
+            cm_series_inc(cm_counter("saga_choreo_success_total", "Checkouts that succeeded", NULL));
+        } else if (!strcmp(type, cm_event_type_names[CM_EV_CHECKOUT_FAILED])) {
+            json_t *r = json_object_get(s->data[i], "reason");
+            cm_metrics_labels(labels, sizeof labels, "reason", json_is_string(r) ? json_string_value(r) : "",
+                              NULL);
+            cm_series_inc(cm_counter("saga_choreo_failed_total", "Checkouts that failed, by reason", labels));
+        }
+    }
+}
+
+const char *wk_saga_failure_reason(const es_event *cause)
+{
+    static const char *const known[] = {CM_REASON_INSUFFICIENT_STOCK, CM_REASON_ORDER_LIMIT,
+                                        CM_REASON_INJECTED_FAULT, CM_REASON_TIMED_OUT};
+    switch (cause->kind) {
+    case CM_EV_CHECKOUT_TIMED_OUT:
+        return CM_REASON_TIMED_OUT;
+    case CM_EV_STOCK_RESERVATION_FAILED:
+        return CM_REASON_INSUFFICIENT_STOCK;
+    case CM_EV_ORDER_CREATION_FAILED: {
+        const char *r = es_event_data_str(cause, "reason");
+        for (size_t i = 0; r && i < sizeof known / sizeof known[0]; i++)
+            if (!strcmp(r, known[i]))
+                return known[i];
+        return NULL;
+    }
+    default:
+        return NULL;
+    }
+}

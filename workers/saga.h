@@ -1,0 +1,103 @@
+/* saga.h - what the three saga workers (stock-reservation, order-creation,
+ * stock-compensation) share: a checkout's lines, a step's follow-up events
+ * run through a Lua script together with the step's effect, the decision
+ * after an expected-version conflict, and the saga metrics.
+ *
+ * A step reacts to one event E of a checkout and appends its follow-ups to the
+ * checkout's history naming expected_version = E.seq; their ids are derived
+ * from (E.event_id, follow-up type), so re-processing E re-appends the same
+ * ids and the store answers "dup" without running the effect again. */
+#ifndef WK_SAGA_H
+#define WK_SAGA_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "workers/wk.h"
+
+#define WK_SAGA_AGGREGATE "checkout"
+#define WK_SAGA_MAX_LINES 100       /* lines of a checkout, as the intake allows */
+#define WK_SAGA_MAX_QTY 1000000     /* per product after summing duplicate lines */
+#define WK_SAGA_MAX_STEP 2          /* follow-ups appended by one step */
+
+/* One product of a checkout, duplicate lines summed. */
+typedef struct wk_line {
+    char product_id[72];
+    int64_t qty;
+} wk_line;
+
+typedef struct wk_lines {
+    wk_line v[WK_SAGA_MAX_LINES];
+    size_t n;
+} wk_lines;
+
+/* Parses an items array [{"product_id", "quantity", ...}] into out, summing
+ * lines of the same product (first-appearance order). Returns 0, or -1 with
+ * err when the array is missing or empty, or a line is malformed. */
+int wk_lines_parse(const json_t *items, wk_lines *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* Returns [{"product_id","quantity"}] for the lines (new reference). */
+json_t *wk_lines_json(const wk_lines *l);
+/* Adds the product hash key chorus:product:<id> of every line to keys. */
+void wk_lines_keys(const wk_lines *l, cm_argv *keys);
+/* Writes the reservation hash key chorus:resv:<checkout_id> into out. */
+void wk_resv_key(const char *checkout_id, char *out, size_t outlen);
+
+/* The follow-up events of one step. */
+typedef struct wk_step {
+    const es_event *cause;                   /* borrowed: the event reacted to */
+    const char *producer;                    /* worker name */
+    int64_t expected;                        /* expected version of the append */
+    size_t n;
+    char ids[WK_SAGA_MAX_STEP][40];
+    json_t *data[WK_SAGA_MAX_STEP];          /* owned */
+    es_new_event evs[WK_SAGA_MAX_STEP];
+} wk_step;
+
+/* Starts a step reacting to cause (its checkout is cause->aggregate_id),
+ * expecting version cause->seq. Release with wk_step_free. */
+void wk_step_init(wk_step *s, const es_event *cause, const char *producer);
+/* Adds a follow-up of type t with data (reference stolen), its id derived
+ * from (cause.event_id, type name). At most WK_SAGA_MAX_STEP. */
+void wk_step_add(wk_step *s, enum cm_event_type t, json_t *data);
+void wk_step_free(wk_step *s);
+
+/* What a step's script or append answered. */
+enum wk_step_rc {
+    WK_STEP_OK = 0,         /* appended (res.duplicate: it already was) */
+    WK_STEP_CONFLICT = 1,   /* the saga moved: decide again (wk_saga_moved) */
+    WK_STEP_VERDICT = 2,    /* the script refused with its own answer (*verdict) */
+    WK_STEP_EREDIS = -1,    /* transient: retry */
+};
+
+/* Runs script with KEYS = history, bus, xkeys... and ARGV = the step's
+ * append arguments, xargs... (xkeys/xargs may be NULL). On WK_STEP_VERDICT
+ * *verdict is the script's reply (an array not shaped as an append result;
+ * caller frees). Failure detail goes to the context's fail reason. */
+int wk_step_run(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                const cm_argv *xargs, es_append_res *res, redisReply **verdict)
+    __attribute__((warn_unused_result));
+/* Appends the step's follow-ups alone (a step with no effect). Returns
+ * WK_STEP_OK, WK_STEP_CONFLICT or WK_STEP_EREDIS. */
+int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res) __attribute__((warn_unused_result));
+
+/* After a conflict: re-reads the checkout's history and decides. The saga
+ * moved past cause (its follow-up was already written, it timed out or ended)
+ * gives WK_ACK with nothing done; a history that does not hold cause at its
+ * seq gives WK_DEAD; a read failure WK_RETRY. */
+wk_result wk_saga_moved(wk_ctx *ctx, const es_event *cause, const char *step);
+
+/* Validates cause as a checkout event and returns its checkout id, or NULL
+ * after setting the context's fail reason (the handler answers WK_DEAD). */
+const char *wk_saga_checkout(wk_ctx *ctx, const es_event *cause);
+
+/* Counts a step's appended events in events_published_total and, for a
+ * terminal one, saga_choreo_success_total / saga_choreo_failed_total{reason}.
+ * Does nothing for a duplicate append, so replays never count twice. */
+void wk_saga_count(wk_ctx *ctx, const wk_step *s, const es_append_res *res);
+
+/* Maps a failure event to the CheckoutFailed reason it causes (the DESIGN.md
+ * reasons), or NULL when the event names no known reason. */
+const char *wk_saga_failure_reason(const es_event *cause);
+
+#endif

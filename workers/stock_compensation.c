@@ -1,0 +1,266 @@
+/* stock_compensation.c - the stock-compensation worker (group
+ * choreo-compensation): ends failed sagas, and owns the saga timeout.
+ *
+ * Compensation. On StockReservationFailed, OrderCreationFailed or
+ * CheckoutTimedOut it reads the checkout's reservation hash and runs
+ * lua/release.lua: when the reservation is held, the script gives every
+ * quantity back (reserved -= q, available += q), marks it released and
+ * appends StockReleased {items} + CheckoutFailed {reason}; when nothing is
+ * held it appends CheckoutFailed alone. The reason is the cause:
+ * insufficient_stock, the order failure's reason, or timed_out. The append
+ * names the failure event's seq and derives its ids from it, so a redelivery
+ * is a "dup" and releases nothing twice.
+ *
+ * Timeout. On CheckoutInitiated it records the saga in the zset
+ * chorus:saga:started (ZADD NX, scored by emitted_at in ms). Every
+ * TICK_MS the tick takes up to TICK_BATCH sagas older than SAGA_TIMEOUT_MS,
+ * folds each one's history and, unless it ended or is already failing,
+ * appends CheckoutTimedOut {after_ms} naming the version it read; that event
+ * comes back through the group and is compensated like any failure. The
+ * scripts that end a saga remove it from the zset.
+ *
+ * Why a checkout never gets two terminal events: every step appends naming
+ * the version it reacted to, so of a timeout and a step racing from the same
+ * version only the first append lands; the other conflicts, writes nothing,
+ * and re-reads the history (the step stands down; the tick decides again on
+ * its next run). In particular an order is never created after the timeout:
+ * order creation names StockReserved's seq, which the timeout has moved past. */
+#include "workers/saga.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char wk_lua_release[];
+static cm_script k_release = {.src = wk_lua_release};
+
+#define TICK_MS 200
+#define TICK_BATCH 100
+
+static int64_t g_timeout_ms;
+
+static const cm_opt k_opts[] = {
+    {"saga-timeout-ms", "SAGA_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "30000", 1, 86400000,
+     "a saga with no terminal event after this long gets CheckoutTimedOut"},
+    {0},
+};
+
+static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+{
+    const char *checkout = wk_saga_checkout(ctx, ev);
+    if (!checkout)
+        return WK_DEAD;
+    redisContext *c = wk_redis(ctx);
+    redisReply *r = redisCommand(c, "ZADD %s NX %lld %s", CM_KEY_SAGA_STARTED,
+                                 (long long)(ev->emitted_at * 1000.0), checkout);
+    char err[256];
+    if (cm_reply_failed(c, r, err, sizeof err)) {
+        wk_fail_reason(ctx, "ZADD saga start: %s", err);
+        return WK_RETRY;
+    }
+    freeReplyObject(r);
+    return WK_ACK;
+}
+
+/* Reads the reservation hash: *held, and the held lines. Returns 0, -1 on a
+ * Redis error (retry), -2 when the hash is not one this worker wrote. */
+static int read_reservation(wk_ctx *ctx, const char *resv, bool *held, wk_lines *lines)
+{
+    *held = false;
+    lines->n = 0;
+    redisContext *c = wk_redis(ctx);
+    redisReply *r = redisCommand(c, "HGETALL %s", resv);
+    char err[256];
+    if (cm_reply_failed(c, r, err, sizeof err)) {
+        wk_fail_reason(ctx, "HGETALL %s: %s", resv, err);
+        return -1;
+    }
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+        wk_fail_reason(ctx, "%s is not a reservation hash", resv);
+        rc = -2;
+        goto done;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (!cm_reply_is_str(k) || !cm_reply_is_str(v))
+            continue;
+        if (!strcmp(k->str, "_state")) {
+            *held = !strcmp(v->str, "held");
+            continue;
+        }
+        char *end;
+        long long q = strtoll(v->str, &end, 10);
+        if (lines->n == WK_SAGA_MAX_LINES || *end || q < 1 || k->len >= sizeof lines->v[0].product_id) {
+            wk_fail_reason(ctx, "%s: bad line %.64s", resv, k->str);
+            rc = -2;
+            goto done;
+        }
+        snprintf(lines->v[lines->n].product_id, sizeof lines->v[0].product_id, "%s", k->str);
+        lines->v[lines->n++].qty = q;
+    }
+done:
+    freeReplyObject(r);
+    return rc;
+}
+
+static wk_result compensate(wk_ctx *ctx, const es_event *ev)
+{
+    const char *checkout = wk_saga_checkout(ctx, ev);
+    if (!checkout)
+        return WK_DEAD;
+    const char *reason = wk_saga_failure_reason(ev);
+    if (!reason) {
+        wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
+        return WK_DEAD;
+    }
+    char resv[160];
+    wk_resv_key(checkout, resv, sizeof resv);
+    bool held;
+    wk_lines lines;
+    int rrc = read_reservation(ctx, resv, &held, &lines);
+    if (rrc != 0)
+        return rrc == -1 ? WK_RETRY : WK_DEAD;
+
+    wk_step s;
+    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
+    if (held)
+        wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&lines)));
+    wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", reason));
+    cm_argv keys = {0}, args = {0};
+    cm_argv_adds(&keys, resv);
+    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
+    if (held)
+        wk_lines_keys(&lines, &keys);
+    cm_argv_adds(&args, checkout);
+    cm_argv_adds(&args, held ? "1" : "0");
+    cm_argv_addll(&args, held ? (long long)lines.n : 0);
+    for (size_t i = 0; held && i < lines.n; i++)
+        cm_argv_adds(&args, lines.v[i].product_id);
+
+    es_append_res res;
+    redisReply *verdict = NULL;
+    wk_result out = WK_RETRY;
+    switch (wk_step_run(ctx, &k_release, &s, &keys, &args, &res, &verdict)) {
+    case WK_STEP_OK: {
+        wk_saga_count(ctx, &s, &res);
+        const char *kv[] = {"reason", reason, NULL};
+        cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
+                held ? ", reservation released" : ", nothing held", res.duplicate ? " (already recorded)" : "");
+        out = WK_ACK;
+        break;
+    }
+    case WK_STEP_CONFLICT:
+        out = wk_saga_moved(ctx, ev, "compensate");
+        break;
+    case WK_STEP_VERDICT: {
+        /* "changed": the reservation moved between our read and the script
+         * (retry reads it again); "mismatch": a hash we cannot trust. */
+        const redisReply *what = cm_reply_elem(verdict, 0);
+        bool changed = cm_reply_is_str(what) && !strcmp(what->str, "changed");
+        wk_fail_reason(ctx, "release script: %s", cm_reply_is_str(what) ? what->str : "?");
+        out = changed ? WK_RETRY : WK_DEAD;
+        freeReplyObject(verdict);
+        break;
+    }
+    default:
+        break;
+    }
+    cm_argv_free(&keys);
+    cm_argv_free(&args);
+    wk_step_free(&s);
+    return out;
+}
+
+/* Decides the timeout of one expired saga. Returns true when it should leave
+ * the zset (ended, failing, timed out now, or unknown). */
+static bool timeout_one(wk_ctx *ctx, const char *checkout, int64_t age_ms)
+{
+    es_event **evs = NULL;
+    size_t n = 0;
+    int rc = es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, checkout, &evs, &n);
+    if (rc == ES_EREDIS)
+        return false;
+    if (rc != ES_OK || n == 0) {
+        cm_logx(CM_WARN, checkout, NULL, NULL, "saga timeout: history %s; dropped from the timeout set",
+                rc != ES_OK ? "unreadable" : "missing");
+        es_events_free(evs, n);
+        return true;
+    }
+    es_checkout_state st;
+    es_checkout_fold(evs, n, &st);
+    bool done = true;
+    if (!st.terminal && !st.failing) {
+        wk_step s;
+        wk_step_init(&s, evs[n - 1], cm_worker_names[CM_W_STOCK_COMPENSATION]);
+        s.expected = st.version;
+        wk_step_add(&s, CM_EV_CHECKOUT_TIMED_OUT, json_pack("{s:I}", "after_ms", (json_int_t)age_ms));
+        es_append_res res;
+        int arc = wk_step_append(ctx, &s, &res);
+        if (arc == WK_STEP_OK) {
+            wk_saga_count(ctx, &s, &res);
+            char v[24];
+            snprintf(v, sizeof v, "%lld", (long long)st.version);
+            const char *kv[] = {"version", v, "status", st.status, NULL};
+            cm_logx(CM_INFO, checkout, s.ids[0], kv, "saga timed out after %lld ms", (long long)age_ms);
+        } else {
+            /* A step moved the saga meanwhile (or Redis failed): decide again
+             * on the next tick. */
+            done = false;
+        }
+        wk_step_free(&s);
+    }
+    es_events_free(evs, n);
+    return done;
+}
+
+static void timeout_tick(wk_ctx *ctx)
+{
+    redisContext *c = wk_redis(ctx);
+    int64_t now = cm_wall_ms();
+    redisReply *r = redisCommand(c, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", CM_KEY_SAGA_STARTED,
+                                 (long long)(now - g_timeout_ms), TICK_BATCH);
+    char err[256];
+    if (cm_reply_failed(c, r, err, sizeof err)) {
+        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", err);
+        return;
+    }
+    cm_argv done = {0};
+    cm_argv_adds(&done, "ZREM");
+    cm_argv_adds(&done, CM_KEY_SAGA_STARTED);
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && !wk_stopping(ctx); i += 2) {
+        const redisReply *id = r->element[i];
+        if (!cm_reply_is_str(id))
+            continue;
+        int64_t started = (int64_t)cm_reply_ll(r->element[i + 1], now);
+        if (timeout_one(ctx, id->str, now - started))
+            cm_argv_add(&done, id->str, id->len);
+    }
+    freeReplyObject(r);
+    if (done.n > 2) {
+        redisReply *z = redisCommandArgv(c, done.n, (const char **)done.v, done.len);
+        if (cm_reply_failed(c, z, err, sizeof err))
+            cm_log(CM_WARN, "saga timeout: ZREM: %s", err);
+        else
+            freeReplyObject(z);
+    }
+    cm_argv_free(&done);
+}
+
+static const wk_handler k_handlers[] = {
+    {CM_EV_CHECKOUT_INITIATED, handle_checkout_initiated},
+    {CM_EV_STOCK_RESERVATION_FAILED, compensate},
+    {CM_EV_ORDER_CREATION_FAILED, compensate},
+    {CM_EV_CHECKOUT_TIMED_OUT, compensate},
+};
+
+const wk_def wk_stock_compensation = {
+    .id = CM_W_STOCK_COMPENSATION,
+    .handlers = k_handlers,
+    .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
+    .opts = k_opts,
+    .tick = timeout_tick,
+    .tick_ms = TICK_MS,
+};

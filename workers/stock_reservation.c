@@ -1,0 +1,159 @@
+/* stock_reservation.c - the stock-reservation worker (group choreo-reservation).
+ *
+ * On CheckoutInitiated it reserves every line of the checkout or none:
+ * lua/reserve.lua checks each product's `available` against the summed
+ * quantities and, only when all suffice, moves them to `reserved`, records
+ * the reservation hash (state held) and appends StockReserved, all in one
+ * script. Redis runs scripts one at a time, so concurrent checkouts can never
+ * oversell and `available` never goes below zero.
+ *
+ * When a line cannot be reserved, the script writes nothing and this worker
+ * appends StockReservationFailed {reason: insufficient_stock, product_id}. A
+ * product missing from the catalog at this stage (deleted after the intake
+ * accepted the checkout) fails the same way, with "detail": "unknown_product".
+ *
+ * A redelivered CheckoutInitiated finds StockReserved's derived id in the
+ * history ("dup") or, if the failure was appended, a newer version
+ * ("conflict"); either way nothing is reserved twice. */
+#include "workers/saga.h"
+#include "common/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+extern const char wk_lua_reserve[];
+static cm_script k_reserve = {.src = wk_lua_reserve};
+
+/* Appends StockReservationFailed for product_id (no effect to combine). */
+static wk_result reservation_failed(wk_ctx *ctx, const es_event *ev, const char *product_id, bool unknown)
+{
+    wk_step s;
+    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_RESERVATION]);
+    json_t *data = json_pack("{s:s, s:s}", "reason", CM_REASON_INSUFFICIENT_STOCK, "product_id", product_id);
+    if (unknown)
+        json_object_set_new(data, "detail", json_string("unknown_product"));
+    wk_step_add(&s, CM_EV_STOCK_RESERVATION_FAILED, data);
+    es_append_res res;
+    int rc = wk_step_append(ctx, &s, &res);
+    wk_result out = WK_RETRY;
+    if (rc == WK_STEP_OK) {
+        wk_saga_count(ctx, &s, &res);
+        const char *kv[] = {"product_id", product_id, NULL};
+        cm_logx(CM_INFO, ev->aggregate_id, ev->event_id, kv, "stock reservation failed (%s)%s",
+                unknown ? "unknown product" : "insufficient stock", res.duplicate ? " (already recorded)" : "");
+        out = WK_ACK;
+    } else if (rc == WK_STEP_CONFLICT) {
+        out = wk_saga_moved(ctx, ev, "reservation-failed");
+    }
+    wk_step_free(&s);
+    return out;
+}
+
+/* Acts on the script's own answer (nothing was written). */
+static wk_result handle_verdict(wk_ctx *ctx, const es_event *ev, const redisReply *v)
+{
+    const redisReply *what = cm_reply_elem(v, 0), *arg = cm_reply_elem(v, 1);
+    if (!cm_reply_is_str(what) || !cm_reply_is_str(arg)) {
+        wk_fail_reason(ctx, "reserve script: unexpected answer");
+        return WK_RETRY;
+    }
+    if (!strcmp(what->str, "short") || !strcmp(what->str, "unknown"))
+        return reservation_failed(ctx, ev, arg->str, what->str[0] == 'u');
+    if (!strcmp(what->str, "exists")) {
+        /* A reservation without StockReserved in this history: a second
+         * CheckoutInitiated for the same checkout. Never reserve twice. */
+        wk_fail_reason(ctx, "checkout %s already has a reservation (state %s)", ev->aggregate_id, arg->str);
+        return WK_DEAD;
+    }
+    wk_fail_reason(ctx, "reserve script: unknown answer %s", what->str);
+    return WK_RETRY;
+}
+
+/* The total of a checkout: data.total_cents, or the sum of its lines' prices. */
+static json_int_t checkout_total(const es_event *ev)
+{
+    json_t *t = json_object_get(ev->data, "total_cents");
+    if (json_is_integer(t))
+        return json_integer_value(t);
+    json_int_t sum = 0;
+    size_t i;
+    json_t *line;
+    json_array_foreach(json_object_get(ev->data, "items"), i, line) {
+        json_t *q = json_object_get(line, "quantity"), *p = json_object_get(line, "unit_price_cents");
+        if (json_is_integer(q) && json_is_integer(p))
+            sum += json_integer_value(q) * json_integer_value(p);
+    }
+    return sum;
+}
+
+static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+{
+    const char *checkout = wk_saga_checkout(ctx, ev);
+    if (!checkout)
+        return WK_DEAD;
+    if (ev->seq != 1) {
+        wk_fail_reason(ctx, "CheckoutInitiated at seq %lld: a checkout starts once", (long long)ev->seq);
+        return WK_DEAD;
+    }
+    const char *client = es_event_data_str(ev, "client_id");
+    json_t *items = json_object_get(ev->data, "items");
+    wk_lines lines;
+    char err[160];
+    if (!client || wk_lines_parse(items, &lines, err, sizeof err) != 0) {
+        wk_fail_reason(ctx, "CheckoutInitiated data: %s", client ? err : "no client_id");
+        return WK_DEAD;
+    }
+
+    /* StockReserved carries the initiated lines as they were, plus the total
+     * so order creation needs no history read. */
+    wk_step s;
+    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_RESERVATION]);
+    wk_step_add(&s, CM_EV_STOCK_RESERVED,
+                json_pack("{s:s, s:O, s:I}", "client_id", client, "items", items, "total_cents",
+                          checkout_total(ev)));
+    cm_argv keys = {0}, args = {0};
+    char resv[160];
+    wk_resv_key(checkout, resv, sizeof resv);
+    cm_argv_adds(&keys, resv);
+    wk_lines_keys(&lines, &keys);
+    cm_argv_addll(&args, (long long)lines.n);
+    for (size_t i = 0; i < lines.n; i++)
+        cm_argv_adds(&args, lines.v[i].product_id);
+    for (size_t i = 0; i < lines.n; i++)
+        cm_argv_addll(&args, (long long)lines.v[i].qty);
+
+    es_append_res res;
+    redisReply *verdict = NULL;
+    wk_result out = WK_RETRY;
+    switch (wk_step_run(ctx, &k_reserve, &s, &keys, &args, &res, &verdict)) {
+    case WK_STEP_OK:
+        wk_saga_count(ctx, &s, &res);
+        cm_logx(CM_INFO, checkout, ev->event_id, NULL, "reserved %zu products%s", lines.n,
+                res.duplicate ? " (already reserved)" : "");
+        out = WK_ACK;
+        break;
+    case WK_STEP_CONFLICT:
+        out = wk_saga_moved(ctx, ev, "reserve");
+        break;
+    case WK_STEP_VERDICT:
+        out = handle_verdict(ctx, ev, verdict);
+        freeReplyObject(verdict);
+        break;
+    default:
+        break;
+    }
+    cm_argv_free(&keys);
+    cm_argv_free(&args);
+    wk_step_free(&s);
+    return out;
+}
+
+static const wk_handler k_handlers[] = {
+    {CM_EV_CHECKOUT_INITIATED, handle_checkout_initiated},
+};
+
+const wk_def wk_stock_reservation = {
+    .id = CM_W_STOCK_RESERVATION,
+    .handlers = k_handlers,
+    .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
+};
