@@ -164,9 +164,10 @@ int es_append(es_store *s, const es_append_req *req, es_append_res *res)
 
 long long es_retention_trim(es_store *s, int64_t days)
 {
-    if (days <= 0)
+    int64_t now = cm_wall_ms();
+    if (days <= 0 || days >= now / 86400000LL) /* nothing is that old (and no overflow) */
         return 0;
-    int64_t cutoff = cm_wall_ms() - days * 86400000LL;
+    int64_t cutoff = now - days * 86400000LL;
     redisReply *r = redisCommand(s->c, "XTRIM %s MINID %lld-0", s->bus, (long long)cutoff);
     if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
         return ES_EREDIS;
