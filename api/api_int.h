@@ -1,0 +1,203 @@
+/* api_int.h - internals shared by the API's .c files: settings, the request
+ * object handlers fill in, the route table, per-thread Redis, long-poll
+ * waiters.
+ *
+ * Request lifecycle (server.c): libmicrohttpd calls the access handler once
+ * when the headers are in (the request is routed and its headers checked),
+ * once per body chunk (kept up to API_BODY_MAX), then once more when the
+ * request is complete: the route's handler runs then, fills rq->status and
+ * rq->out, and the server queues the response, logs a line and counts it. A
+ * handler may instead suspend the connection (long-poll); it is called again
+ * after the connection is resumed. */
+#ifndef API_INT_H
+#define API_INT_H
+
+#include <hiredis/hiredis.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/redis.h"
+#include "event_store/store.h"
+
+#define API_BODY_MAX (64 * 1024)        /* request bodies above this: 413 */
+#define API_BODY_DISCARD_MAX (1 << 20)  /* chunked overflow drained before closing */
+#define API_ID_MAX 64                   /* client, product and checkout ids */
+#define API_WAIT_MAX_MS 30000           /* cap of ?wait_ms */
+
+/* Settings (main.c's table); read-only once the daemon runs. */
+typedef struct api_cfg {
+    int64_t port;
+    char *redis_url;
+    char *bus;
+    char *admin_token;         /* NULL or empty: admin routes answer 403 */
+    int64_t threads;
+    int64_t redis_timeout_ms;
+    int64_t conn_timeout_s;
+    int64_t max_conns;
+} api_cfg;
+
+extern api_cfg g_api;
+
+/* ---- requests and routes (server.c, routes.c) ---- */
+
+typedef enum api_flow { API_DONE, API_SUSPENDED } api_flow;
+
+typedef struct api_req api_req;
+typedef api_flow (*api_handler_fn)(api_req *rq);
+
+enum api_route_flags {
+    API_F_JSON = 1,   /* takes a JSON body: Content-Type checked (415) */
+    API_F_ADMIN = 2,  /* needs the admin bearer token (401/403) */
+    API_F_IDEM = 4,   /* reads an Idempotency-Key header (400 when malformed) */
+};
+
+typedef struct api_route {
+    const char *method;      /* "GET", "POST", "PUT" (GET also serves HEAD) */
+    const char *tmpl;        /* "/api/checkouts/{id}": at most one {param} */
+    api_handler_fn fn;
+    unsigned flags;
+    int label;               /* index of tmpl in the metrics route labels */
+} api_route;
+
+/* Long-poll registration of one request (waiters.c). */
+typedef struct api_waiter {
+    char id[API_ID_MAX + 1];         /* checkout id waited on */
+    struct MHD_Connection *conn;
+    int64_t deadline_ms;             /* monotonic */
+    int state;                       /* enum in waiters.c */
+    struct api_waiter *next;         /* hash chain */
+    size_t heap_idx;                 /* position in the deadline heap */
+} api_waiter;
+
+struct api_req {
+    struct MHD_Connection *conn;
+    const api_route *route;          /* NULL when no route matched */
+    int label;                       /* metrics route label index */
+    int method_idx;                  /* metrics method label index */
+    char *path;                      /* copy of the URL path (owned) */
+    char *param;                     /* the {param} segment inside path, or NULL */
+    size_t param_len;
+    cm_buf body;                     /* request body, at most API_BODY_MAX */
+    size_t body_seen;                /* bytes received, kept or not */
+    char idem_key[129];              /* Idempotency-Key, "" when absent */
+    /* an answer decided from the headers, sent once the body is in */
+    int pre_status;
+    const char *pre_code;
+    char pre_msg[160];
+    char allow[64];                  /* Allow header for 405 */
+    /* the response */
+    int status;
+    cm_buf out;
+    const char *content_type;        /* NULL: application/json */
+    char location[96];               /* Location header, "" when none */
+    bool retry_after;                /* Retry-After: 1 (with 503) */
+    bool replayed;                   /* Idempotency-Replayed: true */
+    char checkout_id[API_ID_MAX + 1];/* for the request log */
+    int64_t t0_ns;                   /* monotonic start */
+    /* long-poll state (checkouts.c) */
+    bool waiting;
+    int64_t wait_deadline_ms;
+    api_waiter w;
+};
+
+/* Starts the HTTP daemon on g_api.port with g_api.threads pool threads.
+ * Returns NULL with err when the port cannot be bound. */
+struct MHD_Daemon *api_server_start(char *err, size_t errlen);
+
+/* Sets an error answer {"error":{"code","message"}} with status. */
+void api_error(api_req *rq, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* 503 unavailable, retryable, after a Redis failure (detail logged, not sent). */
+void api_unavailable(api_req *rq, const char *detail);
+/* Sets status; the body is whatever the handler put in rq->out. */
+void api_reply(api_req *rq, int status);
+/* Returns the value of query argument name, or NULL. */
+const char *api_query(api_req *rq, const char *name);
+/* Returns the value of request header name, or NULL. */
+const char *api_header(api_req *rq, const char *name);
+
+/* The route table (routes.c). Matches path (no query, no trailing slash but
+ * "/") and method; returns the route, or NULL with *label set and, when the
+ * path exists for other methods, allow filled ("GET, HEAD, PUT"). *param
+ * points to the {param} segment inside path (length *param_len). */
+const api_route *api_route_find(char *path, const char *method, char **param, size_t *param_len,
+                                int *label, char *allow, size_t allowlen);
+/* Route labels for metrics: api_route_labels[i], i < api_route_nlabels; the
+ * last one is "unmatched". */
+extern const char *const api_route_labels[];
+extern const int api_route_nlabels;
+
+/* Handlers (one file per area). */
+api_flow api_h_checkout_post(api_req *rq);     /* intake.c */
+api_flow api_h_checkout_alias(api_req *rq);
+api_flow api_h_checkout_get(api_req *rq);      /* checkouts.c */
+api_flow api_h_stream_events(api_req *rq);     /* queries.c */
+api_flow api_h_replay(api_req *rq);
+api_flow api_h_orders_by_client(api_req *rq);
+api_flow api_h_products(api_req *rq);          /* catalog.c */
+api_flow api_h_product_get(api_req *rq);
+api_flow api_h_product_put(api_req *rq);
+api_flow api_h_workers(api_req *rq);           /* ops.c */
+api_flow api_h_dead_letters(api_req *rq);
+api_flow api_h_dead_letter_retry(api_req *rq);
+api_flow api_h_health(api_req *rq);
+api_flow api_h_ready(api_req *rq);
+api_flow api_h_metrics(api_req *rq);
+
+/* Counts an accepted checkout and its CheckoutInitiated (intake.c). */
+void api_intake_metrics_init(void);
+
+/* ---- per-thread Redis (redis_tls.c) ---- */
+
+typedef struct api_redis {
+    redisContext *c;
+    es_store *st;
+    cm_script intake;          /* lua/intake.lua with the append library */
+    cm_script product_put;     /* lua/product_put.lua */
+    int64_t retry_at_ms;       /* after a failed connect, no retry before this */
+    char err[256];             /* last failure */
+} api_redis;
+
+/* This thread's connection, connected (and scripts loaded) on first use.
+ * Returns NULL when Redis cannot be reached; the reason is in *why (static
+ * per-thread text). The object lives until the thread exits. */
+api_redis *api_redis_get(const char **why);
+/* Checks reply r of a command on t: true when it is usable (caller still
+ * frees it). A NULL reply or a broken connection drops the connection (the
+ * next api_redis_get reconnects); an error reply is freed. Either way false,
+ * with the reason in t->err. */
+bool api_redis_ok(api_redis *t, redisReply *r);
+/* Drops t's connection (after an I/O error found by other means). */
+void api_redis_drop(api_redis *t);
+
+/* ---- long-poll waiters (waiters.c) ---- */
+
+/* Starts the subscriber thread (own connection, SUBSCRIBE to the read-model
+ * change channel, deadline timer). Returns 0 or -1 with err. */
+int api_waiters_start(char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Wakes every waiter, refuses new ones, stops and joins the thread. */
+void api_waiters_stop(void);
+/* Registers w for checkout id until deadline (monotonic ms). Returns false
+ * when shutting down (answer at once then). */
+bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, int64_t deadline_ms);
+/* Suspends w's connection unless w already fired (a change or the deadline
+ * arrived since api_wait_arm). Returns true if suspended: return API_SUSPENDED. */
+bool api_wait_suspend(api_waiter *w);
+/* Unregisters w if still registered. */
+void api_wait_disarm(api_waiter *w);
+
+/* ---- small shared helpers (util.c) ---- */
+
+/* True if s looks like a stream id: digits, optionally "-" digits, each part
+ * fitting in 64 bits. */
+bool api_stream_id_valid(const char *s);
+/* Appends a Redis string as a JSON number when it is one, else as a JSON
+ * string; "null" for NULL. */
+void api_json_num_or_str(cm_buf *b, const char *s, size_t n);
+/* Appends a JSON string, or null when s is NULL. */
+void api_json_str_or_null(cm_buf *b, const char *s, size_t n);
+
+#endif

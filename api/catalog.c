@@ -1,0 +1,187 @@
+/* catalog.c - products: list, one, and the admin upsert.
+ *
+ * A product is the hash chorus:product:<id> {name, price_cents, available,
+ * reserved, sold}; chorus:products is the set of ids. The upsert sets name,
+ * price and available stock and keeps reserved and sold, which belong to the
+ * stock workers (lua/product_put.lua, one atomic step). */
+#include "api/api_int.h"
+#include "common/ids.h"
+#include "common/names.h"
+#include "common/xmalloc.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_MAX_BYTES 200
+#define PRICE_MAX 1000000000LL      /* 10 million in cents */
+#define STOCK_MAX 1000000000LL
+#define LIST_MAX 10000              /* products listed at most */
+
+/* Appends {"product_id",...} from HMGET name price_cents available reserved sold. */
+static bool product_json(cm_buf *o, const char *id, size_t idlen, const redisReply *r)
+{
+    const redisReply *name = cm_reply_elem(r, 0);
+    const redisReply *price = cm_reply_elem(r, 1);
+    if (!name || !price || name->type != REDIS_REPLY_STRING || price->type != REDIS_REPLY_STRING)
+        return false;
+    cm_buf_puts(o, "{\"product_id\":");
+    cm_buf_put_json_str(o, id, idlen);
+    cm_buf_puts(o, ",\"name\":");
+    cm_buf_put_json_str(o, name->str, name->len);
+    cm_buf_printf(o, ",\"price_cents\":%lld,\"available\":%lld,\"reserved\":%lld,\"sold\":%lld}",
+                  cm_reply_ll(price, 0), cm_reply_ll(cm_reply_elem(r, 2), 0), cm_reply_ll(cm_reply_elem(r, 3), 0),
+                  cm_reply_ll(cm_reply_elem(r, 4), 0));
+    return true;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    const redisReply *x = *(const redisReply *const *)a, *y = *(const redisReply *const *)b;
+    return strcmp(x->str, y->str);
+}
+
+api_flow api_h_products(api_req *rq)
+{
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        return API_DONE;
+    }
+    redisReply *ids = redisCommand(t->c, "SMEMBERS " CM_KEY_PREFIX "products");
+    if (!api_redis_ok(t, ids)) {
+        api_unavailable(rq, t->err);
+        return API_DONE;
+    }
+    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    const redisReply **v = cm_xcalloc(n ? n : 1, sizeof *v);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids->element[i]->type == REDIS_REPLY_STRING && k < LIST_MAX)
+            v[k++] = ids->element[i];
+    qsort(v, k, sizeof *v, cmp_str);
+    for (size_t i = 0; i < k; i++)
+        redisAppendCommand(t->c, "HMGET " CM_KEY_PREFIX "product:%b name price_cents available reserved sold",
+                           v[i]->str, v[i]->len);
+    cm_buf *o = &rq->out;
+    cm_buf_puts(o, "{\"products\":[");
+    bool first = true, broken = false;
+    for (size_t i = 0; i < k; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
+            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
+            broken = true;
+            break;
+        }
+        size_t mark = o->len;
+        if (!first)
+            cm_buf_putc(o, ',');
+        if (product_json(o, v[i]->str, v[i]->len, r))
+            first = false;
+        else
+            o->len = mark;   /* an id without its hash: skip it */
+        o->data[o->len] = '\0';
+        freeReplyObject(r);
+    }
+    cm_buf_puts(o, "]}");
+    free(v);
+    freeReplyObject(ids);
+    if (broken) {
+        api_redis_drop(t);
+        api_unavailable(rq, t->err);
+    } else {
+        api_reply(rq, 200);
+    }
+    return API_DONE;
+}
+
+api_flow api_h_product_get(api_req *rq)
+{
+    if (!cm_id_valid(rq->param, rq->param_len, API_ID_MAX)) {
+        api_error(rq, 404, "unknown_product", "no product with that id (ids are 1..64 characters of [A-Za-z0-9_-])");
+        return API_DONE;
+    }
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        return API_DONE;
+    }
+    redisReply *r = redisCommand(t->c, "HMGET " CM_KEY_PREFIX "product:%s name price_cents available reserved sold",
+                                 rq->param);
+    if (!api_redis_ok(t, r)) {
+        api_unavailable(rq, t->err);
+        return API_DONE;
+    }
+    if (product_json(&rq->out, rq->param, rq->param_len, r))
+        api_reply(rq, 200);
+    else
+        api_error(rq, 404, "unknown_product", "no product %s", rq->param);
+    freeReplyObject(r);
+    return API_DONE;
+}
+
+/* Reads integer member key of o in [0, max]; answers 400 otherwise. */
+static bool int_field(api_req *rq, json_t *o, const char *key, long long max, long long *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max) {
+        api_error(rq, 400, "invalid_request", "%s is required and must be an integer in 0..%lld", key, max);
+        return false;
+    }
+    *out = (long long)json_integer_value(v);
+    return true;
+}
+
+api_flow api_h_product_put(api_req *rq)
+{
+    if (!cm_id_valid(rq->param, rq->param_len, API_ID_MAX)) {
+        api_error(rq, 400, "invalid_request", "a product id is 1..64 characters of [A-Za-z0-9_-]");
+        return API_DONE;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        api_error(rq, 400, "invalid_json", "malformed JSON at line %d column %d: %s", jerr.line, jerr.column,
+                  jerr.text);
+        return API_DONE;
+    }
+    long long price, avail;
+    json_t *name = json_object_get(root, "name");
+    if (!json_is_object(root)) {
+        api_error(rq, 400, "invalid_request", "the body must be a JSON object");
+    } else if (!json_is_string(name) || json_string_length(name) == 0 ||
+               json_string_length(name) > NAME_MAX_BYTES || strlen(json_string_value(name)) != json_string_length(name)) {
+        api_error(rq, 400, "invalid_request", "name is required and must be a string of 1..%d bytes", NAME_MAX_BYTES);
+    } else if (int_field(rq, root, "price_cents", PRICE_MAX, &price) &&
+               int_field(rq, root, "available", STOCK_MAX, &avail)) {
+        const char *why = NULL;
+        api_redis *t = api_redis_get(&why);
+        if (!t) {
+            api_unavailable(rq, why);
+        } else {
+            cm_argv a = {0};
+            cm_argv_addf(&a, CM_KEY_PREFIX "product:%s", rq->param);
+            cm_argv_adds(&a, CM_KEY_PREFIX "products");
+            cm_argv_adds(&a, rq->param);
+            cm_argv_add(&a, json_string_value(name), json_string_length(name));
+            cm_argv_addll(&a, price);
+            cm_argv_addll(&a, avail);
+            redisReply *r = cm_script_call(t->c, &t->product_put, 2, &a);
+            cm_argv_free(&a);
+            if (!api_redis_ok(t, r)) {
+                api_unavailable(rq, t->err);
+            } else {
+                if (product_json(&rq->out, rq->param, rq->param_len, r))
+                    api_reply(rq, 200);
+                else
+                    api_error(rq, 500, "internal_error", "unexpected reply from the catalog script");
+                freeReplyObject(r);
+            }
+        }
+    }
+    json_decref(root);
+    return API_DONE;
+}

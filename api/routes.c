@@ -1,0 +1,118 @@
+/* routes.c - the route table of DESIGN.md ("HTTP API") and its matcher.
+ *
+ * A template is a path whose segments are literals or one "{param}"; a
+ * request path matches when it has the same number of segments and every
+ * literal is equal (a trailing slash is ignored). GET rows also serve HEAD.
+ * Metrics label requests with the template, never the raw path, so the
+ * number of series stays bounded whatever clients send. */
+#include "api/api_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const api_route k_routes[] = {
+    {"POST", "/api/checkouts", api_h_checkout_post, API_F_JSON | API_F_IDEM, 0},
+    {"GET", "/api/checkouts/{id}", api_h_checkout_get, 0, 1},
+    {"POST", "/api/commandes/clients/{client_id}/checkout/choreo", api_h_checkout_alias,
+     API_F_JSON | API_F_IDEM, 2},
+    {"GET", "/api/event-store/streams/{stream}/events", api_h_stream_events, 0, 3},
+    {"GET", "/api/event-store/replay/checkout/{id}", api_h_replay, 0, 4},
+    {"GET", "/api/event-store/cqrs/orders-by-client/{client_id}", api_h_orders_by_client, 0, 5},
+    {"GET", "/api/products", api_h_products, 0, 6},
+    {"GET", "/api/products/{id}", api_h_product_get, 0, 7},
+    {"PUT", "/api/products/{id}", api_h_product_put, API_F_JSON | API_F_ADMIN, 7},
+    {"GET", "/api/workers", api_h_workers, 0, 8},
+    {"GET", "/api/dead-letters", api_h_dead_letters, 0, 9},
+    {"POST", "/api/dead-letters/{id}/retry", api_h_dead_letter_retry, API_F_ADMIN, 10},
+    {"GET", "/health", api_h_health, 0, 11},
+    {"GET", "/ready", api_h_ready, 0, 12},
+    {"GET", "/metrics", api_h_metrics, 0, 13},
+};
+#define NROUTES (sizeof k_routes / sizeof k_routes[0])
+
+const char *const api_route_labels[] = {
+    "/api/checkouts",
+    "/api/checkouts/{id}",
+    "/api/commandes/clients/{client_id}/checkout/choreo/",
+    "/api/event-store/streams/{stream}/events",
+    "/api/event-store/replay/checkout/{id}",
+    "/api/event-store/cqrs/orders-by-client/{client_id}",
+    "/api/products",
+    "/api/products/{id}",
+    "/api/workers",
+    "/api/dead-letters",
+    "/api/dead-letters/{id}/retry",
+    "/health",
+    "/ready",
+    "/metrics",
+    "unmatched",
+};
+const int api_route_nlabels = (int)(sizeof api_route_labels / sizeof api_route_labels[0]);
+
+/* Matches path against tmpl; on success stores the {param} span. */
+static bool match(const char *tmpl, const char *path, size_t plen, char **param, size_t *param_len)
+{
+    const char *t = tmpl, *p = path, *pend = path + plen;
+    *param = NULL;
+    *param_len = 0;
+    while (*t && p < pend) {
+        if (*t != '/' || *p != '/')
+            return false;
+        t++;
+        p++;
+        const char *te = strchr(t, '/');
+        size_t tl = te ? (size_t)(te - t) : strlen(t);
+        const char *pe = memchr(p, '/', (size_t)(pend - p));
+        size_t pl = pe ? (size_t)(pe - p) : (size_t)(pend - p);
+        if (tl >= 2 && t[0] == '{') {
+            *param = (char *)p;
+            *param_len = pl;
+        } else if (tl != pl || memcmp(t, p, tl) != 0) {
+            return false;
+        }
+        t += tl;
+        p += pl;
+    }
+    return !*t && p == pend;
+}
+
+static bool method_is(const api_route *r, const char *method)
+{
+    if (!strcmp(r->method, method))
+        return true;
+    return !strcmp(r->method, "GET") && !strcmp(method, "HEAD");
+}
+
+const api_route *api_route_find(char *path, const char *method, char **param, size_t *param_len,
+                                int *label, char *allow, size_t allowlen)
+{
+    size_t plen = strlen(path);
+    if (plen > 1 && path[plen - 1] == '/')
+        plen--;   /* "/api/checkouts/" is "/api/checkouts" */
+    *label = api_route_nlabels - 1;
+    allow[0] = '\0';
+    size_t o = 0;
+    const api_route *hit = NULL;
+    for (size_t i = 0; i < NROUTES; i++) {
+        const api_route *r = &k_routes[i];
+        char *pp;
+        size_t pl;
+        if (!match(r->tmpl, path, plen, &pp, &pl))
+            continue;
+        *label = r->label;
+        if (!hit && method_is(r, method)) {
+            hit = r;
+            *param = pp;
+            *param_len = pl;
+        }
+        const char *m = !strcmp(r->method, "GET") ? "GET, HEAD" : r->method;
+        int n = snprintf(allow + o, o < allowlen ? allowlen - o : 0, "%s%s", o ? ", " : "", m);
+        if (n > 0)
+            o += (size_t)n;
+    }
+    if (hit && *param)
+        (*param)[*param_len] = '\0';   /* the trailing slash, if any, is cut too */
+    else if (hit)
+        path[plen] = '\0';
+    return hit;
+}
