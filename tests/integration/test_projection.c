@@ -1,0 +1,373 @@
+/* test_projection.c - the cqrs-projection read models (projections/) with a
+ * real redis-server and real `chorus-worker cqrs-projection` processes.
+ *
+ * Sagas are appended through the event store library (as the saga workers
+ * would write them), so these tests show the projection alone:
+ * each saga shape gives exactly its read model (checkout status as the fold,
+ * orders by client, stock counts, checkpoint); redeliveries and duplicates
+ * change nothing; events applied in any order (several projection copies)
+ * give the same bytes; a rebuild from zero reproduces the read models byte
+ * for byte; a live projection waits while a rebuild runs; status changes are
+ * published for the API's long-poll.
+ *
+ * CHORUS_WORKER_BIN and CHORUS_REBUILD_BIN (meson env) name the binaries. */
+#include <criterion/criterion.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "common/names.h"
+#include "common/redis.h"
+#include "projections/projection.h"
+#include "tests/e2e/saga_env.h"
+#include "tests/integration/saga_events.h"
+#include "tests/support/proc.h"
+
+#define BUS CM_BUS_STREAM_DEFAULT
+#define GROUP "choreo-cqrs"
+#define WAIT_MS 20000
+
+static sg_env E;
+
+static void setup(void)
+{
+    sg_setup(&E, NULL);
+}
+
+static void teardown(void)
+{
+    sg_teardown(&E);
+}
+
+TestSuite(projection, .init = setup, .fini = teardown, .timeout = 120);
+
+/* Waits until the projection applied the whole bus and acknowledged it. */
+static void wait_projected(void)
+{
+    char last[64];
+    snprintf(last, sizeof last, "%s", sx_last_id(E.c, BUS));
+    bool ok = sx_wait_str(E.c, PJ_CHECKPOINT_KEY, last, WAIT_MS) && sx_wait_group_idle(E.c, BUS, GROUP, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the projection did not reach the bus's last entry %s", last);
+}
+
+static void fmt_time(double t, char *out, size_t n)
+{
+    snprintf(out, n, "%.6f", t);
+}
+
+/* Asserts the checkout's read model field by field against its history. */
+static void assert_checkout_rm(const char *id, const char *client, const char *status, const char *order_id,
+                               const char *reason, const char *letters)
+{
+    size_t n;
+    es_event **evs = sx_history(E.s, id, &n);
+    es_checkout_state st;
+    es_checkout_fold(evs, n, &st);
+    cr_assert_str_eq(st.status, status, "the fold of %s disagrees with the test", id);
+    char key[128], upd[32], init[32], seq[16];
+    snprintf(key, sizeof key, PJ_RM_PREFIX "checkout:%s", id);
+    fmt_time(evs[n - 1]->emitted_at, upd, sizeof upd);
+    fmt_time(evs[0]->emitted_at, init, sizeof init);
+    snprintf(seq, sizeof seq, "%zu", n);
+    const char *fv[24];
+    int k = 0;
+    fv[k++] = "checkout_id", fv[k++] = id, fv[k++] = "client_id", fv[k++] = client;
+    fv[k++] = "status", fv[k++] = status;
+    if (order_id)
+        fv[k++] = "order_id", fv[k++] = order_id;
+    if (reason)
+        fv[k++] = "reason", fv[k++] = reason;
+    fv[k++] = "updated_at", fv[k++] = upd, fv[k++] = "seq", fv[k++] = seq;
+    fv[k++] = "_t", fv[k++] = letters, fv[k++] = "_init", fv[k++] = init;
+    fv[k] = NULL;
+    sx_assert_hash(E.c, key, fv);
+    es_events_free(evs, n);
+}
+
+/* emitted_at of the first event of type in the checkout's history. */
+static void event_time(const char *id, const char *type, char *out, size_t n)
+{
+    size_t cnt;
+    es_event **evs = sx_history(E.s, id, &cnt);
+    out[0] = '\0';
+    for (size_t i = 0; i < cnt; i++)
+        if (!strcmp(evs[i]->type, type)) {
+            fmt_time(evs[i]->emitted_at, out, n);
+            break;
+        }
+    es_events_free(evs, cnt);
+    cr_assert(out[0], "%s has no %s", id, type);
+}
+
+Test(projection, each_saga_shape_gives_exactly_its_read_model)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-ok", "c1", "p1", 2);
+    sx_saga(E.s, SX_NO_STOCK, "co-nostock", "c2", "p2", 5);
+    sx_saga(E.s, SX_ORDER_LIMIT, "co-limit", "c1", "p1", 3);
+    sx_saga(E.s, SX_TIMEOUT, "co-timeout", "c3", "p1", 1);
+    sx_saga(E.s, SX_SUCCESS, "co-ok2", "c1", "p2", 4);
+    sg_spawn(&E, "cqrs-projection", NULL);
+    wait_projected();
+
+    assert_checkout_rm("co-ok", "c1", CM_STATUS_SUCCEEDED, "ord-co-ok", NULL, "IROS");
+    assert_checkout_rm("co-ok2", "c1", CM_STATUS_SUCCEEDED, "ord-co-ok2", NULL, "IROS");
+    assert_checkout_rm("co-nostock", "c2", CM_STATUS_FAILED, NULL, CM_REASON_INSUFFICIENT_STOCK, "IXF");
+    assert_checkout_rm("co-limit", "c1", CM_STATUS_FAILED, NULL, CM_REASON_ORDER_LIMIT, "IRYLF");
+    assert_checkout_rm("co-timeout", "c3", CM_STATUS_FAILED, NULL, CM_REASON_TIMED_OUT, "IRTLF");
+
+    char ts[32];
+    event_time("co-ok2", "OrderCreated", ts, sizeof ts);
+    sx_assert_hash(E.c, PJ_RM_PREFIX "client:c1",
+                   (const char *const[]){"total_orders", "2", "last_order_id", "ord-co-ok2", "last_checkout_id",
+                                         "co-ok2", "last_update_ts", ts, NULL});
+    cr_assert_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "client:c2"), 0, "a client without orders has no read model");
+    sx_assert_hash(E.c, PJ_RM_PREFIX "stock:p1",
+                   (const char *const[]){"reserved", "6", "sold", "2", "released", "4", NULL});
+    sx_assert_hash(E.c, PJ_RM_PREFIX "stock:p2",
+                   (const char *const[]){"reserved", "4", "sold", "4", "released", "0", NULL});
+    char *cp = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_assert_str_eq(cp, sx_last_id(E.c, BUS));
+    free(cp);
+}
+
+Test(projection, redelivered_and_duplicated_events_change_nothing)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-a", "c1", "p1", 2);
+    sx_saga(E.s, SX_ORDER_LIMIT, "co-b", "c1", "p1", 3);
+    sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=4", NULL});
+    wait_projected();
+    sx_dump before, after;
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &before);
+    cr_assert_gt(before.n, 4);
+
+    /* every event again: the group rewound, and copies on the group's
+     * redelivery stream (as a dead-letter retry would put them) */
+    char retry[256];
+    snprintf(retry, sizeof retry, "%s.retry.%s", BUS, GROUP);
+    redisReply *all = redisCommand(E.c, "XRANGE %s - +", BUS);
+    cr_assert(all && all->type == REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < all->elements; i++) {
+        const redisReply *f = all->element[i]->element[1];
+        const char *argv[16] = {"XADD", retry, "*"};
+        size_t argc = 3;
+        for (size_t j = 0; j < f->elements && argc < 16; j++)
+            argv[argc++] = f->element[j]->str;
+        freeReplyObject(redisCommandArgv(E.c, (int)argc, argv, NULL));
+    }
+    sg_ll(&E, "XGROUP SETID %s %s 0", BUS, GROUP);
+    cr_assert(sx_wait_group_idle(E.c, BUS, GROUP, WAIT_MS) && sx_wait_group_idle(E.c, retry, GROUP, WAIT_MS),
+              "the redeliveries were not consumed");
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &after);
+    sx_dump_assert_eq(&before, &after);
+    sx_dump_free(&after);
+
+    /* the same events appended to the bus again under new entry ids */
+    for (size_t i = 0; i < all->elements; i++) {
+        const redisReply *f = all->element[i]->element[1];
+        const char *argv[16] = {"XADD", BUS, "*"};
+        size_t argc = 3;
+        for (size_t j = 0; j < f->elements && argc < 16; j++)
+            argv[argc++] = f->element[j]->str;
+        freeReplyObject(redisCommandArgv(E.c, (int)argc, argv, NULL));
+    }
+    freeReplyObject(all);
+    wait_projected();   /* the checkpoint moves to the last copy ... */
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &after);
+    cr_assert_eq(after.n, before.n);
+    for (size_t i = 0; i < after.n; i++)   /* ... and nothing else changes */
+        if (strcmp(after.keys[i], PJ_CHECKPOINT_KEY) != 0)
+            cr_assert(after.lens[i] == before.lens[i] && !memcmp(after.vals[i], before.vals[i], after.lens[i]),
+                      "%s changed", after.keys[i]);
+    sx_dump_free(&before);
+    sx_dump_free(&after);
+}
+
+/* Deletes the read models (as a rebuild would). */
+static void drop_read_models(void)
+{
+    sx_dump d;
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &d);
+    for (size_t i = 0; i < d.n; i++)
+        sg_ll(&E, "DEL %s", d.keys[i]);
+    sx_dump_free(&d);
+}
+
+/* Applies evs[perm[i]] one event per call, as copies splitting a checkout
+ * between their batches would. */
+static void apply_each(pj_projection *p, es_event **evs, const int *perm, int n)
+{
+    for (int i = 0; i < n; i++) {
+        pj_apply_res res;
+        char err[256];
+        int rc = pj_projection_apply(p, E.c, BUS, &evs[perm[i]], 1, PJ_LIVE, NULL, &res, err, sizeof err);
+        cr_assert_eq(rc, PJ_OK, "apply: %s", err);
+    }
+}
+
+/* Next permutation in lexicographic order; false after the last. */
+static bool next_perm(int *a, int n)
+{
+    int i = n - 2;
+    while (i >= 0 && a[i] >= a[i + 1])
+        i--;
+    if (i < 0)
+        return false;
+    int j = n - 1;
+    while (a[j] <= a[i])
+        j--;
+    int t = a[i];
+    a[i] = a[j];
+    a[j] = t;
+    for (int l = i + 1, r = n - 1; l < r; l++, r--) {
+        t = a[l];
+        a[l] = a[r];
+        a[r] = t;
+    }
+    return true;
+}
+
+Test(projection, events_applied_in_any_order_give_identical_bytes)
+{
+    static const enum sx_shape shapes[] = {SX_SUCCESS, SX_ORDER_LIMIT, SX_TIMEOUT, SX_NO_STOCK};
+    pj_projection *p = pj_projection_new();
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        char id[32];
+        snprintf(id, sizeof id, "co-%zu", s);
+        sx_saga(E.s, shapes[s], id, "c1", "p1", 3);
+        size_t n;
+        es_event **evs = sx_history(E.s, id, &n);
+        int perm[8];
+        for (size_t i = 0; i < n; i++)
+            perm[i] = (int)i;
+        drop_read_models();
+        apply_each(p, evs, perm, (int)n);
+        sx_dump in_order;
+        sx_dump_take(E.c, PJ_RM_PREFIX "*", &in_order);
+        int tried = 0;
+        while (next_perm(perm, (int)n)) {
+            drop_read_models();
+            apply_each(p, evs, perm, (int)n);
+            apply_each(p, evs, perm, (int)n);   /* and every event twice */
+            sx_dump d;
+            sx_dump_take(E.c, PJ_RM_PREFIX "*", &d);
+            sx_dump_assert_eq(&in_order, &d);
+            sx_dump_free(&d);
+            tried++;
+        }
+        cr_assert_gt(tried, 0);
+        sx_dump_free(&in_order);
+        es_events_free(evs, n);
+    }
+    pj_projection_free(p);
+}
+
+/* Runs chorus-projection-rebuild against the test's Redis; returns its exit code. */
+static int run_rebuild(void)
+{
+    const char *bin = getenv("CHORUS_REBUILD_BIN");
+    cr_assert(bin && *bin, "CHORUS_REBUILD_BIN is not set (run through meson test)");
+    char url[340], log[400];
+    snprintf(url, sizeof url, "REDIS_URL=%s", E.r.url);
+    snprintf(log, sizeof log, "%s/rebuild.log", E.r.dir);
+    const char *argv[] = {bin, NULL};
+    const char *env[] = {url, "LOG_LEVEL=warn", NULL};
+    pid_t pid = tf_spawn(argv, env, log);
+    cr_assert_gt(pid, 0);
+    int st = 0;
+    cr_assert_eq(tf_wait_exit(pid, 60000, &st), 0, "the rebuild did not finish");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        tf_dump_file(log, "rebuild");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(projection, rebuild_from_zero_reproduces_the_read_models_byte_for_byte)
+{
+    /* two copies with small batches: checkouts are split between them */
+    sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=3", NULL});
+    sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=3", NULL});
+    static const enum sx_shape shapes[] = {SX_SUCCESS, SX_NO_STOCK, SX_ORDER_LIMIT, SX_TIMEOUT, SX_SUCCESS};
+    for (int i = 0; i < 60; i++) {
+        char id[32], client[16], product[16];
+        snprintf(id, sizeof id, "co-%02d", i);
+        snprintf(client, sizeof client, "c%d", i % 7);
+        snprintf(product, sizeof product, "p%d", i % 3);
+        sx_saga(E.s, shapes[i % 5], id, client, product, 1 + i % 4);
+    }
+    wait_projected();
+    sx_dump before, after;
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &before);
+    cr_assert_eq(before.n, 60 + 7 + 3 + 1, "60 checkouts, 7 clients with orders, 3 products, the checkpoint");
+    sg_ll(&E, "HSET " PJ_RM_PREFIX "checkout:stray status PENDING");   /* not in the store: must go */
+
+    cr_assert_eq(run_rebuild(), 0, "chorus-projection-rebuild failed");
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &after);
+    sx_dump_assert_eq(&before, &after);
+    cr_assert_eq(sg_ll(&E, "EXISTS " PJ_REBUILD_LOCK_KEY), 0, "the rebuild released its lock");
+    sx_dump_free(&before);
+    sx_dump_free(&after);
+
+    /* the live copies go on after the rebuild */
+    sx_saga(E.s, SX_SUCCESS, "co-after", "c1", "p1", 1);
+    wait_projected();
+    assert_checkout_rm("co-after", "c1", CM_STATUS_SUCCEEDED, "ord-co-after", NULL, "IROS");
+}
+
+static bool one_pending(void *ud)
+{
+    (void)ud;
+    redisReply *r = redisCommand(E.c, "XPENDING %s %s", BUS, GROUP);
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 && cm_reply_ll(r->element[0], -1) == 1;
+    freeReplyObject(r);
+    return ok;
+}
+
+Test(projection, live_projection_waits_while_a_rebuild_holds_the_lock)
+{
+    sg_spawn(&E, "cqrs-projection", NULL);
+    sx_saga(E.s, SX_SUCCESS, "co-1", "c1", "p1", 1);
+    wait_projected();
+    sg_ll(&E, "SET " PJ_REBUILD_LOCK_KEY " someone-else PX 60000");
+    sx_event(E.s, "co-2", "CheckoutInitiated", json_pack("{s:s, s:[], s:i}", "client_id", "c2", "items", "total_cents", 0));
+    cr_assert(tf_wait_until(one_pending, NULL, WAIT_MS), "the worker did not take the new event");
+    cr_assert_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "checkout:co-2"), 0, "applied while a rebuild held the lock");
+    sg_ll(&E, "DEL " PJ_REBUILD_LOCK_KEY);
+    wait_projected();
+    char *status = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:co-2 status");
+    cr_assert_str_eq(status, CM_STATUS_PENDING);
+    free(status);
+    cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "waiting must not spend delivery attempts");
+}
+
+Test(projection, every_status_change_is_published_for_long_polls)
+{
+    redisContext *sub = tf_redis_connect(&E.r);
+    struct timeval tv = {10, 0};
+    redisSetTimeout(sub, tv);
+    redisReply *r = redisCommand(sub, "SUBSCRIBE %s", CM_RM_CHANGED_CHANNEL);
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY);
+    freeReplyObject(r);
+    /* one event per batch: PENDING, STOCK_RESERVED, (OrderCreated: no
+     * change), SUCCEEDED */
+    sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=1", NULL});
+    sx_saga(E.s, SX_SUCCESS, "co-pub", "c1", "p1", 1);
+    int seen = 0;
+    while (seen < 3) {
+        r = NULL;
+        cr_assert_eq(redisGetReply(sub, (void **)&r), REDIS_OK, "no status-change message in time");
+        cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
+        cr_assert_str_eq(r->element[1]->str, CM_RM_CHANGED_CHANNEL);
+        cr_assert_str_eq(r->element[2]->str, "co-pub");
+        freeReplyObject(r);
+        seen++;
+    }
+    redisFree(sub);
+    wait_projected();
+    char *status = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:co-pub status");
+    cr_assert_str_eq(status, CM_STATUS_SUCCEEDED);
+    free(status);
+}

@@ -1,0 +1,110 @@
+/* cqrs_projection.c - the cqrs-projection worker: every event of the bus
+ * into the read models (projections/projection.h), one script per batch.
+ *
+ * The read models, their checkpoint and the status-change notification are
+ * written by one Lua script per batch, so a crash between the script and the
+ * acknowledgement only leads to a redelivery, which the script recognises per
+ * (checkout, seq) and skips. While a rebuild (chorus-projection-rebuild)
+ * holds its lock the worker waits, keeping its batch claimed. */
+#include "workers/wk.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/xmalloc.h"
+#include "projections/projection.h"
+
+#include <stdlib.h>
+
+#define BUSY_POLL_MS 200    /* re-check of a rebuild's lock */
+#define TOUCH_EVERY_MS 1000
+
+typedef struct cqrs_state {
+    pj_projection *pj;
+    cm_series *e2e;        /* checkout_e2e_seconds */
+    cm_series *applied;    /* projection_events_applied_total */
+    cm_series *dups;       /* projection_events_duplicate_total */
+} cqrs_state;
+
+static int cqrs_init(wk_ctx *ctx, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    cqrs_state *st = cm_xcalloc(1, sizeof *st);
+    st->pj = pj_projection_new();
+    st->e2e = cm_histogram("checkout_e2e_seconds", "checkout accept to terminal event (emitted_at difference)", "");
+    st->applied = cm_counter("projection_events_applied_total", "events that changed the read models", "");
+    st->dups = cm_counter("projection_events_duplicate_total", "redelivered events the read models already had", "");
+    wk_set_state(ctx, st);
+    return 0;
+}
+
+static void cqrs_fini(wk_ctx *ctx)
+{
+    cqrs_state *st = wk_state(ctx);
+    if (!st)
+        return;
+    pj_projection_free(st->pj);
+    free(st);
+    wk_set_state(ctx, NULL);
+}
+
+/* Applies the batch, waiting while a rebuild runs. Returns a pj_err. */
+static int apply_waiting(wk_ctx *ctx, cqrs_state *st, es_event *const *evs, size_t n, unsigned char *verdicts,
+                         pj_apply_res *res, char *err, size_t errlen)
+{
+    int64_t touched = cm_mono_ms();
+    bool said = false;
+    for (;;) {
+        int rc = pj_projection_apply(st->pj, wk_redis(ctx), es_store_bus(wk_store(ctx)), evs, n, PJ_LIVE,
+                                     verdicts, res, err, errlen);
+        if (rc != PJ_EBUSY || wk_stopping(ctx))
+            return rc;
+        if (!said) {
+            cm_log(CM_INFO, "a read-model rebuild is running; waiting for it to finish");
+            said = true;
+        }
+        cm_sleep_ms(BUSY_POLL_MS);
+        if (cm_mono_ms() - touched >= TOUCH_EVERY_MS) {
+            wk_touch(ctx);
+            touched = cm_mono_ms();
+        }
+    }
+}
+
+static void cqrs_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *results)
+{
+    cqrs_state *st = wk_state(ctx);
+    unsigned char *verdicts = cm_xcalloc(n, 1);
+    pj_apply_res res;
+    char err[256];
+    int rc = apply_waiting(ctx, st, evs, n, verdicts, &res, err, sizeof err);
+    if (rc != PJ_OK) {
+        wk_fail_reason(ctx, "read-model update failed: %s", err);
+        for (size_t i = 0; i < n; i++)
+            results[i] = WK_RETRY;
+        free(verdicts);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        results[i] = WK_ACK;
+        if (verdicts[i] == PJ_REJECTED) {
+            /* the only per-event refusal: say why in the dead letter */
+            wk_fail_reason(ctx, "seq %lld is beyond the %d events a checkout read model tracks",
+                           (long long)evs[i]->seq, PJ_MAX_SEQ);
+            results[i] = WK_DEAD;
+        }
+    }
+    cm_series_add(st->applied, res.applied);
+    cm_series_add(st->dups, res.duplicates);
+    for (size_t i = 0; i < res.ne2e; i++)
+        if (res.e2e[i] >= 0)
+            cm_series_observe(st->e2e, res.e2e[i]);
+    free(verdicts);
+}
+
+const wk_def wk_cqrs_projection = {
+    .id = CM_W_CQRS_PROJECTION,
+    .batch = cqrs_batch,
+    .init = cqrs_init,
+    .fini = cqrs_fini,
+};

@@ -1,0 +1,191 @@
+/* notification.c - the notification worker: one notification per terminal
+ * checkout (CheckoutSucceeded / CheckoutFailed).
+ *
+ * The notification log entry (chorus:notify:log) and the checkout's marker
+ * (chorus:notify:<checkout_id>) are written by one script, once; any later
+ * delivery of the terminal event finds the marker and adds nothing.
+ *
+ * With NOTIFY_WEBHOOK_URL set, the notification is also POSTed there with
+ * `Idempotency-Key: <checkout_id>`. A 2xx is recorded in the marker
+ * (webhook_status) and from then on the webhook is never called again for
+ * that checkout; any other outcome answers WK_RETRY, so the runner retries
+ * with backoff and dead-letters after MAX_DELIVERIES. The receiver may still
+ * see a second POST if this process dies between the 2xx and recording it,
+ * or when two copies handle the same redelivery at once: that is what the
+ * Idempotency-Key is for. */
+#include "workers/wk.h"
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/xmalloc.h"
+#include "workers/webhook.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char wk_lua_notify[];
+static cm_script k_notify = {.src = wk_lua_notify};
+
+#define NOTIFY_LOG_KEY CM_KEY_PREFIX "notify:log"
+#define NOTIFY_MARKER_PREFIX CM_KEY_PREFIX "notify:"
+
+static char *g_url;
+static int64_t g_timeout_ms;
+
+static const cm_opt k_opts[] = {
+    {"notify-webhook-url", "NOTIFY_WEBHOOK_URL", CM_OPT_STR, &g_url, NULL, 0, -1,
+     "POST each notification here (http://host[:port]/path); unset: log only"},
+    {"notify-timeout-ms", "NOTIFY_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "5000", 100, 120000,
+     "webhook request timeout"},
+    {0},
+};
+
+typedef struct notify_state {
+    bool webhook;             /* NOTIFY_WEBHOOK_URL set */
+    wk_webhook hook;
+    cm_series *notified;      /* notifications_total */
+    cm_series *hook_ok, *hook_bad, *hook_err;
+} notify_state;
+
+static int notify_init(wk_ctx *ctx, char *err, size_t errlen)
+{
+    notify_state *st = cm_xcalloc(1, sizeof *st);
+    if (g_url && *g_url) {
+        if (wk_webhook_parse(g_url, &st->hook, err, errlen) != 0) {
+            free(st);
+            return -1;
+        }
+        st->webhook = true;
+        cm_log(CM_INFO, "notifications are POSTed to http://%s:%d%s", st->hook.host, st->hook.port, st->hook.path);
+    }
+    st->notified = cm_counter("notifications_total", "terminal checkouts notified (once each)", "");
+    st->hook_ok = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"2xx\"");
+    st->hook_bad = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"non_2xx\"");
+    st->hook_err = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"error\"");
+    wk_set_state(ctx, st);
+    return 0;
+}
+
+static void notify_fini(wk_ctx *ctx)
+{
+    free(wk_state(ctx));
+    wk_set_state(ctx, NULL);
+}
+
+/* The webhook body: {"checkout_id","status","order_id"|"reason","event_id"}. */
+static void build_body(const char *checkout_id, const char *status, const char *field, const char *value,
+                       const char *event_id, cm_buf *b)
+{
+    cm_buf_puts(b, "{\"checkout_id\":");
+    cm_buf_put_json_str(b, checkout_id, strlen(checkout_id));
+    cm_buf_puts(b, ",\"status\":");
+    cm_buf_put_json_str(b, status, strlen(status));
+    cm_buf_printf(b, ",\"%s\":", field);
+    cm_buf_put_json_str(b, value, strlen(value));
+    cm_buf_puts(b, ",\"event_id\":");
+    cm_buf_put_json_str(b, event_id, strlen(event_id));
+    cm_buf_putc(b, '}');
+}
+
+/* Records a webhook outcome in the marker: the 2xx status, or one more
+ * failed attempt and its error. Returns 0 or -1 with err. */
+static int record_outcome(redisContext *c, const char *marker, int code, const char *error, char *err,
+                          size_t errlen)
+{
+    redisReply *r;
+    if (code >= 200 && code < 300)
+        r = redisCommand(c, "HSET %s webhook_status %d", marker, code);
+    else
+        r = redisCommand(c, "HSET %s webhook_last_error %s", marker, error);
+    if (cm_reply_failed(c, r, err, errlen))
+        return -1;
+    freeReplyObject(r);
+    r = redisCommand(c, "HINCRBY %s webhook_attempts 1", marker);
+    if (cm_reply_failed(c, r, err, errlen))
+        return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
+static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
+{
+    notify_state *st = wk_state(ctx);
+    redisContext *c = wk_redis(ctx);
+    bool ok = ev->kind == CM_EV_CHECKOUT_SUCCEEDED;
+    const char *checkout_id = ev->aggregate_id;
+    const char *status = ok ? CM_STATUS_SUCCEEDED : CM_STATUS_FAILED;
+    const char *field = ok ? "order_id" : "reason";
+    const char *value = es_event_data_str(ev, field);
+    if (!value)
+        value = "";
+    char marker[400], err[300];
+    snprintf(marker, sizeof marker, NOTIFY_MARKER_PREFIX "%s", checkout_id);
+
+    cm_argv a = {0};
+    cm_argv_adds(&a, marker);
+    cm_argv_adds(&a, NOTIFY_LOG_KEY);
+    cm_argv_adds(&a, checkout_id);
+    cm_argv_adds(&a, status);
+    cm_argv_adds(&a, field);
+    cm_argv_adds(&a, value);
+    cm_argv_adds(&a, ev->event_id);
+    redisReply *r = cm_script_call(c, &k_notify, 2, &a);
+    cm_argv_free(&a);
+    if (cm_reply_failed(c, r, err, sizeof err)) {
+        wk_fail_reason(ctx, "notification log: %s", err);
+        return WK_RETRY;
+    }
+    const redisReply *verdict = cm_reply_elem(r, 0), *hs = cm_reply_elem(r, 1);
+    bool fresh = cm_reply_is_str(verdict) && !strcmp(verdict->str, "new");
+    bool delivered = cm_reply_is_str(hs) && hs->str[0] == '2';
+    freeReplyObject(r);
+    if (fresh) {
+        cm_series_inc(st->notified);
+        cm_logx(CM_INFO, checkout_id, ev->event_id, NULL, "checkout %s notified", status);
+    }
+    if (!st->webhook || delivered)
+        return WK_ACK;
+    if (wk_stopping(ctx)) {
+        wk_fail_reason(ctx, "shutting down before the webhook call");
+        return WK_RETRY;
+    }
+
+    cm_buf body = CM_BUF_INIT;
+    build_body(checkout_id, status, field, value, ev->event_id, &body);
+    int code = wk_webhook_post(&st->hook, body.data, body.len, checkout_id, (int)g_timeout_ms, err, sizeof err);
+    cm_buf_free(&body);
+    if (code < 0)
+        cm_series_inc(st->hook_err);
+    else if (code < 200 || code >= 300) {
+        cm_series_inc(st->hook_bad);
+        snprintf(err, sizeof err, "webhook answered HTTP %d", code);
+    } else
+        cm_series_inc(st->hook_ok);
+    char rerr[256];
+    int rec = record_outcome(c, marker, code, err, rerr, sizeof rerr);
+    if (code >= 200 && code < 300) {
+        if (rec != 0) {   /* not recorded: the retry POSTs again (same Idempotency-Key) */
+            wk_fail_reason(ctx, "webhook delivered but not recorded: %s", rerr);
+            return WK_RETRY;
+        }
+        cm_logx(CM_INFO, checkout_id, ev->event_id, NULL, "webhook delivered (HTTP %d)", code);
+        return WK_ACK;
+    }
+    wk_fail_reason(ctx, "%s", err);
+    return WK_RETRY;
+}
+
+static const wk_handler k_handlers[] = {
+    {CM_EV_CHECKOUT_SUCCEEDED, handle_terminal},
+    {CM_EV_CHECKOUT_FAILED, handle_terminal},
+};
+
+const wk_def wk_notification = {
+    .id = CM_W_NOTIFICATION,
+    .handlers = k_handlers,
+    .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
+    .opts = k_opts,
+    .init = notify_init,
+    .fini = notify_fini,
+};
