@@ -23,8 +23,11 @@
 
 int64_t wk_backoff_ms(const wk_ctx *ctx, const char *id, long long deliveries)
 {
+    /* `deliveries` is the number of the delivery about to be made: the
+     * first retry (delivery 2) waits RETRY_BASE_MS, each later one twice
+     * the previous */
     int64_t d = ctx->set.retry_base_ms;
-    for (long long i = 1; i < deliveries && d < ctx->set.retry_max_ms; i++)
+    for (long long i = 2; i < deliveries && d < ctx->set.retry_max_ms; i++)
         d *= 2;
     if (d > ctx->set.retry_max_ms)
         d = ctx->set.retry_max_ms;

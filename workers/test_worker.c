@@ -13,7 +13,10 @@
  *   test:attempts       hash event_id -> deliveries seen by the handler
  *   test:attempt_ms:<event_id>  list of wall-clock ms of each attempt
  *   test:by_consumer    hash consumer -> effects applied
- * TEST_HANDLE_DELAY_MS (env) slows every event, to catch a batch mid-way. */
+ * TEST_HANDLE_DELAY_MS (env) slows every event, to catch a batch mid-way.
+ * TEST_NOOP=1 (env) makes the handler acknowledge at once with no effect
+ * and no Redis round trip: the runtime's drain benchmark measures the
+ * runner alone with it. */
 #include "workers/wk.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -24,9 +27,11 @@
 #include <unistd.h>
 
 static int64_t g_delay_ms;
+static bool g_noop;
 
 static const cm_opt k_opts[] = {
     {"handle-delay-ms", "TEST_HANDLE_DELAY_MS", CM_OPT_INT, &g_delay_ms, "0", 0, 600000, "sleep per event"},
+    {"noop", "TEST_NOOP", CM_OPT_BOOL, &g_noop, "0", 0, 0, "acknowledge every event with no effect"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -69,6 +74,8 @@ static int record_effect(wk_ctx *ctx, const es_event *ev)
 
 static wk_result handle(wk_ctx *ctx, const es_event *ev)
 {
+    if (g_noop)
+        return WK_ACK;
     redisContext *c = wk_redis(ctx);
     if (g_delay_ms)
         cm_sleep_ms(g_delay_ms);
