@@ -10,7 +10,7 @@
 --       ids (in KEYS order).
 -- Returns the append result, or {"not_held", state} / {"mismatch", product}
 -- with nothing written.
-local r = es_check(KEYS[1], KEYS[2], ARGV, 1)
+local r = es_check(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)

@@ -9,7 +9,7 @@
 --       m product ids (in KEYS order).
 -- Returns the append result, or {"changed", state} / {"mismatch", product}
 -- with nothing written (the caller reads the reservation again).
-local r = es_check(KEYS[1], KEYS[2], ARGV, 1)
+local r = es_check(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)

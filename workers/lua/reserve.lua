@@ -10,7 +10,7 @@
 -- {"short", product_id} / {"unknown", product_id} with nothing written when a
 -- line cannot be reserved, or {"exists", state} when the checkout already has
 -- a reservation.
-local r = es_check(KEYS[1], KEYS[2], ARGV, 1)
+local r = es_check(KEYS[1], ARGV, 1)
 if r then return r end
 
 -- The integer value of a hash field, nil when absent or not an integer (so a
