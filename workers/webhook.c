@@ -25,6 +25,11 @@ int wk_webhook_parse(const char *url, wk_webhook *out, char *err, size_t errlen)
         return -1;
     }
     const char *p = url + sizeof scheme - 1;
+    size_t al = strcspn(p, "/?#");
+    if (memchr(p, '@', al)) {
+        snprintf(err, errlen, "NOTIFY_WEBHOOK_URL must not carry credentials (no user:password@)");
+        return -1;
+    }
     size_t hl = strcspn(p, ":/?#");
     if (hl == 0 || hl >= sizeof out->host) {
         snprintf(err, errlen, "NOTIFY_WEBHOOK_URL has no host (or one longer than %zu bytes)", sizeof out->host - 1);
@@ -33,7 +38,7 @@ int wk_webhook_parse(const char *url, wk_webhook *out, char *err, size_t errlen)
     for (size_t i = 0; i < hl; i++)
         if (!isalnum((unsigned char)p[i]) && p[i] != '.' && p[i] != '-') {
             snprintf(err, errlen, "NOTIFY_WEBHOOK_URL host may only hold letters, digits, '.' and '-'%s",
-                     p[i] == '@' ? " (no user:password@)" : p[i] == '[' ? " (no IPv6 literals)" : "");
+                     p[i] == '[' ? " (no IPv6 literals)" : "");
             return -1;
         }
     memcpy(out->host, p, hl);

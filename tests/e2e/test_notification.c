@@ -1,0 +1,413 @@
+/* test_notification.c - the notification worker (workers/notification.c)
+ * with a real redis-server, real `chorus-worker notification` processes and
+ * a real HTTP receiver (a thread of this test with a listening socket).
+ *
+ * Guarantees shown: one notification log entry per terminal checkout, none
+ * for a checkout still running, even with two worker copies and every event
+ * delivered again; the webhook gets the notification with an
+ * Idempotency-Key, is retried with backoff until it answers 2xx, and is never
+ * called again once a 2xx was recorded (even when the event is redelivered);
+ * a webhook that never accepts ends in the dead-letter stream; a malformed
+ * NOTIFY_WEBHOOK_URL stops the worker at startup with a clear message.
+ *
+ * CHORUS_WORKER_BIN (meson env) names the chorus-worker binary. */
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/names.h"
+#include "common/redis.h"
+#include "tests/e2e/saga_env.h"
+#include "tests/integration/saga_events.h"
+#include "tests/support/proc.h"
+
+#define BUS CM_BUS_STREAM_DEFAULT
+#define GROUP "choreo-notification"
+#define LOG_KEY "chorus:notify:log"
+#define WAIT_MS 20000
+
+static sg_env E;
+
+static void setup(void)
+{
+    sg_setup(&E, NULL);
+}
+
+static void teardown(void)
+{
+    sg_teardown(&E);
+}
+
+TestSuite(notification, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ---- a tiny HTTP receiver ------------------------------------------------ */
+
+#define MAX_CALLS 32
+
+typedef struct call {
+    char method[16], path[128], idem[128];
+    char body[1024];
+} call;
+
+typedef struct receiver {
+    int fd, port;
+    int fail_first;            /* answer 503 to this many calls, then 200 */
+    int status_after;          /* what to answer after them */
+    atomic_bool stop;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    call calls[MAX_CALLS];
+    int ncalls;
+} receiver;
+
+/* Reads one request (head + Content-Length body) from fd into c. */
+static bool read_request(int fd, call *c)
+{
+    char buf[4096];
+    size_t len = 0;
+    char *end = NULL;
+    while (!end && len < sizeof buf - 1) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 5000) <= 0)
+            return false;
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            return false;
+        len += (size_t)n;
+        buf[len] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    if (!end)
+        return false;
+    sscanf(buf, "%15s %127s", c->method, c->path);
+    size_t clen = 0;
+    for (char *line = strstr(buf, "\r\n"); line && line < end; line = strstr(line + 2, "\r\n")) {
+        if (!strncasecmp(line + 2, "Content-Length:", 15))
+            clen = strtoul(line + 17, NULL, 10);
+        if (!strncasecmp(line + 2, "Idempotency-Key:", 16)) {
+            const char *v = line + 18;
+            while (*v == ' ')
+                v++;
+            snprintf(c->idem, sizeof c->idem, "%.*s", (int)strcspn(v, "\r"), v);
+        }
+    }
+    size_t have = len - (size_t)(end + 4 - buf);
+    while (have < clen && len < sizeof buf - 1) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 5000) <= 0)
+            return false;
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            return false;
+        len += (size_t)n;
+        have += (size_t)n;
+    }
+    snprintf(c->body, sizeof c->body, "%.*s", (int)clen, end + 4);
+    return true;
+}
+
+static void *serve(void *arg)
+{
+    receiver *rv = arg;
+    while (!atomic_load(&rv->stop)) {
+        struct pollfd p = {rv->fd, POLLIN, 0};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        int fd = accept(rv->fd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        call c = {0};
+        if (read_request(fd, &c)) {
+            pthread_mutex_lock(&rv->mu);
+            int i = rv->ncalls;
+            if (i < MAX_CALLS)
+                rv->calls[rv->ncalls++] = c;
+            pthread_mutex_unlock(&rv->mu);
+            int status = i < rv->fail_first ? 503 : rv->status_after;
+            char resp[256];
+            int n = snprintf(resp, sizeof resp,
+                             "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                             "Connection: close\r\n\r\n{}",
+                             status);
+            (void)!write(fd, resp, (size_t)n);
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static void receiver_start(receiver *rv, int fail_first, int status_after)
+{
+    memset(rv, 0, sizeof *rv);
+    rv->fail_first = fail_first;
+    rv->status_after = status_after;
+    pthread_mutex_init(&rv->mu, NULL);
+    rv->fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(rv->fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(rv->fd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
+    socklen_t al = sizeof a;
+    cr_assert_eq(getsockname(rv->fd, (struct sockaddr *)&a, &al), 0);
+    rv->port = ntohs(a.sin_port);
+    cr_assert_eq(listen(rv->fd, 16), 0);
+    cr_assert_eq(pthread_create(&rv->thread, NULL, serve, rv), 0);
+}
+
+static void receiver_stop(receiver *rv)
+{
+    atomic_store(&rv->stop, true);
+    pthread_join(rv->thread, NULL);
+    close(rv->fd);
+    pthread_mutex_destroy(&rv->mu);
+}
+
+static int receiver_calls(receiver *rv)
+{
+    pthread_mutex_lock(&rv->mu);
+    int n = rv->ncalls;
+    pthread_mutex_unlock(&rv->mu);
+    return n;
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static void wait_idle(void)
+{
+    bool ok = sx_wait_group_idle(E.c, BUS, GROUP, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the notification group did not finish the bus");
+}
+
+/* Delivers every event of the bus again: the group rewound, copies on the
+ * group's redelivery stream, copies appended to the bus. */
+static void redeliver_everything(void)
+{
+    char retry[256];
+    snprintf(retry, sizeof retry, "%s.retry.%s", BUS, GROUP);
+    redisReply *all = redisCommand(E.c, "XRANGE %s - +", BUS);
+    cr_assert(all && all->type == REDIS_REPLY_ARRAY);
+    const char *targets[] = {retry, BUS};
+    for (int t = 0; t < 2; t++)
+        for (size_t i = 0; i < all->elements; i++) {
+            const redisReply *f = all->element[i]->element[1];
+            const char *argv[16] = {"XADD", targets[t], "*"};
+            size_t argc = 3;
+            for (size_t j = 0; j < f->elements && argc < 16; j++)
+                argv[argc++] = f->element[j]->str;
+            freeReplyObject(redisCommandArgv(E.c, (int)argc, argv, NULL));
+        }
+    freeReplyObject(all);
+    sg_ll(&E, "XGROUP SETID %s %s 0", BUS, GROUP);
+    bool ok = sx_wait_group_idle(E.c, BUS, GROUP, WAIT_MS) && sx_wait_group_idle(E.c, retry, GROUP, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the redeliveries were not consumed");
+}
+
+/* The event id of the checkout's event of type. */
+static char *event_id_of(const char *checkout_id, const char *type)
+{
+    size_t n;
+    es_event **evs = sx_history(E.s, checkout_id, &n);
+    char *id = NULL;
+    for (size_t i = 0; i < n && !id; i++)
+        if (!strcmp(evs[i]->type, type))
+            id = strdup(evs[i]->event_id);
+    es_events_free(evs, n);
+    cr_assert_not_null(id, "%s has no %s", checkout_id, type);
+    return id;
+}
+
+/* Asserts the log holds exactly one entry for checkout_id, with these fields. */
+static void assert_logged_once(const char *checkout_id, const char *status, const char *field, const char *value,
+                               const char *event_id)
+{
+    redisReply *r = redisCommand(E.c, "XRANGE %s - +", LOG_KEY);
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY);
+    int found = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *f = r->element[i]->element[1];
+        if (f->elements != 8 || strcmp(f->element[1]->str, checkout_id) != 0)
+            continue;
+        found++;
+        cr_assert_str_eq(f->element[0]->str, "checkout_id");
+        cr_assert_str_eq(f->element[2]->str, "status");
+        cr_assert_str_eq(f->element[3]->str, status);
+        cr_assert_str_eq(f->element[4]->str, field);
+        cr_assert_str_eq(f->element[5]->str, value);
+        cr_assert_str_eq(f->element[6]->str, "event_id");
+        cr_assert_str_eq(f->element[7]->str, event_id);
+    }
+    freeReplyObject(r);
+    cr_assert_eq(found, 1, "%s has %d notification log entries", checkout_id, found);
+}
+
+static int spawn_notification(const char *webhook_url, const char *max_deliveries)
+{
+    char url[200] = "NOTIFY_WEBHOOK_URL=", md[64];
+    if (webhook_url)
+        snprintf(url, sizeof url, "NOTIFY_WEBHOOK_URL=%s", webhook_url);
+    snprintf(md, sizeof md, "MAX_DELIVERIES=%s", max_deliveries ? max_deliveries : "10");
+    const char *env[] = {url, md, "RETRY_BASE_MS=30", "RETRY_MAX_MS=200", "NOTIFY_TIMEOUT_MS=2000", NULL};
+    return sg_spawn(&E, "notification", env);
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+Test(notification, one_log_entry_per_terminal_checkout_even_when_delivered_twice)
+{
+    spawn_notification(NULL, NULL);
+    spawn_notification(NULL, NULL);
+    sx_saga(E.s, SX_SUCCESS, "co-ok", "c1", "p1", 2);
+    sx_saga(E.s, SX_NO_STOCK, "co-nostock", "c1", "p1", 2);
+    sx_saga(E.s, SX_ORDER_LIMIT, "co-limit", "c1", "p1", 2);
+    sx_event(E.s, "co-running", "CheckoutInitiated", json_pack("{s:s, s:[], s:i}", "client_id", "c1", "items",
+                                                              "total_cents", 0));
+    cr_assert(sx_wait_ll(E.c, LOG_KEY, NULL, 3, WAIT_MS), "three terminal checkouts, three notifications");
+    wait_idle();
+    redeliver_everything();
+    cr_assert_eq(sg_ll(&E, "XLEN %s", LOG_KEY), 3, "a redelivered terminal event was notified again");
+
+    char *ok_id = event_id_of("co-ok", "CheckoutSucceeded");
+    char *ns_id = event_id_of("co-nostock", "CheckoutFailed");
+    char *lim_id = event_id_of("co-limit", "CheckoutFailed");
+    assert_logged_once("co-ok", CM_STATUS_SUCCEEDED, "order_id", "ord-co-ok", ok_id);
+    assert_logged_once("co-nostock", CM_STATUS_FAILED, "reason", CM_REASON_INSUFFICIENT_STOCK, ns_id);
+    assert_logged_once("co-limit", CM_STATUS_FAILED, "reason", CM_REASON_ORDER_LIMIT, lim_id);
+    char *st = sg_str(&E, "HGET chorus:notify:co-ok status");
+    cr_assert_str_eq(st, CM_STATUS_SUCCEEDED);
+    free(st);
+    cr_assert_eq(sg_ll(&E, "EXISTS chorus:notify:co-running"), 0, "a running checkout is not notified");
+    cr_assert_eq(sg_ll(&E, "HEXISTS chorus:notify:co-ok webhook_status"), 0, "no webhook configured");
+    free(ok_id);
+    free(ns_id);
+    free(lim_id);
+}
+
+Test(notification, webhook_is_retried_until_2xx_then_never_called_again)
+{
+    receiver rv;
+    receiver_start(&rv, 2, 200);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hooks/checkout?src=chorus", rv.port);
+    spawn_notification(url, NULL);
+    sx_saga(E.s, SX_SUCCESS, "co-w", "c1", "p1", 1);
+    bool ok = sx_wait_ll(E.c, "chorus:notify:co-w", "webhook_status", 200, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the webhook's 2xx was never recorded");
+    wait_idle();
+    cr_assert_eq(receiver_calls(&rv), 3, "two 503s, then the 200");
+    cr_assert_eq(sg_ll(&E, "HGET chorus:notify:co-w webhook_attempts"), 3);
+
+    char *eid = event_id_of("co-w", "CheckoutSucceeded");
+    for (int i = 0; i < 3; i++) {
+        const call *c = &rv.calls[i];
+        cr_assert_str_eq(c->method, "POST");
+        cr_assert_str_eq(c->path, "/hooks/checkout?src=chorus");
+        cr_assert_str_eq(c->idem, "co-w", "call %d: Idempotency-Key is the checkout id", i);
+        json_error_t je;
+        json_t *b = json_loads(c->body, 0, &je);
+        cr_assert_not_null(b, "call %d body is not JSON: %s", i, c->body);
+        cr_assert_str_eq(json_string_value(json_object_get(b, "checkout_id")), "co-w");
+        cr_assert_str_eq(json_string_value(json_object_get(b, "status")), CM_STATUS_SUCCEEDED);
+        cr_assert_str_eq(json_string_value(json_object_get(b, "order_id")), "ord-co-w");
+        cr_assert_str_eq(json_string_value(json_object_get(b, "event_id")), eid);
+        json_decref(b);
+    }
+    free(eid);
+
+    redeliver_everything();
+    cr_assert_eq(receiver_calls(&rv), 3, "the webhook was called again after its 2xx");
+    cr_assert_eq(sg_ll(&E, "XLEN %s", LOG_KEY), 1);
+    receiver_stop(&rv);
+}
+
+Test(notification, webhook_that_never_accepts_ends_in_the_dead_letter_stream)
+{
+    receiver rv;
+    receiver_start(&rv, 0, 500);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", rv.port);
+    spawn_notification(url, "3");
+    sx_saga(E.s, SX_NO_STOCK, "co-x", "c1", "p1", 1);
+    bool ok = sx_wait_ll(E.c, BUS ".dlq." GROUP, NULL, 1, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the failing notification was not dead-lettered");
+    cr_assert_eq(receiver_calls(&rv), 3, "MAX_DELIVERIES attempts");
+    cr_assert_eq(sg_ll(&E, "HEXISTS chorus:notify:co-x webhook_status"), 0);
+    char *err = sg_str(&E, "HGET chorus:notify:co-x webhook_last_error");
+    cr_assert(err && strstr(err, "500"), "the last error is recorded: %s", err ? err : "(none)");
+    free(err);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", LOG_KEY), 1, "the log entry stays single");
+    receiver_stop(&rv);
+}
+
+Test(notification, unreachable_webhook_is_a_failed_attempt_not_a_crash)
+{
+    int port = tf_free_port();   /* nobody listens there */
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hook", port);
+    int w = spawn_notification(url, "2");
+    sx_saga(E.s, SX_SUCCESS, "co-u", "c1", "p1", 1);
+    bool ok = sx_wait_ll(E.c, BUS ".dlq." GROUP, NULL, 1, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok);
+    cr_assert_eq(sg_ll(&E, "HGET chorus:notify:co-u webhook_attempts"), 2);
+    cr_assert_gt(E.p[w].pid, 0);
+    cr_assert_eq(tf_kill(E.p[w].pid, 0), 0, "the worker still runs");
+}
+
+/* Spawns the worker with url and returns its exit status and log. */
+static int start_with_bad_url(const char *url, char *log, size_t loglen)
+{
+    char env[300];
+    snprintf(env, sizeof env, "NOTIFY_WEBHOOK_URL=%s", url);
+    int i = sg_spawn(&E, "notification", (const char *const[]){env, NULL});
+    int st = 0;
+    cr_assert_eq(tf_wait_exit(E.p[i].pid, 10000, &st), 0, "the worker kept running with %s", url);
+    E.p[i].pid = 0;
+    FILE *f = fopen(E.p[i].log, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(log, 1, loglen - 1, f);
+    log[n] = '\0';
+    fclose(f);
+    return st;
+}
+
+Test(notification, malformed_webhook_url_stops_the_worker_at_startup)
+{
+    static const struct {
+        const char *url, *says;
+    } cases[] = {
+        {"https://hooks.example/x", "https is not supported"},
+        {"ftp://hooks.example/x", "http://host[:port]/path"},
+        {"http://hooks.example:99999/x", "port must be 1..65535"},
+        {"http://user:pw@hooks.example/x", "no user:password@"},
+        {"http:///x", "no host"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char log[8192];
+        int st = start_with_bad_url(cases[i].url, log, sizeof log);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "%s: exit status %d", cases[i].url, st);
+        cr_assert(strstr(log, cases[i].says), "%s: the log does not say \"%s\":\n%s", cases[i].url, cases[i].says,
+                  log);
+    }
+}
