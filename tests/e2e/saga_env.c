@@ -8,7 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/names.h"
@@ -65,12 +70,16 @@ static void spawn(sg_env *e, int i)
     sg_proc *p = &e->p[i];
     char url[340], *envp[SG_MAX_ENV + 8];
     snprintf(url, sizeof url, "REDIS_URL=%s", e->r.url);
+    const char *base[] = {url, "METRICS_PORT=0", "CLAIM_IDLE_MS=1000", "BLOCK_MS=100", "LOG_LEVEL=warn"};
     int k = 0;
-    envp[k++] = url;
-    envp[k++] = "METRICS_PORT=0";
-    envp[k++] = "CLAIM_IDLE_MS=1000";
-    envp[k++] = "BLOCK_MS=100";
-    envp[k++] = "LOG_LEVEL=warn";
+    for (size_t b = 0; b < sizeof base / sizeof base[0]; b++) {
+        size_t kl = strcspn(base[b], "=") + 1;
+        bool overridden = false;
+        for (int j = 0; j < p->nenv; j++)
+            overridden = overridden || !strncmp(p->env[j], base[b], kl);
+        if (!overridden)
+            envp[k++] = (char *)base[b];
+    }
     for (int j = 0; j < p->nenv; j++)
         envp[k++] = p->env[j];
     envp[k] = NULL;
@@ -148,6 +157,32 @@ int sg_stop_workers(sg_env *e)
         }
     }
     return bad;
+}
+
+long long sg_metric(int port, const char *series)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect to metrics port %d", port);
+    const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    cr_assert_eq(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+    cm_buf b = CM_BUF_INIT;
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(fd, chunk, sizeof chunk)) > 0)
+        cm_buf_put(&b, chunk, (size_t)n);
+    close(fd);
+    long long v = -1;
+    size_t sl = strlen(series);
+    for (const char *line = b.data; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (!strncmp(line, series, sl) && line[sl] == ' ')
+            v = atoll(line + sl + 1);
+    cm_buf_free(&b);
+    return v;
 }
 
 void sg_dump_logs(const sg_env *e)

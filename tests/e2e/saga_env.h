@@ -61,6 +61,9 @@ void sg_restart(sg_env *e, int i);          /* spawn again with the same setting
  * (reservation, order, compensation) did not exit 0 (their logs are dumped). */
 int sg_stop_workers(sg_env *e);
 void sg_dump_logs(const sg_env *e);
+/* The value of one series (full name with labels, as rendered) on a worker's
+ * GET /metrics at 127.0.0.1:port, or -1 when absent. */
+long long sg_metric(int port, const char *series);
 
 /* Sets product id: name, price, available; reserved and sold 0. */
 void sg_product(sg_env *e, const char *id, long long available);

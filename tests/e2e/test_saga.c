@@ -22,7 +22,8 @@
  *   duplicate_*               the same CheckoutInitiated delivered twice (a copy
  *                             on the bus, before and after the saga ran): one
  *                             reservation, one order, one terminal event, nothing
- *                             dead-lettered.
+ *                             dead-lettered, saga_choreo_success_total counted once
+ *                             (order_limit_* checks saga_choreo_failed_total too).
  *   sigkill_*                 order creation killed with SIGKILL between effect
  *                             and ack (its batch still pending) and restarted: the
  *                             re-delivered batch changes nothing; and the whole
@@ -204,7 +205,14 @@ Test(saga, insufficient_stock_fails_all_lines_and_touches_no_stock)
 static void order_failure_compensates(const char *const *env, const char *reason)
 {
     sg_product(&E, "p1", 10);
-    sg_spawn_saga(&E, env);
+    int port = tf_free_port();
+    char metrics[32], series[96];
+    snprintf(metrics, sizeof metrics, "METRICS_PORT=%d", port);
+    snprintf(series, sizeof series, "saga_choreo_failed_total{reason=\"%s\"}", reason);
+    const char *menv[] = {metrics, NULL};
+    sg_spawn(&E, "stock-reservation", env);
+    sg_spawn(&E, "order-creation", env);
+    sg_spawn(&E, "stock-compensation", menv);
     sg_line lines[] = {{"p1", 4, 3000}};
     sg_checkout(&E, "co-fail", "client-1", lines, 1);
     char *ids[] = {"co-fail"};
@@ -219,6 +227,7 @@ static void order_failure_compensates(const char *const *env, const char *reason
     expect_resv_state("co-fail", "released");
     cr_expect_eq(order_exists("co-fail"), 0, "no order for a failed checkout");
     cr_expect_eq(dlq_total(), 0);
+    cr_expect_eq(sg_metric(port, series), 1, "%s", series);
     stop_clean();
 }
 
@@ -295,7 +304,13 @@ Test(saga, duplicate_checkout_initiated_reserves_and_orders_once)
     sg_line lines[] = {{"p1", 2, 100}};
     sg_checkout(&E, "co-dup", "client-1", lines, 1);
     copy_bus_entry("CheckoutInitiated");   /* delivered twice, likely in one batch */
-    sg_spawn_saga(&E, NULL);
+    int port = tf_free_port();
+    char metrics[32];
+    snprintf(metrics, sizeof metrics, "METRICS_PORT=%d", port);
+    const char *menv[] = {metrics, NULL};
+    sg_spawn(&E, "stock-reservation", NULL);
+    sg_spawn(&E, "order-creation", menv);
+    sg_spawn(&E, "stock-compensation", NULL);
     char *ids[] = {"co-dup"};
     wait_ended(ids, 1, 20000);
     wait_quiet();
@@ -311,6 +326,7 @@ Test(saga, duplicate_checkout_initiated_reserves_and_orders_once)
     freeReplyObject(k);
     cr_expect_eq(sg_ll(&E, "XLEN %s", es_store_bus(E.s)), 4 + 3, "4 saga events and 3 copies, nothing else");
     cr_expect_eq(dlq_total(), 0, "duplicates are acknowledged, not dead-lettered");
+    cr_expect_eq(sg_metric(port, "saga_choreo_success_total{}"), 1, "a replayed success is not counted again");
     stop_clean();
 }
 
