@@ -13,11 +13,13 @@
  *   chorus:rm:client:<id>       hash   read model: total_orders last_order_id last_checkout_id last_update_ts
  *   chorus:rm:stock:<id>        hash   read model: reserved sold released (counts from events)
  *   chorus:rm:checkpoint        string last bus entry id applied by the projection
+ *   chorus:pj:rebuild           string lock held by a read-model rebuild (live projections wait)
  *   chorus:idem:<key>           string intake idempotency record (24 h)
  *   chorus:notify:log           stream one entry per notified checkout
  *   chorus:notify:<checkout_id> hash   notification state (webhook delivered or not)
  *   chorus:audit:log            stream hash-chained audit records
  *   chorus:audit:head           hash   hash + count of the last audit record
+ *   chorus:audit:seen           hash   <aggregate>:<id> -> per-seq '1' marks of audited events
  *   <bus>.dlq.<group>           stream dead letters of a group
  *   <bus>.retry.<group>         stream entries re-delivered to one group
  */

@@ -371,3 +371,54 @@ Test(projection, every_status_change_is_published_for_long_polls)
     cr_assert_str_eq(status, CM_STATUS_SUCCEEDED);
     free(status);
 }
+
+/* Asserts the checkout's read model says what the fold of its history says. */
+static void assert_rm_matches_fold(const char *id)
+{
+    es_checkout_state st;
+    sg_fold(&E, id, &st);
+    char *status = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:%s status", id);
+    char *order = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:%s order_id", id);
+    char *reason = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:%s reason", id);
+    cr_assert(status && !strcmp(status, st.status), "%s: read model %s, fold %s", id, status ? status : "-", st.status);
+    cr_assert_str_eq(order ? order : "", st.order_id, "%s order_id", id);
+    if (!strcmp(st.status, CM_STATUS_FAILED))
+        cr_assert_str_eq(reason ? reason : "", st.reason, "%s reason", id);
+    else
+        cr_assert_null(reason, "%s: a reason on a checkout that did not fail", id);
+    free(status);
+    free(order);
+    free(reason);
+}
+
+Test(projection, read_models_agree_with_the_real_saga_workers)
+{
+    sg_product(&E, "p1", 5);
+    sg_product(&E, "p2", 10000);
+    sg_spawn_saga(&E, NULL);
+    sg_spawn(&E, "cqrs-projection", NULL);
+    sg_checkout(&E, "co-1", "c1", (const sg_line[]){{"p1", 3, 100}}, 1);      /* succeeds */
+    sg_checkout(&E, "co-2", "c1", (const sg_line[]){{"p1", 3, 100}}, 1);      /* insufficient stock */
+    sg_checkout(&E, "co-3", "c2", (const sg_line[]){{"p2", 1, 100}, {"p1", 2, 100}}, 2);   /* succeeds */
+    sg_checkout(&E, "co-4", "c2", (const sg_line[]){{"p2", 5000, 1000}}, 1);  /* over the order limit */
+    char *ids[] = {"co-1", "co-2", "co-3", "co-4"};
+    bool ok = sg_wait_terminal(&E, ids, 4, WAIT_MS) && sg_wait_quiet(&E, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the sagas did not settle");
+    wait_projected();
+    for (size_t i = 0; i < 4; i++)
+        assert_rm_matches_fold(ids[i]);
+    const char *products[] = {"p1", "p2"};
+    for (size_t i = 0; i < 2; i++) {
+        long long avail, reserved, sold;
+        sg_stock(&E, products[i], &avail, &reserved, &sold);
+        long long r = sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s reserved", products[i]);
+        long long s = sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s sold", products[i]);
+        long long l = sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s released", products[i]);
+        cr_assert_eq(s, sold, "%s: the stock view's sold is the catalog's", products[i]);
+        cr_assert_eq(r - s - l, reserved, "%s: what is still held is the catalog's reserved", products[i]);
+    }
+    cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c1 total_orders"), 1);
+    cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c2 total_orders"), 1);
+}
