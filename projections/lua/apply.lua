@@ -93,7 +93,8 @@ local function client_order(cid, checkout, order_id, em)
   local cur = redis.call('HMGET', key, 'total_orders', 'last_order_id', 'last_checkout_id', 'last_update_ts')
   local total = (tonumber(cur[1]) or 0) + 1
   local lo, lc, lt = cur[2], cur[3], cur[4]
-  local newer = not lt or tonumber(em) > tonumber(lt) or (tonumber(em) == tonumber(lt) and checkout > lc)
+  local t_new, t_old = tonumber(em), tonumber(lt)
+  local newer = not t_old or not lc or t_new > t_old or (t_new == t_old and checkout > lc)
   if newer then lo, lc, lt = order_id, checkout, em end
   redis.call('HSET', key, 'total_orders', total, 'last_order_id', lo, 'last_checkout_id', lc,
     'last_update_ts', lt)
