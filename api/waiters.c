@@ -21,6 +21,7 @@
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/names.h"
 #include "common/xmalloc.h"
 
@@ -47,6 +48,7 @@ static struct {
     bool closing;                   /* no new waiters */
     atomic_bool stop;
     int evfd;
+    cm_series *gauge;               /* http_long_polls_waiting */
     pthread_t thread;
     bool started;
 } g = {.lock = PTHREAD_MUTEX_INITIALIZER, .evfd = -1};
@@ -112,6 +114,7 @@ static void heap_push(api_waiter *w)
     w->heap_idx = g.n;
     g.heap[g.n++] = w;
     heap_up(w->heap_idx);
+    cm_series_set(g.gauge, (double)g.n);
 }
 
 static void heap_remove(api_waiter *w)
@@ -124,6 +127,7 @@ static void heap_remove(api_waiter *w)
         heap_down(i);
         heap_up(i);
     }
+    cm_series_set(g.gauge, (double)g.n);
 }
 
 /* ---- table (under g.lock) ---- */
@@ -314,6 +318,7 @@ static void *run(void *arg)
 
 int api_waiters_start(char *err, size_t errlen)
 {
+    g.gauge = cm_gauge("http_long_polls_waiting", "long-poll requests waiting for a checkout to settle", NULL);
     g.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (g.evfd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
