@@ -149,6 +149,28 @@ static bool broken(const wk_ctx *ctx)
     return !ctx->c || ctx->c->err;
 }
 
+/* Runs the handler of one decoded event and settles it. Returns -1 when the
+ * connection broke (the entry stays pending) or parking failed, else 0. */
+static int handle_one(wk_ctx *ctx, int stream, const redisReply *entry, const es_event *ev, long long deliveries)
+{
+    const wk_handler *h = find_handler(ctx->def, ev->kind);
+    if (!h) {
+        cm_series_inc(ctx->m_skipped);
+        cm_argv_adds(&ctx->acks[stream], entry->element[0]->str);
+        return 0;
+    }
+    count_consumed(ctx, ev);
+    ctx->reason[0] = '\0';
+    wk_result r = h->fn(ctx, ev);
+    if (broken(ctx))
+        return -1;
+    int rc = settle(ctx, stream, entry, ev, r, deliveries);
+    /* a slow batch keeps its entries fresh so no peer claims them */
+    if (cm_mono_ms() - ctx->last_touch_ms > ctx->set.claim_idle_ms / 3)
+        wk_touch(ctx);
+    return rc;
+}
+
 int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long long *deliveries)
 {
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0)
@@ -158,9 +180,16 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
     ctx->inflight = cm_xcalloc(n, sizeof *ctx->inflight);
     ctx->ninflight = 0;
     ctx->batch_started_ms = ctx->last_touch_ms = cm_mono_ms();
-    es_event **evs = cm_xcalloc(n, sizeof *evs);
-    const redisReply **evs_entry = cm_xcalloc(n, sizeof *evs_entry);
-    long long *evs_deliv = cm_xcalloc(n, sizeof *evs_deliv);
+    /* the whole batch is in flight (wk_touch keeps all of it fresh) */
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *id = cm_reply_elem(entries->element[i], 0);
+        if (cm_reply_is_str(id))
+            ctx->inflight[ctx->ninflight++] = id->str;
+    }
+    bool batch = ctx->def->batch != NULL;
+    es_event **evs = batch ? cm_xcalloc(n, sizeof *evs) : NULL;
+    const redisReply **evs_entry = batch ? cm_xcalloc(n, sizeof *evs_entry) : NULL;
+    long long *evs_deliv = batch ? cm_xcalloc(n, sizeof *evs_deliv) : NULL;
     size_t nev = 0;
     int rc = 0;
 
@@ -173,7 +202,6 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
         const redisReply *id = cm_reply_elem(e, 0);
         if (!cm_reply_is_str(id))
             continue;
-        ctx->inflight[ctx->ninflight++] = id->str;
         long long d = deliveries ? deliveries[i] : 1;
         if (d > ctx->set.max_deliveries) {   /* crashed on its last attempt */
             if (wk_park(ctx, stream, e, "max deliveries exceeded (handler never returned)", d - 1) != 0)
@@ -181,7 +209,7 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
             continue;
         }
         /* Skip types nobody here handles before paying for a decode. */
-        if (!ctx->def->batch) {
+        if (!batch) {
             const redisReply *f = cm_reply_elem(e, 1);
             const char *type = NULL;
             for (size_t j = 0; f && f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
@@ -201,13 +229,20 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
                 rc = -1;
             continue;
         }
+        if (!batch) {
+            /* handled and freed one at a time: the next decode reuses the
+             * same memory instead of a batch's worth piling up */
+            rc = handle_one(ctx, stream, e, ev, d);
+            es_event_free(ev);
+            continue;
+        }
         evs[nev] = ev;
         evs_entry[nev] = e;
         evs_deliv[nev] = d;
         nev++;
     }
 
-    if (rc == 0 && ctx->def->batch && nev) {
+    if (rc == 0 && batch && nev) {
         wk_result *res = cm_xcalloc(nev, sizeof *res);
         ctx->reason[0] = '\0';
         ctx->def->batch(ctx, evs, nev, res);
@@ -218,19 +253,6 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
             rc = settle(ctx, stream, evs_entry[i], evs[i], res[i], evs_deliv[i]);
         }
         free(res);
-    } else {
-        for (size_t i = 0; i < nev && rc == 0; i++) {
-            const wk_handler *h = find_handler(ctx->def, evs[i]->kind);
-            count_consumed(ctx, evs[i]);
-            ctx->reason[0] = '\0';
-            wk_result r = h->fn(ctx, evs[i]);
-            if (broken(ctx))
-                break;
-            rc = settle(ctx, stream, evs_entry[i], evs[i], r, evs_deliv[i]);
-            /* a slow batch keeps its entries fresh so no peer claims them */
-            if (cm_mono_ms() - ctx->last_touch_ms > ctx->set.claim_idle_ms / 3)
-                wk_touch(ctx);
-        }
     }
     if (broken(ctx))
         rc = -1;
@@ -244,7 +266,9 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 }
 
 /* Appends XACK of the collected ids for each stream; returns how many
- * commands were appended (their replies are read by read_acks). */
+ * commands were appended (their replies are read by read_acks). The ids are
+ * passed to hiredis as they are (no second copy per id: this runs for every
+ * entry a worker handles). */
 static int append_acks(wk_ctx *ctx)
 {
     int sent = 0;
@@ -252,14 +276,20 @@ static int append_acks(wk_ctx *ctx)
         cm_argv *ids = &ctx->acks[s];
         if (!ids->n)
             continue;
-        cm_argv a = {0};
-        cm_argv_adds(&a, "XACK");
-        cm_argv_adds(&a, ctx->streams[s]);
-        cm_argv_adds(&a, ctx->group);
-        for (int i = 0; i < ids->n; i++)
-            cm_argv_add(&a, ids->v[i], ids->len[i]);
-        redisAppendCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
-        cm_argv_free(&a);
+        size_t n = (size_t)ids->n + 3;
+        const char **argv = cm_xmalloc(n * sizeof *argv);
+        size_t *lens = cm_xmalloc(n * sizeof *lens);
+        argv[0] = "XACK";
+        lens[0] = 4;
+        argv[1] = ctx->streams[s];
+        lens[1] = strlen(ctx->streams[s]);
+        argv[2] = ctx->group;
+        lens[2] = strlen(ctx->group);
+        memcpy(argv + 3, ids->v, (size_t)ids->n * sizeof *argv);
+        memcpy(lens + 3, ids->len, (size_t)ids->n * sizeof *lens);
+        redisAppendCommandArgv(ctx->c, (int)n, argv, lens);
+        free(argv);
+        free(lens);
         cm_argv_reset(ids);
         sent++;
     }
