@@ -67,6 +67,270 @@ static bool ts_valid(const char *s, size_t n)
     return isfinite(strtod(tmp, NULL));
 }
 
+/* The fast path of decoding (the replay's hot loop: jansson's lexer reads a
+ * byte at a time through a stream, ~15 ns a byte, and builds a json_t for
+ * every member). It reads the envelope straight into the event and builds a
+ * json_t only for data, but only for the JSON es_encode writes: the known
+ * members (any order, each once), strings of printable ASCII without
+ * escapes, plain numbers, shallow nesting, no duplicate keys. On anything
+ * else, and on anything invalid, it gives up and the caller takes the
+ * jansson path, which then decides (and words the error): the fast path
+ * never rejects, so it can only ever accept what the slow path accepts, with
+ * the same result. */
+typedef struct fast_json {
+    const char *p, *end;
+    int depth;
+} fast_json;
+
+static json_t *fj_value(fast_json *f);
+
+static void fj_ws(fast_json *f)
+{
+    while (f->p < f->end && (*f->p == ' ' || *f->p == '\n' || *f->p == '\r' || *f->p == '\t'))
+        f->p++;
+}
+
+static bool fj_lit(fast_json *f, const char *lit, size_t n)
+{
+    if ((size_t)(f->end - f->p) < n || memcmp(f->p, lit, n) != 0)
+        return false;
+    f->p += n;
+    return true;
+}
+
+/* A string without escapes or non-ASCII; *s points into the input. */
+static bool fj_str(fast_json *f, const char **s, size_t *n)
+{
+    if (f->p >= f->end || *f->p != '"')
+        return false;
+    const char *b = ++f->p;
+    for (; f->p < f->end; f->p++) {
+        unsigned char c = (unsigned char)*f->p;
+        if (c == '"') {
+            *s = b;
+            *n = (size_t)(f->p++ - b);
+            return true;
+        }
+        if (c < 0x20 || c >= 0x7f || c == '\\')
+            return false;
+    }
+    return false;
+}
+
+static bool fj_digits(fast_json *f)
+{
+    const char *b = f->p;
+    while (f->p < f->end && *f->p >= '0' && *f->p <= '9')
+        f->p++;
+    return f->p > b;
+}
+
+/* A JSON number: *real tells which of *iv / *dv holds it. Gives up on long
+ * integers (jansson judges overflow) and non-finite reals. */
+static bool fj_num(fast_json *f, bool *real, long long *iv, double *dv)
+{
+    const char *b = f->p;
+    *real = false;
+    if (f->p < f->end && *f->p == '-')
+        f->p++;
+    if (f->p < f->end && *f->p == '0')
+        f->p++;
+    else if (!fj_digits(f))
+        return false;
+    if (f->p < f->end && *f->p == '.') {
+        f->p++;
+        *real = true;
+        if (!fj_digits(f))
+            return false;
+    }
+    if (f->p < f->end && (*f->p == 'e' || *f->p == 'E')) {
+        f->p++;
+        *real = true;
+        if (f->p < f->end && (*f->p == '+' || *f->p == '-'))
+            f->p++;
+        if (!fj_digits(f))
+            return false;
+    }
+    char tmp[32], *end;
+    size_t n = (size_t)(f->p - b);
+    if (n >= sizeof tmp || (!*real && n > 18))
+        return false;
+    memcpy(tmp, b, n);
+    tmp[n] = '\0';
+    if (*real)
+        *dv = strtod(tmp, &end);
+    else
+        *iv = strtoll(tmp, &end, 10);
+    return end == tmp + n && (!*real || isfinite(*dv)); /* a locale's decimal comma: give up */
+}
+
+static json_t *fj_container(fast_json *f, bool obj)
+{
+    if (++f->depth > 32)
+        return NULL;
+    f->p++; /* '{' or '[' */
+    json_t *c = obj ? json_object() : json_array();
+    fj_ws(f);
+    if (f->p < f->end && *f->p == (obj ? '}' : ']')) {
+        f->p++;
+        f->depth--;
+        return c;
+    }
+    for (;;) {
+        const char *k = NULL;
+        size_t kn = 0;
+        if (obj) {
+            fj_ws(f);
+            if (!fj_str(f, &k, &kn))
+                break;
+            fj_ws(f);
+            if (!fj_lit(f, ":", 1))
+                break;
+        }
+        json_t *v = fj_value(f);
+        if (!v)
+            break;
+        if (obj && json_object_getn(c, k, kn)) {
+            json_decref(v);
+            break;
+        }
+        if (obj)
+            json_object_setn_new_nocheck(c, k, kn, v);
+        else
+            json_array_append_new(c, v);
+        fj_ws(f);
+        if (fj_lit(f, ",", 1))
+            continue;
+        if (fj_lit(f, obj ? "}" : "]", 1)) {
+            f->depth--;
+            return c;
+        }
+        break;
+    }
+    json_decref(c);
+    return NULL;
+}
+
+static json_t *fj_value(fast_json *f)
+{
+    fj_ws(f);
+    if (f->p >= f->end)
+        return NULL;
+    switch (*f->p) {
+    case '{':
+        return fj_container(f, true);
+    case '[':
+        return fj_container(f, false);
+    case '"': {
+        const char *s;
+        size_t n;
+        return fj_str(f, &s, &n) ? json_stringn_nocheck(s, n) : NULL;
+    }
+    case 't':
+        return fj_lit(f, "true", 4) ? json_true() : NULL;
+    case 'f':
+        return fj_lit(f, "false", 5) ? json_false() : NULL;
+    case 'n':
+        return fj_lit(f, "null", 4) ? json_null() : NULL;
+    default: {
+        bool real;
+        long long iv;
+        double dv;
+        if (!fj_num(f, &real, &iv, &dv))
+            return NULL;
+        return real ? json_real(dv) : json_integer(iv);
+    }
+    }
+}
+
+/* The envelope's members, in the order of DESIGN.md. */
+enum { M_EVENT_ID, M_TYPE, M_AGGREGATE, M_AGGREGATE_ID, M_CORRELATION_ID, M_CAUSATION_ID, M_PRODUCER,
+       M_SCHEMA, M_SEQ, M_EMITTED_AT, M_DATA, M_COUNT };
+static const char *const member_names[M_COUNT] = {
+    "event_id", "type", "aggregate", "aggregate_id", "correlation_id", "causation_id", "producer",
+    "schema", "seq", "emitted_at", "data"};
+
+/* Fills ev's envelope from payload when it is plain (see above); ev->type is
+ * the entry's type, already checked. Returns false, ev untouched, otherwise. */
+static bool decode_fast(es_event *ev, const char *payload, size_t len)
+{
+    fast_json f = {payload, payload + len, 0};
+    const char *sv[M_COUNT] = {0};
+    size_t sl[M_COUNT] = {0};
+    unsigned seen = 0;
+    long long schema = 0, seq = 0;
+    double emitted_at = 0;
+    json_t *data = NULL;
+    fj_ws(&f);
+    if (!fj_lit(&f, "{", 1))
+        return false;
+    for (;;) {
+        const char *k;
+        size_t kn;
+        int m = 0;
+        fj_ws(&f);
+        if (!fj_str(&f, &k, &kn))
+            goto slow;
+        while (m < M_COUNT && !(strlen(member_names[m]) == kn && !memcmp(member_names[m], k, kn)))
+            m++;
+        if (m == M_COUNT || seen & 1u << m)
+            goto slow; /* a foreign member, or a duplicate */
+        seen |= 1u << m;
+        fj_ws(&f);
+        if (!fj_lit(&f, ":", 1))
+            goto slow;
+        fj_ws(&f);
+        bool real;
+        long long iv;
+        double dv;
+        if (m == M_CAUSATION_ID && fj_lit(&f, "null", 4)) {
+            seen &= ~(1u << m);
+        } else if (m <= M_PRODUCER) {
+            if (!fj_str(&f, &sv[m], &sl[m]) || sl[m] == 0 || sl[m] > 256)
+                goto slow;
+        } else if (m == M_DATA) {
+            if (f.p >= f.end || *f.p != '{' || !(data = fj_value(&f)))
+                goto slow;
+        } else if (!fj_num(&f, &real, &iv, &dv)) {
+            goto slow;
+        } else if (m == M_EMITTED_AT) {
+            emitted_at = real ? dv : (double)iv;
+        } else if (real) {
+            goto slow;
+        } else {
+            *(m == M_SCHEMA ? &schema : &seq) = iv;
+        }
+        fj_ws(&f);
+        if (fj_lit(&f, ",", 1))
+            continue;
+        if (fj_lit(&f, "}", 1))
+            break;
+        goto slow;
+    }
+    fj_ws(&f);
+    unsigned need = ((1u << M_COUNT) - 1) & ~(1u << M_CAUSATION_ID);
+    char uuid[CM_UUID_LEN + 1] = "";
+    if (sl[M_EVENT_ID] == CM_UUID_LEN)
+        memcpy(uuid, sv[M_EVENT_ID], CM_UUID_LEN);
+    if (f.p != f.end || (seen & need) != need || schema != ES_SCHEMA_VERSION || seq < 1 ||
+        sl[M_TYPE] != strlen(ev->type) || memcmp(sv[M_TYPE], ev->type, sl[M_TYPE]) != 0 || !cm_uuid_valid(uuid))
+        goto slow;
+    ev->event_id = cm_xstrndup(sv[M_EVENT_ID], sl[M_EVENT_ID]);
+    ev->aggregate = cm_xstrndup(sv[M_AGGREGATE], sl[M_AGGREGATE]);
+    ev->aggregate_id = cm_xstrndup(sv[M_AGGREGATE_ID], sl[M_AGGREGATE_ID]);
+    ev->correlation_id = cm_xstrndup(sv[M_CORRELATION_ID], sl[M_CORRELATION_ID]);
+    ev->causation_id = sv[M_CAUSATION_ID] ? cm_xstrndup(sv[M_CAUSATION_ID], sl[M_CAUSATION_ID]) : NULL;
+    ev->producer = cm_xstrndup(sv[M_PRODUCER], sl[M_PRODUCER]);
+    ev->schema = ES_SCHEMA_VERSION;
+    ev->seq = seq;
+    ev->emitted_at = emitted_at;
+    ev->data = data;
+    return true;
+slow:
+    json_decref(data);
+    return false;
+}
+
 /* Copies the string member key of o into *dst; required members must be
  * non-empty strings. Returns 0 or -1 with err. */
 static int take_str(json_t *o, const char *key, bool required, char **dst, char *err, size_t errlen)
@@ -111,6 +375,8 @@ int es_event_decode(const char *entry_id, const char *type, size_t type_len, con
         snprintf(err, errlen, "entry %s: payload larger than %d bytes", ev->entry_id, MAX_PAYLOAD);
         goto fail;
     }
+    if (decode_fast(ev, payload, payload_len))
+        goto done;
     json_error_t jerr;
     json_t *root = json_loadb(payload, payload_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
@@ -179,6 +445,7 @@ int es_event_decode(const char *entry_id, const char *type, size_t type_len, con
     }
     ev->data = json_incref(data);
     json_decref(root);
+done:
     ev->kind = cm_event_type_parse(ev->type);
     *out = ev;
     return 0;

@@ -120,6 +120,10 @@ typedef struct es_checkout_state {
 
 /* Folds events (in seq order) into st. Pure; never fails. */
 void es_checkout_fold(es_event *const *evs, size_t n, es_checkout_state *st);
+/* The same fold one event at a time (a replay that streams the bus keeps one
+ * state per checkout): init, then apply each event in seq order. */
+void es_checkout_init(es_checkout_state *st);
+void es_checkout_apply(es_checkout_state *st, const es_event *ev);
 /* Appends st as JSON {"status","client_id","order_id","reason","version",...}. */
 void es_checkout_state_json(const es_checkout_state *st, cm_buf *out);
 

@@ -6,9 +6,10 @@
 -- stored is head .. seq .. tail, so the seq is assigned here, atomically.
 -- A history element is "event_id\nbus_id\ntype\nts\npayload".
 
--- Returns nil when the append may go ahead, else the result table:
--- {"dup", version, seq1, id1, ...} when the first event id is already in the
--- history, {"conflict", version} when the expected version does not match.
+-- Returns nil and the current version when the append may go ahead, else
+-- the result table: {"dup", version, seq1, id1, ...} when the first event id
+-- is already in the history, {"conflict", version} when the expected version
+-- does not match.
 local function es_check(hist, argv, i)
   local expected = tonumber(argv[i])
   local n = tonumber(argv[i + 1])
@@ -41,13 +42,15 @@ local function es_check(hist, argv, i)
   if expected >= 0 and len ~= expected then
     return {'conflict', len}
   end
-  return nil
+  return nil, len
 end
 
 -- Writes the events to the bus and the history; returns {"ok", version, seq1, id1, ...}.
-local function es_write(hist, bus, argv, i)
+-- len: the history's length if the caller has just read it (es_check's second
+-- result; saves a call), else nil.
+local function es_write(hist, bus, argv, i, len)
   local n = tonumber(argv[i + 1])
-  local version = redis.call('LLEN', hist)
+  local version = len or redis.call('LLEN', hist)
   local out = {'ok', version + n}
   for k = 0, n - 1 do
     local b = i + 2 + k * 5
@@ -63,9 +66,9 @@ end
 
 -- Check, then write.
 local function es_append(hist, bus, argv, i)
-  local r = es_check(hist, argv, i)
+  local r, len = es_check(hist, argv, i)
   if r then return r end
-  return es_write(hist, bus, argv, i)
+  return es_write(hist, bus, argv, i, len)
 end
 
 -- Number of append arguments starting at i (to find what follows them).

@@ -708,3 +708,287 @@ Test(fold, state_json_is_valid_json)
     cm_buf_free(&out);
     saga_free(&s);
 }
+
+/* ---- the fast decoding path agrees with jansson ------------------------- */
+
+/* The envelope rules of DESIGN.md applied to jansson's own parse: the
+ * oracle the decoder (with its fast path) must agree with. Returns the
+ * parsed root when payload is a valid envelope of entry type `type`. */
+static json_t *oracle(const char *type, const char *p, size_t n)
+{
+    json_t *root = json_loadb(p, n, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(root))
+        goto bad;
+    static const char *const req[] = {"event_id", "type", "aggregate", "aggregate_id", "correlation_id", "producer"};
+    for (size_t i = 0; i < 6; i++) {
+        json_t *v = json_object_get(root, req[i]);
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 256)
+            goto bad;
+    }
+    json_t *c = json_object_get(root, "causation_id");
+    if (c && !json_is_null(c) && (!json_is_string(c) || json_string_length(c) == 0 || json_string_length(c) > 256))
+        goto bad;
+    if (strcmp(json_string_value(json_object_get(root, "type")), type) ||
+        !cm_uuid_valid(json_string_value(json_object_get(root, "event_id"))))
+        goto bad;
+    json_t *schema = json_object_get(root, "schema"), *seq = json_object_get(root, "seq");
+    if (!json_is_integer(schema) || json_integer_value(schema) != 1 || !json_is_integer(seq) ||
+        json_integer_value(seq) < 1 || !json_is_number(json_object_get(root, "emitted_at")) ||
+        !json_is_object(json_object_get(root, "data")))
+        goto bad;
+    return root;
+bad:
+    json_decref(root);
+    return NULL;
+}
+
+static void str_member_eq(const char *got, json_t *root, const char *key)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v))
+        cr_assert_null(got, "%s", key);
+    else
+        cr_assert_str_eq(got, json_string_value(v), "%s", key);
+}
+
+/* Decodes p and checks that the decoder and the oracle agree exactly. */
+static int agree(const char *type, const char *p, size_t n)
+{
+    es_event *ev = NULL;
+    char err[256];
+    int rc = es_event_decode("1-0", type, strlen(type), p, n, "1.5", 3, &ev, err, sizeof err);
+    json_t *root = oracle(type, p, n);
+    cr_assert_eq(rc == 0, root != NULL, "decoder %s, oracle %s: %.*s", rc ? "rejects" : "accepts",
+                 root ? "accepts" : "rejects", (int)n, p);
+    if (root) {
+        str_member_eq(ev->event_id, root, "event_id");
+        str_member_eq(ev->aggregate, root, "aggregate");
+        str_member_eq(ev->aggregate_id, root, "aggregate_id");
+        str_member_eq(ev->correlation_id, root, "correlation_id");
+        str_member_eq(ev->causation_id, root, "causation_id");
+        str_member_eq(ev->producer, root, "producer");
+        cr_assert_eq(ev->seq, json_integer_value(json_object_get(root, "seq")));
+        cr_assert_eq(ev->schema, 1);
+        cr_assert(ev->emitted_at == json_number_value(json_object_get(root, "emitted_at")));
+        cr_assert(json_equal(ev->data, json_object_get(root, "data")), "data differs: %.*s", (int)n, p);
+        json_t *d = json_object_get(root, "data"); /* same number kinds too */
+        json_t *items = json_object_get(d, "n");
+        if (items)
+            cr_assert_eq(json_typeof(json_object_get(ev->data, "n")), json_typeof(items));
+        cr_assert_eq(ev->payload_len, n);
+        cr_assert_eq(memcmp(ev->payload, p, n), 0);
+    }
+    es_event_free(ev);
+    json_decref(root);
+    return rc;
+}
+
+Test(envelope, decoder_agrees_with_jansson_on_mutated_payloads)
+{
+    json_t *datas[] = {
+        json_pack("{s:s, s:[{s:s, s:i, s:i}], s:i}", "client_id", "c1", "items", "product_id", "p-1", "quantity", 2,
+                  "unit_price_cents", 750, "total_cents", 1500),
+        json_pack("{s:s, s:f, s:b, s:n, s:[], s:{}}", "client_id", "cl\xc3\xa9ment \"q\" \\", "n", -0.25, "ok", 1,
+                  "z", "e", "o"),
+        json_pack("{s:I, s:f, s:[i, f, s]}", "big", (json_int_t)999999999999999999LL, "n", 1e300, "l", -7, 3.5, "\n"),
+        json_object(),
+    };
+    const char ins[] = "\"\\,:{}[] 01-.eEntf\xc3\xa9" "a\x01\t";
+    unsigned seed = 1234567;
+    int accepted = 0, rejected = 0;
+    for (size_t d = 0; d < sizeof datas / sizeof datas[0]; d++) {
+        char eid[37];
+        cm_uuid7(eid);
+        es_new_event ne = {.event_id = eid, .type = "StockReserved", .causation_id = d % 2 ? CAUSE : NULL,
+                           .data = datas[d]};
+        es_encoded enc = {0};
+        es_encode(&ne, "checkout", "co-1", NULL, "api", &enc);
+        cm_buf base = CM_BUF_INIT;
+        cm_buf_put(&base, enc.head.data, enc.head.len);
+        cm_buf_puts(&base, "42");
+        cm_buf_put(&base, enc.tail.data, enc.tail.len);
+        cr_assert_eq(agree("StockReserved", base.data, base.len), 0, "%s", base.data);
+
+        /* the same envelope re-serialised by jansson: indented, sorted, unicode unescaped */
+        json_t *root = json_loadb(base.data, base.len, 0, NULL);
+        char *pretty = json_dumps(root, JSON_INDENT(3) | JSON_SORT_KEYS);
+        cr_assert_eq(agree("StockReserved", pretty, strlen(pretty)), 0);
+        free(pretty);
+        json_object_set_new(root, "extra", json_string("foreign member"));
+        pretty = json_dumps(root, JSON_COMPACT);
+        cr_assert_eq(agree("StockReserved", pretty, strlen(pretty)), 0, "unknown members are ignored");
+        free(pretty);
+        json_decref(root);
+        cr_assert_neq(agree("OrderCreated", base.data, base.len), 0);
+
+        for (int iter = 0; iter < 5000; iter++) {
+            cm_buf m = CM_BUF_INIT;
+            cm_buf_put(&m, base.data, base.len);
+            int edits = 1 + (int)((seed >> 8) % 3);
+            for (int e = 0; e < edits && m.len > 2; e++) {
+                seed = seed * 1103515245u + 12345u;
+                size_t at = (seed >> 8) % m.len;
+                unsigned op = (seed >> 24) % 6;
+                char c = ins[(seed >> 4) % (sizeof ins - 1)];
+                cm_buf t = CM_BUF_INIT;
+                cm_buf_put(&t, m.data, at);
+                if (op == 0) { /* delete */
+                    cm_buf_put(&t, m.data + at + 1, m.len - at - 1);
+                } else if (op == 1) { /* insert */
+                    cm_buf_putc(&t, c);
+                    cm_buf_put(&t, m.data + at, m.len - at);
+                } else if (op == 2) { /* replace */
+                    cm_buf_putc(&t, c);
+                    cm_buf_put(&t, m.data + at + 1, m.len - at - 1);
+                } else if (op == 3) { /* duplicate a member after the opening brace */
+                    cm_buf_reset(&t);
+                    cm_buf_puts(&t, "{\"seq\":7,");
+                    cm_buf_put(&t, m.data + 1, m.len - 1);
+                } else if (op == 4) { /* trailing bytes */
+                    cm_buf_reset(&t);
+                    cm_buf_put(&t, m.data, m.len);
+                    cm_buf_putc(&t, c);
+                } else { /* a member inside data, perhaps a duplicate */
+                    cm_buf_reset(&t);
+                    const char *dp = strstr(m.data, "\"data\":{");
+                    size_t cut = dp ? (size_t)(dp - m.data) + 8 : m.len;
+                    cm_buf_put(&t, m.data, cut);
+                    cm_buf_puts(&t, (seed >> 3) % 2 ? "\"client_id\":\"x\"," : "\"k\":1,");
+                    cm_buf_put(&t, m.data + cut, m.len - cut);
+                }
+                cm_buf_free(&m);
+                m = t;
+            }
+            if (agree("StockReserved", m.data, m.len) == 0)
+                accepted++;
+            else
+                rejected++;
+            cm_buf_free(&m);
+        }
+        cm_buf_free(&base);
+        es_encoded_free(&enc);
+        json_decref(datas[d]);
+    }
+    cr_assert_gt(accepted, 100, "mutations should keep some payloads valid (%d)", accepted);
+    cr_assert_gt(rejected, 100);
+}
+
+/* Writes an envelope with the given schema, seq, causation member (text
+ * with its trailing comma, or ""), emitted_at and data, verbatim. */
+static void envelope_with(cm_buf *p, const char *const m[5])
+{
+    cm_buf_puts(p, "{\"event_id\":\"" EID "\",\"type\":\"StockReserved\",\"schema\":");
+    cm_buf_puts(p, m[0]);
+    cm_buf_puts(p, ",\"aggregate\":\"checkout\",\"aggregate_id\":\"co-1\",\"seq\":");
+    cm_buf_puts(p, m[1]);
+    cm_buf_puts(p, ",\"correlation_id\":\"co-1\",");
+    cm_buf_puts(p, m[2]);
+    cm_buf_puts(p, "\"producer\":\"p\",\"emitted_at\":");
+    cm_buf_puts(p, m[3]);
+    cm_buf_puts(p, ",\"data\":");
+    cm_buf_puts(p, m[4]);
+    cm_buf_putc(p, '}');
+}
+
+Test(envelope, decoder_agrees_with_jansson_on_edge_cases)
+{
+    /* whitespace and trailing bytes around an envelope */
+    static const char *const around[][2] = {
+        {"", ""}, {"", " "}, {"\t\n ", "\r\n"}, {"", "x"}, {"", "}"}, {"", "{}"}, {"", ","}, {"", "\x01"},
+    };
+    static const char *const members[][5] = {
+        /* schema, seq, causation member, emitted_at, data */
+        {"1", "1", "", "1.5", "{}"},
+        {"1", "1", "\"causation_id\":null,", "2", "{}"},
+        {"1", "1", "\"causation_id\":\"\",", "2", "{}"},
+        {"1", "1", "\"causation_id\":\"" CAUSE "\",", "2", "{}"},
+        {"1", "1", "\"causation_id\":7,", "2", "{}"},
+        {"1.0", "1", "", "1", "{}"},
+        {"2", "1", "", "1", "{}"},
+        {"1", "01", "", "1", "{}"},
+        {"1", "1.0", "", "1", "{}"},
+        {"1", "1e0", "", "1", "{}"},
+        {"1", "-1", "", "1", "{}"},
+        {"1", "0", "", "1", "{}"},
+        {"1", "12345678901234567890", "", "1", "{}"},
+        {"1", "123456789012345678", "", "1", "{}"},
+        {"1", "1", "", "-0.5e-3", "{}"},
+        {"1", "1", "", "1e999", "{}"},
+        {"1", "1", "", "1E+2", "{}"},
+        {"1", "1", "", "-", "{}"},
+        {"1", "1", "", "1.", "{}"},
+        {"1", "1", "", ".5", "{}"},
+        {"1", "1", "", "\"1\"", "{}"},
+        {"1", "1", "", "1", "{\"a\":1,\"a\":2}"},
+        {"1", "1", "", "1", "{\"a\":{\"b\":1,\"b\":1}}"},
+        {"1", "1", "", "1", "{\"a\":[1,2,],\"b\":1}"},
+        {"1", "1", "", "1", "{\"a\":[ ],\"b\":{ }}"},
+        {"1", "1", "", "1", "{\"a\":\"\\u00e9\\n\\\"\"}"},
+        {"1", "1", "", "1", "{\"a\":\"\xc3\xa9\"}"},
+        {"1", "1", "", "1", "{\"a\":\"\xc3\"}"},
+        {"1", "1", "", "1", "{\"a\":\"tab\there\"}"},
+        {"1", "1", "", "1", "{\"a\":12345678901234567890123}"},
+        {"1", "1", "", "1", "{\"a\":-0,\"b\":0.0,\"c\":1e-400,\"d\":true,\"e\":false,\"f\":null}"},
+        {"1", "1", "", "1", "{\"a\":tru}"},
+        {"1", "1", "", "1", "{\"a\":nul}"},
+        {"1", "1", "", "1", "{\"\":1}"},
+        {"1", "1", "", "1", "[]"},
+        {"1", "1", "", "1", "{} "},
+        {"1", "1", "", "1", "{\"a\" : 1 , \"b\" :[ 1 , 2 ] }"},
+    };
+    for (size_t m = 0; m < sizeof members / sizeof members[0]; m++) {
+        for (size_t c = 0; c < sizeof around / sizeof around[0]; c++) {
+            cm_buf p = CM_BUF_INIT;
+            cm_buf_puts(&p, around[c][0]);
+            envelope_with(&p, members[m]);
+            cm_buf_puts(&p, around[c][1]);
+            agree("StockReserved", p.data, p.len);
+            cm_buf_free(&p);
+        }
+    }
+    /* deep nesting: beyond the fast path, still valid JSON */
+    cm_buf deep = CM_BUF_INIT;
+    for (int i = 0; i < 40; i++)
+        cm_buf_puts(&deep, "{\"a\":");
+    cm_buf_puts(&deep, "1");
+    for (int i = 0; i < 40; i++)
+        cm_buf_putc(&deep, '}');
+    const char *const deep_members[5] = {"1", "1", "", "1", deep.data};
+    cm_buf p = CM_BUF_INIT;
+    envelope_with(&p, deep_members);
+    cr_assert_eq(agree("StockReserved", p.data, p.len), 0);
+    cm_buf_free(&p);
+    cm_buf_free(&deep);
+}
+
+Test(envelope, decode_survives_absurd_nesting)
+{
+    /* 900k open brackets inside data: refused, without exhausting the stack */
+    cm_buf deep = CM_BUF_INIT;
+    cm_buf_puts(&deep, "{\"a\":");
+    for (size_t i = 0; i < 900000; i++)
+        cm_buf_putc(&deep, '[');
+    const char *const m[5] = {"1", "1", "", "1", deep.data};
+    cm_buf p = CM_BUF_INIT;
+    envelope_with(&p, m);
+    expect_reject_raw("StockReserved", p.data, p.len, "1.5", "not JSON");
+    cm_buf_free(&p);
+    cm_buf_free(&deep);
+}
+
+Test(fold, apply_one_at_a_time_equals_fold)
+{
+    saga s = {0};
+    initiated(&s);
+    add(&s, "StockReserved", json_pack("{s:s, s:[]}", "client_id", "client-7", "items"));
+    add(&s, "OrderCreationFailed", json_pack("{s:s}", "reason", CM_REASON_ORDER_LIMIT));
+    add(&s, "StockReleased", json_pack("{s:[]}", "items"));
+    add(&s, "CheckoutFailed", json_pack("{s:s}", "reason", CM_REASON_ORDER_LIMIT));
+    es_checkout_state a, b;
+    es_checkout_fold(s.evs, s.n, &a);
+    es_checkout_init(&b);
+    for (size_t i = 0; i < s.n; i++)
+        es_checkout_apply(&b, s.evs[i]);
+    cr_assert_eq(memcmp(&a, &b, sizeof a), 0);
+    saga_free(&s);
+}
