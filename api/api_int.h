@@ -72,6 +72,21 @@ typedef struct api_waiter {
     size_t heap_idx;                 /* position in the deadline heap */
 } api_waiter;
 
+/* One intake waiting for the batcher (batch.c): the script call and, for
+ * the answer, what the handler prepared. Owned by its request. */
+typedef struct api_job {
+    cm_argv argv;                    /* keys then args of lua/intake.lua */
+    int nkeys;
+    struct MHD_Connection *conn;
+    redisReply *reply;               /* set by the batcher; NULL on failure (err) */
+    char err[160];
+    bool done;                       /* the batcher is through with it */
+    struct api_job *next;            /* batcher's stack */
+    char checkout_id[40];            /* the id the 202 will carry */
+    char hash[65];                   /* body hash ("" without a key) */
+    cm_buf body;                     /* the 202 body */
+} api_job;
+
 struct api_req {
     struct MHD_Connection *conn;
     const api_route *route;          /* NULL when no route matched */
@@ -97,6 +112,7 @@ struct api_req {
     bool replayed;                   /* Idempotency-Replayed: true */
     char checkout_id[API_ID_MAX + 1];/* for the request log */
     int64_t t0_ns;                   /* monotonic start */
+    api_job *job;                    /* intake in progress (intake.c) */
     /* long-poll state (checkouts.c) */
     bool waiting;
     int64_t wait_deadline_ms;
@@ -172,6 +188,18 @@ api_redis *api_redis_get(const char **why);
 bool api_redis_ok(api_redis *t, redisReply *r);
 /* Drops t's connection (after an I/O error found by other means). */
 void api_redis_drop(api_redis *t);
+
+/* ---- intake batcher (batch.c) ---- */
+
+/* Starts the batcher thread (its own Redis connection). 0 or -1 with err. */
+int api_batch_start(char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Refuses new jobs, waits until every accepted one is answered, joins. */
+void api_batch_stop(void);
+/* Suspends j->conn and queues j; the connection is resumed when j->done.
+ * Returns false (nothing done) when the batcher is not running: the caller
+ * calls Redis itself. */
+bool api_batch_submit(api_job *j);
+void api_job_free(api_job *j);   /* NULL ok */
 
 /* ---- long-poll waiters (waiters.c) ---- */
 

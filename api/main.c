@@ -1,8 +1,9 @@
 /* main.c - chorus-api: settings, start, and a clean stop on SIGTERM/SIGINT.
  *
- * Stop order matters: stop accepting (quiesce), wake every long-poll so no
- * connection stays suspended (libmicrohttpd refuses to stop with suspended
- * connections), give in-flight requests a moment, then stop the daemon. */
+ * Stop order matters: stop accepting (quiesce), answer every intake in the
+ * batcher and wake every long-poll so no connection stays suspended
+ * (libmicrohttpd refuses to stop with suspended connections), give in-flight
+ * requests a moment, then stop the daemon. */
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -81,9 +82,15 @@ int main(int argc, char **argv)
         cm_log(CM_ERROR, "%s", err);
         goto out;
     }
+    if (api_batch_start(err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "%s", err);
+        api_waiters_stop();
+        goto out;
+    }
     d = api_server_start(err, sizeof err);
     if (!d) {
         cm_log(CM_ERROR, "%s", err);
+        api_batch_stop();
         api_waiters_stop();
         goto out;
     }
@@ -95,6 +102,7 @@ int main(int argc, char **argv)
     sigwait(&set, &sig);
     cm_log(CM_INFO, "signal %d: draining", sig);
     MHD_socket ls = MHD_quiesce_daemon(d);
+    api_batch_stop();
     api_waiters_stop();
     int64_t until = cm_mono_ms() + 1000;
     while (cm_mono_ms() < until) {

@@ -238,6 +238,7 @@ static void req_free(api_req *rq)
     if (!rq)
         return;
     api_wait_disarm(&rq->w);
+    api_job_free(rq->job);
     free(rq->path);
     cm_buf_free(&rq->body);
     cm_buf_free(&rq->out);

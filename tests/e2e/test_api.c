@@ -1024,7 +1024,8 @@ Test(api, dead_letters_are_listed_and_retried_to_their_group_once)
     char dlid[64];
     snprintf(dlid, sizeof dlid, "%s", d->str);
     freeReplyObject(d);
-    freeReplyObject(ae_cmd(&E, "XADD " AE_BUS ".dlq.choreo-audit * group choreo-audit reason undecodable attempts 1 "
+    /* ids are per stream: give this one an id no other stream has */
+    freeReplyObject(ae_cmd(&E, "XADD " AE_BUS ".dlq.choreo-audit 5-5 group choreo-audit reason undecodable attempts 1 "
                                "stream " AE_BUS " entry_id 1-1 type Weird payload {oops ts 12.5"));
 
     tf_http_resp r;

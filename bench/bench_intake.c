@@ -1,0 +1,378 @@
+/* bench_intake.c - chorus-bench-intake: how many checkouts the API accepts
+ * per second, and at what latency, with no worker running.
+ *
+ * Starts a private redis-server configured as `./chorus up` runs it (AOF,
+ * fsync every second), a catalog of 16 products, and one chorus-api process
+ * (API_THREADS from BENCH_API_THREADS, default 2; its request log on, at
+ * LOG_LEVEL=info, into a file). Every request is a real checkout with its own
+ * Idempotency-Key. Load comes from bench/httpload over loopback:
+ *
+ *   1. closed loop, BENCH_CONNS connections (default 64), 1 s warm-up + 5 s:
+ *      the maximum rate of 202s -> intake.accepted_per_s;
+ *   2. open loop at 5,000/s and at BENCH_RATE/s (default 10,000), 1 s
+ *      warm-up + 5 s each; latency is taken from each request's scheduled
+ *      send time (no coordinated omission) -> intake.p50_ms / intake.p99_ms
+ *      at BENCH_RATE, and the same at 5,000/s;
+ *   3. 5,000/s again while Redis rewrites its AOF (BGREWRITEAOF: a fork and
+ *      a disk-bound child; automatic rewrites are off so that they do not
+ *      land at random in the other phases) -> intake.p99_ms_at_5000_during_aof_rewrite;
+ *   4. the raw ceiling: this process sends the intake's own Redis work (the
+ *      intake script's EVALSHA with the arguments the API sends) pipelined
+ *      on one connection -> intake.raw_per_s and intake.vs_raw
+ *      (accepted_per_s / raw_per_s).
+ *
+ * The API binary is found beside this one (../api/chorus-api) or named by
+ * CHORUS_API_BIN. Exits non-zero only when it could not run. */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench/httpload.h"
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/names.h"
+#include "common/redis.h"
+#include "event_store/store.h"
+#include "tests/support/http.h"
+#include "tests/support/proc.h"
+#include "tests/support/redis_fixture.h"
+
+#define NPRODUCTS 16
+#define RAW_SECONDS 3
+#define RAW_DEPTH 64
+
+extern const char api_lua_intake[];
+
+static void figure(const char *name, double v, const char *unit)
+{
+    if (v >= 1000)
+        printf("BENCH intake.%s %.0f %s\n", name, v, unit);
+    else
+        printf("BENCH intake.%s %.3f %s\n", name, v, unit);
+    fflush(stdout);
+}
+
+static long env_long(const char *name, long dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtol(v, NULL, 10) : dflt;
+}
+
+/* ---- the API process ---- */
+
+static int api_bin(const char *argv0, char *out, size_t outlen)
+{
+    const char *env = getenv("CHORUS_API_BIN");
+    if (env && *env) {
+        snprintf(out, outlen, "%s", env);
+        return access(out, X_OK);
+    }
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        snprintf(self, sizeof self, "%s", argv0);
+    else
+        self[n] = '\0';
+    snprintf(out, outlen, "%s/../api/chorus-api", dirname(self));
+    return access(out, X_OK);
+}
+
+static int g_port;
+
+static bool api_up(void *ud)
+{
+    (void)ud;
+    tf_http_resp r;
+    bool ok = tf_http_request(g_port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200;
+    tf_http_resp_free(&r);
+    return ok;
+}
+
+/* CPU seconds (user + system) used so far by process pid. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* ---- requests ---- */
+
+typedef struct phase {
+    char tag[16];   /* makes idempotency keys unique across phases */
+} phase;
+
+static size_t build_checkout(void *ud, uint64_t seq, char *buf, size_t cap)
+{
+    const phase *ph = ud;
+    char body[256];
+    int bl = snprintf(body, sizeof body,
+                      "{\"client_id\":\"bench-%llu\",\"items\":[{\"product_id\":\"p%llu\",\"quantity\":%llu}]}",
+                      (unsigned long long)(seq % 1000), (unsigned long long)(seq % NPRODUCTS),
+                      (unsigned long long)(1 + seq % 3));
+    int n = snprintf(buf, cap,
+                     "POST /api/checkouts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Idempotency-Key: %s-%llu\r\nContent-Length: %d\r\n\r\n%s",
+                     ph->tag, (unsigned long long)seq, bl, body);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static int load(const char *tag, int port, int conns, double rate, hl_result *res)
+{
+    phase ph;
+    snprintf(ph.tag, sizeof ph.tag, "%s", tag);
+    hl_config cfg = {.port = port, .conns = conns, .rate = rate, .warmup_ms = 1000, .duration_ms = 5000,
+                     .timeout_ms = 10000, .expect_status = 202, .build = build_checkout, .ud = &ph};
+    char err[256];
+    if (hl_run(&cfg, res, err, sizeof err) != 0) {
+        fprintf(stderr, "bench intake: %s\n", err);
+        return -1;
+    }
+    printf("  %-14s %7.0f accepted/s  sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu\n"
+           "  %-14s latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
+           tag, res->ok_per_s, (unsigned long long)res->sent, (unsigned long long)res->ok,
+           (unsigned long long)res->other_status, res->last_other_status, (unsigned long long)res->errors,
+           (unsigned long long)res->unsent, "", hl_percentile_ms(&res->lat, 0.5), hl_percentile_ms(&res->lat, 0.9),
+           hl_percentile_ms(&res->lat, 0.99), hl_percentile_ms(&res->lat, 0.999), (double)res->lat.max_us / 1000.0,
+           hl_mean_ms(&res->lat));
+    fflush(stdout);
+    return 0;
+}
+
+/* ---- the raw ceiling ---- */
+
+/* Appends one intake's Redis work (the intake script's EVALSHA, with the
+ * arguments the API sends) to c. */
+static int append_raw(redisContext *c, es_store *st, cm_script *sc, uint64_t seq)
+{
+    char pid[16], id[CM_UUID_LEN + 1], eid[CM_UUID_LEN + 1];
+    snprintf(pid, sizeof pid, "p%llu", (unsigned long long)(seq % NPRODUCTS));
+    cm_uuid7(id);
+    cm_uuid_derive(id, cm_event_type_names[CM_EV_CHECKOUT_INITIATED], eid);
+    es_new_event ev = {.event_id = eid, .type = cm_event_type_names[CM_EV_CHECKOUT_INITIATED]};
+    es_append_req req = {.aggregate = "checkout", .aggregate_id = id, .producer = "api", .expected_version = 0,
+                         .events = &ev, .n = 1};
+    cm_argv a = {0};
+    cm_argv_addf(&a, CM_KEY_PREFIX "idem:raw-%llu", (unsigned long long)seq);
+    es_append_keys(st, "checkout", id, &a);
+    cm_argv_addf(&a, CM_KEY_PREFIX "product:%s", pid);
+    cm_argv_adds(&a, "1");
+    cm_argv_adds(&a, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    cm_argv_addf(&a, "%s\n{\"checkout_id\":\"%s\",\"status\":\"PENDING\",\"links\":{\"self\":\"/api/checkouts/%s\","
+                     "\"events\":\"/api/event-store/replay/checkout/%s\"}}", id, id, id, id);
+    cm_argv_addll(&a, 86400);
+    cm_argv_addf(&a, "bench-%llu", (unsigned long long)(seq % 1000));
+    cm_argv_adds(&a, "1");
+    cm_argv_adds(&a, pid);
+    cm_argv_addll(&a, (long long)(1 + seq % 3));
+    int rc = es_append_args(&req, &a);
+    if (rc == ES_OK) {
+        a.len[a.n - 1] -= 3;   /* the script writes the data: drop "{}}" as the API does */
+        a.v[a.n - 1][a.len[a.n - 1]] = '\0';
+        cm_script_append(c, sc, 4, &a);
+    }
+    cm_argv_free(&a);
+    return rc;
+}
+
+static int read_raw(redisContext *c, cm_script *sc)
+{
+    redisReply *r = cm_script_reply(c, sc);
+    if (!r)
+        return -1;
+    const redisReply *st = cm_reply_elem(r, 0);
+    bool bad = !cm_reply_is_str(st) || strcmp(st->str, "ok") != 0;
+    if (bad)
+        fprintf(stderr, "bench intake: raw: %s\n", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    return bad ? -1 : 0;
+}
+
+static double g_raw_redis_cpu_us;   /* Redis CPU per raw intake */
+
+static double raw_rate(const tf_redis *rs)
+{
+    char err[256];
+    redisContext *c = cm_redis_connect(rs->url, 10000, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "bench intake: %s\n", err);
+        return -1;
+    }
+    es_store *st = es_store_new(c, CM_BUS_STREAM_DEFAULT, err, sizeof err);
+    cm_script sc = {.src = api_lua_intake};
+    if (!st || cm_script_load(c, &sc, err, sizeof err) != 0) {
+        fprintf(stderr, "bench intake: %s\n", err);
+        es_store_free(st);
+        redisFree(c);
+        return -1;
+    }
+    uint64_t seq = 0, done = 0;
+    for (int i = 0; i < RAW_DEPTH; i++)
+        if (append_raw(c, st, &sc, seq++) != 0)
+            goto fail;
+    double cpu0 = cpu_seconds(rs->server_pid);
+    int64_t t0 = cm_mono_ns(), end = t0 + RAW_SECONDS * 1000000000LL;
+    while (cm_mono_ns() < end) {
+        if (read_raw(c, &sc) != 0 || append_raw(c, st, &sc, seq++) != 0)
+            goto fail;
+        done++;
+    }
+    double secs = (double)(cm_mono_ns() - t0) / 1e9;
+    g_raw_redis_cpu_us = (cpu_seconds(rs->server_pid) - cpu0) / (double)(done ? done : 1) * 1e6;
+    for (int i = 0; i < RAW_DEPTH; i++)
+        if (read_raw(c, &sc) != 0)
+            goto fail;
+    es_store_free(st);
+    redisFree(c);
+    return (double)done / secs;
+fail:
+    fprintf(stderr, "bench intake: raw loop failed: %s\n", c->errstr);
+    es_store_free(st);
+    redisFree(c);
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    char bin[PATH_MAX];
+    if (api_bin(argv[0], bin, sizeof bin) != 0) {
+        fprintf(stderr, "bench intake: no chorus-api at %s (build it, or set CHORUS_API_BIN)\n", bin);
+        return 1;
+    }
+    long threads = env_long("BENCH_API_THREADS", 2), conns = env_long("BENCH_CONNS", 64);
+    double rate = (double)env_long("BENCH_RATE", 10000);
+
+    tf_redis rs;
+    /* AOF with fsync every second, as `./chorus up` runs it; automatic AOF
+     * rewrites are off so that a rewrite (a fork, then a disk-bound child
+     * that can make Redis wait for fsync) does not land at random in the
+     * phases: it is measured on purpose in a phase of its own. */
+    if (tf_redis_start(&rs, "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-percentage 0\n") != 0) {
+        fprintf(stderr, "bench intake: cannot start redis-server\n");
+        return 1;
+    }
+    int rc = 1;
+    pid_t api = 0;
+    redisContext *c = tf_redis_connect(&rs);
+    for (int i = 0; i < NPRODUCTS; i++) {
+        redisReply *r = redisCommand(c, "HSET " CM_KEY_PREFIX "product:p%d name p%d price_cents %d available "
+                                        "1000000000 reserved 0 sold 0", i, i, 100 + i);
+        freeReplyObject(r);
+        r = redisCommand(c, "SADD " CM_KEY_PREFIX "products p%d", i);
+        freeReplyObject(r);
+    }
+
+    char log[400], port_env[32], url_env[340], thr_env[32];
+    snprintf(log, sizeof log, "%s/api.log", rs.dir);
+    for (int attempt = 0; attempt < 5 && !api; attempt++) {
+        g_port = tf_free_port();
+        snprintf(port_env, sizeof port_env, "API_PORT=%d", g_port);
+        snprintf(url_env, sizeof url_env, "REDIS_URL=%s", rs.url);
+        snprintf(thr_env, sizeof thr_env, "API_THREADS=%ld", threads);
+        char log_env[64];
+        snprintf(log_env, sizeof log_env, "LOG_LEVEL=%s", getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info");
+        const char *env[] = {port_env, url_env, thr_env, log_env, "CHORUS_ADMIN_TOKEN=", NULL};
+        const char *av[] = {bin, NULL};
+        api = tf_spawn(av, env, log);
+        if (api <= 0) {
+            fprintf(stderr, "bench intake: cannot run %s: %s\n", bin, strerror(errno));
+            goto out;
+        }
+        if (!tf_wait_until(api_up, NULL, 10000)) {
+            tf_kill(api, SIGKILL);
+            tf_wait_exit(api, 5000, NULL);
+            api = 0;
+        }
+    }
+    if (!api) {
+        tf_dump_file(log, "chorus-api log");
+        goto out;
+    }
+    printf("  chorus-api (%ld threads, request log on) on 127.0.0.1:%d; redis-server %s, AOF everysec; "
+           "no workers; %d CPUs\n",
+           threads, g_port, rs.url, (int)sysconf(_SC_NPROCESSORS_ONLN));
+
+    hl_result closed, r5k, rN;
+    double api_cpu0 = cpu_seconds(api), redis_cpu0 = cpu_seconds(rs.server_pid);
+    if (load("closed-loop", g_port, (int)conns, 0, &closed) != 0)
+        goto out;
+    double api_cpu = cpu_seconds(api) - api_cpu0, redis_cpu = cpu_seconds(rs.server_pid) - redis_cpu0;
+    /* CPU includes the warm-up second: divide by everything answered */
+    double answered = (double)closed.ok * 6.0 / 5.0;
+    if (load("open-5000/s", g_port, (int)conns, 5000, &r5k) != 0 ||
+        load(rate == 10000 ? "open-10000/s" : "open-rate", g_port, (int)conns, rate, &rN) != 0)
+        goto out;
+    /* the same 5,000/s while Redis rewrites its AOF (fork + disk) */
+    hl_result rwr;
+    redisReply *b = redisCommand(c, "BGREWRITEAOF");
+    freeReplyObject(b);
+    if (load("open-5000/s+rw", g_port, (int)conns, 5000, &rwr) != 0)
+        goto out;
+    double raw = raw_rate(&rs);
+    if (raw <= 0)
+        goto out;
+
+    redisReply *x = redisCommand(c, "XLEN " CM_BUS_STREAM_DEFAULT);
+    printf("  bus holds %lld events (every 202 above, warm-ups and the raw loop's)\n", x ? x->integer : -1LL);
+    freeReplyObject(x);
+    x = redisCommand(c, "INFO persistence");
+    if (x && x->type == REDIS_REPLY_STRING) {
+        const char *rw = strstr(x->str, "aof_rewrites:");
+        printf("  AOF rewrites during the run: %ld (each forks redis-server)\n", rw ? atol(rw + 13) : -1L);
+    }
+    freeReplyObject(x);
+    x = redisCommand(c, "INFO stats");
+    if (x && x->type == REDIS_REPLY_STRING) {
+        const char *fk = strstr(x->str, "latest_fork_usec:");
+        printf("  latest fork took %.1f ms\n", fk ? atol(fk + 17) / 1000.0 : -1.0);
+    }
+    freeReplyObject(x);
+
+    figure("accepted_per_s", closed.ok_per_s, "checkouts/s");
+    figure("closed_p50_ms", hl_percentile_ms(&closed.lat, 0.5), "ms");
+    figure("closed_p99_ms", hl_percentile_ms(&closed.lat, 0.99), "ms");
+    figure("api_cpu_us_per_checkout", api_cpu / answered * 1e6, "us");
+    figure("redis_cpu_us_per_checkout", redis_cpu / answered * 1e6, "us");
+    figure("p50_ms_at_5000", hl_percentile_ms(&r5k.lat, 0.5), "ms");
+    figure("p99_ms_at_5000", hl_percentile_ms(&r5k.lat, 0.99), "ms");
+    figure("fixed_rate", rate, "req/s");
+    figure("fixed_rate_accepted_per_s", rN.ok_per_s, "checkouts/s");
+    figure("p50_ms", hl_percentile_ms(&rN.lat, 0.5), "ms");
+    figure("p99_ms", hl_percentile_ms(&rN.lat, 0.99), "ms");
+    figure("p999_ms", hl_percentile_ms(&rN.lat, 0.999), "ms");
+    figure("p99_ms_at_5000_during_aof_rewrite", hl_percentile_ms(&rwr.lat, 0.99), "ms");
+    figure("raw_per_s", raw, "intakes/s");
+    figure("raw_redis_cpu_us_per_intake", g_raw_redis_cpu_us, "us");
+    figure("vs_raw", closed.ok_per_s / raw, "ratio");
+    rc = 0;
+out:
+    if (api > 0) {
+        tf_kill(api, SIGTERM);
+        if (tf_wait_exit(api, 10000, NULL) != 0) {
+            tf_kill(api, SIGKILL);
+            tf_wait_exit(api, 5000, NULL);
+        }
+    }
+    redisFree(c);
+    tf_redis_stop(&rs);
+    return rc;
+}
