@@ -241,7 +241,7 @@ static void finish(api_req *rq, api_job *j)
 }
 
 /* Runs the job on this thread's own connection (the batcher is stopping). */
-static void run_here(api_req *rq, api_job *j)
+static void run_here(api_job *j)
 {
     const char *why = NULL;
     api_redis *t = api_redis_get(&why);
@@ -257,7 +257,6 @@ static void run_here(api_req *rq, api_job *j)
         api_redis_drop(t);
         return;
     }
-    (void)rq;
     j->reply = r;
 }
 
@@ -295,7 +294,7 @@ static api_flow intake(api_req *rq, bool alias)
     if (api_batch_submit(rq->job)) {
         flow = API_SUSPENDED;
     } else {
-        run_here(rq, rq->job);
+        run_here(rq->job);
         finish(rq, rq->job);
     }
 out:

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "bench/httpload.h"
@@ -110,6 +111,15 @@ static double cpu_seconds(pid_t pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return 0;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds used so far by this process (the load generator). */
+static double self_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 /* ---- requests ---- */
@@ -307,15 +317,19 @@ int main(int argc, char **argv)
         tf_dump_file(log, "chorus-api log");
         goto out;
     }
-    printf("  chorus-api (%ld threads, request log on) on 127.0.0.1:%d; redis-server %s, AOF everysec; "
-           "no workers; %d CPUs\n",
-           threads, g_port, rs.url, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    double loadavg[3] = {0, 0, 0};
+    getloadavg(loadavg, 3);
+    printf("  chorus-api (%ld threads, request log %s) on 127.0.0.1:%d; redis-server %s, AOF everysec; "
+           "no workers; %d CPUs, load average %.2f before the run\n",
+           threads, getenv("BENCH_LOG_LEVEL") ? "per BENCH_LOG_LEVEL" : "on", g_port, rs.url,
+           (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0]);
 
     hl_result closed, r5k, rN;
-    double api_cpu0 = cpu_seconds(api), redis_cpu0 = cpu_seconds(rs.server_pid);
+    double api_cpu0 = cpu_seconds(api), redis_cpu0 = cpu_seconds(rs.server_pid), gen_cpu0 = self_cpu();
     if (load("closed-loop", g_port, (int)conns, 0, &closed) != 0)
         goto out;
     double api_cpu = cpu_seconds(api) - api_cpu0, redis_cpu = cpu_seconds(rs.server_pid) - redis_cpu0;
+    double gen_cpu = self_cpu() - gen_cpu0;
     /* CPU includes the warm-up second: divide by everything answered */
     double answered = (double)closed.ok * 6.0 / 5.0;
     if (load("open-5000/s", g_port, (int)conns, 5000, &r5k) != 0 ||
@@ -352,6 +366,7 @@ int main(int argc, char **argv)
     figure("closed_p99_ms", hl_percentile_ms(&closed.lat, 0.99), "ms");
     figure("api_cpu_us_per_checkout", api_cpu / answered * 1e6, "us");
     figure("redis_cpu_us_per_checkout", redis_cpu / answered * 1e6, "us");
+    figure("loadgen_cpu_us_per_request", gen_cpu / answered * 1e6, "us");
     figure("p50_ms_at_5000", hl_percentile_ms(&r5k.lat, 0.5), "ms");
     figure("p99_ms_at_5000", hl_percentile_ms(&r5k.lat, 0.99), "ms");
     figure("fixed_rate", rate, "req/s");

@@ -410,6 +410,67 @@ Test(api, concurrent_requests_with_one_key_start_one_saga)
     }
 }
 
+typedef struct hammer {
+    int port;
+    int accepted;
+    char ids[400][40];
+} hammer;
+
+/* Posts checkouts until the server stops answering; keeps every 202's id. */
+static void *hammer_run(void *ud)
+{
+    hammer *x = ud;
+    tf_http h;
+    if (tf_http_open(&h, x->port, 5000) != 0)
+        return NULL;
+    const char *body = "{\"client_id\":\"c\",\"items\":[{\"product_id\":\"p1\",\"quantity\":1}]}";
+    while (x->accepted < 400) {
+        tf_http_resp r;
+        if (tf_http_do(&h, "POST", "/api/checkouts", JSON_CT, body, strlen(body), &r, 10000) != 0) {
+            tf_http_resp_free(&r);
+            break;
+        }
+        json_t *j = r.status == 202 ? json_loadb(r.body, r.body_len, 0, NULL) : NULL;
+        if (j && jstr(j, "checkout_id"))
+            snprintf(x->ids[x->accepted++], sizeof x->ids[0], "%s", jstr(j, "checkout_id"));
+        json_decref(j);
+        bool closed = r.closed;
+        tf_http_resp_free(&r);
+        if (closed)
+            break;
+    }
+    tf_http_close(&h);
+    return NULL;
+}
+
+static bool some_accepted(void *ud)
+{
+    (void)ud;
+    return ae_int(&E, "XLEN " AE_BUS) >= 50;
+}
+
+Test(api, sigterm_under_intake_load_exits_clean_and_every_202_is_in_redis)
+{
+    enum { N = 8 };
+    pthread_t t[N];
+    static hammer x[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = (hammer){.port = E.port};
+        pthread_create(&t[i], NULL, hammer_run, &x[i]);
+    }
+    cr_assert(tf_wait_until(some_accepted, NULL, 10000));
+    ae_stop_api(&E);   /* SIGTERM mid-load; asserts exit 0 and a clean log */
+    int total = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        for (int k = 0; k < x[i].accepted; k++)
+            cr_assert_eq(ae_int(&E, "LLEN chorus:h:checkout:%s", x[i].ids[k]), 1, "a 202 that is not in Redis");
+        total += x[i].accepted;
+    }
+    cr_assert_geq(total, 50);
+    cr_assert_geq(ae_int(&E, "XLEN " AE_BUS), total);
+}
+
 /* ---- Redis down ------------------------------------------------------------ */
 
 static bool checkout_accepted(void *ud)
