@@ -49,7 +49,8 @@ static bool ts_valid(const char *s, size_t n)
         if (i == d)
             return false;
     }
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    bool exp = i < n && (s[i] == 'e' || s[i] == 'E');
+    if (exp) {
         i++;
         if (i < n && (s[i] == '+' || s[i] == '-'))
             i++;
@@ -62,6 +63,8 @@ static bool ts_valid(const char *s, size_t n)
     char tmp[64];
     if (i != n || n >= sizeof tmp)
         return false;
+    if (!exp)
+        return true; /* under 64 digits: finite */
     memcpy(tmp, s, n);
     tmp[n] = '\0';
     return isfinite(strtod(tmp, NULL));
@@ -125,6 +128,35 @@ static bool fj_digits(fast_json *f)
     return f->p > b;
 }
 
+/* Converts a plain decimal "[-]digits.digits" (no exponent) whose digits
+ * form an integer below 2^53 with at most 22 after the point: the quotient of
+ * two exact doubles, so correctly rounded, the same double strtod returns
+ * (emitted_at takes strtod ~0.3 us otherwise). False when out of that range. */
+static bool exact_decimal(const char *s, size_t n, double *out)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                   1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    bool neg = n && *s == '-';
+    uint64_t m = 0;
+    int frac = -1, digits = 0;
+    for (size_t i = neg; i < n; i++) {
+        if (s[i] == '.') {
+            frac = 0;
+            continue;
+        }
+        if (s[i] < '0' || s[i] > '9' || ++digits > 17)
+            return false;
+        m = m * 10 + (uint64_t)(s[i] - '0');
+        if (frac >= 0)
+            frac++;
+    }
+    if (frac < 0 || frac > 22 || m >= (1ULL << 53))
+        return false;
+    double d = (double)m / pow10[frac];
+    *out = neg ? -d : d;
+    return true;
+}
+
 /* A JSON number: *real tells which of *iv / *dv holds it. Gives up on long
  * integers (jansson judges overflow) and non-finite reals. */
 static bool fj_num(fast_json *f, bool *real, long long *iv, double *dv)
@@ -155,6 +187,8 @@ static bool fj_num(fast_json *f, bool *real, long long *iv, double *dv)
     size_t n = (size_t)(f->p - b);
     if (n >= sizeof tmp || (!*real && n > 18))
         return false;
+    if (*real && exact_decimal(b, n, dv))
+        return true;
     memcpy(tmp, b, n);
     tmp[n] = '\0';
     if (*real)

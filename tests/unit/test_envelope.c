@@ -961,6 +961,26 @@ Test(envelope, decoder_agrees_with_jansson_on_edge_cases)
     cm_buf_free(&deep);
 }
 
+Test(envelope, decoded_numbers_equal_what_strtod_gives)
+{
+    unsigned seed = 99;
+    for (int i = 0; i < 20000; i++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned a = seed;
+        seed = seed * 1103515245u + 12345u;
+        char num[64];
+        int frac = (int)(seed % 24);
+        /* seconds with up to 23 decimals, some beyond 2^53 in total digits */
+        snprintf(num, sizeof num, "%s%u.%0*u%u", i % 7 ? "" : "-", a % 2000000000u, frac % 10, seed % 1000000u,
+                 a % 97u);
+        const char *const m[5] = {"1", "1", "", num, "{\"x\":0}"};
+        cm_buf p = CM_BUF_INIT;
+        envelope_with(&p, m);
+        cr_assert_eq(agree("StockReserved", p.data, p.len), 0, "%s", num);
+        cm_buf_free(&p);
+    }
+}
+
 Test(envelope, decode_survives_absurd_nesting)
 {
     /* 900k open brackets inside data: refused, without exhausting the stack */
