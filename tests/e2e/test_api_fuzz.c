@@ -32,6 +32,7 @@ static api_env E;
 /* ---- a small deterministic generator ---- */
 
 static unsigned long long g_rng;
+static unsigned long long g_seed;   /* FUZZ_SEED of this run, for replaying a failure */
 
 static unsigned long long rnd(void)
 {
@@ -352,8 +353,8 @@ static void check_answer(const tf_http_resp *r, const buf *req, stats *st)
         return;
     }
     st->by_class[r->status / 100 < 6 ? r->status / 100 : 0]++;
-    cr_assert(r->status < 500, "answered %d to a client request (seed %llu): %.300s\n--- request ---\n%.300s",
-              r->status, g_rng, r->body, req->p);
+    cr_assert(r->status < 500, "answered %d to a client request (FUZZ_SEED=%llu): %.300s\n--- request ---\n%.300s",
+              r->status, g_seed, r->body, req->p);
     char ct[128];
     if (tf_http_header(r, "Content-Type", ct, sizeof ct) && !strncmp(ct, "application/json", 16) && r->body_len) {
         json_t *j = json_loadb(r->body, r->body_len, 0, NULL);
@@ -396,7 +397,8 @@ Test(api_fuzz, twenty_thousand_bad_requests_never_break_the_server, .timeout = 1
     g_rng = seed ? strtoull(seed, NULL, 10) : (unsigned long long)tf_now_ms() * 2654435761ULL;
     if (!g_rng)
         g_rng = 1;
-    fprintf(stderr, "api_fuzz: FUZZ_SEED=%llu\n", g_rng);
+    g_seed = g_rng;
+    fprintf(stderr, "api_fuzz: FUZZ_SEED=%llu\n", g_seed);
 
     tf_http slow[SLOW_SENDERS];
     open_slow(slow, SLOW_SENDERS);
@@ -426,7 +428,7 @@ Test(api_fuzz, twenty_thousand_bad_requests_never_break_the_server, .timeout = 1
         if (rc == 0 && r.status > 0) {
             check_answer(&r, &req, &st);
         } else {
-            cr_assert(!framed, "no answer to a well-framed request (seed %llu):\n%.400s", g_rng, req.p);
+            cr_assert(!framed, "no answer to a well-framed request (FUZZ_SEED=%llu):\n%.400s", g_seed, req.p);
             st.unanswered++;
         }
         if (!framed || rc != 0 || r.closed)
