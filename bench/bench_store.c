@@ -8,17 +8,24 @@
  *       batches of DEPTH through the store's own script (es_append_keys /
  *       es_append_args + cm_script_append / cm_script_reply, client-side
  *       encoding included), against a raw pipelined XADD of the same payload
- *       bytes at the same depth; and plain synchronous es_append calls;
+ *       bytes at the same depth (the next batch is sent before the
+ *       previous one's replies are read, for both); and plain synchronous
+ *       es_append calls;
  *   (b) replay: 1,000,000 valid envelopes on a bus (written with raw XADD,
  *       the events of ~235k checkouts of the four saga shapes interleaved as
- *       in production), read back in pages of 1000 with es_stream_page
- *       (XRANGE + es_event_from_entry) and folded into one state per checkout
- *       (es_checkout_apply on a hash table by aggregate_id), against a raw
- *       XRANGE scan of the same stream that decodes nothing.
+ *       in production), read back in XRANGE pages of 1000 (the next page
+ *       requested before this one is decoded), decoded with
+ *       es_event_from_entry and folded into one state per checkout
+ *       (es_checkout_apply on a hash table by aggregate_id), against the
+ *       same XRANGE scan decoding nothing; and once through es_stream_page,
+ *       the library's synchronous page call.
  *
- * Store and raw run in alternating rounds and the best round of each
- * counts; append_vs_raw_cpu compares Redis's own CPU time per event, which a
- * busy shared machine disturbs far less than wall time. BENCH_STORE_ONLY=
+ * The appends also run a floor script (bench/lua/dual_write.lua: the same
+ * two writes without any check), to tell the cost of writing both the
+ * history and the bus from the cost of the store's checks. Each side runs
+ * in alternating rounds on an emptied Redis and its best round counts;
+ * the *_cpu ratios compare Redis's own CPU time per event, which a busy
+ * shared machine disturbs far less than wall time. BENCH_STORE_ONLY=
  * append|replay runs one part.
  *
  * Prints `BENCH store.<figure> <value> <unit>` lines (DESIGN.md, "Command
@@ -42,6 +49,8 @@
  * meson.build embeds it into the library), so the pipelined path measures
  * the same server-side work. */
 extern const char es_lua_append[];
+/* bench/lua/dual_write.lua: XADD + RPUSH and nothing else, the floor. */
+extern const char bench_lua_dual_write[];
 
 enum {
     N_APPEND = 200000,   /* pipelined appends (and raw XADDs) per round */
@@ -212,9 +221,9 @@ static json_t *initiated_data(int i)
 /* ---- (a) appends -------------------------------------------------------- */
 
 typedef struct append_ctx {
-    int round;           /* checkouts co-<round>-<i> are new in every round */
+    int round;           /* checkouts co-<round>-<i> are new in every run */
     es_store *s;
-    cm_script sc;        /* the store's append script */
+    cm_script *sc;       /* the script run: the store's append or the floor */
     cm_argv a;           /* reused: the command is copied out when appended */
     json_t *data;
     const char *const *xv; /* raw XADD argv */
@@ -234,7 +243,7 @@ static int send_append(redisContext *c, void *ud, int i)
     es_append_keys(x->s, "checkout", id, &x->a);
     if (es_append_args(&req, &x->a) != ES_OK)
         return -1;
-    cm_script_append(c, &x->sc, 2, &x->a);
+    cm_script_append(c, x->sc, 2, &x->a);
     return 0;
 }
 
@@ -249,10 +258,12 @@ static int send_xadd(redisContext *c, void *ud, int i)
 static int bench_append(redisContext *c)
 {
     char err[256];
-    append_ctx x = {.sc = {.src = es_lua_append}, .data = initiated_data(7)};
+    cm_script store_sc = {.src = es_lua_append}, floor_sc = {.src = bench_lua_dual_write};
+    append_ctx x = {.data = initiated_data(7)};
     int rc = -1;
     x.s = es_store_new(c, APPEND_BUS, err, sizeof err);
-    if (!x.s || cm_script_load(c, &x.sc, err, sizeof err) != 0) {
+    if (!x.s || cm_script_load(c, &store_sc, err, sizeof err) != 0 ||
+        cm_script_load(c, &floor_sc, err, sizeof err) != 0) {
         fprintf(stderr, "bench store: %s\n", err);
         goto done;
     }
@@ -275,41 +286,54 @@ static int bench_append(redisContext *c)
     printf("  payload %zu bytes; %d appends to distinct checkouts, pipelined in batches of %d\n", payload.len,
            N_APPEND, DEPTH);
 
-    /* ROUNDS alternating rounds; the best wall time of each side, and the
-     * server's CPU per event (Redis is the bottleneck of both sides, and its
-     * CPU time is what a busy shared machine disturbs least) */
-    double t_store = 1e9, t_raw = 1e9, cpu_store = 1e9, cpu_raw = 1e9, us_store = 0, us_raw = 0;
+    /* ROUNDS alternating rounds of three sides: the store's append, the
+     * floor script (the same writes without checks), raw XADD. The best wall
+     * time of each side counts, and the server's CPU per event (Redis is the
+     * bottleneck of every side, and its CPU time is what a busy shared
+     * machine disturbs least) */
+    enum { STORE, FLOOR, RAW, SIDES };
+    cm_script *scs[SIDES] = {&store_sc, &floor_sc, NULL};
+    const char *cmds[SIDES] = {"evalsha", "evalsha", "xadd"};
+    double wall[SIDES] = {1e9, 1e9, 1e9}, cpu[SIDES] = {1e9, 1e9, 1e9}, us[SIDES] = {0};
     int prc = 0;
     for (int round = 0; round < ROUNDS && prc == 0; round++) {
-        x.round = round;
-        reset_stats(c);
-        double cpu0 = server_cpu_s(c);
-        int64_t t0 = cm_mono_ns();
-        prc = pipelined(c, N_APPEND, send_append, &x, &x.sc, check_append);
-        double t = secs_since(t0), cpu = server_cpu_s(c) - cpu0;
-        t_store = t < t_store ? t : t_store;
-        cpu_store = cpu < cpu_store ? cpu : cpu_store;
-        us_store = server_usec_per_call(c, "evalsha");
-        if (prc != 0)
-            break;
-        reset_stats(c);
-        cpu0 = server_cpu_s(c);
-        t0 = cm_mono_ns();
-        prc = pipelined(c, N_APPEND, send_xadd, &x, NULL, NULL);
-        t = secs_since(t0);
-        cpu = server_cpu_s(c) - cpu0;
-        t_raw = t < t_raw ? t : t_raw;
-        cpu_raw = cpu < cpu_raw ? cpu : cpu_raw;
-        us_raw = server_usec_per_call(c, "xadd");
+        for (int side = 0; side < SIDES && prc == 0; side++) {
+            x.round = round * SIDES + side;
+            x.sc = scs[side];
+            if (flushall(c) != 0) { /* every side starts from an empty Redis */
+                prc = -1;
+                break;
+            }
+            reset_stats(c);
+            double cpu0 = server_cpu_s(c);
+            int64_t t0 = cm_mono_ns();
+            prc = side == RAW ? pipelined(c, N_APPEND, send_xadd, &x, NULL, NULL)
+                              : pipelined(c, N_APPEND, send_append, &x, x.sc, check_append);
+            double t = secs_since(t0), dc = server_cpu_s(c) - cpu0;
+            wall[side] = t < wall[side] ? t : wall[side];
+            cpu[side] = dc < cpu[side] ? dc : cpu[side];
+            us[side] = server_usec_per_call(c, cmds[side]);
+            redisReply *r = redisCommand(c, "XLEN %s", side == RAW ? RAW_BUS : APPEND_BUS);
+            long long stored = cm_reply_ll(r, -1);
+            freeReplyObject(r);
+            if (prc == 0 && stored != N_APPEND) {
+                fprintf(stderr, "bench store: %lld events on the bus, expected %d\n", stored, N_APPEND);
+                prc = -1;
+            }
+        }
     }
     cm_buf_free(&payload);
     es_encoded_free(&enc);
     if (prc != 0)
         goto done;
-    printf("  redis CPU per event: append %.2f us (script %.2f), raw XADD %.2f us (command %.2f)\n",
-           cpu_store * 1e6 / N_APPEND, us_store, cpu_raw * 1e6 / N_APPEND, us_raw);
+    printf("  redis CPU per event: append %.2f us (script %.2f), floor script %.2f us (%.2f), raw XADD %.2f us "
+           "(command %.2f)\n",
+           cpu[STORE] * 1e6 / N_APPEND, us[STORE], cpu[FLOOR] * 1e6 / N_APPEND, us[FLOOR],
+           cpu[RAW] * 1e6 / N_APPEND, us[RAW]);
 
     /* store, one call at a time */
+    if (flushall(c) != 0)
+        goto done;
     int64_t t0 = cm_mono_ns();
     for (int i = 0; i < N_SYNC; i++) {
         char id[32];
@@ -324,18 +348,13 @@ static int bench_append(redisContext *c)
         }
     }
     double t_sync = secs_since(t0);
-
-    redisReply *r = redisCommand(c, "XLEN " APPEND_BUS);
-    long long stored = cm_reply_ll(r, -1);
-    freeReplyObject(r);
-    if (stored != ROUNDS * N_APPEND + N_SYNC) {
-        fprintf(stderr, "bench store: %lld events on the bus, expected %d\n", stored, ROUNDS * N_APPEND + N_SYNC);
-        goto done;
-    }
-    figure("append_per_s", N_APPEND / t_store, "ev/s");
-    figure("raw_xadd_per_s", N_APPEND / t_raw, "ev/s");
-    figure("append_vs_raw", t_raw / t_store, "ratio");
-    figure("append_vs_raw_cpu", cpu_raw / cpu_store, "ratio");
+    figure("append_per_s", N_APPEND / wall[STORE], "ev/s");
+    figure("raw_xadd_per_s", N_APPEND / wall[RAW], "ev/s");
+    figure("append_vs_raw", wall[RAW] / wall[STORE], "ratio");
+    figure("append_vs_raw_cpu", cpu[RAW] / cpu[STORE], "ratio");
+    figure("floor_per_s", N_APPEND / wall[FLOOR], "ev/s");
+    figure("floor_vs_raw_cpu", cpu[RAW] / cpu[FLOOR], "ratio");
+    figure("append_vs_floor_cpu", cpu[FLOOR] / cpu[STORE], "ratio");
     figure("append_sync_per_s", N_SYNC / t_sync, "ev/s");
     rc = 0;
 done:
