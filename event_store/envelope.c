@@ -318,7 +318,7 @@ static bool decode_fast(es_event *ev, const char *payload, size_t len)
         long long iv;
         double dv;
         if (m == M_CAUSATION_ID && fj_lit(&f, "null", 4)) {
-            seen &= ~(1u << m);
+            /* null: causation_id stays NULL (seen still catches a duplicate) */
         } else if (m <= M_PRODUCER) {
             if (!fj_str(&f, &sv[m], &sl[m]) || sl[m] == 0 || sl[m] > 256)
                 goto slow;

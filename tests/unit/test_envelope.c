@@ -840,9 +840,14 @@ Test(envelope, decoder_agrees_with_jansson_on_mutated_payloads)
                 } else if (op == 2) { /* replace */
                     cm_buf_putc(&t, c);
                     cm_buf_put(&t, m.data + at + 1, m.len - at - 1);
-                } else if (op == 3) { /* duplicate a member after the opening brace */
+                } else if (op == 3) { /* a member again after the opening brace */
+                    static const char *const again[] = {
+                        "\"seq\":7,", "\"causation_id\":null,", "\"data\":{},", "\"type\":\"StockReserved\",",
+                        "\"event_id\":\"" EID "\",", "\"schema\":1,", "\"emitted_at\":1,", "\"other\":1,",
+                    };
                     cm_buf_reset(&t);
-                    cm_buf_puts(&t, "{\"seq\":7,");
+                    cm_buf_putc(&t, '{');
+                    cm_buf_puts(&t, again[(seed >> 5) % (sizeof again / sizeof again[0])]);
                     cm_buf_put(&t, m.data + 1, m.len - 1);
                 } else if (op == 4) { /* trailing bytes */
                     cm_buf_reset(&t);
@@ -903,6 +908,9 @@ Test(envelope, decoder_agrees_with_jansson_on_edge_cases)
         {"1", "1", "\"causation_id\":\"\",", "2", "{}"},
         {"1", "1", "\"causation_id\":\"" CAUSE "\",", "2", "{}"},
         {"1", "1", "\"causation_id\":7,", "2", "{}"},
+        {"1", "1", "\"causation_id\":null,\"causation_id\":\"" CAUSE "\",", "2", "{}"},
+        {"1", "1", "\"causation_id\":\"" CAUSE "\",\"causation_id\":null,", "2", "{}"},
+        {"1", "1", "\"causation_id\":null,\"causation_id\":null,", "2", "{}"},
         {"1.0", "1", "", "1", "{}"},
         {"2", "1", "", "1", "{}"},
         {"1", "01", "", "1", "{}"},
