@@ -24,6 +24,7 @@
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/xmalloc.h"
 
 #include <errno.h>
@@ -48,6 +49,7 @@ static struct {
     int evfd;
     pthread_t thread;
     bool started;
+    cm_series *batches, *jobs;      /* intake_batches_total, intake_batched_total */
 } g = {.evfd = -1};
 
 void api_job_free(api_job *j)
@@ -191,6 +193,8 @@ static void *run(void *arg)
             jobs[n - 1 - i] = t;
         }
         run_batch(&c, &sc, &retry_at, jobs, n);
+        cm_series_inc(g.batches);
+        cm_series_add(g.jobs, n);
         for (size_t i = 0; i < n; i++) {
             /* after the resume the job belongs to its request again */
             struct MHD_Connection *conn = jobs[i]->conn;
@@ -207,6 +211,8 @@ static void *run(void *arg)
 
 int api_batch_start(char *err, size_t errlen)
 {
+    g.batches = cm_counter("intake_batches_total", "pipelined batches of intake scripts sent to Redis", NULL);
+    g.jobs = cm_counter("intake_batched_total", "intake scripts sent in those batches", NULL);
     g.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (g.evfd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));

@@ -144,8 +144,45 @@ static size_t build_checkout(void *ud, uint64_t seq, char *buf, size_t cap)
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
+/* The "some" stall total (microseconds) of /proc/pressure/<what>, or -1:
+ * how long at least one task waited for the CPU (or for I/O). */
+static double pressure_us(const char *what)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/pressure/%s", what);
+    FILE *f = fopen(path, "r");
+    double v = -1;
+    if (f) {
+        if (fgets(line, sizeof line, f) && !strncmp(line, "some", 4)) {
+            const char *t = strstr(line, "total=");
+            v = t ? atof(t + 6) : -1;
+        }
+        fclose(f);
+    }
+    return v;
+}
+
+/* Reads counter name from the API's /metrics (-1 when absent). */
+static double metric(int port, const char *name)
+{
+    tf_http_resp r;
+    double v = -1;
+    if (tf_http_request(port, "GET", "/metrics", NULL, NULL, &r) == 0 && r.status == 200) {
+        char pat[128];
+        snprintf(pat, sizeof pat, "\n%s{} ", name);
+        const char *m = strstr(r.body, pat);
+        if (m)
+            v = atof(m + strlen(pat));
+    }
+    tf_http_resp_free(&r);
+    return v;
+}
+
 static int load(const char *tag, int port, int conns, double rate, hl_result *res)
 {
+    double b0 = metric(port, "intake_batches_total"), j0 = metric(port, "intake_batched_total");
+    double cpu0 = pressure_us("cpu"), io0 = pressure_us("io");
+    int64_t t0 = cm_mono_ns();
     phase ph;
     snprintf(ph.tag, sizeof ph.tag, "%s", tag);
     hl_config cfg = {.port = port, .conns = conns, .rate = rate, .warmup_ms = 1000, .duration_ms = 5000,
@@ -162,6 +199,13 @@ static int load(const char *tag, int port, int conns, double rate, hl_result *re
            (unsigned long long)res->unsent, "", hl_percentile_ms(&res->lat, 0.5), hl_percentile_ms(&res->lat, 0.9),
            hl_percentile_ms(&res->lat, 0.99), hl_percentile_ms(&res->lat, 0.999), (double)res->lat.max_us / 1000.0,
            hl_mean_ms(&res->lat));
+    double b1 = metric(port, "intake_batches_total"), j1 = metric(port, "intake_batched_total");
+    double wall_us = (double)(cm_mono_ns() - t0) / 1e3;
+    if (b1 > b0)
+        printf("  %-14s %.1f checkouts per pipelined Redis batch on average\n", "", (j1 - j0) / (b1 - b0));
+    if (cpu0 >= 0 && io0 >= 0)
+        printf("  %-14s machine pressure: some task waited for a CPU %.0f%% and for I/O %.0f%% of the time\n", "",
+               100 * (pressure_us("cpu") - cpu0) / wall_us, 100 * (pressure_us("io") - io0) / wall_us);
     fflush(stdout);
     return 0;
 }
