@@ -27,6 +27,7 @@ typedef struct conn {
     bool want_out;            /* EPOLLOUT registered */
     bool record;              /* the request in flight counts */
     int64_t t_ns;             /* latency origin of the request in flight */
+    uint64_t seq;             /* seq of the request in flight */
     char *out;                /* request bytes */
     size_t out_len, out_off;
     char *in;                 /* response bytes */
@@ -200,6 +201,7 @@ static void send_on(run *r, uint64_t seq, int64_t t_ns)
     c->out_off = 0;
     c->busy = true;
     c->t_ns = t_ns;
+    c->seq = seq;
     c->record = t_ns >= r->t_measure && t_ns < r->t_end;
     if (c->record)
         r->res->sent++;
@@ -285,6 +287,12 @@ static void conn_read(run *r, int i)
         }
         hl_hist_record(&r->res->lat, (uint64_t)((t - c->t_ns) / 1000));
     }
+    if (r->cfg->on_answer) {
+        char *body = memmem(c->in, (size_t)len, "\r\n\r\n", 4) + 4;
+        hl_answer a = {.seq = c->seq, .status = status, .body = body, .body_len = (size_t)(c->in + len - body),
+                       .origin_ns = c->t_ns, .done_ns = t, .measured = c->record};
+        r->cfg->on_answer(r->cfg->ud, &a);
+    }
     memmove(c->in, c->in + len, c->in_len - (size_t)len);
     c->in_len -= (size_t)len;
     c->busy = false;
@@ -297,6 +305,13 @@ static void conn_read(run *r, int i)
 
 static void on_event(run *r, int i, uint32_t ev)
 {
+    if (i < 0) {   /* the gate's wake_fd */
+        uint64_t v;
+        if (read(r->cfg->wake_fd, &v, sizeof v) < 0) {
+            /* nothing to drain */
+        }
+        return;
+    }
     conn *c = &r->c[i];
     if (c->fd < 0)
         return;
@@ -333,7 +348,7 @@ static void expire(run *r, int64_t now)
 static void dispatch(run *r, int64_t now)
 {
     if (r->cfg->rate <= 0) {
-        while (r->nidle > 0 && now < r->t_end)
+        while (r->nidle > 0 && now < r->t_end && (!r->cfg->gate || r->cfg->gate(r->cfg->ud)))
             send_on(r, r->seq++, now);
         return;
     }
@@ -400,6 +415,12 @@ int hl_run(const hl_config *cfg_in, hl_result *out, char *err, size_t errlen)
     r.t_measure = r.t_start + cfg.warmup_ms * 1000000LL;
     r.t_end = r.t_measure + cfg.duration_ms * 1000000LL;
     r.interval_ns = cfg.rate > 0 ? 1e9 / cfg.rate : 0;
+    out->t_measure_ns = r.t_measure;
+    out->t_end_ns = r.t_end;
+    if (cfg.wake_fd > 0) {
+        struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+        epoll_ctl(r.ep, EPOLL_CTL_ADD, cfg.wake_fd, &wev);
+    }
     int64_t last_expire = r.t_start;
     for (;;) {
         int64_t now = now_ns();
@@ -446,6 +467,6 @@ out:
     }
     free(r.c);
     free(r.idle);
-    close(r.ep);
+    close(r.ep);   /* also forgets wake_fd */
     return rc;
 }

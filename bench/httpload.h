@@ -29,6 +29,23 @@
  * returns its length, or 0 when it does not fit. */
 typedef size_t (*hl_build_fn)(void *ud, uint64_t seq, char *buf, size_t cap);
 
+/* One answer, for hl_config.on_answer: the request's seq, its status and
+ * body (not NUL-terminated, valid during the call only), its latency origin
+ * and completion time (CLOCK_MONOTONIC ns), and whether it is measured. */
+typedef struct hl_answer {
+    uint64_t seq;
+    int status;
+    const char *body;
+    size_t body_len;
+    int64_t origin_ns, done_ns;
+    int measured;
+} hl_answer;
+typedef void (*hl_answer_fn)(void *ud, const hl_answer *a);
+
+/* Closed loop: asked before each new request; false holds it back until
+ * hl_config.wake_fd turns readable (or 10 ms pass). */
+typedef int (*hl_gate_fn)(void *ud);
+
 typedef struct hl_config {
     int port;                 /* 127.0.0.1:port */
     int conns;                /* connections, >= 1 */
@@ -40,6 +57,9 @@ typedef struct hl_config {
     size_t max_request;       /* largest request build may write (default 16 KiB) */
     hl_build_fn build;
     void *ud;
+    hl_answer_fn on_answer;   /* optional: called on every answer */
+    hl_gate_fn gate;          /* optional, closed loop: may a request start now? */
+    int wake_fd;              /* optional (> 0): an eventfd written when the gate may pass again */
 } hl_config;
 
 #define HL_BUCKETS 2048
@@ -61,6 +81,7 @@ typedef struct hl_result {
     double ok_per_s;          /* ok / elapsed_s */
     int last_other_status;    /* the last unexpected status seen (for diagnostics) */
     hl_hist lat;              /* latency of the measured answers (any status) */
+    int64_t t_measure_ns, t_end_ns;  /* the measured window (CLOCK_MONOTONIC ns) */
 } hl_result;
 
 /* Runs the load described by cfg and fills out. Returns 0, or -1 with err

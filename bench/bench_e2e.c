@@ -1,0 +1,822 @@
+/* bench_e2e.c - chorus-bench-e2e: whole sagas per second, and how long one
+ * takes from the checkout request to its terminal event.
+ *
+ * Starts a private redis-server as `./chorus up` runs it (AOF, fsync every
+ * second), a catalog of three products, chorus-api and the six workers as
+ * real processes (LOG_LEVEL=warn, metrics off). Checkouts go over HTTP
+ * (bench/httpload); the mix is 90% success ("ok": stock for the whole run),
+ * 5% stock failure ("none": 0 in stock) and 5% order-limit compensation
+ * ("lux": price above ORDER_LIMIT_CENTS, reserved then released).
+ *
+ * How a saga is followed: a reader thread of this process runs XREAD BLOCK
+ * on the bus stream (ecommerce.checkout.events) from its first entry. It maps
+ * each CheckoutInitiated's aggregate_id to the request that made it (its
+ * client_id is "e2e-<n>") and stops a saga's clock when it reads its
+ * CheckoutSucceeded / CheckoutFailed: the terminal event is in the store and
+ * visible to a client by then. Every terminal event is counted per saga.
+ *
+ * Phases:
+ *   1. warm-up, 3 s closed loop;
+ *   2. closed loop, BENCH_INFLIGHT (256) sagas in flight: a slot is taken by
+ *      a request and freed when its saga's terminal event is read; 1 s + 25 s
+ *      -> e2e.sagas_per_s, e2e.events_per_s, CPU per saga of every process;
+ *   3. open loop at BENCH_RATE (1,000) checkouts/s, 2 s + 25 s; latency from
+ *      each request's *scheduled* send time (no coordinated omission) to its
+ *      terminal event -> e2e.p50/p95/p99/max_ms, and to its 202 ->
+ *      e2e.accept_p50_ms / accept_p99_ms;
+ *   4. checks: every accepted saga has exactly one terminal event, stock is
+ *      conserved (available + reserved + sold == stocked, reserved == 0)
+ *      -> e2e.lost_sagas (the bench prints why and exits 1 when not 0);
+ *   5. resident memory of every process, Redis memory per saga;
+ *   6. raw ceiling: this process does the closed loop's appends (XADD of
+ *      payloads of the measured mean size), deliveries (XREADGROUP COUNT 500
+ *      by 6 groups) and acks (XACK), pipelined, per saga, with no HTTP and
+ *      no logic -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
+ *
+ * Binaries are found beside this one (../api/chorus-api,
+ * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga. */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "bench/httpload.h"
+#include "common/clock.h"
+#include "common/names.h"
+#include "common/redis.h"
+#include "tests/support/http.h"
+#include "tests/support/proc.h"
+#include "tests/support/redis_fixture.h"
+
+#define MAX_SAGAS (1u << 20)       /* requests over the whole run */
+#define MAP_SLOTS (1u << 22)       /* aggregate id -> saga, open addressing */
+#define BIN_NS 100000000LL         /* event counters per 100 ms */
+#define NBINS 12000                /* 20 minutes of bins */
+#define STOCK 100000000LL
+#define PRICE_OK 1000
+#define PRICE_LUX 600000           /* > ORDER_LIMIT_CENTS (500000) */
+
+static const char *const k_products[3] = {"ok", "none", "lux"};
+static const long long k_stock[3] = {STOCK, 0, STOCK};
+
+static void figure(const char *name, double v, const char *unit)
+{
+    if (v >= 1000)
+        printf("BENCH e2e.%s %.0f %s\n", name, v, unit);
+    else
+        printf("BENCH e2e.%s %.3f %s\n", name, v, unit);
+    fflush(stdout);
+}
+
+static long env_long(const char *name, long dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtol(v, NULL, 10) : dflt;
+}
+
+/* ---- per-saga state, shared by the HTTP loop and the bus reader ---- */
+
+static int64_t *g_origin;           /* latency origin of request n (HTTP thread) */
+static int64_t *g_accept;           /* when its 202 arrived (0: none) */
+static int64_t *g_term;             /* when its first terminal event was read (reader) */
+static _Atomic uint8_t *g_nterm;    /* terminal events read for it */
+static _Atomic uint8_t *g_ok202;    /* 1 once its 202 arrived */
+static atomic_uint_fast64_t g_issued;   /* requests built so far (n < g_issued) */
+static atomic_int g_inflight;       /* sagas started and not yet terminal (closed loop) */
+static int g_inflight_max;
+static int g_wake = -1;             /* eventfd: a slot was freed */
+static atomic_uint_fast64_t g_non202;
+
+/* reader counters */
+static atomic_uint_fast64_t g_events, g_terms, g_unknown_terms, g_dup_terms, g_initiated;
+static atomic_uint_fast64_t g_reason_stock, g_reason_limit, g_reason_other, g_succeeded;
+static atomic_uint_fast64_t g_payload_bytes;
+static _Atomic uint32_t g_bin_events[NBINS], g_bin_terms[NBINS];
+static int64_t g_t0;                /* bins count from here */
+static atomic_bool g_stop;
+
+typedef struct phase {
+    uint64_t base;                  /* request n = base + httpload seq */
+} phase;
+
+/* The mix: 1 in 20 out of stock, 1 in 20 over the order limit. */
+static int product_of(uint64_t n)
+{
+    return n % 20 == 7 ? 1 : n % 20 == 13 ? 2 : 0;
+}
+
+static size_t build_checkout(void *ud, uint64_t seq, char *buf, size_t cap)
+{
+    const phase *ph = ud;
+    uint64_t n = ph->base + seq;
+    if (n >= MAX_SAGAS)
+        return 0;
+    uint64_t cur = atomic_load(&g_issued);
+    while (cur < n + 1 && !atomic_compare_exchange_weak(&g_issued, &cur, n + 1)) {
+    }
+    char body[160];
+    int bl = snprintf(body, sizeof body, "{\"client_id\":\"e2e-%llu\",\"items\":[{\"product_id\":\"%s\",\"quantity\":1}]}",
+                      (unsigned long long)n, k_products[product_of(n)]);
+    int w = snprintf(buf, cap,
+                     "POST /api/checkouts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Idempotency-Key: e2e-%llu\r\nContent-Length: %d\r\n\r\n%s",
+                     (unsigned long long)n, bl, body);
+    return w > 0 && (size_t)w < cap ? (size_t)w : 0;
+}
+
+static void release_slot(void)
+{
+    atomic_fetch_sub(&g_inflight, 1);
+    uint64_t one = 1;
+    if (g_wake >= 0 && write(g_wake, &one, sizeof one) < 0) {
+        /* the counter saturates only if nobody reads it: harmless */
+    }
+}
+
+static void on_answer(void *ud, const hl_answer *a)
+{
+    const phase *ph = ud;
+    uint64_t n = ph->base + a->seq;
+    if (n >= MAX_SAGAS)
+        return;
+    if (a->status == 202) {
+        g_origin[n] = a->origin_ns;
+        g_accept[n] = a->done_ns;
+        atomic_store(&g_ok202[n], 1);
+    } else {
+        atomic_fetch_add(&g_non202, 1);
+        release_slot();   /* no saga started */
+    }
+}
+
+static int gate(void *ud)
+{
+    (void)ud;
+    int cur = atomic_load(&g_inflight);
+    while (cur < g_inflight_max)
+        if (atomic_compare_exchange_weak(&g_inflight, &cur, cur + 1))
+            return 1;
+    return 0;
+}
+
+/* ---- the bus reader ---- */
+
+typedef struct map_slot {
+    uint64_t h;      /* hash of the aggregate id, 0 = empty */
+    uint32_t n;      /* the saga */
+} map_slot;
+static map_slot *g_map;
+
+static uint64_t hash_id(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+static void map_put(uint64_t h, uint32_t n)
+{
+    for (uint32_t i = (uint32_t)h & (MAP_SLOTS - 1);; i = (i + 1) & (MAP_SLOTS - 1))
+        if (!g_map[i].h || g_map[i].h == h) {
+            g_map[i].h = h;
+            g_map[i].n = n;
+            return;
+        }
+}
+
+static int64_t map_get(uint64_t h)
+{
+    for (uint32_t i = (uint32_t)h & (MAP_SLOTS - 1);; i = (i + 1) & (MAP_SLOTS - 1)) {
+        if (!g_map[i].h)
+            return -1;
+        if (g_map[i].h == h)
+            return g_map[i].n;
+    }
+}
+
+/* The string value of "key":"..." in a JSON text, or NULL. */
+static const char *json_str(const char *json, const char *key, size_t *len)
+{
+    const char *p = strstr(json, key);
+    if (!p)
+        return NULL;
+    p += strlen(key);
+    const char *e = strchr(p, '"');
+    if (!e)
+        return NULL;
+    *len = (size_t)(e - p);
+    return p;
+}
+
+static void on_entry(const redisReply *fields, int64_t now)
+{
+    const char *type = NULL, *payload = NULL;
+    size_t plen = 0;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (!cm_reply_is_str(k) || !cm_reply_is_str(v))
+            continue;
+        if (!strcmp(k->str, "type"))
+            type = v->str;
+        else if (!strcmp(k->str, "payload")) {
+            payload = v->str;
+            plen = v->len;
+        }
+    }
+    atomic_fetch_add(&g_events, 1);
+    atomic_fetch_add(&g_payload_bytes, plen);
+    int64_t bin = (now - g_t0) / BIN_NS;
+    if (bin >= 0 && bin < NBINS)
+        atomic_fetch_add(&g_bin_events[bin], 1);
+    if (!type || !payload)
+        return;
+    size_t idl = 0;
+    const char *id = json_str(payload, "\"aggregate_id\":\"", &idl);
+    if (!id)
+        return;
+    if (!strcmp(type, "CheckoutInitiated")) {
+        size_t cl = 0;
+        const char *cid = json_str(payload, "\"client_id\":\"e2e-", &cl);
+        if (!cid)
+            return;
+        unsigned long long n = strtoull(cid, NULL, 10);
+        if (n < MAX_SAGAS) {
+            map_put(hash_id(id, idl), (uint32_t)n);
+            atomic_fetch_add(&g_initiated, 1);
+        }
+        return;
+    }
+    bool ok = !strcmp(type, "CheckoutSucceeded");
+    if (!ok && strcmp(type, "CheckoutFailed") != 0)
+        return;
+    if (bin >= 0 && bin < NBINS)
+        atomic_fetch_add(&g_bin_terms[bin], 1);
+    atomic_fetch_add(&g_terms, 1);
+    int64_t n = map_get(hash_id(id, idl));
+    if (n < 0) {
+        atomic_fetch_add(&g_unknown_terms, 1);
+        return;
+    }
+    if (ok) {
+        atomic_fetch_add(&g_succeeded, 1);
+    } else {
+        size_t rl = 0;
+        const char *r = json_str(payload, "\"reason\":\"", &rl);
+        if (r && rl == strlen(CM_REASON_INSUFFICIENT_STOCK) && !strncmp(r, CM_REASON_INSUFFICIENT_STOCK, rl))
+            atomic_fetch_add(&g_reason_stock, 1);
+        else if (r && rl == strlen(CM_REASON_ORDER_LIMIT) && !strncmp(r, CM_REASON_ORDER_LIMIT, rl))
+            atomic_fetch_add(&g_reason_limit, 1);
+        else
+            atomic_fetch_add(&g_reason_other, 1);
+    }
+    if (atomic_fetch_add(&g_nterm[n], 1) == 0) {
+        g_term[n] = now;
+        release_slot();
+    } else {
+        atomic_fetch_add(&g_dup_terms, 1);
+    }
+}
+
+static void *reader_main(void *arg)
+{
+    const char *url = arg;
+    char err[256], last[64] = "0";
+    redisContext *c = cm_redis_connect(url, 10000, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "bench e2e: reader: %s\n", err);
+        atomic_store(&g_stop, true);
+        return NULL;
+    }
+    while (!atomic_load(&g_stop)) {
+        redisReply *r = redisCommand(c, "XREAD COUNT 2000 BLOCK 100 STREAMS %s %s", CM_BUS_STREAM_DEFAULT, last);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "bench e2e: reader: %s\n", r ? r->str : c->errstr);
+            freeReplyObject(r);
+            break;
+        }
+        int64_t now = cm_mono_ns();
+        const redisReply *entries = cm_reply_elem(cm_reply_elem(r, 0), 1);
+        for (size_t i = 0; entries && i < entries->elements; i++) {
+            const redisReply *e = entries->element[i];
+            const redisReply *eid = cm_reply_elem(e, 0), *fields = cm_reply_elem(e, 1);
+            if (!cm_reply_is_str(eid) || !fields || fields->type != REDIS_REPLY_ARRAY)
+                continue;
+            snprintf(last, sizeof last, "%s", eid->str);
+            on_entry(fields, now);
+        }
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    return NULL;
+}
+
+/* ---- processes ---- */
+
+static int bin_path(const char *rel, char *out, size_t outlen)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return -1;
+    self[n] = '\0';
+    snprintf(out, outlen, "%s/%s", dirname(self), rel);
+    return access(out, X_OK);
+}
+
+static int g_port;
+
+static bool api_ready(void *ud)
+{
+    (void)ud;
+    tf_http_resp r;
+    bool ok = tf_http_request(g_port, "GET", "/ready", NULL, NULL, &r) == 0 && r.status == 200;
+    tf_http_resp_free(&r);
+    return ok;
+}
+
+/* CPU seconds (user + system) used so far by process pid. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* VmRSS of pid in MiB, or -1. */
+static double rss_mib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    double v = -1;
+    if (!f)
+        return v;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            v = atof(line + 6) / 1024.0;
+    fclose(f);
+    return v;
+}
+
+/* The integer after field in INFO section, or -1. */
+static long long info_ll(redisContext *c, const char *section, const char *field)
+{
+    redisReply *r = redisCommand(c, "INFO %s", section);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, field);
+        if (p)
+            v = atoll(p + strlen(field));
+    }
+    freeReplyObject(r);
+    return v;
+}
+
+#define NPROC (1 + CM_W_COUNT)
+static pid_t g_pids[NPROC];
+static const char *g_names[NPROC];
+
+static void cpu_mark(const tf_redis *rs, double *out)
+{
+    for (int i = 0; i < NPROC; i++)
+        out[i] = cpu_seconds(g_pids[i]);
+    out[NPROC] = cpu_seconds(rs->server_pid);
+    out[NPROC + 1] = self_cpu();
+}
+
+/* ---- phases ---- */
+
+static uint64_t g_next_base;
+
+static int load(const char *tag, double rate, int conns, int64_t warm_ms, int64_t dur_ms, hl_result *res,
+                uint64_t *base)
+{
+    phase ph = {.base = g_next_base};
+    *base = ph.base;
+    hl_config cfg = {.port = g_port, .conns = conns, .rate = rate, .warmup_ms = warm_ms, .duration_ms = dur_ms,
+                     .timeout_ms = 10000, .expect_status = 202, .build = build_checkout, .ud = &ph,
+                     .on_answer = on_answer, .gate = rate > 0 ? NULL : gate, .wake_fd = rate > 0 ? 0 : g_wake};
+    char err[256];
+    if (hl_run(&cfg, res, err, sizeof err) != 0) {
+        fprintf(stderr, "bench e2e: %s\n", err);
+        return -1;
+    }
+    g_next_base = atomic_load(&g_issued);
+    printf("  %-12s sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu\n", tag,
+           (unsigned long long)res->sent, (unsigned long long)res->ok, (unsigned long long)res->other_status,
+           res->last_other_status, (unsigned long long)res->errors, (unsigned long long)res->unsent);
+    return 0;
+}
+
+/* Waits until every accepted request so far has a terminal event (or the
+ * deadline); returns how many still have none. */
+static uint64_t settle(int64_t timeout_ms)
+{
+    int64_t deadline = cm_mono_ms() + timeout_ms;
+    uint64_t missing;
+    for (;;) {
+        missing = 0;
+        uint64_t n = atomic_load(&g_issued);
+        for (uint64_t i = 0; i < n; i++)
+            missing += atomic_load(&g_ok202[i]) && !atomic_load(&g_nterm[i]);
+        if (!missing || cm_mono_ms() > deadline || atomic_load(&g_stop))
+            return missing;
+        cm_sleep_ms(20);
+    }
+}
+
+static uint64_t bins_sum(_Atomic uint32_t *bins, int64_t from_ns, int64_t to_ns)
+{
+    uint64_t s = 0;
+    for (int64_t b = (from_ns - g_t0) / BIN_NS; b < (to_ns - g_t0) / BIN_NS && b < NBINS; b++)
+        if (b >= 0)
+            s += atomic_load(&bins[b]);
+    return s;
+}
+
+/* ---- the raw ceiling ---- */
+
+static const char *const k_raw_groups[CM_W_COUNT] = {"r1", "r2", "r3", "r4", "r5", "r6"};
+
+static int raw_reply(redisContext *c, redisReply **out)
+{
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK || !r || r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "bench e2e: raw: %s\n", r ? r->str : c->errstr);
+        freeReplyObject(r);
+        return -1;
+    }
+    if (out)
+        *out = r;
+    else
+        freeReplyObject(r);
+    return 0;
+}
+
+/* nsagas sagas' worth of Redis work: per batch of 100 sagas, ev_per_saga
+ * XADDs of payload_len bytes (pipelined), then each of the 6 groups reads
+ * them (XREADGROUP COUNT 500) and acknowledges them (XACK pipelined with the
+ * next read). Returns sagas/s, or -1. */
+static double raw_rate(const tf_redis *rs, double ev_per_saga, size_t payload_len, int nsagas, double *redis_cpu_us)
+{
+    char err[256];
+    redisContext *c = cm_redis_connect(rs->url, 30000, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "bench e2e: %s\n", err);
+        return -1;
+    }
+    const char *stream = "e2e.raw";
+    char *payload = malloc(payload_len + 1);
+    memset(payload, 'x', payload_len);
+    payload[payload_len] = '\0';
+    double rate = -1;
+    for (int g = 0; g < CM_W_COUNT; g++) {
+        redisReply *r = redisCommand(c, "XGROUP CREATE %s %s $ MKSTREAM", stream, k_raw_groups[g]);
+        bool bad = !r || r->type == REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+        if (bad)
+            goto out;
+    }
+    double cpu0 = cpu_seconds(rs->server_pid);
+    int64_t t0 = cm_mono_ns();
+    const int batch = 100;
+    double owed = 0;
+    char ts[32];
+    for (int done = 0; done < nsagas; done += batch) {
+        owed += ev_per_saga * batch;
+        int nev = (int)owed;
+        owed -= nev;
+        snprintf(ts, sizeof ts, "%.3f", cm_wall_s());
+        for (int i = 0; i < nev; i++)
+            redisAppendCommand(c, "XADD %s * type CheckoutInitiated payload %s ts %s", stream, payload, ts);
+        for (int i = 0; i < nev; i++)
+            if (raw_reply(c, NULL) != 0)
+                goto out;
+        for (int g = 0; g < CM_W_COUNT; g++) {
+            int got = 0;
+            while (got < nev) {
+                redisReply *r = NULL;
+                redisAppendCommand(c, "XREADGROUP GROUP %s c COUNT 500 STREAMS %s >", k_raw_groups[g], stream);
+                if (raw_reply(c, &r) != 0)
+                    goto out;
+                const redisReply *ents = cm_reply_elem(cm_reply_elem(r, 0), 1);
+                size_t ne = ents ? ents->elements : 0;
+                if (ne == 0) {
+                    freeReplyObject(r);
+                    goto out;
+                }
+                const char **av = malloc((ne + 3) * sizeof *av);
+                av[0] = "XACK";
+                av[1] = stream;
+                av[2] = k_raw_groups[g];
+                for (size_t i = 0; i < ne; i++)
+                    av[3 + i] = ents->element[i]->element[0]->str;
+                redisAppendCommandArgv(c, (int)ne + 3, av, NULL);
+                free(av);
+                freeReplyObject(r);
+                got += (int)ne;
+                if (raw_reply(c, NULL) != 0)   /* XACK */
+                    goto out;
+            }
+        }
+    }
+    double secs = (double)(cm_mono_ns() - t0) / 1e9;
+    *redis_cpu_us = (cpu_seconds(rs->server_pid) - cpu0) / nsagas * 1e6;
+    rate = nsagas / secs;
+out:
+    free(payload);
+    redisFree(c);
+    return rate;
+}
+
+/* ---- main ---- */
+
+static pid_t spawn(const char *const av[], const char *url, const char *logpath, const char *extra)
+{
+    char url_env[340], port_env[32];
+    snprintf(url_env, sizeof url_env, "REDIS_URL=%s", url);
+    snprintf(port_env, sizeof port_env, "API_PORT=%d", g_port);
+    const char *env[] = {url_env, port_env, "METRICS_PORT=0", "LOG_LEVEL=warn", "CHORUS_ADMIN_TOKEN=", extra, NULL};
+    return tf_spawn(av, env, logpath);
+}
+
+static void stop_all(void)
+{
+    for (int i = NPROC - 1; i >= 0; i--)
+        if (g_pids[i] > 0)
+            tf_kill(g_pids[i], SIGTERM);
+    for (int i = NPROC - 1; i >= 0; i--)
+        if (g_pids[i] > 0 && tf_wait_exit(g_pids[i], 10000, NULL) != 0) {
+            tf_kill(g_pids[i], SIGKILL);
+            tf_wait_exit(g_pids[i], 5000, NULL);
+        }
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    char api_bin[PATH_MAX], wk_bin[PATH_MAX];
+    if (bin_path("../api/chorus-api", api_bin, sizeof api_bin) != 0 ||
+        bin_path("../workers/chorus-worker", wk_bin, sizeof wk_bin) != 0) {
+        fprintf(stderr, "bench e2e: chorus-api or chorus-worker not built beside this bench\n");
+        return 1;
+    }
+    g_inflight_max = (int)env_long("BENCH_INFLIGHT", 256);
+    double rate = (double)env_long("BENCH_RATE", 1000);
+    int64_t closed_ms = env_long("BENCH_CLOSED_S", 25) * 1000, open_ms = env_long("BENCH_OPEN_S", 25) * 1000;
+
+    g_origin = calloc(MAX_SAGAS, sizeof *g_origin);
+    g_accept = calloc(MAX_SAGAS, sizeof *g_accept);
+    g_term = calloc(MAX_SAGAS, sizeof *g_term);
+    g_nterm = calloc(MAX_SAGAS, sizeof *g_nterm);
+    g_ok202 = calloc(MAX_SAGAS, sizeof *g_ok202);
+    g_map = calloc(MAP_SLOTS, sizeof *g_map);
+    g_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!g_origin || !g_accept || !g_term || !g_nterm || !g_ok202 || !g_map || g_wake < 0) {
+        fprintf(stderr, "bench e2e: out of memory\n");
+        return 1;
+    }
+
+    tf_redis rs;
+    if (tf_redis_start(&rs, "appendonly yes\nappendfsync everysec\n") != 0) {
+        fprintf(stderr, "bench e2e: cannot start redis-server\n");
+        return 1;
+    }
+    int rc = 1;
+    bool reader_on = false;
+    pthread_t reader;
+    redisContext *c = tf_redis_connect(&rs);
+    for (int i = 0; i < 3; i++) {
+        redisReply *r = redisCommand(c, "HSET " CM_KEY_PREFIX "product:%s name %s price_cents %d available %lld "
+                                        "reserved 0 sold 0", k_products[i], k_products[i],
+                                     i == 2 ? PRICE_LUX : PRICE_OK, k_stock[i]);
+        freeReplyObject(r);
+        r = redisCommand(c, "SADD " CM_KEY_PREFIX "products %s", k_products[i]);
+        freeReplyObject(r);
+    }
+    long long mem0 = info_ll(c, "memory", "used_memory:");
+
+    char log[400];
+    for (int w = 0; w < CM_W_COUNT; w++) {
+        g_names[1 + w] = cm_worker_names[w];
+        snprintf(log, sizeof log, "%s/%s.log", rs.dir, cm_worker_names[w]);
+        const char *av[] = {wk_bin, cm_worker_names[w], NULL};
+        if ((g_pids[1 + w] = spawn(av, rs.url, log, NULL)) <= 0) {
+            fprintf(stderr, "bench e2e: cannot run %s: %s\n", wk_bin, strerror(errno));
+            goto out;
+        }
+    }
+    g_names[0] = "chorus-api";
+    snprintf(log, sizeof log, "%s/api.log", rs.dir);
+    for (int attempt = 0; attempt < 5 && !g_pids[0]; attempt++) {
+        g_port = tf_free_port();
+        const char *av[] = {api_bin, NULL};
+        g_pids[0] = spawn(av, rs.url, log, NULL);
+        if (g_pids[0] <= 0) {
+            fprintf(stderr, "bench e2e: cannot run %s: %s\n", api_bin, strerror(errno));
+            g_pids[0] = 0;
+            goto out;
+        }
+        if (!tf_wait_until(api_ready, NULL, 10000)) {
+            tf_kill(g_pids[0], SIGKILL);
+            tf_wait_exit(g_pids[0], 5000, NULL);
+            g_pids[0] = 0;
+        }
+    }
+    if (!g_pids[0]) {
+        tf_dump_file(log, "chorus-api log");
+        goto out;
+    }
+    g_t0 = cm_mono_ns();
+    if (pthread_create(&reader, NULL, reader_main, rs.url) != 0)
+        goto out;
+    reader_on = true;
+    double loadavg[3] = {0, 0, 0};
+    getloadavg(loadavg, 3);
+    printf("  redis-server %s (AOF everysec), chorus-api on :%d, six workers; %d CPUs, load average %.2f\n"
+           "  sagas followed by a reader thread: XREAD BLOCK on %s, clock stops when the\n"
+           "  CheckoutSucceeded/CheckoutFailed of the saga's aggregate_id is read from the store\n",
+           rs.url, g_port, (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0], CM_BUS_STREAM_DEFAULT);
+
+    hl_result warm, closed, open;
+    uint64_t b_warm, b_closed, b_open;
+    if (load("warm-up", 0, 32, 0, 3000, &warm, &b_warm) != 0)
+        goto out;
+    uint64_t miss = settle(30000);
+    if (miss)
+        printf("  warm-up: %llu sagas not terminal after 30 s\n", (unsigned long long)miss);
+
+    /* closed loop */
+    double cpu_a[NPROC + 2], cpu_b[NPROC + 2];
+    cpu_mark(&rs, cpu_a);
+    if (load("closed-loop", 0, 32, 1000, closed_ms, &closed, &b_closed) != 0)
+        goto out;
+    cpu_mark(&rs, cpu_b);
+    double win_s = (double)(closed.t_end_ns - closed.t_measure_ns) / 1e9;
+    uint64_t c_terms = bins_sum(g_bin_terms, closed.t_measure_ns, closed.t_end_ns);
+    uint64_t c_events = bins_sum(g_bin_events, closed.t_measure_ns, closed.t_end_ns);
+    double sagas_per_s = (double)c_terms / win_s, events_per_s = (double)c_events / win_s;
+    double ev_per_saga = c_terms ? (double)c_events / (double)c_terms : 4;
+    uint64_t closed_started = g_next_base - b_closed;
+    printf("  closed-loop: %d sagas in flight, %.1f events per saga; CPU per saga (whole phase, %llu sagas):\n",
+           g_inflight_max, ev_per_saga, (unsigned long long)closed_started);
+    for (int i = 0; i < NPROC + 2; i++)
+        printf("    %-20s %7.1f us\n", i < NPROC ? g_names[i] : i == NPROC ? "redis-server" : "bench (load+reader)",
+               (cpu_b[i] - cpu_a[i]) / (double)closed_started * 1e6);
+    miss = settle(30000);
+    if (miss)
+        printf("  closed-loop: %llu sagas not terminal after 30 s\n", (unsigned long long)miss);
+
+    /* open loop */
+    if (load("open-loop", rate, 64, 2000, open_ms, &open, &b_open) != 0)
+        goto out;
+    miss = settle(30000);
+    hl_hist e2e;
+    memset(&e2e, 0, sizeof e2e);
+    uint64_t unfinished = 0;
+    for (uint64_t n = b_open; n < g_next_base; n++) {
+        if (!atomic_load(&g_ok202[n]) || g_origin[n] < open.t_measure_ns || g_origin[n] >= open.t_end_ns)
+            continue;
+        if (!atomic_load(&g_nterm[n])) {
+            unfinished++;
+            continue;
+        }
+        hl_hist_record(&e2e, (uint64_t)((g_term[n] > g_origin[n] ? g_term[n] - g_origin[n] : 0) / 1000));
+    }
+    printf("  open-loop %.0f/s: %llu measured sagas; accept->terminal ms p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f "
+           "max %.3f; 202 ms p50 %.3f p99 %.3f max %.3f\n",
+           rate, (unsigned long long)e2e.total, hl_percentile_ms(&e2e, 0.5), hl_percentile_ms(&e2e, 0.9),
+           hl_percentile_ms(&e2e, 0.99), hl_percentile_ms(&e2e, 0.999), (double)e2e.max_us / 1000.0,
+           hl_percentile_ms(&open.lat, 0.5), hl_percentile_ms(&open.lat, 0.99), (double)open.lat.max_us / 1000.0);
+
+    /* checks */
+    uint64_t accepted = 0, lost = 0, dups = 0;
+    for (uint64_t n = 0; n < g_next_base; n++) {
+        if (!atomic_load(&g_ok202[n]))
+            continue;
+        accepted++;
+        uint8_t t = atomic_load(&g_nterm[n]);
+        lost += t == 0;
+        dups += t > 1;
+    }
+    bool conserved = true;
+    int64_t deadline = cm_mono_ms() + 10000;
+    for (int i = 0; i < 3; i++) {
+        long long av = -1, re = -1, so = -1;
+        for (;;) {
+            redisReply *r = redisCommand(c, "HMGET " CM_KEY_PREFIX "product:%s available reserved sold", k_products[i]);
+            if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+                av = cm_reply_ll(r->element[0], -1);
+                re = cm_reply_ll(r->element[1], -1);
+                so = cm_reply_ll(r->element[2], -1);
+            }
+            freeReplyObject(r);
+            if (re == 0 || cm_mono_ms() > deadline)
+                break;
+            cm_sleep_ms(50);
+        }
+        bool ok = av >= 0 && re == 0 && so >= 0 && av + re + so == k_stock[i];
+        printf("  product %-4s available %lld reserved %lld sold %lld (stocked %lld)%s\n", k_products[i], av, re, so,
+               k_stock[i], ok ? "" : "  NOT CONSERVED");
+        conserved = conserved && ok;
+    }
+    cm_sleep_ms(300);   /* let the reader catch up on any late duplicate */
+    printf("  %llu checkouts accepted, %llu other statuses; bus: %llu events, %llu CheckoutInitiated, %llu "
+           "terminal (%llu succeeded, failed: %llu insufficient_stock, %llu order_limit_exceeded, %llu other), "
+           "%llu duplicate terminal, %llu terminal for an unknown saga\n",
+           (unsigned long long)accepted, (unsigned long long)atomic_load(&g_non202),
+           (unsigned long long)atomic_load(&g_events), (unsigned long long)atomic_load(&g_initiated),
+           (unsigned long long)atomic_load(&g_terms), (unsigned long long)atomic_load(&g_succeeded),
+           (unsigned long long)atomic_load(&g_reason_stock), (unsigned long long)atomic_load(&g_reason_limit),
+           (unsigned long long)atomic_load(&g_reason_other), (unsigned long long)atomic_load(&g_dup_terms),
+           (unsigned long long)atomic_load(&g_unknown_terms));
+
+    /* memory */
+    long long mem1 = info_ll(c, "memory", "used_memory:");
+    printf("  resident memory at the end (VmRSS):");
+    for (int i = 0; i < NPROC; i++)
+        printf(" %s %.1f MiB%s", g_names[i], rss_mib(g_pids[i]), ",");
+    printf(" redis-server %.1f MiB (used_memory %.1f MiB)\n", rss_mib(rs.server_pid), (double)mem1 / 1048576.0);
+    size_t payload_len = atomic_load(&g_events) ? atomic_load(&g_payload_bytes) / atomic_load(&g_events) : 400;
+
+    /* raw ceiling, after the memory figures (it adds its own stream) */
+    double raw_cpu_us = 0;
+    double raw = raw_rate(&rs, ev_per_saga, payload_len, 30000, &raw_cpu_us);
+    if (raw <= 0)
+        goto out;
+    printf("  raw: %.1f XADD of %zu-byte payloads, %.1f XREADGROUP deliveries and XACKs per saga: %.0f sagas/s, "
+           "redis-server %.1f us CPU per saga\n",
+           ev_per_saga, payload_len, ev_per_saga * CM_W_COUNT, raw, raw_cpu_us);
+
+    figure("sagas_per_s", sagas_per_s, "sagas/s");
+    figure("events_per_s", events_per_s, "ev/s");
+    figure("raw_sagas_per_s", raw, "sagas/s");
+    figure("sagas_vs_raw", sagas_per_s / raw, "ratio");
+    figure("open_rate", rate, "checkouts/s");
+    figure("p50_ms", hl_percentile_ms(&e2e, 0.5), "ms");
+    figure("p95_ms", hl_percentile_ms(&e2e, 0.95), "ms");
+    figure("p99_ms", hl_percentile_ms(&e2e, 0.99), "ms");
+    figure("max_ms", (double)e2e.max_us / 1000.0, "ms");
+    figure("accept_p50_ms", hl_percentile_ms(&open.lat, 0.5), "ms");
+    figure("accept_p99_ms", hl_percentile_ms(&open.lat, 0.99), "ms");
+    figure("redis_bytes_per_saga", accepted ? (double)(mem1 - mem0) / (double)accepted : 0, "bytes");
+    figure("lost_sagas", (double)lost, "sagas");
+    figure("duplicate_terminals", (double)dups, "sagas");
+    if (lost || dups || !conserved || unfinished) {
+        printf("e2e: FAILED: %llu accepted sagas without a terminal event, %llu with more than one, stock %s\n",
+               (unsigned long long)lost, (unsigned long long)dups, conserved ? "conserved" : "NOT conserved");
+        goto out;
+    }
+    rc = 0;
+out:
+    atomic_store(&g_stop, true);
+    if (reader_on)
+        pthread_join(reader, NULL);
+    stop_all();
+    redisFree(c);
+    if (rc != 0)
+        for (int i = 0; i < NPROC; i++)
+            if (g_names[i]) {
+                char p[400];
+                snprintf(p, sizeof p, "%s/%s.log", rs.dir, i ? g_names[i] : "api");
+                tf_dump_file(p, g_names[i]);
+            }
+    tf_redis_stop(&rs);
+    free(g_origin);
+    free(g_accept);
+    free(g_term);
+    free(g_nterm);
+    free(g_ok202);
+    free(g_map);
+    close(g_wake);
+    return rc;
+}
