@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""compose_topology.py - the docker-compose topology, run as local processes.
+
+Reads compose/docker-compose.yml and starts what it describes without a
+container engine: a private redis-server on a free loopback port in a temp
+dir for the `redis` service, then every other service as a local process with
+the same command (chorus-api / chorus-worker mapped to the build's binaries)
+and the same environment, rewriting only REDIS_URL's host:port and the ports
+(API_PORT / METRICS_PORT -> free ports). Then a saga runs through it: one
+product seeded through the admin PUT, one checkout posted, SUCCEEDED awaited.
+Every process is stopped with SIGTERM and must exit 0.
+
+Environment (set by tests/meson.build): CHORUS_COMPOSE_FILE, CHORUS_API_BIN,
+CHORUS_WORKER_BIN. Exit 0 on success; 77 (meson: skipped) if python3-yaml or
+redis-server is missing; 1 on any failure.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+try:
+    import yaml
+except ImportError:
+    print("SKIP: python3-yaml not installed (./chorus deps installs docker-compose, which brings it)")
+    sys.exit(77)
+
+ADMIN_TOKEN = "compose-topology-token"
+DEADLINE_S = 30
+# Settings from the caller's environment that must not leak into a service:
+# each process gets exactly what the compose file gives it (plus PATH, ASAN_*..).
+SCRUB_ENV = {"REDIS_URL", "API_PORT", "METRICS_PORT", "CHORUS_ADMIN_TOKEN", "ORDER_LIMIT_CENTS",
+             "SAGA_TIMEOUT_MS", "FAULT_ORDER_FAIL_RATE", "NOTIFY_WEBHOOK_URL", "MAX_DELIVERIES",
+             "CLAIM_IDLE_MS", "EVENT_RETENTION_DAYS"}
+
+
+def fail(msg):
+    raise AssertionError(msg)
+
+
+def free_port():
+    """A port the kernel just gave out on 127.0.0.1 (bind-probed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def interpolate(value, env):
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR-default} in a string."""
+    def sub(m):
+        name, op, default = m.group(1), m.group(2), m.group(3) or ""
+        if name in env and (env[name] != "" or op != ":-"):
+            return env[name]
+        return default if op else ""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}", sub, str(value))
+
+
+def service_env(svc, interp):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, os.environ.get(e, "")) for e in env)
+    return {k: interpolate(v, interp) for k, v in env.items()}
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_until(what, cond, deadline_s=DEADLINE_S):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    fail("timed out waiting for " + what)
+
+
+def redis_ping(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def main():
+    compose_file = os.environ["CHORUS_COMPOSE_FILE"]
+    bins = {"chorus-api": os.environ["CHORUS_API_BIN"],
+            "chorus-worker": os.environ["CHORUS_WORKER_BIN"]}
+    redis_bin = shutil.which("redis-server")
+    if not redis_bin:
+        print("SKIP: redis-server not installed")
+        return 77
+    with open(compose_file) as f:
+        compose = yaml.safe_load(f)
+    services = compose["services"]
+    if "redis" not in services:
+        fail("no redis service in " + compose_file)
+
+    tmp = tempfile.mkdtemp(prefix="chorus-compose-")
+    procs = {}   # name -> Popen (redis last to stop)
+    redis = None
+    try:
+        # Redis: the service's own command (AOF settings), on a private port and dir.
+        rport = free_port()
+        rcmd = list(services["redis"].get("command") or ["redis-server"])
+        rcmd[0] = redis_bin
+        rcmd += ["--port", str(rport), "--bind", "127.0.0.1", "--dir", tmp,
+                 "--save", "", "--daemonize", "no"]
+        redis = subprocess.Popen(rcmd, stdout=subprocess.DEVNULL)
+        wait_until("redis-server PING", lambda: redis_ping(rport))
+
+        interp = dict(os.environ)
+        interp["CHORUS_ADMIN_TOKEN"] = ADMIN_TOKEN
+        api_port = None
+        for name, svc in services.items():
+            if name == "redis":
+                continue
+            cmd = list(svc.get("command") or [])
+            if not cmd or cmd[0] not in bins:
+                fail("service %s: command %r is not a chorus binary" % (name, cmd))
+            cmd[0] = bins[cmd[0]]
+            env = service_env(svc, interp)
+            if "REDIS_URL" in env:
+                env["REDIS_URL"] = re.sub(r"^(redis://(?:[^@/]*@)?)[^/:]+(?::\d+)?",
+                                          r"\g<1>127.0.0.1:%d" % rport, env["REDIS_URL"])
+            for key in ("API_PORT", "METRICS_PORT"):
+                if key in env:
+                    env[key] = str(free_port())
+            if "API_PORT" in env:
+                api_port = int(env["API_PORT"])
+            penv = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+            penv.update(env)
+            print("start %s: %s %s" % (name, " ".join(cmd),
+                  " ".join("%s=%s" % kv for kv in sorted(env.items()))), flush=True)
+            procs[name] = subprocess.Popen(cmd, env=penv)
+        if api_port is None:
+            fail("no service sets API_PORT")
+        base = "http://127.0.0.1:%d" % api_port
+
+        def ready():
+            for n, p in procs.items():
+                if p.poll() is not None:
+                    fail("%s exited early with %d" % (n, p.returncode))
+            return http("GET", base + "/ready", timeout=2)[0] == 200
+        wait_until("/ready", ready)
+
+        st, body = http("PUT", base + "/api/products/sku-topology",
+                        {"name": "Topology mug", "price_cents": 1200, "available": 5},
+                        {"Authorization": "Bearer " + ADMIN_TOKEN})
+        if st != 200:
+            fail("admin PUT (token from the compose file's ${CHORUS_ADMIN_TOKEN}): %d %s" % (st, body))
+        st, body = http("POST", base + "/api/checkouts",
+                        {"client_id": "compose", "items": [{"product_id": "sku-topology", "quantity": 2}]})
+        if st != 202:
+            fail("POST /api/checkouts: %d %s" % (st, body))
+        cid = body["checkout_id"]
+        end = time.monotonic() + DEADLINE_S
+        status = None
+        while time.monotonic() < end:
+            st, c = http("GET", "%s/api/checkouts/%s?wait_ms=5000" % (base, cid), timeout=15)
+            status = c.get("status")
+            if status in ("SUCCEEDED", "FAILED"):
+                break
+        if status != "SUCCEEDED":
+            fail("checkout %s ended %s, expected SUCCEEDED" % (cid, status))
+        print("checkout %s SUCCEEDED through %d services" % (cid, len(procs)), flush=True)
+
+        # Stop: API first, then the workers, all with SIGTERM; each must exit 0.
+        order = [n for n in procs if n == "api"] + [n for n in procs if n != "api"]
+        for n in order:
+            procs[n].send_signal(signal.SIGTERM)
+        bad = []
+        for n in order:
+            try:
+                rc = procs[n].wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                procs[n].kill()
+                rc = "no exit within 15 s"
+            if rc != 0:
+                bad.append("%s: %s" % (n, rc))
+        if bad:
+            fail("not a clean exit on SIGTERM: " + ", ".join(bad))
+        print("all %d services exited 0 on SIGTERM" % len(procs))
+        return 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if redis is not None:
+            redis.terminate()
+            try:
+                redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                redis.kill()
+                redis.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except AssertionError as e:
+        print("FAIL: %s" % e, file=sys.stderr)
+        sys.exit(1)
