@@ -169,7 +169,7 @@ static double metric(int port, const char *name)
     double v = -1;
     if (tf_http_request(port, "GET", "/metrics", NULL, NULL, &r) == 0 && r.status == 200) {
         char pat[128];
-        snprintf(pat, sizeof pat, "\n%s{} ", name);
+        snprintf(pat, sizeof pat, "\n%s ", name);
         const char *m = strstr(r.body, pat);
         if (m)
             v = atof(m + strlen(pat));

@@ -149,13 +149,13 @@ static void render_series(cm_buf *out, const cm_series *s)
 {
     const char *sep = s->labels[0] ? "," : "";
     if (s->kind == K_COUNTER) {
-        cm_buf_printf(out, "%s{%s} %llu\n", s->name, s->labels,
+        cm_buf_printf(out, "%s%s%s%s %llu\n", s->name, s->labels[0] ? "{" : "", s->labels, s->labels[0] ? "}" : "",
                       (unsigned long long)atomic_load(&s->value));
     } else if (s->kind == K_GAUGE) {
         uint64_t bits = atomic_load(&s->value);
         double v;
         memcpy(&v, &bits, sizeof v);
-        cm_buf_printf(out, "%s{%s} %.17g\n", s->name, s->labels, v);
+        cm_buf_printf(out, "%s%s%s%s %.17g\n", s->name, s->labels[0] ? "{" : "", s->labels, s->labels[0] ? "}" : "", v);
     } else {
         uint64_t cum = 0;
         for (size_t i = 0; i < NBUCKETS; i++) {

@@ -3,7 +3,7 @@
  *
  * Key layout (all chorus-owned keys start with "chorus:"):
  *   chorus:h:<aggregate>:<id>   list   an aggregate's history, one element per
- *                                      event: "<bus id>\n<type>\n<ts>\n<payload>"
+ *                                      event: "<event_id>\n<bus id>\n<type>\n<ts>\n<payload>"
  *   chorus:products             set    ids of catalog products
  *   chorus:product:<id>         hash   name price_cents available reserved sold
  *   chorus:resv:<checkout_id>   hash   product_id -> qty, plus "_state" held|sold|released

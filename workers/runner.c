@@ -526,6 +526,14 @@ static cm_opt *settings_table(wk_ctx *ctx)
 int wk_run(const wk_def *def, int argc, char **argv)
 {
     static wk_ctx ctx_storage;
+    /* First thing: a SIGTERM that arrives during startup still means "drain
+     * and exit 0", never death by the default action. */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
     wk_ctx *ctx = &ctx_storage;
     ctx->def = def;
     ctx->group = def->group ? def->group : cm_group_names[def->id];
@@ -558,12 +566,6 @@ int wk_run(const wk_def *def, int argc, char **argv)
         snprintf(ctx->claim_cursor[s], sizeof ctx->claim_cursor[s], "0-0");
     init_metrics(ctx);
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     int code = 0;
     cm_metrics_server *ms = NULL;

@@ -609,8 +609,8 @@ static long long polls_waiting(void)
 {
     tf_http_resp r;
     ae_req(&E, "GET", "/metrics", NULL, NULL, &r);
-    const char *m = strstr(r.body, "\nhttp_long_polls_waiting{} ");
-    long long n = m ? atoll(m + strlen("\nhttp_long_polls_waiting{} ")) : -1;
+    const char *m = strstr(r.body, "\nhttp_long_polls_waiting ");
+    long long n = m ? atoll(m + strlen("\nhttp_long_polls_waiting ")) : -1;
     tf_http_resp_free(&r);
     return n;
 }

@@ -326,7 +326,7 @@ Test(saga, duplicate_checkout_initiated_reserves_and_orders_once)
     freeReplyObject(k);
     cr_expect_eq(sg_ll(&E, "XLEN %s", es_store_bus(E.s)), 4 + 3, "4 saga events and 3 copies, nothing else");
     cr_expect_eq(dlq_total(), 0, "duplicates are acknowledged, not dead-lettered");
-    cr_expect_eq(sg_metric(port, "saga_choreo_success_total{}"), 1, "a replayed success is not counted again");
+    cr_expect_eq(sg_metric(port, "saga_choreo_success_total"), 1, "a replayed success is not counted again");
     stop_clean();
 }
 
