@@ -412,6 +412,68 @@ static void cpu_mark(const tf_redis *rs, double *out)
     out[NPROC + 1] = self_cpu();
 }
 
+/* The "some" stall total (microseconds) of /proc/pressure/cpu, or -1: how
+ * long at least one task waited for a CPU. */
+static double cpu_pressure_us(void)
+{
+    char line[256];
+    FILE *f = fopen("/proc/pressure/cpu", "r");
+    double v = -1;
+    if (f) {
+        if (fgets(line, sizeof line, f) && !strncmp(line, "some", 4)) {
+            const char *t = strstr(line, "total=");
+            v = t ? atof(t + 6) : -1;
+        }
+        fclose(f);
+    }
+    return v;
+}
+
+typedef struct cmdstat {
+    char name[48];
+    double calls, usec;
+} cmdstat;
+
+static int by_usec(const void *a, const void *b)
+{
+    double d = ((const cmdstat *)b)->usec - ((const cmdstat *)a)->usec;
+    return d > 0 ? 1 : d < 0 ? -1 : 0;
+}
+
+/* Prints where Redis spent its command time since the last CONFIG RESETSTAT
+ * (INFO commandstats), per saga, biggest first. */
+static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s)
+{
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        return;
+    }
+    cmdstat st[64];
+    int n = 0;
+    double total = 0, calls = 0;
+    for (const char *p = strstr(r->str, "cmdstat_"); p && n < 64; p = strstr(p + 1, "cmdstat_")) {
+        const char *colon = strchr(p, ':');
+        const char *calls = strstr(p, "calls="), *usec = strstr(p, ",usec=");
+        if (!colon || !calls || !usec)
+            break;
+        snprintf(st[n].name, sizeof st[n].name, "%.*s", (int)(colon - p - 8), p + 8);
+        st[n].calls = atof(calls + 6);
+        st[n].usec = atof(usec + 6);
+        total += st[n].usec;
+        calls += st[n].calls;
+        n++;
+    }
+    freeReplyObject(r);
+    qsort(st, (size_t)n, sizeof *st, by_usec);
+    printf("  redis-server during the closed loop: %.1f us CPU per saga, of which %.1f us inside %.1f commands "
+           "(the rest: socket I/O, event loop, AOF writes):\n", redis_cpu_s / sagas * 1e6, total / sagas,
+           calls / sagas);
+    for (int i = 0; i < n && i < 10; i++)
+        printf("    %-16s %6.2f calls/saga %7.1f us/saga (%.1f us/call)\n", st[i].name, st[i].calls / sagas,
+               st[i].usec / sagas, st[i].calls > 0 ? st[i].usec / st[i].calls : 0);
+}
+
 /* ---- phases ---- */
 
 static uint64_t g_next_base;
@@ -677,6 +739,9 @@ int main(void)
 
     /* closed loop */
     double cpu_a[NPROC + 2], cpu_b[NPROC + 2];
+    freeReplyObject(redisCommand(c, "CONFIG RESETSTAT"));
+    double press0 = cpu_pressure_us();
+    int64_t wall0 = cm_mono_ns();
     cpu_mark(&rs, cpu_a);
     if (load("closed-loop", 0, 32, 1000, closed_ms, &closed, &b_closed) != 0)
         goto out;
@@ -689,9 +754,17 @@ int main(void)
     uint64_t closed_started = g_next_base - b_closed;
     printf("  closed-loop: %d sagas in flight, %.1f events per saga; CPU per saga (whole phase, %llu sagas):\n",
            g_inflight_max, ev_per_saga, (unsigned long long)closed_started);
-    for (int i = 0; i < NPROC + 2; i++)
+    double cpu_sum = 0;
+    for (int i = 0; i < NPROC + 2; i++) {
         printf("    %-20s %7.1f us\n", i < NPROC ? g_names[i] : i == NPROC ? "redis-server" : "bench (load+reader)",
                (cpu_b[i] - cpu_a[i]) / (double)closed_started * 1e6);
+        cpu_sum += cpu_b[i] - cpu_a[i];
+    }
+    double wall_s = (double)(cm_mono_ns() - wall0) / 1e9;
+    printf("    %-20s %7.1f us (%.2f CPUs busy; some task waited for a CPU %.0f%% of the time)\n", "total",
+           cpu_sum / (double)closed_started * 1e6, cpu_sum / wall_s,
+           100 * (cpu_pressure_us() - press0) / (wall_s * 1e6));
+    print_cmdstats(c, (double)closed_started, cpu_b[NPROC] - cpu_a[NPROC]);
     miss = settle(30000);
     if (miss)
         printf("  closed-loop: %llu sagas not terminal after 30 s\n", (unsigned long long)miss);
@@ -766,6 +839,8 @@ int main(void)
     for (int i = 0; i < NPROC; i++)
         printf(" %s %.1f MiB%s", g_names[i], rss_mib(g_pids[i]), ",");
     printf(" redis-server %.1f MiB (used_memory %.1f MiB)\n", rss_mib(rs.server_pid), (double)mem1 / 1048576.0);
+    printf("  AOF rewrites during the run: %lld (automatic, as under ./chorus up; each forks redis-server)\n",
+           info_ll(c, "persistence", "aof_rewrites:"));
     size_t payload_len = atomic_load(&g_events) ? atomic_load(&g_payload_bytes) / atomic_load(&g_events) : 400;
 
     /* raw ceiling, after the memory figures (it adds its own stream) */
