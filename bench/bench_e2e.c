@@ -451,7 +451,7 @@ static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s)
     }
     cmdstat st[64];
     int n = 0;
-    double total = 0, calls = 0;
+    double total = 0, ncalls = 0;
     for (const char *p = strstr(r->str, "cmdstat_"); p && n < 64; p = strstr(p + 1, "cmdstat_")) {
         const char *colon = strchr(p, ':');
         const char *calls = strstr(p, "calls="), *usec = strstr(p, ",usec=");
@@ -461,14 +461,14 @@ static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s)
         st[n].calls = atof(calls + 6);
         st[n].usec = atof(usec + 6);
         total += st[n].usec;
-        calls += st[n].calls;
+        ncalls += st[n].calls;
         n++;
     }
     freeReplyObject(r);
     qsort(st, (size_t)n, sizeof *st, by_usec);
     printf("  redis-server during the closed loop: %.1f us CPU per saga, of which %.1f us inside %.1f commands "
            "(the rest: socket I/O, event loop, AOF writes):\n", redis_cpu_s / sagas * 1e6, total / sagas,
-           calls / sagas);
+           ncalls / sagas);
     for (int i = 0; i < n && i < 10; i++)
         printf("    %-16s %6.2f calls/saga %7.1f us/saga (%.1f us/call)\n", st[i].name, st[i].calls / sagas,
                st[i].usec / sagas, st[i].calls > 0 ? st[i].usec / st[i].calls : 0);
