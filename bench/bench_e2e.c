@@ -33,6 +33,9 @@
  *      by 6 groups) and acks (XACK), pipelined, per saga, with no HTTP and
  *      no logic -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
  *
+ * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_CLOSED_S, BENCH_OPEN_S,
+ * BENCH_AOF_REWRITE (1: Redis's automatic AOF rewrites as under `up`; 0: off).
+ *
  * Binaries are found beside this one (../api/chorus-api,
  * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga. */
 #include <errno.h>
@@ -669,7 +672,12 @@ int main(void)
     }
 
     tf_redis rs;
-    if (tf_redis_start(&rs, "appendonly yes\nappendfsync everysec\n") != 0) {
+    /* as `./chorus up` runs it; BENCH_AOF_REWRITE=0 turns automatic AOF
+     * rewrites off, to see what they cost */
+    const char *conf = env_long("BENCH_AOF_REWRITE", 1)
+                           ? "appendonly yes\nappendfsync everysec\n"
+                           : "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-percentage 0\n";
+    if (tf_redis_start(&rs, conf) != 0) {
         fprintf(stderr, "bench e2e: cannot start redis-server\n");
         return 1;
     }
