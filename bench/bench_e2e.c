@@ -773,6 +773,11 @@ int main(void)
            cpu_sum / (double)closed_started * 1e6, cpu_sum / wall_s,
            100 * (cpu_pressure_us() - press0) / (wall_s * 1e6));
     print_cmdstats(c, (double)closed_started, cpu_b[NPROC] - cpu_a[NPROC]);
+    printf("  redis-server socket reads %.1f, writes %.1f, bytes in %.0f, out %.0f per saga (since CONFIG RESETSTAT)\n",
+           (double)info_ll(c, "stats", "total_reads_processed:") / (double)closed_started,
+           (double)info_ll(c, "stats", "total_writes_processed:") / (double)closed_started,
+           (double)info_ll(c, "stats", "total_net_input_bytes:") / (double)closed_started,
+           (double)info_ll(c, "stats", "total_net_output_bytes:") / (double)closed_started);
     miss = settle(30000);
     if (miss)
         printf("  closed-loop: %llu sagas not terminal after 30 s\n", (unsigned long long)miss);
