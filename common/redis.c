@@ -275,6 +275,11 @@ redisReply *cm_script_reply(redisContext *c, cm_script *s)
 
 redisReply *cm_script_call(redisContext *c, cm_script *s, int numkeys, const cm_argv *a)
 {
+    /* First use: load it once so every later call is an EVALSHA, never the
+     * whole source again. If the load fails, the EVAL below reports why. */
+    char err[256];
+    if (!s->sha[0] && cm_script_load(c, s, err, sizeof err) != 0 && c->err)
+        return NULL;
     cm_script_append(c, s, numkeys, a);
     redisReply *r = cm_script_reply(c, s);
     if (is_noscript(r)) {

@@ -58,8 +58,9 @@ typedef struct cm_script {
 int cm_script_load(redisContext *c, cm_script *s, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
-/* EVALSHA with argv = [keys..., args...] (numkeys first keys of a). Reloads the
- * script once on NOSCRIPT (Redis restarted and lost its cache). Returns the
+/* EVALSHA with argv = [keys..., args...] (numkeys first keys of a). Loads the
+ * script on first use (no SHA yet) and reloads it once on NOSCRIPT (Redis
+ * restarted and lost its cache). Returns the
  * reply (caller frees; may be an error reply) or NULL on I/O error. */
 redisReply *cm_script_call(redisContext *c, cm_script *s, int numkeys, const cm_argv *a);
 
