@@ -88,13 +88,9 @@ api_flow api_h_stream_events(api_req *rq)
     }
     cm_buf_puts(o, "{\"stream\":");
     cm_buf_put_json_str(o, stream, strlen(stream));
-    cm_buf_puts(o, ",\"events\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            cm_buf_putc(o, ',');
-        es_event_to_json(evs[i], o);
-    }
-    cm_buf_puts(o, "],\"next\":");
+    cm_buf_puts(o, ",\"events\":");
+    es_events_to_json(evs, n, o);
+    cm_buf_puts(o, ",\"next\":");
     api_json_str_or_null(o, next, next ? strlen(next) : 0);
     cm_buf_putc(o, '}');
     free(next);
@@ -134,13 +130,9 @@ api_flow api_h_replay(api_req *rq)
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"checkout_id\":");
     cm_buf_put_json_str(o, id, strlen(id));
-    cm_buf_puts(o, ",\"events\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            cm_buf_putc(o, ',');
-        es_event_to_json(evs[i], o);
-    }
-    cm_buf_puts(o, "],\"state\":");
+    cm_buf_puts(o, ",\"events\":");
+    es_events_to_json(evs, n, o);
+    cm_buf_puts(o, ",\"state\":");
     es_checkout_state_json(&st, o);
     cm_buf_putc(o, '}');
     es_events_free(evs, n);

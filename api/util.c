@@ -26,45 +26,11 @@ bool api_stream_id_valid(const char *s)
     return u64_digits(s, (size_t)(dash - s)) && u64_digits(dash + 1, strlen(dash + 1));
 }
 
-/* True if s[0..n) follows JSON's number grammar:
- * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-static bool json_number(const char *s, size_t n)
-{
-    size_t i = 0;
-    if (i < n && s[i] == '-')
-        i++;
-    if (i < n && s[i] == '0')
-        i++;
-    else if (i < n && s[i] >= '1' && s[i] <= '9')
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-    else
-        return false;
-    if (i < n && s[i] == '.') {
-        size_t d = ++i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == d)
-            return false;
-    }
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        size_t d = i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == d)
-            return false;
-    }
-    return i == n;
-}
-
 void api_json_num_or_str(cm_buf *b, const char *s, size_t n)
 {
     if (!s)
         cm_buf_puts(b, "null");
-    else if (n < 64 && json_number(s, n))
+    else if (n < 64 && cm_json_number(s, n))
         cm_buf_put(b, s, n);
     else
         cm_buf_put_json_str(b, s, n);

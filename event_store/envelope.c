@@ -34,36 +34,10 @@ void es_event_free(es_event *ev)
  * strtod alone would take (" 5", ".5", "0x10", a NUL inside) is refused. */
 static bool ts_valid(const char *s, size_t n)
 {
-    size_t i = 0;
-    if (i < n && s[i] == '0')
-        i++;
-    else if (i < n && s[i] >= '1' && s[i] <= '9')
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-    else
-        return false;
-    if (i < n && s[i] == '.') {
-        size_t d = ++i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == d)
-            return false;
-    }
-    bool exp = i < n && (s[i] == 'e' || s[i] == 'E');
-    if (exp) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            i++;
-        size_t d = i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == d)
-            return false;
-    }
     char tmp[64];
-    if (i != n || n >= sizeof tmp)
+    if (n == 0 || n >= sizeof tmp || s[0] == '-' || !cm_json_number(s, n))
         return false;
-    if (!exp)
+    if (!memchr(s, 'e', n) && !memchr(s, 'E', n))
         return true; /* under 64 digits: finite */
     memcpy(tmp, s, n);
     tmp[n] = '\0';
@@ -545,6 +519,17 @@ void es_event_to_json(const es_event *ev, cm_buf *out)
     else
         cm_buf_put_json_str(out, ev->ts, strlen(ev->ts));
     cm_buf_putc(out, '}');
+}
+
+void es_events_to_json(es_event *const *evs, size_t n, cm_buf *out)
+{
+    cm_buf_putc(out, '[');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            cm_buf_putc(out, ',');
+        es_event_to_json(evs[i], out);
+    }
+    cm_buf_putc(out, ']');
 }
 
 void es_encode(const es_new_event *ev, const char *aggregate, const char *aggregate_id,

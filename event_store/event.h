@@ -57,6 +57,9 @@ const char *es_event_data_str(const es_event *ev, const char *key);
  * (payload embedded as the JSON object it is, ts as a number). */
 void es_event_to_json(const es_event *ev, cm_buf *out);
 
+/* Appends "[e1,e2,...]" with each event as es_event_to_json writes it. */
+void es_events_to_json(es_event *const *evs, size_t n, cm_buf *out);
+
 /* A new event to append. */
 typedef struct es_new_event {
     const char *event_id;      /* NULL: a fresh UUIDv7 is generated */
