@@ -52,6 +52,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "bench/benchutil.h"
 #include "bench/httpload.h"
 #include "common/clock.h"
 #include "common/names.h"
@@ -325,16 +326,6 @@ static void *reader_main(void *arg)
 
 /* ---- processes ---- */
 
-static int bin_path(const char *rel, char *out, size_t outlen)
-{
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
-        return -1;
-    self[n] = '\0';
-    snprintf(out, outlen, "%s/%s", dirname(self), rel);
-    return access(out, X_OK);
-}
 
 static int g_port;
 
@@ -347,47 +338,8 @@ static bool api_ready(void *ud)
     return ok;
 }
 
-/* CPU seconds (user + system) used so far by process pid. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
 
-static double self_cpu(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec / 1e6;
-}
 
-/* VmRSS of pid in MiB, or -1. */
-static double rss_mib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    double v = -1;
-    if (!f)
-        return v;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6))
-            v = atof(line + 6) / 1024.0;
-    fclose(f);
-    return v;
-}
 
 /* The integer after field in INFO section, or -1. */
 static long long info_ll(redisContext *c, const char *section, const char *field)
@@ -410,9 +362,9 @@ static const char *g_names[NPROC];
 static void cpu_mark(const tf_redis *rs, double *out)
 {
     for (int i = 0; i < NPROC; i++)
-        out[i] = cpu_seconds(g_pids[i]);
-    out[NPROC] = cpu_seconds(rs->server_pid);
-    out[NPROC + 1] = self_cpu();
+        out[i] = bu_cpu_seconds(g_pids[i]);
+    out[NPROC] = bu_cpu_seconds(rs->server_pid);
+    out[NPROC + 1] = bu_self_cpu();
 }
 
 /* The "some" stall total (microseconds) of /proc/pressure/cpu, or -1: how
@@ -570,7 +522,7 @@ static double raw_rate(const tf_redis *rs, double ev_per_saga, size_t payload_le
         if (bad)
             goto out;
     }
-    double cpu0 = cpu_seconds(rs->server_pid);
+    double cpu0 = bu_cpu_seconds(rs->server_pid);
     int64_t t0 = cm_mono_ns();
     const int batch = 100;
     double owed = 0;
@@ -614,7 +566,7 @@ static double raw_rate(const tf_redis *rs, double ev_per_saga, size_t payload_le
         }
     }
     double secs = (double)(cm_mono_ns() - t0) / 1e9;
-    *redis_cpu_us = (cpu_seconds(rs->server_pid) - cpu0) / nsagas * 1e6;
+    *redis_cpu_us = (bu_cpu_seconds(rs->server_pid) - cpu0) / nsagas * 1e6;
     rate = nsagas / secs;
 out:
     free(payload);
@@ -650,8 +602,8 @@ int main(void)
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     char api_bin[PATH_MAX], wk_bin[PATH_MAX];
-    if (bin_path("../api/chorus-api", api_bin, sizeof api_bin) != 0 ||
-        bin_path("../workers/chorus-worker", wk_bin, sizeof wk_bin) != 0) {
+    if (bu_bin_path("../api/chorus-api", api_bin, sizeof api_bin) != 0 ||
+        bu_bin_path("../workers/chorus-worker", wk_bin, sizeof wk_bin) != 0) {
         fprintf(stderr, "bench e2e: chorus-api or chorus-worker not built beside this bench\n");
         return 1;
     }
@@ -852,8 +804,8 @@ int main(void)
     long long mem1 = info_ll(c, "memory", "used_memory:");
     printf("  resident memory at the end (VmRSS):");
     for (int i = 0; i < NPROC; i++)
-        printf(" %s %.1f MiB%s", g_names[i], rss_mib(g_pids[i]), ",");
-    printf(" redis-server %.1f MiB (used_memory %.1f MiB)\n", rss_mib(rs.server_pid), (double)mem1 / 1048576.0);
+        printf(" %s %.1f MiB%s", g_names[i], bu_rss_mib(g_pids[i]), ",");
+    printf(" redis-server %.1f MiB (used_memory %.1f MiB)\n", bu_rss_mib(rs.server_pid), (double)mem1 / 1048576.0);
     printf("  AOF rewrites during the run: %lld (automatic, as under ./chorus up; each forks redis-server)\n",
            info_ll(c, "persistence", "aof_rewrites:"));
     size_t payload_len = atomic_load(&g_events) ? atomic_load(&g_payload_bytes) / atomic_load(&g_events) : 400;

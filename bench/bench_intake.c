@@ -35,6 +35,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "bench/benchutil.h"
 #include "bench/httpload.h"
 #include "common/clock.h"
 #include "common/ids.h"
@@ -75,14 +76,8 @@ static int api_bin(const char *argv0, char *out, size_t outlen)
         snprintf(out, outlen, "%s", env);
         return access(out, X_OK);
     }
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
-        snprintf(self, sizeof self, "%s", argv0);
-    else
-        self[n] = '\0';
-    snprintf(out, outlen, "%s/../api/chorus-api", dirname(self));
-    return access(out, X_OK);
+    (void)argv0;
+    return bu_bin_path("../api/chorus-api", out, outlen);
 }
 
 static int g_port;
@@ -96,32 +91,7 @@ static bool api_up(void *ud)
     return ok;
 }
 
-/* CPU seconds (user + system) used so far by process pid. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
 
-/* CPU seconds used so far by this process (the load generator). */
-static double self_cpu(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-           (double)ru.ru_stime.tv_usec / 1e6;
-}
 
 /* ---- requests ---- */
 
@@ -286,7 +256,7 @@ static double raw_rate(const tf_redis *rs)
     for (size_t i = 0; i < RAW_N; i++)
         if ((lens[i] = format_raw(st, sc.sha, i, &cmds[i])) < 0)
             goto out;
-    double cpu0 = cpu_seconds(rs->server_pid);
+    double cpu0 = bu_cpu_seconds(rs->server_pid);
     int64_t t0 = cm_mono_ns();
     size_t sent = 0, done = 0;
     while (done < RAW_N) {
@@ -301,7 +271,7 @@ static double raw_rate(const tf_redis *rs)
         done++;
     }
     double secs = (double)(cm_mono_ns() - t0) / 1e9;
-    g_raw_redis_cpu_us = (cpu_seconds(rs->server_pid) - cpu0) / (double)RAW_N * 1e6;
+    g_raw_redis_cpu_us = (bu_cpu_seconds(rs->server_pid) - cpu0) / (double)RAW_N * 1e6;
     rate = (double)RAW_N / secs;
 out:
     for (size_t i = 0; cmds && i < RAW_N; i++)
@@ -380,11 +350,11 @@ int main(int argc, char **argv)
            (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0]);
 
     hl_result closed, r5k, rN;
-    double api_cpu0 = cpu_seconds(api), redis_cpu0 = cpu_seconds(rs.server_pid), gen_cpu0 = self_cpu();
+    double api_cpu0 = bu_cpu_seconds(api), redis_cpu0 = bu_cpu_seconds(rs.server_pid), gen_cpu0 = bu_self_cpu();
     if (load("closed-loop", g_port, (int)conns, 0, &closed) != 0)
         goto out;
-    double api_cpu = cpu_seconds(api) - api_cpu0, redis_cpu = cpu_seconds(rs.server_pid) - redis_cpu0;
-    double gen_cpu = self_cpu() - gen_cpu0;
+    double api_cpu = bu_cpu_seconds(api) - api_cpu0, redis_cpu = bu_cpu_seconds(rs.server_pid) - redis_cpu0;
+    double gen_cpu = bu_self_cpu() - gen_cpu0;
     /* CPU includes the warm-up second: divide by everything answered */
     double answered = (double)closed.ok * 6.0 / 5.0;
     if (load("open-5000/s", g_port, (int)conns, 5000, &r5k) != 0 ||

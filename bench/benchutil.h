@@ -1,0 +1,17 @@
+/* benchutil.h - process measurements and paths shared by the benchmarks. */
+#ifndef BENCH_BENCHUTIL_H
+#define BENCH_BENCHUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* CPU seconds (user + system) used so far by process pid; 0 if unknown. */
+double bu_cpu_seconds(pid_t pid);
+/* CPU seconds used so far by this process (the load generator). */
+double bu_self_cpu(void);
+/* VmRSS of pid in MiB, or -1. */
+double bu_rss_mib(pid_t pid);
+/* Writes "<dir of this executable>/<rel>" into out; 0 if it is executable. */
+int bu_bin_path(const char *rel, char *out, size_t outlen);
+
+#endif
