@@ -1,20 +1,22 @@
 /* names.h - every name of DESIGN.md spelled once: event types, failure
  * reasons, consumer groups, the bus stream, and the Redis keys chorus owns.
  *
- * Key layout (all chorus-owned keys start with "chorus:"):
+ * Key layout (all chorus-owned keys start with "chorus:"; every key name is
+ * built by the cm_key_* functions below, nowhere else):
  *   chorus:h:<aggregate>:<id>   list   an aggregate's history, one element per
  *                                      event: "<event_id>\n<bus id>\n<type>\n<ts>\n<payload>"
  *   chorus:products             set    ids of catalog products
  *   chorus:product:<id>         hash   name price_cents available reserved sold
- *   chorus:resv:<checkout_id>   hash   product_id -> qty, plus "_state" held|sold|released
+ *   chorus:resv:<checkout_id>   hash   "state" held|sold|released, "p:<product_id>" -> qty
  *   chorus:order:<order_id>     hash   order_id checkout_id client_id total_cents items created_at
  *   chorus:saga:started         zset   checkout_id scored by its CheckoutInitiated emitted_at (ms)
  *   chorus:rm:checkout:<id>     hash   read model: client_id status order_id reason updated_at seq
  *   chorus:rm:client:<id>       hash   read model: total_orders last_order_id last_checkout_id last_update_ts
+ *   chorus:rm:client-checkouts:<id> zset read model: the client's newest checkouts by emitted_at
  *   chorus:rm:stock:<id>        hash   read model: reserved sold released (counts from events)
  *   chorus:rm:checkpoint        string last bus entry id applied by the projection
  *   chorus:pj:rebuild           string lock held by a read-model rebuild (live projections wait)
- *   chorus:idem:<key>           string intake idempotency record (24 h)
+ *   chorus:idem:<client>:<key>  string intake idempotency record (24 h), scoped to the client
  *   chorus:notify:log           stream one entry per notified checkout
  *   chorus:notify:<checkout_id> hash   notification state (webhook delivered or not)
  *   chorus:audit:log            stream hash-chained audit records
@@ -25,6 +27,8 @@
  */
 #ifndef CM_NAMES_H
 #define CM_NAMES_H
+
+#include <stddef.h>
 
 #define CM_BUS_STREAM_DEFAULT "ecommerce.checkout.events"
 #define CM_KEY_PREFIX "chorus:"
@@ -74,5 +78,36 @@ extern const char *const cm_group_names[CM_W_COUNT];   /* "choreo-reservation", 
 #define CM_STATUS_STOCK_RESERVED "STOCK_RESERVED"
 #define CM_STATUS_SUCCEEDED "SUCCEEDED"
 #define CM_STATUS_FAILED "FAILED"
+
+/* ---- Redis keys ----
+ * A key name, by value (no allocation). Ids that go into keys are validated
+ * by their callers (ids: 1..64 of [A-Za-z0-9_-]; idempotency keys: 1..128
+ * printable ASCII); a name that would not fit is truncated, never
+ * overflowed, and cm_key_ok tells. */
+#define CM_KEY_MAX 320
+typedef struct cm_key {
+    char s[CM_KEY_MAX];
+} cm_key;
+
+#define CM_KEY_PRODUCTS CM_KEY_PREFIX "products"
+#define CM_KEY_RM_CHECKPOINT CM_KEY_PREFIX "rm:checkpoint"
+#define CM_KEY_RM_PREFIX CM_KEY_PREFIX "rm:"          /* every read-model key (a rebuild deletes them) */
+#define CM_KEY_PJ_REBUILD CM_KEY_PREFIX "pj:rebuild"  /* outside rm: so a rebuild does not delete it */
+#define CM_KEY_NOTIFY_LOG CM_KEY_PREFIX "notify:log"
+
+cm_key cm_key_history(const char *aggregate, const char *id);
+cm_key cm_key_product(const char *product_id);
+cm_key cm_key_resv(const char *checkout_id);
+cm_key cm_key_order(const char *order_id);
+cm_key cm_key_idem(const char *client_id, const char *idem_key);
+cm_key cm_key_notify(const char *checkout_id);
+cm_key cm_key_rm_checkout(const char *checkout_id);
+cm_key cm_key_rm_client(const char *client_id);
+cm_key cm_key_rm_client_checkouts(const char *client_id);
+cm_key cm_key_rm_stock(const char *product_id);
+cm_key cm_key_dlq(const char *bus, const char *group);     /* <bus>.dlq.<group> */
+cm_key cm_key_retry(const char *bus, const char *group);   /* <bus>.retry.<group> */
+/* True when k was built whole (not truncated). */
+int cm_key_ok(const cm_key *k);
 
 #endif
