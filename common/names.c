@@ -1,6 +1,8 @@
 /* names.c - the one table of DESIGN.md names. */
 #include "common/names.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *const cm_event_type_names[CM_EV_COUNT] = {
@@ -31,8 +33,6 @@ enum cm_event_type cm_event_type_parse(const char *s)
 
 /* ---- Redis keys: the only place key names are formatted ---- */
 
-#include <stdarg.h>
-#include <stdio.h>
 
 static cm_key keyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static cm_key keyf(const char *fmt, ...)
