@@ -172,13 +172,12 @@ static api_job *make_job(api_req *rq, json_t *root, const char *client, const li
     es_append_req req = {.aggregate = "checkout", .aggregate_id = id, .producer = "api",
                          .expected_version = 0, .events = &ev, .n = 1};
     cm_argv *a = &j->argv;
-    char hist[128];
-    es_history_key("checkout", id, hist, sizeof hist);
-    cm_argv_addf(a, CM_KEY_PREFIX "idem:%s", rq->idem_key);
-    cm_argv_adds(a, hist);
+    /* the record is scoped to the client: another client's key is unrelated */
+    cm_argv_adds(a, cm_key_idem(client, has_key ? rq->idem_key : "-").s);
+    cm_argv_adds(a, cm_key_history("checkout", id).s);
     cm_argv_adds(a, g_api.bus);
     for (size_t i = 0; i < n; i++)
-        cm_argv_addf(a, CM_KEY_PREFIX "product:%s", lines[i].product_id);
+        cm_argv_adds(a, cm_key_product(lines[i].product_id).s);
     j->nkeys = a->n;
     cm_argv_adds(a, has_key ? "1" : "0");
     cm_argv_adds(a, j->hash);

@@ -49,14 +49,12 @@ const char *es_store_errstr(const es_store *s)
 
 void es_history_key(const char *aggregate, const char *aggregate_id, char *out, size_t outlen)
 {
-    snprintf(out, outlen, CM_KEY_PREFIX "h:%s:%s", aggregate, aggregate_id);
+    snprintf(out, outlen, "%s", cm_key_history(aggregate, aggregate_id).s);
 }
 
 void es_append_keys(const es_store *s, const char *aggregate, const char *aggregate_id, cm_argv *keys)
 {
-    char k[512];
-    es_history_key(aggregate, aggregate_id, k, sizeof k);
-    cm_argv_adds(keys, k);
+    cm_argv_adds(keys, cm_key_history(aggregate, aggregate_id).s);
     cm_argv_adds(keys, s->bus);
 }
 
@@ -138,6 +136,21 @@ int es_append_parse(const redisReply *r, size_t n, es_append_res *res, char *err
 
 int es_append(es_store *s, const es_append_req *req, es_append_res *res)
 {
+    /* Events without an id get one here, so the result can name them. */
+    es_new_event evs[ES_MAX_BATCH];
+    char ids[ES_MAX_BATCH][CM_UUID_LEN + 1];
+    es_append_req named = *req;
+    if (req->n >= 1 && req->n <= ES_MAX_BATCH && req->events) {
+        for (size_t i = 0; i < req->n; i++) {
+            evs[i] = req->events[i];
+            if (!evs[i].event_id) {
+                cm_uuid7(ids[i]);
+                evs[i].event_id = ids[i];
+            }
+        }
+        named.events = evs;
+    }
+    req = &named;
     cm_argv a = {0};
     es_append_keys(s, req->aggregate, req->aggregate_id, &a);
     if (es_append_args(req, &a) != ES_OK) {
@@ -153,11 +166,8 @@ int es_append(es_store *s, const es_append_req *req, es_append_res *res)
         rc = es_append_parse(r, req->n, res, s->err, sizeof s->err);
         freeReplyObject(r);
     }
-    if (rc == ES_OK) {
-        /* event ids are args 4, 9, 14, ... (after 2 keys, expected and n) */
-        for (size_t i = 0; i < req->n; i++)
-            snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", a.v[4 + 5 * i]);
-    }
+    for (size_t i = 0; rc == ES_OK && i < req->n; i++)
+        snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", req->events[i].event_id);
     cm_argv_free(&a);
     return rc;
 }

@@ -19,7 +19,7 @@
  * StockReserved's total_cents (an extra field the reservation copies from
  * CheckoutInitiated), or from the folded history when an older producer left
  * it out. */
-#include "workers/saga.h"
+#include "workers/lua/scripts.h"
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
@@ -29,12 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const char wk_lua_create_order[];
-static cm_script k_create_order = {.src = wk_lua_create_order};
-
 static int64_t g_limit_cents;
 static double g_fail_rate;
 static int64_t g_delay_ms;
+static int64_t g_resv_ttl_s;
 
 static const cm_opt k_opts[] = {
     {"order-limit-cents", "ORDER_LIMIT_CENTS", CM_OPT_INT, &g_limit_cents, "500000", 0, 1e15,
@@ -43,6 +41,8 @@ static const cm_opt k_opts[] = {
      "fault injection: probability that an order fails with injected_fault"},
     {"fault-order-delay-ms", "FAULT_ORDER_DELAY_MS", CM_OPT_INT, &g_delay_ms, "0", 0, 600000,
      "fault injection: delay before each order decision"},
+    {"reservation-ttl-s", "RESERVATION_TTL_S", CM_OPT_INT, &g_resv_ttl_s, "604800", 0, 315360000,
+     "lifetime of a sold reservation hash (0: kept); its saga has ended"},
     {0},
 };
 
@@ -127,55 +127,37 @@ static wk_result order_create(wk_ctx *ctx, const es_event *ev, const wk_lines *l
                 json_pack("{s:s, s:s, s:I}", "order_id", order_id, "client_id", client, "total_cents", total));
     wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", order_id));
 
-    cm_argv keys = {0}, args = {0};
-    char resv[160];
-    wk_resv_key(checkout, resv, sizeof resv);
-    cm_argv_adds(&keys, resv);
-    cm_argv_addf(&keys, CM_KEY_PREFIX "order:%s", order_id);
-    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
-    wk_lines_keys(lines, &keys);
     char *items = json_dumps(json_object_get(ev->data, "items"), JSON_COMPACT | JSON_ENSURE_ASCII);
-    cm_argv_adds(&args, checkout);
-    cm_argv_adds(&args, order_id);
-    cm_argv_adds(&args, client);
-    cm_argv_addll(&args, (long long)total);
-    cm_argv_adds(&args, items ? items : "[]");
-    cm_argv_addf(&args, "%.6f", cm_wall_s());
-    cm_argv_addll(&args, (long long)lines->n);
-    for (size_t i = 0; i < lines->n; i++)
-        cm_argv_adds(&args, lines->v[i].product_id);
-    free(items);
-
-    es_append_res res;
-    redisReply *verdict = NULL;
+    wk_order_in in = {.checkout_id = checkout, .order_id = order_id, .client_id = client,
+                      .total_cents = (long long)total, .items_json = items ? items : "[]",
+                      .created_at = cm_wall_s(), .resv_ttl_s = g_resv_ttl_s, .lines = lines};
+    wk_step_out o;
     wk_result out = WK_RETRY;
-    switch (wk_step_run(ctx, &k_create_order, &s, &keys, &args, &res, &verdict)) {
-    case WK_STEP_OK: {
-        wk_saga_count(ctx, &s, &res);
+    wk_outcome rc = wk_script_create_order(ctx, &s, &in, &o);
+    switch (rc) {
+    case WK_OUT_APPENDED: {
+        wk_saga_count(ctx, &s, &o.res);
         const char *kv[] = {"order_id", order_id, NULL};
         cm_logx(CM_INFO, checkout, ev->event_id, kv, "order created (total %lld cents)%s", (long long)total,
-                res.duplicate ? " (already created)" : "");
+                o.res.duplicate ? " (already created)" : "");
         out = WK_ACK;
         break;
     }
-    case WK_STEP_CONFLICT:
+    case WK_OUT_CONFLICT:
         out = wk_saga_moved(ctx, ev, "create-order");
         break;
-    case WK_STEP_VERDICT: {
+    case WK_OUT_NOT_HELD:
+    case WK_OUT_MISMATCH:
         /* The reservation is not held (or lists a product StockReserved does
          * not): never sell what was not reserved. The saga times out. */
-        const redisReply *what = cm_reply_elem(verdict, 0), *arg = cm_reply_elem(verdict, 1);
-        wk_fail_reason(ctx, "reservation of %s: %s %s", checkout, cm_reply_is_str(what) ? what->str : "?",
-                       cm_reply_is_str(arg) ? arg->str : "");
-        freeReplyObject(verdict);
+        wk_fail_reason(ctx, "reservation of %s: %s %s", checkout,
+                       rc == WK_OUT_NOT_HELD ? "not held, state" : "holds unnamed product", o.arg);
         out = WK_DEAD;
         break;
-    }
     default:
         break;
     }
-    cm_argv_free(&keys);
-    cm_argv_free(&args);
+    free(items);
     wk_step_free(&s);
     return out;
 }

@@ -64,12 +64,7 @@ json_t *wk_lines_json(const wk_lines *l)
 void wk_lines_keys(const wk_lines *l, cm_argv *keys)
 {
     for (size_t i = 0; i < l->n; i++)
-        cm_argv_addf(keys, CM_KEY_PREFIX "product:%s", l->v[i].product_id);
-}
-
-void wk_resv_key(const char *checkout_id, char *out, size_t outlen)
-{
-    snprintf(out, outlen, CM_KEY_PREFIX "resv:%s", checkout_id);
+        cm_argv_adds(keys, cm_key_product(l->v[i].product_id).s);
 }
 
 void wk_step_init(wk_step *s, const es_event *cause, const char *producer)
@@ -273,4 +268,35 @@ const char *wk_saga_failure_reason(const es_event *cause)
     default:
         return NULL;
     }
+}
+
+wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
+{
+    out->arg[0] = '\0';
+    redisReply *v = NULL;
+    switch (wk_step_run(ctx, script, s, xkeys, xargs, &out->res, &v)) {
+    case WK_STEP_OK:
+        return WK_OUT_APPENDED;
+    case WK_STEP_CONFLICT:
+        return WK_OUT_CONFLICT;
+    case WK_STEP_VERDICT:
+        break;
+    default:
+        return WK_OUT_EREDIS;
+    }
+    const redisReply *what = cm_reply_elem(v, 0), *arg = cm_reply_elem(v, 1);
+    wk_outcome rc = WK_OUT_EREDIS;
+    if (cm_reply_is_str(what)) {
+        for (const wk_refusal *r = refusals; r->name; r++)
+            if (!strcmp(what->str, r->name)) {
+                rc = r->out;
+                snprintf(out->arg, sizeof out->arg, "%s", cm_reply_is_str(arg) ? arg->str : "");
+                break;
+            }
+    }
+    if (rc == WK_OUT_EREDIS)
+        wk_fail_reason(ctx, "step script: unknown answer %s", cm_reply_is_str(what) ? what->str : "?");
+    freeReplyObject(v);
+    return rc;
 }

@@ -38,10 +38,8 @@ int wk_lines_parse(const json_t *items, wk_lines *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Returns [{"product_id","quantity"}] for the lines (new reference). */
 json_t *wk_lines_json(const wk_lines *l);
-/* Adds the product hash key chorus:product:<id> of every line to keys. */
+/* Adds the product hash key (cm_key_product) of every line to keys. */
 void wk_lines_keys(const wk_lines *l, cm_argv *keys);
-/* Writes the reservation hash key chorus:resv:<checkout_id> into out. */
-void wk_resv_key(const char *checkout_id, char *out, size_t outlen);
 
 /* The follow-up events of one step. */
 typedef struct wk_step {
@@ -80,6 +78,39 @@ int wk_step_run(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys
 /* Appends the step's follow-ups alone (a step with no effect). Returns
  * WK_STEP_OK, WK_STEP_CONFLICT or WK_STEP_EREDIS. */
 int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res) __attribute__((warn_unused_result));
+
+/* What a step script answered. The append outcomes come first. */
+typedef enum wk_outcome {
+    WK_OUT_APPENDED = 0,   /* effect done and follow-ups appended (out.res.duplicate: already were) */
+    WK_OUT_CONFLICT,       /* the saga moved: decide again (wk_saga_moved) */
+    WK_OUT_EREDIS,         /* transient failure (detail in the context's fail reason): retry */
+    /* refusals: nothing was written; out.arg names the product or the state */
+    WK_OUT_SHORT,          /* reserve: not enough stock of out.arg */
+    WK_OUT_UNKNOWN,        /* reserve: product out.arg is not (or not validly) in the catalog */
+    WK_OUT_EXISTS,         /* reserve: the checkout already has a reservation (state out.arg) */
+    WK_OUT_NOT_HELD,       /* create_order: the reservation is not held (state out.arg) */
+    WK_OUT_CHANGED,        /* release: the reservation changed since it was read (state out.arg) */
+    WK_OUT_MISMATCH,       /* create_order/release: the reservation holds product out.arg the caller did not name */
+} wk_outcome;
+
+typedef struct wk_step_out {
+    es_append_res res;     /* valid for WK_OUT_APPENDED */
+    char arg[80];          /* the refusal's product id or state */
+} wk_step_out;
+
+/* A script's refusal: its reply {"<name>", arg} means outcome out. */
+typedef struct wk_refusal {
+    const char *name;
+    wk_outcome out;
+} wk_refusal;
+
+/* Runs a step script (wk_step_run) and maps its reply to an outcome: an
+ * append result to APPENDED (event ids filled in) or CONFLICT, a refusal
+ * named in refusals (terminated by a NULL name) to its outcome with out->arg,
+ * anything else to EREDIS with the context's fail reason set. */
+wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
+    __attribute__((warn_unused_result));
 
 /* After a conflict: re-reads the checkout's history and decides. The saga
  * moved past cause (its follow-up was already written, it timed out or ended)

@@ -25,7 +25,7 @@
  * and re-reads the history (the step stands down; the tick decides again on
  * its next run). In particular an order is never created after the timeout:
  * order creation names StockReserved's seq, which the timeout has moved past. */
-#include "workers/saga.h"
+#include "workers/lua/scripts.h"
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -33,17 +33,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const char wk_lua_release[];
-static cm_script k_release = {.src = wk_lua_release};
-
 #define TICK_MS 200
 #define TICK_BATCH 100
 
 static int64_t g_timeout_ms;
+static int64_t g_resv_ttl_s;
 
 static const cm_opt k_opts[] = {
     {"saga-timeout-ms", "SAGA_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "30000", 1, 86400000,
      "a saga with no terminal event after this long gets CheckoutTimedOut"},
+    {"reservation-ttl-s", "RESERVATION_TTL_S", CM_OPT_INT, &g_resv_ttl_s, "604800", 0, 315360000,
+     "lifetime of a released reservation hash (0: kept); its saga has ended"},
     {0},
 };
 
@@ -87,18 +87,23 @@ static int read_reservation(wk_ctx *ctx, const char *resv, bool *held, wk_lines 
         const redisReply *k = r->element[i], *v = r->element[i + 1];
         if (!cm_reply_is_str(k) || !cm_reply_is_str(v))
             continue;
-        if (!strcmp(k->str, "_state")) {
+        if (!strcmp(k->str, "state")) {
             *held = !strcmp(v->str, "held");
             continue;
         }
+        if (strncmp(k->str, "p:", 2) != 0) {
+            wk_fail_reason(ctx, "%s: unknown field %.64s", resv, k->str);
+            rc = -2;
+            goto done;
+        }
         char *end;
         long long q = strtoll(v->str, &end, 10);
-        if (lines->n == WK_SAGA_MAX_LINES || *end || q < 1 || k->len >= sizeof lines->v[0].product_id) {
+        if (lines->n == WK_SAGA_MAX_LINES || *end || q < 1 || k->len - 2 >= sizeof lines->v[0].product_id) {
             wk_fail_reason(ctx, "%s: bad line %.64s", resv, k->str);
             rc = -2;
             goto done;
         }
-        snprintf(lines->v[lines->n].product_id, sizeof lines->v[0].product_id, "%s", k->str);
+        snprintf(lines->v[lines->n].product_id, sizeof lines->v[0].product_id, "%s", k->str + 2);
         lines->v[lines->n++].qty = q;
     }
 done:
@@ -116,11 +121,10 @@ static wk_result compensate(wk_ctx *ctx, const es_event *ev)
         wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
         return WK_DEAD;
     }
-    char resv[160];
-    wk_resv_key(checkout, resv, sizeof resv);
+    cm_key resv = cm_key_resv(checkout);
     bool held;
     wk_lines lines;
-    int rrc = read_reservation(ctx, resv, &held, &lines);
+    int rrc = read_reservation(ctx, resv.s, &held, &lines);
     if (rrc != 0)
         return rrc == -1 ? WK_RETRY : WK_DEAD;
 
@@ -129,47 +133,31 @@ static wk_result compensate(wk_ctx *ctx, const es_event *ev)
     if (held)
         wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&lines)));
     wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", reason));
-    cm_argv keys = {0}, args = {0};
-    cm_argv_adds(&keys, resv);
-    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
-    if (held)
-        wk_lines_keys(&lines, &keys);
-    cm_argv_adds(&args, checkout);
-    cm_argv_adds(&args, held ? "1" : "0");
-    cm_argv_addll(&args, held ? (long long)lines.n : 0);
-    for (size_t i = 0; held && i < lines.n; i++)
-        cm_argv_adds(&args, lines.v[i].product_id);
-
-    es_append_res res;
-    redisReply *verdict = NULL;
+    wk_step_out o;
     wk_result out = WK_RETRY;
-    switch (wk_step_run(ctx, &k_release, &s, &keys, &args, &res, &verdict)) {
-    case WK_STEP_OK: {
-        wk_saga_count(ctx, &s, &res);
+    switch (wk_script_release(ctx, &s, checkout, held, &lines, g_resv_ttl_s, &o)) {
+    case WK_OUT_APPENDED: {
+        wk_saga_count(ctx, &s, &o.res);
         const char *kv[] = {"reason", reason, NULL};
         cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
-                held ? ", reservation released" : ", nothing held", res.duplicate ? " (already recorded)" : "");
+                held ? ", reservation released" : ", nothing held", o.res.duplicate ? " (already recorded)" : "");
         out = WK_ACK;
         break;
     }
-    case WK_STEP_CONFLICT:
+    case WK_OUT_CONFLICT:
         out = wk_saga_moved(ctx, ev, "compensate");
         break;
-    case WK_STEP_VERDICT: {
-        /* "changed": the reservation moved between our read and the script
-         * (retry reads it again); "mismatch": a hash we cannot trust. */
-        const redisReply *what = cm_reply_elem(verdict, 0);
-        bool changed = cm_reply_is_str(what) && !strcmp(what->str, "changed");
-        wk_fail_reason(ctx, "release script: %s", cm_reply_is_str(what) ? what->str : "?");
-        out = changed ? WK_RETRY : WK_DEAD;
-        freeReplyObject(verdict);
+    case WK_OUT_CHANGED:
+        /* the reservation moved between our read and the script: read it again */
+        wk_fail_reason(ctx, "release script: reservation changed (state %s)", o.arg);
         break;
-    }
+    case WK_OUT_MISMATCH:
+        wk_fail_reason(ctx, "release script: reservation holds product %s it did not list", o.arg);
+        out = WK_DEAD;
+        break;
     default:
         break;
     }
-    cm_argv_free(&keys);
-    cm_argv_free(&args);
     wk_step_free(&s);
     return out;
 }

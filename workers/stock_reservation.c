@@ -15,14 +15,11 @@
  * A redelivered CheckoutInitiated finds StockReserved's derived id in the
  * history ("dup") or, if the failure was appended, a newer version
  * ("conflict"); either way nothing is reserved twice. */
-#include "workers/saga.h"
+#include "workers/lua/scripts.h"
 #include "common/log.h"
 
 #include <stdio.h>
 #include <string.h>
-
-extern const char wk_lua_reserve[];
-static cm_script k_reserve = {.src = wk_lua_reserve};
 
 /* Appends StockReservationFailed for product_id (no effect to combine). */
 static wk_result reservation_failed(wk_ctx *ctx, const es_event *ev, const char *product_id, bool unknown)
@@ -47,26 +44,6 @@ static wk_result reservation_failed(wk_ctx *ctx, const es_event *ev, const char 
     }
     wk_step_free(&s);
     return out;
-}
-
-/* Acts on the script's own answer (nothing was written). */
-static wk_result handle_verdict(wk_ctx *ctx, const es_event *ev, const redisReply *v)
-{
-    const redisReply *what = cm_reply_elem(v, 0), *arg = cm_reply_elem(v, 1);
-    if (!cm_reply_is_str(what) || !cm_reply_is_str(arg)) {
-        wk_fail_reason(ctx, "reserve script: unexpected answer");
-        return WK_RETRY;
-    }
-    if (!strcmp(what->str, "short") || !strcmp(what->str, "unknown"))
-        return reservation_failed(ctx, ev, arg->str, what->str[0] == 'u');
-    if (!strcmp(what->str, "exists")) {
-        /* A reservation without StockReserved in this history: a second
-         * CheckoutInitiated for the same checkout. Never reserve twice. */
-        wk_fail_reason(ctx, "checkout %s already has a reservation (state %s)", ev->aggregate_id, arg->str);
-        return WK_DEAD;
-    }
-    wk_fail_reason(ctx, "reserve script: unknown answer %s", what->str);
-    return WK_RETRY;
 }
 
 /* The total of a checkout: data.total_cents, or the sum of its lines' prices. */
@@ -111,39 +88,32 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     wk_step_add(&s, CM_EV_STOCK_RESERVED,
                 json_pack("{s:s, s:O, s:I}", "client_id", client, "items", items, "total_cents",
                           checkout_total(ev)));
-    cm_argv keys = {0}, args = {0};
-    char resv[160];
-    wk_resv_key(checkout, resv, sizeof resv);
-    cm_argv_adds(&keys, resv);
-    wk_lines_keys(&lines, &keys);
-    cm_argv_addll(&args, (long long)lines.n);
-    for (size_t i = 0; i < lines.n; i++)
-        cm_argv_adds(&args, lines.v[i].product_id);
-    for (size_t i = 0; i < lines.n; i++)
-        cm_argv_addll(&args, (long long)lines.v[i].qty);
-
-    es_append_res res;
-    redisReply *verdict = NULL;
+    wk_step_out o;
     wk_result out = WK_RETRY;
-    switch (wk_step_run(ctx, &k_reserve, &s, &keys, &args, &res, &verdict)) {
-    case WK_STEP_OK:
-        wk_saga_count(ctx, &s, &res);
+    wk_outcome rc = wk_script_reserve(ctx, &s, checkout, &lines, &o);
+    switch (rc) {
+    case WK_OUT_APPENDED:
+        wk_saga_count(ctx, &s, &o.res);
         cm_logx(CM_INFO, checkout, ev->event_id, NULL, "reserved %zu products%s", lines.n,
-                res.duplicate ? " (already reserved)" : "");
+                o.res.duplicate ? " (already reserved)" : "");
         out = WK_ACK;
         break;
-    case WK_STEP_CONFLICT:
+    case WK_OUT_CONFLICT:
         out = wk_saga_moved(ctx, ev, "reserve");
         break;
-    case WK_STEP_VERDICT:
-        out = handle_verdict(ctx, ev, verdict);
-        freeReplyObject(verdict);
+    case WK_OUT_SHORT:
+    case WK_OUT_UNKNOWN:
+        out = reservation_failed(ctx, ev, o.arg, rc == WK_OUT_UNKNOWN);
+        break;
+    case WK_OUT_EXISTS:
+        /* A reservation without StockReserved in this history: a second
+         * CheckoutInitiated for the same checkout. Never reserve twice. */
+        wk_fail_reason(ctx, "checkout %s already has a reservation (state %s)", checkout, o.arg);
+        out = WK_DEAD;
         break;
     default:
         break;
     }
-    cm_argv_free(&keys);
-    cm_argv_free(&args);
     wk_step_free(&s);
     return out;
 }

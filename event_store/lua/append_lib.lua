@@ -14,30 +14,32 @@ local function es_check(hist, argv, i)
   local expected = tonumber(argv[i])
   local n = tonumber(argv[i + 1])
   local first = argv[i + 2]
-  local len = redis.call('LLEN', hist)
-  if len > 0 then
-    local els = redis.call('LRANGE', hist, 0, -1)
-    local found = {}
-    for s = 1, #els do
-      found[string.sub(els[s], 1, 36)] = s
+  -- One read gives both the length and the ids (an absent history is {}).
+  local els = redis.call('LRANGE', hist, 0, -1)
+  local len = #els
+  local found
+  for s = 1, len do
+    if string.sub(els[s], 1, 36) == first then
+      found = {}
+      for t = 1, len do found[string.sub(els[t], 1, 36)] = t end
+      break
     end
-    if found[first] then
-      local out = {'dup', len}
-      for k = 0, n - 1 do
-        local eid = argv[i + 2 + k * 5]
-        local s = found[eid]
-        local id = ''
-        if s then
-          local el = els[s]
-          local a = string.find(el, '\n', 1, true)
-          local b = string.find(el, '\n', a + 1, true)
-          id = string.sub(el, a + 1, b - 1)
-        end
-        out[#out + 1] = s or 0
-        out[#out + 1] = id
+  end
+  if found then
+    local out = {'dup', len}
+    for k = 0, n - 1 do
+      local s = found[argv[i + 2 + k * 5]]
+      local id = ''
+      if s then
+        local el = els[s]
+        local a = string.find(el, '\n', 1, true)
+        local b = string.find(el, '\n', a + 1, true)
+        id = string.sub(el, a + 1, b - 1)
       end
-      return out
+      out[#out + 1] = s or 0
+      out[#out + 1] = id
     end
+    return out
   end
   if expected >= 0 and len ~= expected then
     return {'conflict', len}
@@ -47,20 +49,22 @@ end
 
 -- Writes the events to the bus and the history; returns {"ok", version, seq1, id1, ...}.
 -- len: the history's length if the caller has just read it (es_check's second
--- result; saves a call), else nil.
+-- result; saves a call), else nil. The history gets one RPUSH for all events.
 local function es_write(hist, bus, argv, i, len)
   local n = tonumber(argv[i + 1])
   local version = len or redis.call('LLEN', hist)
   local out = {'ok', version + n}
+  local els = {}
   for k = 0, n - 1 do
     local b = i + 2 + k * 5
     local seq = version + k + 1
     local payload = argv[b + 3] .. seq .. argv[b + 4]
     local id = redis.call('XADD', bus, '*', 'type', argv[b + 1], 'payload', payload, 'ts', argv[b + 2])
-    redis.call('RPUSH', hist, argv[b] .. '\n' .. id .. '\n' .. argv[b + 1] .. '\n' .. argv[b + 2] .. '\n' .. payload)
+    els[k + 1] = argv[b] .. '\n' .. id .. '\n' .. argv[b + 1] .. '\n' .. argv[b + 2] .. '\n' .. payload
     out[#out + 1] = seq
     out[#out + 1] = id
   end
+  redis.call('RPUSH', hist, unpack(els))
   return out
 end
 

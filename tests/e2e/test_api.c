@@ -204,7 +204,7 @@ Test(api, unknown_product_is_422_and_writes_nothing)
     cr_assert(strstr(r.body, "ghost"));
     tf_http_resp_free(&r);
     cr_assert_eq(ae_int(&E, "EXISTS " AE_BUS), 0);
-    cr_assert_eq(ae_int(&E, "EXISTS chorus:idem:k-422"), 0, "a refused request recorded its key");
+    cr_assert_eq(ae_int(&E, "EXISTS chorus:idem:c:k-422"), 0, "a refused request recorded its key");
 }
 
 Test(api, content_type_must_be_json_else_415)
@@ -324,7 +324,7 @@ Test(api, same_key_same_body_replays_the_same_202_and_starts_nothing)
     cr_assert_not_null(tf_http_header(&a, "Location", la, sizeof la));
     cr_assert_str_eq(la, lb);
     cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 1, "a replay appended a second event");
-    long long ttl = ae_int(&E, "TTL chorus:idem:key-1");
+    long long ttl = ae_int(&E, "TTL chorus:idem:c:key-1");
     cr_assert(ttl > 86000 && ttl <= 86400, "the record is kept 24 h (ttl %lld)", ttl);
     json_decref(ja);
     json_decref(jb);
@@ -342,6 +342,31 @@ Test(api, same_key_other_body_is_409_idempotency_conflict)
     cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 1);
     tf_http_resp_free(&a);
     tf_http_resp_free(&b);
+}
+
+Test(api, one_key_used_by_two_clients_starts_two_sagas)
+{
+    /* keys are scoped to the client: another client's "1" is unrelated */
+    tf_http_resp a, b, c;
+    ae_post_checkout(&E, "{\"client_id\":\"alice\",\"items\":[{\"product_id\":\"p1\",\"quantity\":1}]}", "1", &a);
+    ae_post_checkout(&E, "{\"client_id\":\"bob\",\"items\":[{\"product_id\":\"p1\",\"quantity\":2}]}", "1", &b);
+    cr_assert_eq(a.status, 202, "%s", a.body);
+    cr_assert_eq(b.status, 202, "the second client got %d: %s", b.status, b.body);
+    json_t *ja = ae_json(&a), *jb = ae_json(&b);
+    cr_assert_str_neq(jstr(ja, "checkout_id"), jstr(jb, "checkout_id"));
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 2, "each client started its own saga");
+    /* and each client's own key still replays */
+    ae_post_checkout(&E, "{\"client_id\":\"bob\",\"items\":[{\"product_id\":\"p1\",\"quantity\":2}]}", "1", &c);
+    cr_assert_eq(c.status, 202);
+    json_t *jc = ae_json(&c);
+    cr_assert_str_eq(jstr(jb, "checkout_id"), jstr(jc, "checkout_id"));
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 2);
+    json_decref(ja);
+    json_decref(jb);
+    json_decref(jc);
+    tf_http_resp_free(&a);
+    tf_http_resp_free(&b);
+    tf_http_resp_free(&c);
 }
 
 Test(api, malformed_idempotency_key_is_400)

@@ -108,7 +108,7 @@ static void expect_stock(const char *id, long long available, long long reserved
 
 static void expect_resv_state(const char *checkout, const char *want)
 {
-    char *st = sg_str(&E, "HGET chorus:resv:%s _state", checkout);
+    char *st = sg_str(&E, "HGET chorus:resv:%s state", checkout);
     cr_expect(st && !strcmp(st, want), "reservation of %s is %s, want %s", checkout, st ? st : "(none)", want);
     free(st);
 }
@@ -131,6 +131,26 @@ static long long dlq_total(void)
 static void stop_clean(void)
 {
     cr_expect_eq(sg_stop_workers(&E), 0, "a saga worker did not drain and exit 0 (ASan/LSan clean)");
+}
+
+Test(saga, product_ids_like_reservation_fields_keep_stock_conserved)
+{
+    /* product ids are free-form within [A-Za-z0-9_-]: "_state" and "state"
+     * must not collide with the reservation's own state field */
+    sg_product(&E, "_state", 10);
+    sg_product(&E, "state", 10);
+    sg_spawn_saga(&E, NULL);
+    sg_line lines[] = {{"_state", 2, 100}, {"state", 3, 100}};
+    sg_checkout(&E, "co-state", "client-1", lines, 2);
+    char *ids[] = {"co-state"};
+    wait_ended(ids, 1, 20000);
+    wait_quiet();
+    expect_types("co-state", SEQ_OK);
+    expect_stock("_state", 8, 0, 2);
+    expect_stock("state", 7, 0, 3);
+    expect_resv_state("co-state", "sold");
+    long long ttl = sg_ll(&E, "TTL chorus:resv:co-state");
+    cr_expect(ttl > 0 && ttl <= 604800, "a sold reservation expires (RESERVATION_TTL_S, 7 days): ttl %lld", ttl);
 }
 
 Test(saga, success_reserves_sells_and_ends_with_one_order)

@@ -2,40 +2,49 @@
 -- a sale, records the order and appends OrderCreated + CheckoutSucceeded, in
 -- one script. The append names the version at StockReserved, so a saga that
 -- timed out first answers "conflict" here and no order is ever created for it.
+-- Its call is built and its reply parsed by workers/lua/create_order.c.
 --
--- KEYS: history, bus, reservation hash, order hash chorus:order:<order_id>,
---       saga start zset, then one product hash per reserved product.
+-- KEYS: history, bus (the append's), reservation hash, order hash, saga
+--       start zset, then one product hash per reserved product.
 -- ARGV: the append arguments (2 events), then checkout_id, order_id,
---       client_id, total_cents, items (JSON), created_at, m and the m product
---       ids (in KEYS order).
+--       client_id, total_cents, items (JSON), created_at, reservation
+--       lifetime in seconds (0: kept), m and the m product ids (KEYS order).
 -- Returns the append result, or {"not_held", state} / {"mismatch", product}
 -- with nothing written.
-local r = es_check(KEYS[1], ARGV, 1)
+local r, len = es_check(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)
 local resv, order, started = KEYS[3], KEYS[4], KEYS[5]
-local state = redis.call('HGET', resv, '_state')
+local flat = redis.call('HGETALL', resv)
+local state, lines = nil, {}
+for i = 1, #flat, 2 do
+  if flat[i] == 'state' then
+    state = flat[i + 1]
+  elseif string.sub(flat[i], 1, 2) == 'p:' then
+    lines[#lines + 1] = {string.sub(flat[i], 3), tonumber(flat[i + 1])}
+  end
+end
 if state ~= 'held' then return {'not_held', state or ''} end
 
 -- Every reserved product must have its key in KEYS (checked before writing).
-local m = tonumber(ARGV[j + 6])
+local m = tonumber(ARGV[j + 7])
 local key_of = {}
-for k = 1, m do key_of[ARGV[j + 6 + k]] = KEYS[5 + k] end
-local held = redis.call('HGETALL', resv)
-for i = 1, #held, 2 do
-  if held[i] ~= '_state' and not key_of[held[i]] then return {'mismatch', held[i]} end
+for k = 1, m do key_of[ARGV[j + 7 + k]] = KEYS[5 + k] end
+for _, l in ipairs(lines) do
+  if not key_of[l[1]] then return {'mismatch', l[1]} end
 end
 
-for i = 1, #held, 2 do
-  local q = tonumber(held[i + 1])
-  if held[i] ~= '_state' and q then
-    redis.call('HINCRBY', key_of[held[i]], 'reserved', -q)
-    redis.call('HINCRBY', key_of[held[i]], 'sold', q)
+for _, l in ipairs(lines) do
+  if l[2] then
+    redis.call('HINCRBY', key_of[l[1]], 'reserved', -l[2])
+    redis.call('HINCRBY', key_of[l[1]], 'sold', l[2])
   end
 end
-redis.call('HSET', resv, '_state', 'sold')
+redis.call('HSET', resv, 'state', 'sold')
+local ttl = tonumber(ARGV[j + 6])
+if ttl > 0 then redis.call('EXPIRE', resv, ttl) end
 redis.call('HSET', order, 'order_id', ARGV[j + 1], 'checkout_id', ARGV[j], 'client_id', ARGV[j + 2],
   'total_cents', ARGV[j + 3], 'items', ARGV[j + 4], 'created_at', ARGV[j + 5])
 redis.call('ZREM', started, ARGV[j])
-return es_write(KEYS[1], KEYS[2], ARGV, 1)
+return es_write(KEYS[1], KEYS[2], ARGV, 1, len)

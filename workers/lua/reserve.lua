@@ -1,44 +1,50 @@
 -- reserve.lua (stock-reservation): reserves every line of a checkout or none,
 -- and appends StockReserved in the same script, so the reservation and its
--- event are never one without the other.
+-- event are never one without the other. Its call is built and its reply
+-- parsed by workers/lua/reserve.c (the one owner of this layout).
 --
--- KEYS: history, bus, reservation hash chorus:resv:<checkout>, then one
---       product hash per line.
--- ARGV: the append arguments (StockReserved), then m, the m product ids and
---       the m quantities (duplicate lines already summed).
+-- KEYS: history, bus (the append's), reservation hash, then one product hash
+--       per line.
+-- ARGV: the append arguments (StockReserved), then m and the m pairs
+--       (product id, quantity) in KEYS order (duplicate lines summed).
 -- Returns the append result ({"dup"} / {"conflict"} with nothing done), or
 -- {"short", product_id} / {"unknown", product_id} with nothing written when a
 -- line cannot be reserved, or {"exists", state} when the checkout already has
 -- a reservation.
-local r = es_check(KEYS[1], ARGV, 1)
+local r, len = es_check(KEYS[1], ARGV, 1)
 if r then return r end
-
--- The integer value of a hash field, nil when absent or not an integer (so a
--- HINCRBY on it could fail half-way through the script).
-local function int_field(key, f)
-  local v = redis.call('HGET', key, f)
-  if not v or not string.match(v, '^%-?%d+$') then return nil end
-  return tonumber(v)
-end
 
 local j = 1 + es_argc(ARGV, 1)
 local m = tonumber(ARGV[j])
-local state = redis.call('HGET', KEYS[3], '_state')
+local resv = KEYS[3]
+local state = redis.call('HGET', resv, 'state')
 if state then return {'exists', state} end
 
--- Check every line first: all or none.
-for k = 1, m do
-  local av = int_field(KEYS[3 + k], 'available')
-  local rs = redis.call('HEXISTS', KEYS[3 + k], 'reserved') == 0 or int_field(KEYS[3 + k], 'reserved')
-  if not av or not rs then return {'unknown', ARGV[j + k]} end
-  if av < tonumber(ARGV[j + m + k]) then return {'short', ARGV[j + k]} end
+-- An integer field, nil when absent or not an integer ("0" for an absent
+-- reserved counter).
+local function int(v, dflt)
+  if not v then return dflt end
+  if not string.match(v, '^%-?%d+$') then return nil end
+  return tonumber(v)
 end
 
+-- Check every line first: all or none.
+local avail, held = {}, {}
 for k = 1, m do
-  local q = tonumber(ARGV[j + m + k])
-  redis.call('HINCRBY', KEYS[3 + k], 'available', -q)
-  redis.call('HINCRBY', KEYS[3 + k], 'reserved', q)
-  redis.call('HSET', KEYS[3], ARGV[j + k], q)
+  local pid, q = ARGV[j + 2 * k - 1], tonumber(ARGV[j + 2 * k])
+  local v = redis.call('HMGET', KEYS[3 + k], 'available', 'reserved')
+  local av, rs = int(v[1], nil), int(v[2], 0)
+  if not av or not rs then return {'unknown', pid} end
+  if av < q then return {'short', pid} end
+  avail[k], held[k] = av, rs
 end
-redis.call('HSET', KEYS[3], '_state', 'held')
-return es_write(KEYS[1], KEYS[2], ARGV, 1)
+
+local fields = {'state', 'held'}
+for k = 1, m do
+  local pid, q = ARGV[j + 2 * k - 1], tonumber(ARGV[j + 2 * k])
+  redis.call('HSET', KEYS[3 + k], 'available', avail[k] - q, 'reserved', held[k] + q)
+  fields[#fields + 1] = 'p:' .. pid
+  fields[#fields + 1] = q
+end
+redis.call('HSET', resv, unpack(fields))
+return es_write(KEYS[1], KEYS[2], ARGV, 1, len)

@@ -1,0 +1,36 @@
+/* create_order.c - create_order.lua's call: KEYS and ARGV by name, reply as
+ * an outcome. */
+#include "workers/lua/scripts.h"
+#include "common/names.h"
+
+extern const char wk_lua_create_order[];
+static cm_script k_create_order = {.src = wk_lua_create_order};
+
+static const wk_refusal k_refusals[] = {
+    {"not_held", WK_OUT_NOT_HELD},
+    {"mismatch", WK_OUT_MISMATCH},
+    {NULL, WK_OUT_EREDIS},
+};
+
+wk_outcome wk_script_create_order(wk_ctx *ctx, wk_step *s, const wk_order_in *in, wk_step_out *out)
+{
+    cm_argv keys = {0}, args = {0};
+    cm_argv_adds(&keys, cm_key_resv(in->checkout_id).s);   /* KEYS: resv, order, started, product... */
+    cm_argv_adds(&keys, cm_key_order(in->order_id).s);
+    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
+    wk_lines_keys(in->lines, &keys);
+    cm_argv_adds(&args, in->checkout_id);                  /* ARGV: in the .lua's order */
+    cm_argv_adds(&args, in->order_id);
+    cm_argv_adds(&args, in->client_id);
+    cm_argv_addll(&args, in->total_cents);
+    cm_argv_adds(&args, in->items_json);
+    cm_argv_addf(&args, "%.6f", in->created_at);
+    cm_argv_addll(&args, in->resv_ttl_s);
+    cm_argv_addll(&args, (long long)in->lines->n);
+    for (size_t i = 0; i < in->lines->n; i++)
+        cm_argv_adds(&args, in->lines->v[i].product_id);
+    wk_outcome rc = wk_step_outcome(ctx, &k_create_order, s, &keys, &args, k_refusals, out);
+    cm_argv_free(&keys);
+    cm_argv_free(&args);
+    return rc;
+}

@@ -1,0 +1,41 @@
+/* scripts.h - the saga workers' Lua scripts as typed calls.
+ *
+ * Each script (workers/lua/<name>.lua) has one C file beside it
+ * (<name>.c) that alone knows its KEYS and ARGV layout: it builds the call
+ * from named inputs, runs it with the step's follow-up append in front
+ * (wk_step_run), and turns the reply into one of the outcomes below. The
+ * workers decide on those outcomes and never see a reply array.
+ *
+ * Every key a script touches is passed in KEYS (Redis Cluster requires it);
+ * the names come from common/names.h. */
+#ifndef WK_SCRIPTS_H
+#define WK_SCRIPTS_H
+
+#include "workers/saga.h"
+
+/* reserve.lua: reserves every line of checkout or none, with s's StockReserved.
+ * Outcomes: APPENDED, CONFLICT, SHORT, UNKNOWN, EXISTS, EREDIS. */
+wk_outcome wk_script_reserve(wk_ctx *ctx, wk_step *s, const char *checkout, const wk_lines *lines,
+                             wk_step_out *out) __attribute__((warn_unused_result));
+
+/* create_order.lua: turns the held reservation of the lines into a sale and
+ * records order order_id, with s's OrderCreated + CheckoutSucceeded.
+ * Outcomes: APPENDED, CONFLICT, NOT_HELD, MISMATCH, EREDIS. */
+typedef struct wk_order_in {
+    const char *checkout_id, *order_id, *client_id;
+    long long total_cents;
+    const char *items_json;   /* the order's items as JSON */
+    double created_at;        /* wall clock, seconds */
+    long long resv_ttl_s;     /* lifetime of the sold reservation (0: kept) */
+    const wk_lines *lines;    /* the reserved products */
+} wk_order_in;
+wk_outcome wk_script_create_order(wk_ctx *ctx, wk_step *s, const wk_order_in *in, wk_step_out *out)
+    __attribute__((warn_unused_result));
+
+/* release.lua: gives back what checkout holds (held: what the caller read,
+ * lines its products) and ends the saga with s's follow-ups.
+ * Outcomes: APPENDED, CONFLICT, CHANGED, MISMATCH, EREDIS. */
+wk_outcome wk_script_release(wk_ctx *ctx, wk_step *s, const char *checkout, bool held, const wk_lines *lines,
+                             long long resv_ttl_s, wk_step_out *out) __attribute__((warn_unused_result));
+
+#endif
