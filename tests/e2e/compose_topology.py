@@ -10,7 +10,8 @@ and the same environment, rewriting only REDIS_URL's host:port and the ports
 image (prometheus, grafana: monitoring, exercised by prometheus_scrape.py) are
 not started. Then a saga runs through it: one product seeded through the admin
 PUT, one checkout posted, SUCCEEDED awaited. Every process is stopped with
-SIGTERM and must exit 0.
+SIGTERM and must exit 0. First, the compose file must refuse to start
+without CHORUS_ADMIN_TOKEN (no default token).
 
 start_platform() / Platform are shared with prometheus_scrape.py (imported
 from this directory).
@@ -210,6 +211,37 @@ def start_platform(compose, bins, admin_token, redis_bin):
         raise
 
 
+def check_admin_token_required(compose_file, compose):
+    """The compose file gives CHORUS_ADMIN_TOKEN no default (issue 13 row 10:
+    it shipped `change-me` on a published port): unset or empty, compose
+    must refuse to start. Checked with the interpolation here and, when
+    docker-compose is installed, with `docker-compose config -q` itself."""
+    api = [n for n, svc in compose["services"].items()
+           if "CHORUS_ADMIN_TOKEN" in (svc.get("environment") or {})]
+    if not api:
+        fail("no service of %s reads CHORUS_ADMIN_TOKEN" % compose_file)
+    env = {k: v for k, v in os.environ.items() if k != "CHORUS_ADMIN_TOKEN"}
+    for value in (None, ""):
+        if value is not None:
+            env["CHORUS_ADMIN_TOKEN"] = value
+        for name in api:
+            try:
+                got = service_env(compose["services"][name], env)["CHORUS_ADMIN_TOKEN"]
+            except AssertionError:
+                continue
+            fail("service %s: CHORUS_ADMIN_TOKEN %s gives the token %r; compose must refuse instead"
+                 % (name, "unset" if value is None else "empty", got))
+    dc = shutil.which("docker-compose")
+    if dc:
+        p = subprocess.run([dc, "-f", compose_file, "config", "-q"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode == 0 or "CHORUS_ADMIN_TOKEN" not in p.stdout:
+            fail("docker-compose config without CHORUS_ADMIN_TOKEN: exit %d, %r; expected a refusal naming it"
+                 % (p.returncode, p.stdout[-500:]))
+        print("docker-compose refuses to start without CHORUS_ADMIN_TOKEN", flush=True)
+    print("compose requires CHORUS_ADMIN_TOKEN (no default)", flush=True)
+
+
 def main():
     compose_file = os.environ["CHORUS_COMPOSE_FILE"]
     bins = {"chorus-api": os.environ["CHORUS_API_BIN"],
@@ -220,6 +252,7 @@ def main():
         return 77
     with open(compose_file) as f:
         compose = yaml.safe_load(f)
+    check_admin_token_required(compose_file, compose)
 
     pf = start_platform(compose, bins, ADMIN_TOKEN, redis_bin)
     try:
