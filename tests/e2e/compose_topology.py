@@ -6,9 +6,15 @@ container engine: a private redis-server on a free loopback port in a temp
 dir for the `redis` service, then every other service as a local process with
 the same command (chorus-api / chorus-worker mapped to the build's binaries)
 and the same environment, rewriting only REDIS_URL's host:port and the ports
-(API_PORT / METRICS_PORT -> free ports). Then a saga runs through it: one
-product seeded through the admin PUT, one checkout posted, SUCCEEDED awaited.
-Every process is stopped with SIGTERM and must exit 0.
+(API_PORT / METRICS_PORT -> free ports). Services that do not run the chorus
+image (prometheus, grafana: monitoring, exercised by prometheus_scrape.py) are
+not started. Then a saga runs through it: one product seeded through the admin
+PUT, one checkout posted, SUCCEEDED awaited. Every process is stopped with
+SIGTERM and must exit 0. First, the compose file must refuse to start
+without CHORUS_ADMIN_TOKEN (no default token).
+
+start_platform() / Platform are shared with prometheus_scrape.py (imported
+from this directory).
 
 Environment (set by tests/meson.build): CHORUS_COMPOSE_FILE, CHORUS_API_BIN,
 CHORUS_WORKER_BIN. Exit 0 on success; 77 (meson: skipped) if python3-yaml or
@@ -54,13 +60,20 @@ def free_port():
 
 
 def interpolate(value, env):
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR-default} in a string."""
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error} and
+    ${VAR?error} in a string; a required variable that is missing (or empty,
+    with :?) fails with compose's message, as `docker compose` would."""
     def sub(m):
-        name, op, default = m.group(1), m.group(2), m.group(3) or ""
-        if name in env and (env[name] != "" or op != ":-"):
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        unset, empty = name not in env, env.get(name, "") == ""
+        if op in (":?", "?"):
+            if unset or (op == ":?" and empty):
+                fail("compose requires %s: %s" % (name, arg or "not set"))
             return env[name]
-        return default if op else ""
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}", sub, str(value))
+        if not unset and (not empty or op != ":-"):
+            return env[name]
+        return arg if op else ""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", sub, str(value))
 
 
 def service_env(svc, interp):
@@ -100,6 +113,135 @@ def redis_ping(port):
         return s.recv(16).startswith(b"+PONG")
 
 
+def chorus_image(svc):
+    """True for a service that runs the chorus image (the API, a worker)."""
+    return "build" in svc or str(svc.get("image", "")).startswith("chorus:")
+
+
+class Platform:
+    """The compose file's chorus services running as local processes.
+
+    redis (Popen) and procs (service name -> Popen) are owned here and killed
+    by close(); ports maps each service to (port in the compose file, local
+    port); base is the API's URL."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="chorus-compose-")
+        self.redis = None
+        self.rport = None
+        self.procs = {}
+        self.ports = {}
+        self.base = None
+
+    def close(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if self.redis is not None:
+            self.redis.terminate()
+            try:
+                self.redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+                self.redis.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_platform(compose, bins, admin_token, redis_bin):
+    """Starts redis and every chorus service of the parsed compose file and
+    waits for the API's /ready. Returns a Platform the caller must close();
+    on failure it closes what it started and raises AssertionError."""
+    services = compose["services"]
+    if "redis" not in services:
+        fail("no redis service in the compose file")
+    pf = Platform()
+    try:
+        # Redis: the service's own command (AOF settings), on a private port and dir.
+        pf.rport = free_port()
+        rcmd = list(services["redis"].get("command") or ["redis-server"])
+        rcmd[0] = redis_bin
+        rcmd += ["--port", str(pf.rport), "--bind", "127.0.0.1", "--dir", pf.tmp,
+                 "--save", "", "--daemonize", "no"]
+        pf.redis = subprocess.Popen(rcmd, stdout=subprocess.DEVNULL)
+        wait_until("redis-server PING", lambda: redis_ping(pf.rport))
+
+        interp = dict(os.environ)
+        interp["CHORUS_ADMIN_TOKEN"] = admin_token
+        api_port = None
+        for name, svc in services.items():
+            if name == "redis":
+                continue
+            if not chorus_image(svc):
+                print("not started: %s (image %s)" % (name, svc.get("image")), flush=True)
+                continue
+            cmd = list(svc.get("command") or [])
+            if not cmd or cmd[0] not in bins:
+                fail("service %s: command %r is not a chorus binary" % (name, cmd))
+            cmd[0] = bins[cmd[0]]
+            env = service_env(svc, interp)
+            if "REDIS_URL" in env:
+                env["REDIS_URL"] = re.sub(r"^(redis://(?:[^@/]*@)?)[^/:]+(?::\d+)?",
+                                          r"\g<1>127.0.0.1:%d" % pf.rport, env["REDIS_URL"])
+            for key in ("API_PORT", "METRICS_PORT"):
+                if key in env:
+                    local = free_port()
+                    pf.ports[name] = (int(env[key]), local)
+                    env[key] = str(local)
+            if "API_PORT" in env:
+                api_port = int(env["API_PORT"])
+            penv = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+            penv.update(env)
+            print("start %s: %s %s" % (name, " ".join(cmd),
+                  " ".join("%s=%s" % kv for kv in sorted(env.items()))), flush=True)
+            pf.procs[name] = subprocess.Popen(cmd, env=penv)
+        if api_port is None:
+            fail("no service sets API_PORT")
+        pf.base = "http://127.0.0.1:%d" % api_port
+
+        def ready():
+            for n, p in pf.procs.items():
+                if p.poll() is not None:
+                    fail("%s exited early with %d" % (n, p.returncode))
+            return http("GET", pf.base + "/ready", timeout=2)[0] == 200
+        wait_until("/ready", ready)
+        return pf
+    except BaseException:
+        pf.close()
+        raise
+
+
+def check_admin_token_required(compose_file, compose):
+    """The compose file gives CHORUS_ADMIN_TOKEN no default (issue 13 row 10:
+    it shipped `change-me` on a published port): unset or empty, compose
+    must refuse to start. Checked with the interpolation here and, when
+    docker-compose is installed, with `docker-compose config -q` itself."""
+    api = [n for n, svc in compose["services"].items()
+           if "CHORUS_ADMIN_TOKEN" in (svc.get("environment") or {})]
+    if not api:
+        fail("no service of %s reads CHORUS_ADMIN_TOKEN" % compose_file)
+    env = {k: v for k, v in os.environ.items() if k != "CHORUS_ADMIN_TOKEN"}
+    for value in (None, ""):
+        if value is not None:
+            env["CHORUS_ADMIN_TOKEN"] = value
+        for name in api:
+            try:
+                got = service_env(compose["services"][name], env)["CHORUS_ADMIN_TOKEN"]
+            except AssertionError:
+                continue
+            fail("service %s: CHORUS_ADMIN_TOKEN %s gives the token %r; compose must refuse instead"
+                 % (name, "unset" if value is None else "empty", got))
+    dc = shutil.which("docker-compose")
+    if dc:
+        p = subprocess.run([dc, "-f", compose_file, "config", "-q"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode == 0 or "CHORUS_ADMIN_TOKEN" not in p.stdout:
+            fail("docker-compose config without CHORUS_ADMIN_TOKEN: exit %d, %r; expected a refusal naming it"
+                 % (p.returncode, p.stdout[-500:]))
+        print("docker-compose refuses to start without CHORUS_ADMIN_TOKEN", flush=True)
+    print("compose requires CHORUS_ADMIN_TOKEN (no default)", flush=True)
+
+
 def main():
     compose_file = os.environ["CHORUS_COMPOSE_FILE"]
     bins = {"chorus-api": os.environ["CHORUS_API_BIN"],
@@ -110,58 +252,11 @@ def main():
         return 77
     with open(compose_file) as f:
         compose = yaml.safe_load(f)
-    services = compose["services"]
-    if "redis" not in services:
-        fail("no redis service in " + compose_file)
+    check_admin_token_required(compose_file, compose)
 
-    tmp = tempfile.mkdtemp(prefix="chorus-compose-")
-    procs = {}   # name -> Popen (redis last to stop)
-    redis = None
+    pf = start_platform(compose, bins, ADMIN_TOKEN, redis_bin)
     try:
-        # Redis: the service's own command (AOF settings), on a private port and dir.
-        rport = free_port()
-        rcmd = list(services["redis"].get("command") or ["redis-server"])
-        rcmd[0] = redis_bin
-        rcmd += ["--port", str(rport), "--bind", "127.0.0.1", "--dir", tmp,
-                 "--save", "", "--daemonize", "no"]
-        redis = subprocess.Popen(rcmd, stdout=subprocess.DEVNULL)
-        wait_until("redis-server PING", lambda: redis_ping(rport))
-
-        interp = dict(os.environ)
-        interp["CHORUS_ADMIN_TOKEN"] = ADMIN_TOKEN
-        api_port = None
-        for name, svc in services.items():
-            if name == "redis":
-                continue
-            cmd = list(svc.get("command") or [])
-            if not cmd or cmd[0] not in bins:
-                fail("service %s: command %r is not a chorus binary" % (name, cmd))
-            cmd[0] = bins[cmd[0]]
-            env = service_env(svc, interp)
-            if "REDIS_URL" in env:
-                env["REDIS_URL"] = re.sub(r"^(redis://(?:[^@/]*@)?)[^/:]+(?::\d+)?",
-                                          r"\g<1>127.0.0.1:%d" % rport, env["REDIS_URL"])
-            for key in ("API_PORT", "METRICS_PORT"):
-                if key in env:
-                    env[key] = str(free_port())
-            if "API_PORT" in env:
-                api_port = int(env["API_PORT"])
-            penv = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
-            penv.update(env)
-            print("start %s: %s %s" % (name, " ".join(cmd),
-                  " ".join("%s=%s" % kv for kv in sorted(env.items()))), flush=True)
-            procs[name] = subprocess.Popen(cmd, env=penv)
-        if api_port is None:
-            fail("no service sets API_PORT")
-        base = "http://127.0.0.1:%d" % api_port
-
-        def ready():
-            for n, p in procs.items():
-                if p.poll() is not None:
-                    fail("%s exited early with %d" % (n, p.returncode))
-            return http("GET", base + "/ready", timeout=2)[0] == 200
-        wait_until("/ready", ready)
-
+        procs, base = pf.procs, pf.base
         st, body = http("PUT", base + "/api/products/sku-topology",
                         {"name": "Topology mug", "price_cents": 1200, "available": 5},
                         {"Authorization": "Bearer " + ADMIN_TOKEN})
@@ -201,18 +296,7 @@ def main():
         print("all %d services exited 0 on SIGTERM" % len(procs))
         return 0
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if redis is not None:
-            redis.terminate()
-            try:
-                redis.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                redis.kill()
-                redis.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        pf.close()
 
 
 if __name__ == "__main__":
