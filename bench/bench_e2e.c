@@ -19,11 +19,15 @@
  *   1. warm-up, 3 s closed loop;
  *   2. closed loop, BENCH_INFLIGHT (256) sagas in flight: a slot is taken by
  *      a request and freed when its saga's terminal event is read; 1 s + 25 s
- *      -> e2e.sagas_per_s, e2e.events_per_s, CPU per saga of every process;
+ *      -> e2e.sagas_per_s, e2e.events_per_s, CPU per saga of every process
+ *      (e2e.redis_cpu_us_per_saga, e2e.cpu_us_per_saga: API + workers +
+ *      Redis), INFO commandstats per saga (e2e.commands_per_saga,
+ *      e2e.script_us_per_call: EVALSHA inclusive of what the scripts run);
  *   3. open loop at BENCH_RATE (1,000) checkouts/s, 2 s + 25 s; latency from
  *      each request's *scheduled* send time (no coordinated omission) to its
  *      terminal event -> e2e.p50/p95/p99/max_ms, and to its 202 ->
- *      e2e.accept_p50_ms / accept_p99_ms;
+ *      e2e.accept_p50_ms / accept_p99_ms; then the same at BENCH_RATE2
+ *      (2,000/s; 0 skips it) -> e2e.p99_ms_at_2000 and friends;
  *   4. checks: every accepted saga has exactly one terminal event, stock is
  *      conserved (available + reserved + sold == stocked, reserved == 0)
  *      -> e2e.lost_sagas (the bench prints why and exits 1 when not 0);
@@ -33,8 +37,9 @@
  *      by 6 groups) and acks (XACK), pipelined, per saga, with no HTTP and
  *      no logic -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
  *
- * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_CLOSED_S, BENCH_OPEN_S,
- * BENCH_AOF_REWRITE (1: Redis's automatic AOF rewrites as under `up`; 0: off).
+ * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_RATE2, BENCH_CLOSED_S, BENCH_OPEN_S,
+ * BENCH_AOF_REWRITE (1: automatic AOF rewrites as under `up`, past 512 MB;
+ * 0: off).
  *
  * Binaries are found beside this one (../api/chorus-api,
  * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga. */
@@ -395,10 +400,18 @@ static int by_usec(const void *a, const void *b)
     return d > 0 ? 1 : d < 0 ? -1 : 0;
 }
 
+/* What INFO commandstats says per saga: commands, and the script calls'
+ * mean time (inclusive of the commands they run). */
+typedef struct cmdsum {
+    double commands_per_saga;
+    double script_us_per_call;
+} cmdsum;
+
 /* Prints where Redis spent its command time since the last CONFIG RESETSTAT
- * (INFO commandstats), per saga, biggest first. */
-static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s)
+ * (INFO commandstats), per saga, biggest first; fills *sum. */
+static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s, cmdsum *sum)
 {
+    memset(sum, 0, sizeof *sum);
     redisReply *r = redisCommand(c, "INFO commandstats");
     if (!r || r->type != REDIS_REPLY_STRING) {
         freeReplyObject(r);
@@ -421,6 +434,14 @@ static void print_cmdstats(redisContext *c, double sagas, double redis_cpu_s)
     }
     freeReplyObject(r);
     qsort(st, (size_t)n, sizeof *st, by_usec);
+    double script_calls = 0, script_usec = 0;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(st[i].name, "evalsha") || !strcmp(st[i].name, "eval")) {
+            script_calls += st[i].calls;
+            script_usec += st[i].usec;
+        }
+    sum->commands_per_saga = sagas > 0 ? ncalls / sagas : 0;
+    sum->script_us_per_call = script_calls > 0 ? script_usec / script_calls : 0;
     printf("  redis-server during the closed loop: %.1f us CPU per saga, of which %.1f us inside %.1f commands "
            "(the rest: socket I/O, event loop, AOF writes):\n", redis_cpu_s / sagas * 1e6, total / sagas,
            ncalls / sagas);
@@ -597,6 +618,37 @@ static void stop_all(void)
         }
 }
 
+/* Runs an open loop at rate for dur_ms and waits for its sagas to end;
+ * fills the accept->terminal histogram of the measured window and counts
+ * measured sagas with no terminal event into *unfinished. */
+static int open_phase(double rate, int64_t dur_ms, hl_result *open, hl_hist *e2e, uint64_t *unfinished)
+{
+    uint64_t base;
+    char tag[32];
+    snprintf(tag, sizeof tag, "open-%.0f/s", rate);
+    if (load(tag, rate, 64, 2000, dur_ms, open, &base) != 0)
+        return -1;
+    uint64_t miss = settle(120000);   /* a backlog from an overloaded open loop drains here */
+    if (miss)
+        printf("  %s: %llu sagas not terminal 120 s after the last request\n", tag, (unsigned long long)miss);
+    memset(e2e, 0, sizeof *e2e);
+    for (uint64_t n = base; n < g_next_base; n++) {
+        if (!atomic_load(&g_ok202[n]) || g_origin[n] < open->t_measure_ns || g_origin[n] >= open->t_end_ns)
+            continue;
+        if (!atomic_load(&g_nterm[n])) {
+            (*unfinished)++;
+            continue;
+        }
+        hl_hist_record(e2e, (uint64_t)((g_term[n] > g_origin[n] ? g_term[n] - g_origin[n] : 0) / 1000));
+    }
+    printf("  open-loop %.0f/s: %llu measured sagas; accept->terminal ms p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f "
+           "max %.3f; 202 ms p50 %.3f p99 %.3f max %.3f\n",
+           rate, (unsigned long long)e2e->total, hl_percentile_ms(e2e, 0.5), hl_percentile_ms(e2e, 0.9),
+           hl_percentile_ms(e2e, 0.99), hl_percentile_ms(e2e, 0.999), (double)e2e->max_us / 1000.0,
+           hl_percentile_ms(&open->lat, 0.5), hl_percentile_ms(&open->lat, 0.99), (double)open->lat.max_us / 1000.0);
+    return 0;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -608,7 +660,7 @@ int main(void)
         return 1;
     }
     g_inflight_max = (int)env_long("BENCH_INFLIGHT", 256);
-    double rate = (double)env_long("BENCH_RATE", 1000);
+    double rate = (double)env_long("BENCH_RATE", 1000), rate2 = (double)env_long("BENCH_RATE2", 2000);
     int64_t closed_ms = env_long("BENCH_CLOSED_S", 25) * 1000, open_ms = env_long("BENCH_OPEN_S", 25) * 1000;
 
     g_origin = calloc(MAX_SAGAS, sizeof *g_origin);
@@ -627,7 +679,7 @@ int main(void)
     /* as `./chorus up` runs it; BENCH_AOF_REWRITE=0 turns automatic AOF
      * rewrites off, to see what they cost */
     const char *conf = env_long("BENCH_AOF_REWRITE", 1)
-                           ? "appendonly yes\nappendfsync everysec\n"
+                           ? "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\n"
                            : "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-percentage 0\n";
     if (tf_redis_start(&rs, conf) != 0) {
         fprintf(stderr, "bench e2e: cannot start redis-server\n");
@@ -690,7 +742,7 @@ int main(void)
            rs.url, g_port, (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0], CM_BUS_STREAM_DEFAULT);
 
     hl_result warm, closed, open;
-    uint64_t b_warm, b_closed, b_open;
+    uint64_t b_warm, b_closed;
     if (load("warm-up", 0, 32, 0, 3000, &warm, &b_warm) != 0)
         goto out;
     uint64_t miss = settle(30000);
@@ -724,7 +776,11 @@ int main(void)
     printf("    %-20s %7.1f us (%.2f CPUs busy; some task waited for a CPU %.0f%% of the time)\n", "total",
            cpu_sum / (double)closed_started * 1e6, cpu_sum / wall_s,
            100 * (cpu_pressure_us() - press0) / (wall_s * 1e6));
-    print_cmdstats(c, (double)closed_started, cpu_b[NPROC] - cpu_a[NPROC]);
+    cmdsum cs;
+    print_cmdstats(c, (double)closed_started, cpu_b[NPROC] - cpu_a[NPROC], &cs);
+    double platform_cpu = 0;   /* API, workers and redis-server: not the bench itself */
+    for (int i = 0; i <= NPROC; i++)
+        platform_cpu += cpu_b[i] - cpu_a[i];
     printf("  redis-server socket reads %.1f, writes %.1f, bytes in %.0f, out %.0f per saga (since CONFIG RESETSTAT)\n",
            (double)info_ll(c, "stats", "total_reads_processed:") / (double)closed_started,
            (double)info_ll(c, "stats", "total_writes_processed:") / (double)closed_started,
@@ -734,29 +790,15 @@ int main(void)
     if (miss)
         printf("  closed-loop: %llu sagas not terminal after 30 s\n", (unsigned long long)miss);
 
-    /* open loop */
-    if (load("open-loop", rate, 64, 2000, open_ms, &open, &b_open) != 0)
-        goto out;
-    miss = settle(120000);   /* a backlog from an overloaded open loop drains here */
-    if (miss)
-        printf("  open-loop: %llu sagas not terminal 120 s after the last request\n", (unsigned long long)miss);
-    hl_hist e2e;
-    memset(&e2e, 0, sizeof e2e);
+    /* open loops: the target rate, then BENCH_RATE2 (0: skipped) */
+    hl_hist e2e, e2e2;
     uint64_t unfinished = 0;
-    for (uint64_t n = b_open; n < g_next_base; n++) {
-        if (!atomic_load(&g_ok202[n]) || g_origin[n] < open.t_measure_ns || g_origin[n] >= open.t_end_ns)
-            continue;
-        if (!atomic_load(&g_nterm[n])) {
-            unfinished++;
-            continue;
-        }
-        hl_hist_record(&e2e, (uint64_t)((g_term[n] > g_origin[n] ? g_term[n] - g_origin[n] : 0) / 1000));
-    }
-    printf("  open-loop %.0f/s: %llu measured sagas; accept->terminal ms p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f "
-           "max %.3f; 202 ms p50 %.3f p99 %.3f max %.3f\n",
-           rate, (unsigned long long)e2e.total, hl_percentile_ms(&e2e, 0.5), hl_percentile_ms(&e2e, 0.9),
-           hl_percentile_ms(&e2e, 0.99), hl_percentile_ms(&e2e, 0.999), (double)e2e.max_us / 1000.0,
-           hl_percentile_ms(&open.lat, 0.5), hl_percentile_ms(&open.lat, 0.99), (double)open.lat.max_us / 1000.0);
+    if (open_phase(rate, open_ms, &open, &e2e, &unfinished) != 0)
+        goto out;
+    memset(&e2e2, 0, sizeof e2e2);
+    hl_result open2 = {0};
+    if (rate2 > 0 && open_phase(rate2, open_ms, &open2, &e2e2, &unfinished) != 0)
+        goto out;
 
     /* checks */
     uint64_t accepted = 0, lost = 0, dups = 0;
@@ -830,6 +872,13 @@ int main(void)
     figure("max_ms", (double)e2e.max_us / 1000.0, "ms");
     figure("accept_p50_ms", hl_percentile_ms(&open.lat, 0.5), "ms");
     figure("accept_p99_ms", hl_percentile_ms(&open.lat, 0.99), "ms");
+    figure("p99_ms_at_2000", rate2 > 0 ? hl_percentile_ms(&e2e2, 0.99) : 0, "ms");
+    figure("p50_ms_at_2000", rate2 > 0 ? hl_percentile_ms(&e2e2, 0.5) : 0, "ms");
+    figure("accept_p99_ms_at_2000", rate2 > 0 ? hl_percentile_ms(&open2.lat, 0.99) : 0, "ms");
+    figure("redis_cpu_us_per_saga", (cpu_b[NPROC] - cpu_a[NPROC]) / (double)closed_started * 1e6, "us");
+    figure("cpu_us_per_saga", platform_cpu / (double)closed_started * 1e6, "us");
+    figure("script_us_per_call", cs.script_us_per_call, "us");
+    figure("commands_per_saga", cs.commands_per_saga, "commands");
     figure("redis_bytes_per_saga", accepted ? (double)(mem1 - mem0) / (double)accepted : 0, "bytes");
     figure("lost_sagas", (double)lost, "sagas");
     figure("duplicate_terminals", (double)dups, "sagas");
