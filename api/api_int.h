@@ -85,6 +85,15 @@ typedef struct api_job {
     char checkout_id[40];            /* the id the 202 will carry */
     char hash[65];                   /* body hash ("" without a key) */
     cm_buf body;                     /* the 202 body */
+    /* what the call is built from (intake.c), kept to re-price and resend */
+    char client_id[72];
+    char idem_key[132];
+    size_t nlines;
+    struct {
+        char product_id[72];
+        long long qty, price;
+    } lines[100];
+    int reprices;                    /* times the script answered "prices" */
 } api_job;
 
 struct api_req {

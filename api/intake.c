@@ -1,20 +1,22 @@
-/* intake.c - POST /api/checkouts (and the seed alias): validate, then price
- * and append CheckoutInitiated in one script, answer 202.
+/* intake.c - POST /api/checkouts (and the seed alias): validate, price and
+ * append CheckoutInitiated in one script, answer 202.
  *
  * Everything a client can get wrong is checked before anything is written:
  * JSON, fields, id charset and length, quantities, line count (the server
- * already checked body size, Content-Type and Idempotency-Key). Then one
- * script (lua/intake.lua), in one round trip (pipelined with the other
- * intakes of the moment by batch.c), checks the idempotency key,
- * reads every line's price from the catalog (an unknown product is 422 and
- * nothing is written), builds the event's data, appends CheckoutInitiated and
- * records the key, atomically. Pricing inside the script instead of in a
- * pipelined round trip before it halves the Redis round trips of an intake
- * (two loopback messages and their syscalls on both sides: the bulk of its
- * CPU cost). Only the script's success is answered 202, so a 202 always means
- * the event is in Redis; when Redis cannot take it the answer is 503 and the
- * client retries with the same key. */
+ * already checked body size, Content-Type and Idempotency-Key). The event is
+ * built here, whole, priced from the process's price cache
+ * (api/lua/intake.c); then one script (lua/intake.lua), in one round trip
+ * (pipelined with the other intakes of the moment by batch.c), checks the
+ * idempotency key, checks every line's price against the catalog (an
+ * unknown product is 422 and nothing is written; a price that moved is
+ * answered "prices": the event is re-priced and sent again, so an event never
+ * carries a stale price) and appends CheckoutInitiated with the key's record,
+ * atomically. With a warm cache that is one round trip per intake. Only the
+ * script's success is answered 202, so a 202 always means the event is in
+ * Redis; when Redis cannot take it the answer is 503 and the client retries
+ * with the same key. */
 #include "api/api_int.h"
+#include "api/lua/intake.h"
 #include "common/ids.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -150,93 +152,43 @@ static void replay(api_req *rq, const redisReply *rec, const char *hash)
     api_reply(rq, 202);
 }
 
-/* Prepares the intake script's call for a validated body. Returns the job
- * (caller owns it), or NULL after answering 500. */
+/* (Re)builds the job's script call from its lines and their prices. */
+static int job_build(api_job *j)
+{
+    api_intake_line lines[API_INTAKE_MAX_LINES];
+    for (size_t i = 0; i < j->nlines; i++)
+        lines[i] = (api_intake_line){j->lines[i].product_id, j->lines[i].qty, j->lines[i].price};
+    api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .idem_key = j->idem_key,
+                            .body_hash = j->hash, .answer = j->body.data, .idem_ttl_s = IDEM_TTL_S,
+                            .bus = g_api.bus, .lines = lines, .n = j->nlines};
+    cm_argv_reset(&j->argv);
+    return api_intake_build(&call, &j->argv, &j->nkeys);
+}
+
+/* Prepares the intake script's call for a validated body, priced from the
+ * cache. Returns the job (caller owns it), or NULL after answering 500. */
 static api_job *make_job(api_req *rq, json_t *root, const char *client, const line *lines, size_t n, bool alias)
 {
     api_job *j = cm_xcalloc(1, sizeof *j);
     j->conn = rq->conn;
-    char *id = j->checkout_id;
-    cm_uuid7(id);
-    bool has_key = rq->idem_key[0] != '\0';
-    if (has_key)
+    cm_uuid7(j->checkout_id);
+    if (rq->idem_key[0])
         body_hash(root, j->hash);
-    accepted_body(&j->body, id, alias);
-
-    /* The event id is derived from the (fresh, random) checkout id: unique
-     * too, and one getrandom(2) cheaper than a second UUIDv7. The data is
-     * left out here (NULL encodes as {}) and built by the script. */
-    char event_id[CM_UUID_LEN + 1];
-    cm_uuid_derive(id, cm_event_type_names[CM_EV_CHECKOUT_INITIATED], event_id);
-    es_new_event ev = {.event_id = event_id, .type = cm_event_type_names[CM_EV_CHECKOUT_INITIATED]};
-    es_append_req req = {.aggregate = "checkout", .aggregate_id = id, .producer = "api",
-                         .expected_version = 0, .events = &ev, .n = 1};
-    cm_argv *a = &j->argv;
-    /* the record is scoped to the client: another client's key is unrelated */
-    cm_argv_adds(a, cm_key_idem(client, has_key ? rq->idem_key : "-").s);
-    cm_argv_adds(a, cm_key_history("checkout", id).s);
-    cm_argv_adds(a, g_api.bus);
-    for (size_t i = 0; i < n; i++)
-        cm_argv_adds(a, cm_key_product(lines[i].product_id).s);
-    j->nkeys = a->n;
-    cm_argv_adds(a, has_key ? "1" : "0");
-    cm_argv_adds(a, j->hash);
-    cm_argv_addf(a, "%s\n%s", id, j->body.data);
-    cm_argv_addll(a, IDEM_TTL_S);
-    cm_argv_adds(a, client);
-    cm_argv_addll(a, (long long)n);
+    accepted_body(&j->body, j->checkout_id, alias);
+    snprintf(j->client_id, sizeof j->client_id, "%s", client);
+    snprintf(j->idem_key, sizeof j->idem_key, "%s", rq->idem_key);
+    j->nlines = n;
     for (size_t i = 0; i < n; i++) {
-        cm_argv_adds(a, lines[i].product_id);
-        cm_argv_addll(a, lines[i].qty);
+        snprintf(j->lines[i].product_id, sizeof j->lines[i].product_id, "%s", lines[i].product_id);
+        j->lines[i].qty = lines[i].qty;
+        j->lines[i].price = api_price_get(lines[i].product_id);
     }
-    static const char empty_data[] = "{}}";
-    if (es_append_args(&req, a) != ES_OK || a->len[a->n - 1] < 3 ||
-        memcmp(a->v[a->n - 1] + a->len[a->n - 1] - 3, empty_data, 3) != 0) {
+    if (job_build(j) != 0) {
         api_error(rq, 500, "internal_error", "cannot encode the event");
         api_job_free(j);
         return NULL;
     }
-    a->len[a->n - 1] -= 3;   /* the tail now ends with "data": for the script to complete */
-    a->v[a->n - 1][a->len[a->n - 1]] = '\0';
     return j;
-}
-
-/* Answers from the script's reply: 202 (new or replayed), 409, 422, 503. */
-static void finish(api_req *rq, api_job *j)
-{
-    redisReply *r = j->reply;
-    if (!r) {
-        api_unavailable(rq, j->err);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        api_unavailable(rq, r->str);   /* OOM, MISCONF (disk), BUSY... */
-        return;
-    }
-    const redisReply *st = cm_reply_elem(r, 0), *arg = cm_reply_elem(r, 1);
-    if (cm_reply_is_str(st) && !strcmp(st->str, "replay") && arg && arg->type == REDIS_REPLY_STRING) {
-        replay(rq, arg, j->hash);
-        return;
-    }
-    if (cm_reply_is_str(st) && !strcmp(st->str, "unknown") && cm_reply_is_str(arg)) {
-        api_error(rq, 422, "unknown_product", "product %s is not in the catalog", arg->str);
-        return;
-    }
-    es_append_res res;
-    char err[256];
-    if (es_append_parse(r, 1, &res, err, sizeof err) != ES_OK || res.duplicate) {
-        api_error(rq, 500, "internal_error", "unexpected append result");
-        cm_log(CM_ERROR, "intake: %s", err);
-        return;
-    }
-    snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", j->checkout_id);
-    snprintf(rq->location, sizeof rq->location, "/api/checkouts/%s", j->checkout_id);
-    cm_buf_free(&rq->out);
-    rq->out = j->body;
-    j->body = (cm_buf)CM_BUF_INIT;
-    cm_series_inc(g_published);
-    cm_series_inc(g_accepted);
-    api_reply(rq, 202);
 }
 
 /* Runs the job on this thread's own connection (the batcher is stopping). */
@@ -259,12 +211,73 @@ static void run_here(api_job *j)
     j->reply = r;
 }
 
-static api_flow intake(api_req *rq, bool alias)
+/* Answers from the script's reply: 202 (new or replayed), 409, 422, 503;
+ * or, when the catalog's prices moved since they were cached, re-prices the
+ * event and sends it again (API_SUSPENDED until that answer). */
+static api_flow finish(api_req *rq, api_job *j)
 {
-    if (rq->job) {   /* resumed: the batcher ran the script */
-        finish(rq, rq->job);
+    redisReply *r = j->reply;
+    if (!r) {
+        api_unavailable(rq, j->err);
         return API_DONE;
     }
+    if (r->type == REDIS_REPLY_ERROR) {
+        api_unavailable(rq, r->str);   /* OOM, MISCONF (disk), BUSY... */
+        return API_DONE;
+    }
+    api_intake_line lines[API_INTAKE_MAX_LINES];
+    for (size_t i = 0; i < j->nlines; i++)
+        lines[i] = (api_intake_line){j->lines[i].product_id, j->lines[i].qty, j->lines[i].price};
+    api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .lines = lines,
+                            .n = j->nlines};
+    api_intake_reply v;
+    api_intake_parse(r, &call, &v);
+    switch (v.verdict) {
+    case API_INTAKE_REPLAY: {
+        redisReply rec = {.type = REDIS_REPLY_STRING, .str = (char *)v.record, .len = v.record_len};
+        replay(rq, &rec, j->hash);
+        return API_DONE;
+    }
+    case API_INTAKE_UNKNOWN:
+        api_error(rq, 422, "unknown_product", "product %s is not in the catalog", j->lines[v.line].product_id);
+        return API_DONE;
+    case API_INTAKE_REPRICE:
+        for (size_t i = 0; i < j->nlines; i++)
+            j->lines[i].price = lines[i].price;
+        freeReplyObject(j->reply);
+        j->reply = NULL;
+        j->err[0] = '\0';
+        j->done = false;
+        if (++j->reprices > 3 || job_build(j) != 0) {
+            api_unavailable(rq, "the catalog's prices keep changing; retry");
+            return API_DONE;
+        }
+        if (api_batch_submit(j))
+            return API_SUSPENDED;
+        run_here(j);
+        return finish(rq, j);
+    case API_INTAKE_ACCEPTED:
+        break;
+    default:
+        api_error(rq, 500, "internal_error", "unexpected append result");
+        cm_log(CM_ERROR, "intake: %s", v.err);
+        return API_DONE;
+    }
+    snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", j->checkout_id);
+    snprintf(rq->location, sizeof rq->location, "/api/checkouts/%s", j->checkout_id);
+    cm_buf_free(&rq->out);
+    rq->out = j->body;
+    j->body = (cm_buf)CM_BUF_INIT;
+    cm_series_inc(g_published);
+    cm_series_inc(g_accepted);
+    api_reply(rq, 202);
+    return API_DONE;
+}
+
+static api_flow intake(api_req *rq, bool alias)
+{
+    if (rq->job)   /* resumed: the batcher ran the script */
+        return finish(rq, rq->job);
     json_error_t jerr;
     json_t *root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
@@ -294,7 +307,7 @@ static api_flow intake(api_req *rq, bool alias)
         flow = API_SUSPENDED;
     } else {
         run_here(rq->job);
-        finish(rq, rq->job);
+        flow = finish(rq, rq->job);
     }
 out:
     json_decref(root);

@@ -1,26 +1,23 @@
 -- intake.lua: accept a checkout in one atomic step (prefixed with
--- append_lib.lua): price its lines from the catalog, append CheckoutInitiated
--- and store the idempotency record.
+-- append_lib.lua): check its lines' prices against the catalog, append
+-- CheckoutInitiated and store the idempotency record. Its call is built and
+-- its reply parsed by api/lua/intake.c (the one owner of this layout); the
+-- event arrives whole, priced by the caller from its price cache.
 --
--- KEYS: idempotency key (a dummy when the request had none), the checkout's
---       history, the bus, then the n lines' product hashes.
+-- KEYS: idempotency record (a dummy when the request had none), the
+--       checkout's history, the bus, then the n lines' product hashes.
 -- ARGV: has_key ("1"/"0"), body hash, stored response
---       ("<checkout_id>\n<body>"), record TTL in seconds, client_id, number
---       of lines n, then n pairs (product_id, quantity), then the append
---       arguments (es_append_args) whose payload tail ends with "data":
---       (the data object is built here, once prices are known).
+--       ("<checkout_id>\n<body>"), record TTL in seconds, n, the n unit
+--       prices the event was priced with, then the append arguments.
 --
 -- Returns, writing nothing:
 --   {"replay", "<hash>\n<checkout_id>\n<body>"} when the key is recorded
 --     (the caller compares hashes: same body replays, another is 409);
---   {"unknown", product_id} when a line's product has no valid price;
+--   {"unknown", line index (1-based)} when a line's product has no valid price;
+--   {"prices", p1, ..., pn} when a price differs from the catalog's (the
+--     caller re-prices with these and calls again);
 -- else the append's result table (see append_lib.lua).
---
--- Ids were validated by the caller ([A-Za-z0-9_-]) and quantities are
--- integers, so the data JSON needs no escaping. Two requests with one key
--- run one after the other here, so only one of them appends: one key, one
--- saga.
-local MAX_PRICE = 1000000000   -- keeps the total exact in Lua's doubles
+local MAX_PRICE = 1000000000   -- keeps totals exact
 
 local has_key = ARGV[1] == '1'
 if has_key then
@@ -30,26 +27,22 @@ if has_key then
   end
 end
 
-local n = tonumber(ARGV[6])
-local parts = {'{"client_id":"', ARGV[5], '","items":['}
-local total = 0
-for i = 0, n - 1 do
-  local pid, qty = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
-  local p = redis.call('HGET', KEYS[4 + i], 'price_cents')
+local n = tonumber(ARGV[5])
+local prices, stale = {}, false
+for i = 1, n do
+  local p = redis.call('HGET', KEYS[3 + i], 'price_cents')
   local price = p and string.match(p, '^%d+$') and tonumber(p)
   if not price or price > MAX_PRICE then
-    return {'unknown', pid}
+    return {'unknown', i}
   end
-  total = total + price * tonumber(qty)
-  parts[#parts + 1] = string.format('%s{"product_id":"%s","quantity":%s,"unit_price_cents":%d}',
-                                    i > 0 and ',' or '', pid, qty, price)
+  prices[i] = p
+  if p ~= ARGV[5 + i] then stale = true end
 end
-parts[#parts + 1] = string.format('],"total_cents":%d}', total)
+if stale then
+  return {'prices', unpack(prices)}
+end
 
-local a = 7 + 2 * n   -- first append argument
--- one event: its payload tail is ARGV[a + 6]
-ARGV[a + 6] = ARGV[a + 6] .. table.concat(parts) .. '}'
-local r = es_append(KEYS[2], KEYS[3], ARGV, a)
+local r = es_append(KEYS[2], KEYS[3], ARGV, 6 + n)
 if has_key and r[1] == 'ok' then
   redis.call('SET', KEYS[1], ARGV[2] .. '\n' .. ARGV[3], 'EX', tonumber(ARGV[4]))
 end

@@ -344,6 +344,34 @@ Test(api, same_key_other_body_is_409_idempotency_conflict)
     tf_http_resp_free(&b);
 }
 
+/* The CheckoutInitiated of checkout id as stored in its history. */
+static char *initiated(const char *id)
+{
+    redisReply *r = ae_cmd(&E, "LINDEX chorus:h:checkout:%s 0", id);
+    cr_assert_eq(r->type, REDIS_REPLY_STRING, "no history for %s", id);
+    char *s = strdup(r->str);
+    freeReplyObject(r);
+    return s;
+}
+
+Test(api, the_event_carries_the_catalog_price_even_after_it_changed)
+{
+    /* the API prices events from a cache the script checks: a price changed
+     * behind its back (another API, redis-cli) is what the event carries */
+    char a[80], b[80];
+    ae_checkout(&E, "c", "p1", 2, a);
+    char *ev = initiated(a);
+    cr_expect(strstr(ev, "\"unit_price_cents\":1250") && strstr(ev, "\"total_cents\":2500"), "%s", ev);
+    free(ev);
+    freeReplyObject(ae_cmd(&E, "HSET chorus:product:p1 price_cents 999"));
+    ae_checkout(&E, "c", "p1", 3, b);
+    ev = initiated(b);
+    cr_expect(strstr(ev, "\"unit_price_cents\":999") && strstr(ev, "\"total_cents\":2997"), "%s", ev);
+    cr_expect(strstr(ev, "\"seq\":1"), "%s", ev);
+    free(ev);
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 2, "a re-priced checkout is appended once");
+}
+
 Test(api, one_key_used_by_two_clients_starts_two_sagas)
 {
     /* keys are scoped to the client: another client's "1" is unrelated */
