@@ -48,7 +48,7 @@
 /* The store's append script exactly as es_append runs it (event_store/
  * meson.build embeds it into the library), so the pipelined path measures
  * the same server-side work. */
-extern const char es_lua_append[];
+extern const char es_lua_append[], es_lua_append_batch[];
 /* bench/lua/dual_write.lua: XADD + RPUSH and nothing else, the floor. */
 extern const char bench_lua_dual_write[];
 
@@ -247,6 +247,37 @@ static int send_append(redisContext *c, void *ud, int i)
     return 0;
 }
 
+/* Batched: checkouts co-<round>-<i*BATCH ...> appended BATCH per script call. */
+#define BATCH 16
+static int send_append_batch(redisContext *c, void *ud, int i)
+{
+    append_ctx *x = ud;
+    char ids[BATCH][32];
+    es_new_event ev = {.type = "CheckoutInitiated", .data = x->data};
+    es_append_req reqs[BATCH];
+    for (int k = 0; k < BATCH; k++) {
+        snprintf(ids[k], sizeof ids[k], "co-%d-%d", x->round, i * BATCH + k);
+        reqs[k] = (es_append_req){.aggregate = "checkout", .aggregate_id = ids[k], .producer = "api",
+                                  .expected_version = 0, .events = &ev, .n = 1};
+    }
+    cm_argv_reset(&x->a);
+    int nkeys = 0;
+    if (es_append_batch_args(x->s, reqs, BATCH, &x->a, &nkeys) != ES_OK)
+        return -1;
+    cm_script_append(c, x->sc, nkeys, &x->a);
+    return 0;
+}
+
+static int check_append_batch(const redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != BATCH)
+        return -1;
+    for (size_t k = 0; k < r->elements; k++)
+        if (check_append(r->element[k]) != 0)
+            return -1;
+    return 0;
+}
+
 /* Raw: the same payload bytes straight to a stream. */
 static int send_xadd(redisContext *c, void *ud, int i)
 {
@@ -258,12 +289,13 @@ static int send_xadd(redisContext *c, void *ud, int i)
 static int bench_append(redisContext *c)
 {
     char err[256];
-    cm_script store_sc = {.src = es_lua_append}, floor_sc = {.src = bench_lua_dual_write};
+    cm_script store_sc = {.src = es_lua_append}, floor_sc = {.src = bench_lua_dual_write},
+              batch_sc = {.src = es_lua_append_batch};
     append_ctx x = {.data = initiated_data(7)};
     int rc = -1;
     x.s = es_store_new(c, APPEND_BUS, err, sizeof err);
     if (!x.s || cm_script_load(c, &store_sc, err, sizeof err) != 0 ||
-        cm_script_load(c, &floor_sc, err, sizeof err) != 0) {
+        cm_script_load(c, &floor_sc, err, sizeof err) != 0 || cm_script_load(c, &batch_sc, err, sizeof err) != 0) {
         fprintf(stderr, "bench store: %s\n", err);
         goto done;
     }
@@ -291,10 +323,10 @@ static int bench_append(redisContext *c)
      * time of each side counts, and the server's CPU per event (Redis is the
      * bottleneck of every side, and its CPU time is what a busy shared
      * machine disturbs least) */
-    enum { STORE, FLOOR, RAW, SIDES };
-    cm_script *scs[SIDES] = {&store_sc, &floor_sc, NULL};
-    const char *cmds[SIDES] = {"evalsha", "evalsha", "xadd"};
-    double wall[SIDES] = {1e9, 1e9, 1e9}, cpu[SIDES] = {1e9, 1e9, 1e9}, us[SIDES] = {0};
+    enum { STORE, FLOOR, RAW, BATCHED, SIDES };
+    cm_script *scs[SIDES] = {&store_sc, &floor_sc, NULL, &batch_sc};
+    const char *cmds[SIDES] = {"evalsha", "evalsha", "xadd", "evalsha"};
+    double wall[SIDES] = {1e9, 1e9, 1e9, 1e9}, cpu[SIDES] = {1e9, 1e9, 1e9, 1e9}, us[SIDES] = {0};
     int prc = 0;
     for (int round = 0; round < ROUNDS && prc == 0; round++) {
         for (int side = 0; side < SIDES && prc == 0; side++) {
@@ -307,8 +339,9 @@ static int bench_append(redisContext *c)
             reset_stats(c);
             double cpu0 = server_cpu_s(c);
             int64_t t0 = cm_mono_ns();
-            prc = side == RAW ? pipelined(c, N_APPEND, send_xadd, &x, NULL, NULL)
-                              : pipelined(c, N_APPEND, send_append, &x, x.sc, check_append);
+            prc = side == RAW       ? pipelined(c, N_APPEND, send_xadd, &x, NULL, NULL)
+                  : side == BATCHED ? pipelined(c, N_APPEND / BATCH, send_append_batch, &x, x.sc, check_append_batch)
+                                    : pipelined(c, N_APPEND, send_append, &x, x.sc, check_append);
             double t = secs_since(t0), dc = server_cpu_s(c) - cpu0;
             wall[side] = t < wall[side] ? t : wall[side];
             cpu[side] = dc < cpu[side] ? dc : cpu[side];
@@ -327,9 +360,9 @@ static int bench_append(redisContext *c)
     if (prc != 0)
         goto done;
     printf("  redis CPU per event: append %.2f us (script %.2f), floor script %.2f us (%.2f), raw XADD %.2f us "
-           "(command %.2f)\n",
+           "(command %.2f), batched append of %d %.2f us (script %.2f per call)\n",
            cpu[STORE] * 1e6 / N_APPEND, us[STORE], cpu[FLOOR] * 1e6 / N_APPEND, us[FLOOR],
-           cpu[RAW] * 1e6 / N_APPEND, us[RAW]);
+           cpu[RAW] * 1e6 / N_APPEND, us[RAW], BATCH, cpu[BATCHED] * 1e6 / N_APPEND, us[BATCHED]);
 
     /* store, one call at a time */
     if (flushall(c) != 0)
@@ -356,6 +389,9 @@ static int bench_append(redisContext *c)
     figure("floor_vs_raw_cpu", cpu[RAW] / cpu[FLOOR], "ratio");
     figure("append_vs_floor_cpu", cpu[FLOOR] / cpu[STORE], "ratio");
     figure("append_sync_per_s", N_SYNC / t_sync, "ev/s");
+    figure("append_batch_per_s", N_APPEND / wall[BATCHED], "ev/s");
+    figure("append_batch_vs_raw", wall[RAW] / wall[BATCHED], "ratio");
+    figure("append_batch_vs_raw_cpu", cpu[RAW] / cpu[BATCHED], "ratio");
     rc = 0;
 done:
     cm_argv_free(&x.a);

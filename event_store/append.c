@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const char es_lua_append[];
+extern const char es_lua_append[], es_lua_append_batch[];
 
 es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errlen)
 {
@@ -17,6 +17,7 @@ es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errle
     s->c = c;
     s->bus = cm_xstrdup(bus && *bus ? bus : CM_BUS_STREAM_DEFAULT);
     s->append.src = es_lua_append;
+    s->batch.src = es_lua_append_batch;
     if (cm_script_load(c, &s->append, err, errlen) != 0) {
         es_store_free(s);
         return NULL;
@@ -168,6 +169,59 @@ int es_append(es_store *s, const es_append_req *req, es_append_res *res)
     }
     for (size_t i = 0; rc == ES_OK && i < req->n; i++)
         snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", req->events[i].event_id);
+    cm_argv_free(&a);
+    return rc;
+}
+
+int es_append_batch_args(const es_store *s, const es_append_req *reqs, size_t n, cm_argv *a, int *nkeys)
+{
+    if (n < 1 || n > ES_MAX_APPEND_BATCH)
+        return ES_EINVAL;
+    cm_argv_adds(a, s->bus);   /* KEYS: bus, then one history per request */
+    for (size_t i = 0; i < n; i++)
+        cm_argv_adds(a, cm_key_history(reqs[i].aggregate ? reqs[i].aggregate : "", reqs[i].aggregate_id ?
+                                                                                        reqs[i].aggregate_id : "").s);
+    *nkeys = a->n;
+    cm_argv_addll(a, (long long)n);   /* ARGV: m, then each request's append arguments */
+    for (size_t i = 0; i < n; i++)
+        if (es_append_args(&reqs[i], a) != ES_OK)
+            return ES_EINVAL;
+    return ES_OK;
+}
+
+int es_append_batch_parse(const redisReply *r, const es_append_req *reqs, size_t n, es_append_res *res,
+                          int *rcs, char *err, size_t errlen)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+        snprintf(err, errlen, "batched append: expected %zu results", n);
+        return ES_EREDIS;
+    }
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = es_append_parse(r->element[i], reqs[i].n, &res[i], err, errlen);
+        if (rcs[i] != ES_OK && rcs[i] != ES_ECONFLICT)
+            return ES_EREDIS;
+        for (size_t k = 0; rcs[i] == ES_OK && k < reqs[i].n; k++)
+            if (reqs[i].events[k].event_id)
+                snprintf(res[i].pos[k].event_id, sizeof res[i].pos[k].event_id, "%s", reqs[i].events[k].event_id);
+    }
+    return ES_OK;
+}
+
+int es_append_batch(es_store *s, const es_append_req *reqs, size_t n, es_append_res *res, int *rcs)
+{
+    cm_argv a = {0};
+    int nkeys = 0, rc = es_append_batch_args(s, reqs, n, &a, &nkeys);
+    if (rc != ES_OK) {
+        snprintf(s->err, sizeof s->err, "invalid append request in the batch");
+    } else {
+        redisReply *r = cm_script_call(s->c, &s->batch, nkeys, &a);
+        if (cm_reply_failed(s->c, r, s->err, sizeof s->err)) {
+            rc = ES_EREDIS;
+        } else {
+            rc = es_append_batch_parse(r, reqs, n, res, rcs, s->err, sizeof s->err);
+            freeReplyObject(r);
+        }
+    }
     cm_argv_free(&a);
     return rc;
 }

@@ -85,6 +85,23 @@ int es_append_args(const es_append_req *req, cm_argv *args) __attribute__((warn_
  * ...} at r (an array reply). Returns ES_OK / ES_ECONFLICT / ES_EREDIS. */
 int es_append_parse(const redisReply *r, size_t n, es_append_res *res, char *err, size_t errlen);
 
+/* Batched append: several aggregates' appends in one script call
+ * (lua/append_batch.lua), each with its own checks and result, as if
+ * es_append ran for each in order. Single node only: the histories are in
+ * different slots of a cluster. */
+#define ES_MAX_APPEND_BATCH 256
+/* Builds the call (keys first, *nkeys of them) into a. ES_OK or ES_EINVAL. */
+int es_append_batch_args(const es_store *s, const es_append_req *reqs, size_t n, cm_argv *a, int *nkeys)
+    __attribute__((warn_unused_result));
+/* Parses its reply: rcs[i] is what es_append would return for reqs[i]
+ * (ES_OK, ES_ECONFLICT), res[i] its result. ES_OK, or ES_EREDIS with err
+ * when the reply is not shaped as one result per request. */
+int es_append_batch_parse(const redisReply *r, const es_append_req *reqs, size_t n, es_append_res *res,
+                          int *rcs, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Both, around one script call on s's connection. */
+int es_append_batch(es_store *s, const es_append_req *reqs, size_t n, es_append_res *res, int *rcs)
+    __attribute__((warn_unused_result));
+
 /* Writes the history key of an aggregate into out. */
 void es_history_key(const char *aggregate, const char *aggregate_id, char *out, size_t outlen);
 

@@ -8,6 +8,7 @@ struct es_store {
     redisContext *c;      /* borrowed */
     char *bus;            /* bus stream name */
     cm_script append;     /* lua/append.lua with the append library */
+    cm_script batch;      /* lua/append_batch.lua with the append library */
     char err[256];        /* last error text */
 };
 

@@ -161,6 +161,41 @@ static void must_append(const char *agg_id, const char *type, const char *event_
 
 /* ---- expected version and idempotency ---------------------------------- */
 
+Test(store, batched_append_checks_each_request_on_its_own)
+{
+    const char *dup_id = "01900000-0000-7000-8000-0000000000d1";
+    must_append("b-dup", "CheckoutInitiated", dup_id, 0, json_object());
+    must_append("b-conf", "CheckoutInitiated", NULL, 0, json_object());
+    long long bus0 = bus_len();
+    es_new_event e_new[2] = {{.type = "CheckoutInitiated"}, {.type = "StockReserved"}};
+    es_new_event e_dup = {.event_id = dup_id, .type = "CheckoutInitiated"};
+    es_new_event e_conf = {.type = "StockReserved"};
+    es_append_req reqs[3] = {
+        {.aggregate = "checkout", .aggregate_id = "b-new", .producer = "test", .expected_version = 0,
+         .events = e_new, .n = 2},
+        {.aggregate = "checkout", .aggregate_id = "b-dup", .producer = "test", .expected_version = 0,
+         .events = &e_dup, .n = 1},
+        {.aggregate = "checkout", .aggregate_id = "b-conf", .producer = "test", .expected_version = 5,
+         .events = &e_conf, .n = 1},
+    };
+    es_append_res res[3];
+    int rcs[3];
+    cr_assert_eq(es_append_batch(S, reqs, 3, res, rcs), ES_OK, "%s", es_store_errstr(S));
+    cr_expect_eq(rcs[0], ES_OK);
+    cr_expect_not(res[0].duplicate);
+    cr_expect_eq(res[0].pos[1].seq, 2);
+    cr_expect_eq(rcs[1], ES_OK);
+    cr_expect(res[1].duplicate, "an id already stored is a duplicate, as es_append says");
+    cr_expect_eq(res[1].pos[0].seq, 1);
+    cr_expect_eq(rcs[2], ES_ECONFLICT);
+    cr_expect_eq(res[2].version, 1);
+    cr_expect_eq(bus_len(), bus0 + 2, "only the new checkout's two events were written");
+    cr_expect_eq(hist_len("b-new"), 2);
+    cr_expect_eq(hist_len("b-dup"), 1);
+    cr_expect_eq(hist_len("b-conf"), 1);
+    cr_expect_eq(es_append_batch(S, reqs, 0, res, rcs), ES_EINVAL);
+}
+
 Test(store, append_with_stale_version_writes_nothing)
 {
     must_append("co-1", "CheckoutInitiated", NULL, 0, json_pack("{s:s}", "client_id", "c1"));
