@@ -92,7 +92,7 @@ int pj_audit_key_parse(const char *text, size_t len, const char *what, pj_audit_
         bytes = n * 3 / 4;
     }
     if (bytes < PJ_AUDIT_KEY_MIN || bytes > PJ_AUDIT_KEY_MAX) {
-        snprintf(err, errlen, "%s is %zu bytes (read as %s); it must be %d..%d bytes, e.g. `head -c 32 /dev/urandom | xxd -p -c 64`",
+        snprintf(err, errlen, "%s is %zu bytes (read as %s); it must be %d..%d bytes, e.g. `head -c 32 /dev/urandom | base64`",
                  what, bytes, form, PJ_AUDIT_KEY_MIN, PJ_AUDIT_KEY_MAX);
         return -1;
     }

@@ -462,7 +462,7 @@ Test(audit, unkeyed_chain_becomes_keyed_and_never_back)
 {
     long long n = build_log();
     pj_audit_key key = parse_key(KEY_HEX);
-    int w = sg_spawn(&E, "audit", (const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL});
+    sg_spawn(&E, "audit", (const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL});
     sx_saga(E.s, SX_SUCCESS, "co-keyed", "c1", "p1", 1);
     wait_audited(n + 4);
     pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
@@ -473,7 +473,6 @@ Test(audit, unkeyed_chain_becomes_keyed_and_never_back)
     long long ttl = sg_ll(&E, "TTL %scheckout:co-keyed", PJ_AUDIT_SEEN_PREFIX);
     cr_assert(ttl > 600000 && ttl <= 604800, "seen marks TTL %lld", ttl);
     sg_stop_workers(&E);
-    (void)w;
 
     /* a worker without the key (or with another) refuses to extend it */
     int u = sg_spawn(&E, "audit", NULL);
@@ -766,4 +765,21 @@ Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
     pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
     cr_assert(rep.intact, "%s", rep.problem);
     cr_assert_eq(rep.count, 3);
+}
+
+Test(audit, legacy_audit_keys_are_renamed_at_start)
+{
+    long long n = build_log();
+    /* the layout before the {audit} hash tag */
+    sg_ll(&E, "DEL %s%s", PJ_AUDIT_SEEN_PREFIX, "checkout:co-000");
+    freeReplyObject(redisCommand(E.c, "RENAME %s chorus:audit:log", PJ_AUDIT_LOG_KEY));
+    freeReplyObject(redisCommand(E.c, "RENAME %s chorus:audit:head", PJ_AUDIT_HEAD_KEY));
+    sg_ll(&E, "HSET chorus:audit:seen checkout:co-000 1111");
+    sg_restart(&E, 0);
+    sx_saga(E.s, SX_SUCCESS, "co-after", "c1", "p1", 1);
+    wait_audited(n + 4);
+    cr_assert_eq(sg_ll(&E, "EXISTS chorus:audit:log chorus:audit:head chorus:audit:seen"), 0);
+    pj_audit_report rep = verify();
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, n + 4, "the old chain goes on under the new names");
 }
