@@ -112,6 +112,35 @@ static int check_chain_key(redisContext *c, const pj_audit_key *key, char *err, 
     return rc;
 }
 
+/* Says loudly when Redis's head is behind the head file (Redis restored from
+ * an older backup, or rolled back by hand): the records in between are gone
+ * and chorus-audit-verify will report it. The worker goes on auditing. */
+static void compare_head_file(redisContext *c, const char *path)
+{
+    pj_audit_anchor a;
+    char err[300];
+    if (pj_audit_head_file_read(path, &a, err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "%s", err);
+        return;
+    }
+    if (a.count == 0)
+        return;
+    redisReply *r = redisCommand(c, "HMGET %s hash count", PJ_AUDIT_HEAD_KEY);
+    const redisReply *h = cm_reply_elem(r, 0);
+    long long n = cm_reply_ll(cm_reply_elem(r, 1), 0);
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        if (n < a.count)
+            cm_log(CM_ERROR,
+                   "the audit head in Redis counts %lld records but AUDIT_HEAD_FILE %s line %lld vouches for %lld: "
+                   "Redis was rolled back or restored from an older copy",
+                   n, path, a.line, a.count);
+        else if (n == a.count && (!cm_reply_is_str(h) || strcmp(h->str, a.hash) != 0))
+            cm_log(CM_ERROR, "the audit head in Redis does not match AUDIT_HEAD_FILE %s line %lld: the log was rewritten",
+                   path, a.line);
+    }
+    freeReplyObject(r);
+}
+
 static int audit_init(wk_ctx *ctx, char *err, size_t errlen)
 {
     audit_state *st = cm_xcalloc(1, sizeof *st);
@@ -125,8 +154,11 @@ static int audit_init(wk_ctx *ctx, char *err, size_t errlen)
     migrate_legacy(c);
     if (check_chain_key(c, &st->key, err, errlen) != 0)
         goto fail;
-    if (g_head_file && *g_head_file && (st->head_fd = pj_audit_head_file_open(g_head_file, err, errlen)) < 0)
-        goto fail;
+    if (g_head_file && *g_head_file) {
+        if ((st->head_fd = pj_audit_head_file_open(g_head_file, err, errlen)) < 0)
+            goto fail;
+        compare_head_file(c, g_head_file);
+    }
     if (st->key.len == 0)
         cm_log(CM_WARN, "AUDIT_KEY is not set: the audit chain is unkeyed, so whoever can write Redis can "
                         "recompute it; set AUDIT_KEY or AUDIT_KEY_FILE (./chorus up generates one)");

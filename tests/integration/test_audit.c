@@ -527,6 +527,12 @@ Test(audit, audit_key_is_validated_with_a_clear_error)
     cr_assert(log_contains(w, "AUDIT_KEY is 2 bytes"), "the worker's log names the problem");
 }
 
+static bool worker0_saw_rollback(void *ud)
+{
+    (void)ud;
+    return log_contains(0, "rolled back or restored");
+}
+
 Test(audit, rolled_back_head_is_reported_against_the_head_file)
 {
     char path[400], env[420], err[256];
@@ -563,6 +569,10 @@ Test(audit, rolled_back_head_is_reported_against_the_head_file)
     char out[1024];
     cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 1, "%s", out);
     cr_assert(strstr(out, "rolled back"), "%s", out);
+
+    /* the worker says so when it starts on the rolled-back Redis */
+    sg_restart(&E, 0);
+    cr_assert(tf_wait_until(worker0_saw_rollback, NULL, 10000), "no rollback error in the worker's log");
 }
 
 Test(audit, event_edited_in_its_history_is_found_by_deep)
