@@ -793,3 +793,48 @@ Test(audit, legacy_audit_keys_are_renamed_at_start)
     cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
     cr_assert_eq(rep.count, n + 4, "the old chain goes on under the new names");
 }
+
+/* Writes text to the file path. */
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+#define H1 "1111111111111111111111111111111111111111111111111111111111111111"
+#define H2 "2222222222222222222222222222222222222222222222222222222222222222"
+
+Test(audit, head_file_lines_are_validated)
+{
+    char path[400], err[300];
+    pj_audit_anchor a;
+    snprintf(path, sizeof path, "%s/head", E.r.dir);
+
+    /* out of order (two copies), and a torn last line: the highest whole line */
+    write_file(path, "3 " H1 "\n9 " H2 "\n5 " H1 "\n12 33");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.count, 9);
+    cr_assert_str_eq(a.hash, H2);
+    cr_assert_eq(a.line, 2);
+
+    write_file(path, "");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.count, 0, "an empty file vouches for nothing");
+
+    write_file(path, "3 " H1 "\nthree " H1 "\n");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "line 2"), "%s", err);
+    write_file(path, "3 " H1 "\n3 " H2 "\n");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "disagree"), "%s", err);
+    cr_assert_eq(pj_audit_head_file_read("/nonexistent/head", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "/nonexistent/head"), "%s", err);
+
+    /* the verifier cannot verify against a broken file: exit 2, saying why */
+    char env[420], out[1024];
+    snprintf(env, sizeof env, "AUDIT_HEAD_FILE=%s", path);
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "disagree"), "%s", out);
+}
