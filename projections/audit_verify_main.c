@@ -36,7 +36,7 @@ static const cm_opt k_opts[] = {
      "the chain's key, hex or base64, 32..64 bytes (prefer AUDIT_KEY_FILE)"},
     {"audit-key-file", "AUDIT_KEY_FILE", CM_OPT_STR, &g_key_file, NULL, 0, -1, "file holding the chain's key"},
     {"audit-head-file", "AUDIT_HEAD_FILE", CM_OPT_STR, &g_head_file, NULL, 0, -1,
-     "the head file the audit workers append; the chain must match its last line"},
+     "the head file the audit workers append; the chain must reach and match its highest line"},
     {"deep", NULL, CM_OPT_BOOL, &g_deep, "false", 0, -1, "also check each record against its stored event"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
