@@ -19,9 +19,11 @@
  *   chorus:idem:<client>:<key>  string intake idempotency record (24 h), scoped to the client
  *   chorus:notify:log           stream one entry per notified checkout
  *   chorus:notify:<checkout_id> hash   notification state (webhook delivered or not)
- *   chorus:audit:log            stream hash-chained audit records
- *   chorus:audit:head           hash   hash + count of the last audit record
- *   chorus:audit:seen           hash   <aggregate>:<id> -> per-seq '1' marks of audited events
+ *   chorus:{audit}:log          stream hash-chained audit records (kept indefinitely)
+ *   chorus:{audit}:head         hash   hash + count of the last audit record, key_id
+ *   chorus:{audit}:seen:<aggregate>:<id>
+ *                               string per-seq '1' marks of audited events (AUDIT_SEEN_TTL_S)
+ *     (one hash tag: the audit script touches them together, one Cluster slot)
  *   <bus>.dlq.<group>           stream dead letters of a group
  *   <bus>.retry.<group>         stream entries re-delivered to one group
  */
@@ -34,6 +36,9 @@
 #define CM_KEY_PREFIX "chorus:"
 #define CM_RM_CHANGED_CHANNEL "chorus:rm:checkout-changed"
 #define CM_KEY_SAGA_STARTED "chorus:saga:started"  /* sagas not yet ended (timeout) */
+#define CM_KEY_AUDIT_LOG "chorus:{audit}:log"
+#define CM_KEY_AUDIT_HEAD "chorus:{audit}:head"
+#define CM_KEY_AUDIT_SEEN_PREFIX "chorus:{audit}:seen:"  /* + "<aggregate>:<id>" */
 
 /* Event types of the saga, in DESIGN.md's order. */
 enum cm_event_type {

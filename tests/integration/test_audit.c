@@ -6,7 +6,13 @@
  * delivered again (group rewound, redelivery stream, copies on the bus) and
  * two audit copies append concurrently, and the chain they build verifies;
  * an altered, removed, reordered or foreign-appended record is detected at
- * its position, by the library and by chorus-audit-verify.
+ * its position, by the library and by chorus-audit-verify. With AUDIT_KEY a
+ * chain recomputed without the key fails, and an unkeyed chain may become
+ * keyed but not back; with AUDIT_HEAD_FILE a Redis rolled back is caught;
+ * --deep finds an event edited in its history; the dedupe marks expire after
+ * AUDIT_SEEN_TTL_S (an event delivered after that is audited again, and the
+ * chain still verifies); the script module (workers/lua/audit_append.h) answers
+ * moved / ok / wrong_key as named.
  *
  * CHORUS_WORKER_BIN and CHORUS_AUDIT_VERIFY_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
@@ -15,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "common/names.h"
@@ -23,6 +31,7 @@
 #include "tests/e2e/saga_env.h"
 #include "tests/integration/saga_events.h"
 #include "tests/support/proc.h"
+#include "workers/lua/audit_append.h"
 
 #define BUS CM_BUS_STREAM_DEFAULT
 #define GROUP "choreo-audit"
@@ -79,16 +88,22 @@ static void copy_bus_to(const char *stream)
     freeReplyObject(all);
 }
 
-static pj_audit_report verify(void)
+static pj_audit_report verify_with(const pj_audit_opts *o)
 {
     pj_audit_report rep;
     char err[256];
-    cr_assert_eq(pj_audit_verify(E.c, &rep, err, sizeof err), 0, "verify: %s", err);
+    cr_assert_eq(pj_audit_verify(E.c, o, &rep, err, sizeof err), 0, "verify: %s", err);
     return rep;
 }
 
-/* Runs chorus-audit-verify; returns its exit code and its output in out. */
-static int run_verify_cli(char *out, size_t outlen)
+static pj_audit_report verify(void)
+{
+    return verify_with(NULL);
+}
+
+/* Runs chorus-audit-verify with extra flags and env (NULL-terminated lists,
+ * may be NULL); returns its exit code and its output in out. */
+static int run_verify_cli_with(const char *const *flags, const char *const *extra_env, char *out, size_t outlen)
 {
     const char *bin = getenv("CHORUS_AUDIT_VERIFY_BIN");
     cr_assert(bin && *bin, "CHORUS_AUDIT_VERIFY_BIN is not set (run through meson test)");
@@ -96,8 +111,12 @@ static int run_verify_cli(char *out, size_t outlen)
     snprintf(url, sizeof url, "REDIS_URL=%s", E.r.url);
     snprintf(log, sizeof log, "%s/verify.log", E.r.dir);
     remove(log);
-    const char *argv[] = {bin, NULL};
-    const char *env[] = {url, "LOG_LEVEL=warn", NULL};
+    const char *argv[8] = {bin};
+    for (int i = 0; flags && flags[i] && i < 6; i++)
+        argv[i + 1] = flags[i];
+    const char *env[8] = {url, "LOG_LEVEL=warn"};
+    for (int i = 0; extra_env && extra_env[i] && i < 5; i++)
+        env[i + 2] = extra_env[i];
     pid_t pid = tf_spawn(argv, env, log);
     cr_assert_gt(pid, 0);
     int st = 0;
@@ -108,6 +127,11 @@ static int run_verify_cli(char *out, size_t outlen)
     out[n] = '\0';
     fclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_verify_cli(char *out, size_t outlen)
+{
+    return run_verify_cli_with(NULL, NULL, out, outlen);
 }
 
 Test(audit, one_record_per_event_despite_redeliveries_and_two_copies)
@@ -291,4 +315,526 @@ Test(audit, audit_goes_on_after_a_restart_with_one_chain)
     pj_audit_report rep = verify();
     cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
     cr_assert_eq(rep.count, n + 4);
+}
+
+/* ---- keyed chain, head file, --deep, lifetimes, the script module -------- */
+
+/* 32 bytes 00 01 .. 1f, as hex. */
+#define KEY_HEX "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+#define OTHER_KEY_HEX "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+static pj_audit_key parse_key(const char *hex)
+{
+    pj_audit_key k;
+    char err[256];
+    cr_assert_eq(pj_audit_key_parse(hex, strlen(hex), "AUDIT_KEY", &k, err, sizeof err), 0, "%s", err);
+    return k;
+}
+
+/* build_log with extra worker env, verified with opts. */
+static long long build_log_with(const char *const *env, const pj_audit_opts *o)
+{
+    sg_spawn(&E, "audit", env);
+    long long events = append_sagas(6);
+    wait_audited(events);
+    sg_stop_workers(&E);
+    pj_audit_report rep = verify_with(o);
+    cr_assert(rep.intact, "fresh chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    return events;
+}
+
+/* The value of field in an XRANGE entry's field list (NULL when absent). */
+static const char *field_of(const redisReply *entry, const char *field)
+{
+    const redisReply *f = entry->element[1];
+    for (size_t j = 0; j + 1 < f->elements; j += 2)
+        if (!strcmp(f->element[j]->str, field))
+            return f->element[j + 1]->str;
+    return NULL;
+}
+
+/* What someone with Redis access but not the key can do: rewrites records
+ * from position k on (record k's type changed to forged_type when not NULL)
+ * and rehashes them, and the head, with key (NULL: unkeyed). */
+static void recompute_from(long long k, const char *forged_type, const pj_audit_key *key)
+{
+    redisReply *all = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(all && all->type == REDIS_REPLY_ARRAY);
+    sg_ll(&E, "DEL %s", PJ_AUDIT_LOG_KEY);   /* an XADD with an old id needs an empty stream */
+    char prev[PJ_AUDIT_HEX], hash[PJ_AUDIT_HEX];
+    snprintf(prev, sizeof prev, "%s", pj_audit_genesis);
+    for (size_t i = 0; i < all->elements; i++) {
+        const redisReply *e = all->element[i];
+        pj_audit_rec rec = {field_of(e, "event_id"), field_of(e, "entry_id"),
+                            (long long)i == k && forged_type ? forged_type : field_of(e, "type"),
+                            field_of(e, "aggregate_id"), field_of(e, "digest")};
+        if ((long long)i < k)
+            snprintf(hash, sizeof hash, "%s", field_of(e, "hash"));
+        else
+            pj_audit_hash(key, prev, &rec, hash);
+        const char *argv[] = {"XADD",         PJ_AUDIT_LOG_KEY, e->element[0]->str, "event_id", rec.event_id,
+                              "entry_id",     rec.entry_id,     "type",             rec.type,   "aggregate_id",
+                              rec.aggregate_id, "digest",       rec.digest,         "prev",     prev,
+                              "hash",         hash};
+        redisReply *r = redisCommandArgv(E.c, 17, argv, NULL);
+        cr_assert(r && r->type == REDIS_REPLY_STRING, "XADD with the original id");
+        freeReplyObject(r);
+        snprintf(prev, sizeof prev, "%s", hash);
+    }
+    freeReplyObject(all);
+    freeReplyObject(redisCommand(E.c, "HSET %s hash %s key_id %s", PJ_AUDIT_HEAD_KEY, prev,
+                                 key ? key->id : PJ_AUDIT_UNKEYED));
+}
+
+Test(audit, chain_recomputed_without_the_key_fails_verification)
+{
+    pj_audit_key key = parse_key(KEY_HEX), other = parse_key(OTHER_KEY_HEX);
+    pj_audit_opts keyed = {.key = &key};
+    long long n = build_log_with((const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL}, &keyed);
+    char *kid = sg_str(&E, "HGET %s key_id", PJ_AUDIT_HEAD_KEY);
+    cr_assert_str_eq(kid, key.id, "the head names the chain's key");
+    free(kid);
+    pj_audit_report rep = verify_with(&keyed);
+    cr_assert_eq(rep.count, n);
+    cr_assert_eq(rep.unkeyed, 0);
+
+    /* without the key, or with another, the chain cannot be verified (exit 2) */
+    char err[256];
+    cr_assert_eq(pj_audit_verify(E.c, NULL, &rep, err, sizeof err), -1);
+    cr_assert(strstr(err, "AUDIT_KEY"), "%s", err);
+    cr_assert_eq(pj_audit_verify(E.c, &(pj_audit_opts){.key = &other}, &rep, err, sizeof err), -1);
+    cr_assert(strstr(err, "not the audit chain's key"), "%s", err);
+    char out[1024];
+    cr_assert_eq(run_verify_cli(out, sizeof out), 2, "%s", out);
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL}, out, sizeof out), 0,
+                 "%s", out);
+
+    /* a record altered and the rest of the chain rehashed without the key */
+    long long k = n / 2;
+    recompute_from(k, "CheckoutSucceeded", NULL);
+    freeReplyObject(redisCommand(E.c, "HSET %s key_id %s", PJ_AUDIT_HEAD_KEY, key.id));
+    rep = verify_with(&keyed);
+    cr_assert_not(rep.intact);
+    cr_assert_eq(rep.bad_pos, k);
+    cr_assert(strstr(rep.problem, "AUDIT_KEY"), "%s", rep.problem);
+
+    /* the whole chain rehashed without the key: consistent for anyone without
+     * it, refused by whoever holds it */
+    recompute_from(0, NULL, NULL);
+    cr_assert(verify().intact, "an unkeyed verifier cannot tell");
+    rep = verify_with(&keyed);
+    cr_assert_not(rep.intact);
+    cr_assert(strstr(rep.problem, "no record is hashed with AUDIT_KEY"), "%s", rep.problem);
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL}, out, sizeof out), 1,
+                 "%s", out);
+    cr_assert(strstr(out, "no record is hashed with AUDIT_KEY"), "%s", out);
+
+    /* rehashed with another key: no better */
+    recompute_from(0, NULL, &other);
+    freeReplyObject(redisCommand(E.c, "HSET %s key_id %s", PJ_AUDIT_HEAD_KEY, key.id));
+    rep = verify_with(&keyed);
+    cr_assert_not(rep.intact);
+    cr_assert_eq(rep.bad_pos, 0);
+}
+
+/* Polls until the worker at index i exits; returns its exit code. */
+static int wait_worker_exit(int i)
+{
+    int st = 0;
+    cr_assert_eq(tf_wait_exit(E.p[i].pid, 20000, &st), 0, "the worker kept running");
+    E.p[i].pid = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool log_contains(int i, const char *needle)
+{
+    FILE *f = fopen(E.p[i].log, "r");
+    if (!f)
+        return false;
+    char buf[16384];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strstr(buf, needle) != NULL;
+}
+
+Test(audit, unkeyed_chain_becomes_keyed_and_never_back)
+{
+    long long n = build_log();
+    pj_audit_key key = parse_key(KEY_HEX);
+    sg_spawn(&E, "audit", (const char *const[]){"AUDIT_KEY=" KEY_HEX, NULL});
+    sx_saga(E.s, SX_SUCCESS, "co-keyed", "c1", "p1", 1);
+    wait_audited(n + 4);
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, n + 4);
+    cr_assert_eq(rep.unkeyed, n, "the records before the key are its unkeyed prefix");
+    /* the default lifetime of the dedupe marks: 7 days from the last event */
+    long long ttl = sg_ll(&E, "TTL %scheckout:co-keyed", PJ_AUDIT_SEEN_PREFIX);
+    cr_assert(ttl > 600000 && ttl <= 604800, "seen marks TTL %lld", ttl);
+    sg_stop_workers(&E);
+
+    /* a worker without the key (or with another) refuses to extend it */
+    int u = sg_spawn(&E, "audit", NULL);
+    cr_assert_neq(wait_worker_exit(u), 0, "an unkeyed worker started on a keyed chain");
+    cr_assert(log_contains(u, "keyed with key id"), "the worker's log says why");
+    int o = sg_spawn(&E, "audit", (const char *const[]){"AUDIT_KEY=" OTHER_KEY_HEX, NULL});
+    cr_assert_neq(wait_worker_exit(o), 0, "a worker with another key started");
+    cr_assert(verify_with(&(pj_audit_opts){.key = &key}).intact);
+}
+
+Test(audit, audit_key_is_validated_with_a_clear_error)
+{
+    pj_audit_key a, b;
+    char err[256];
+    unsigned char raw[32];
+    for (int i = 0; i < 32; i++)
+        raw[i] = (unsigned char)i;
+    char b64[64];
+    sodium_bin2base64(b64, sizeof b64, raw, sizeof raw, sodium_base64_VARIANT_ORIGINAL);
+    cr_assert_eq(pj_audit_key_parse(KEY_HEX "\n", strlen(KEY_HEX) + 1, "AUDIT_KEY", &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(pj_audit_key_parse(b64, strlen(b64), "AUDIT_KEY", &b, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.len, 32);
+    cr_assert_str_eq(a.id, b.id, "hex and base64 of one key are one key");
+    cr_assert_eq(memcmp(a.bytes, raw, 32), 0);
+    cr_assert_eq(pj_audit_key_parse("abcd", 4, "AUDIT_KEY", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "AUDIT_KEY is 2 bytes") && strstr(err, "32"), "%s", err);
+    cr_assert_eq(a.len, 0);
+    const char *junk = "this is not a key, it has spaces and is long enough!!";
+    cr_assert_eq(pj_audit_key_parse(junk, strlen(junk), "AUDIT_KEY", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "AUDIT_KEY"), "%s", err);
+    cr_assert_eq(pj_audit_key_load(KEY_HEX, "/nonexistent", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "both"), "%s", err);
+    cr_assert_eq(pj_audit_key_load(NULL, "/nonexistent/key", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "AUDIT_KEY_FILE /nonexistent/key"), "%s", err);
+    cr_assert_eq(pj_audit_key_load(NULL, NULL, &a, err, sizeof err), 0);
+    cr_assert_str_eq(a.id, PJ_AUDIT_UNKEYED);
+
+    /* a key file works for the worker and the verifier; a bad key stops the worker */
+    char path[400], env[420];
+    snprintf(path, sizeof path, "%s/audit-key", E.r.dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%s\n", b64);
+    fclose(f);
+    chmod(path, 0600);
+    snprintf(env, sizeof env, "AUDIT_KEY_FILE=%s", path);
+    build_log_with((const char *const[]){env, NULL}, &(pj_audit_opts){.key = &b});
+    char out[1024];
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 0, "%s", out);
+    int w = sg_spawn(&E, "audit", (const char *const[]){"AUDIT_KEY=abcd", NULL});
+    cr_assert_neq(wait_worker_exit(w), 0);
+    cr_assert(log_contains(w, "AUDIT_KEY is 2 bytes"), "the worker's log names the problem");
+}
+
+static bool worker0_saw_rollback(void *ud)
+{
+    (void)ud;
+    return log_contains(0, "rolled back or restored");
+}
+
+Test(audit, rolled_back_head_is_reported_against_the_head_file)
+{
+    char path[400], env[420], err[256];
+    snprintf(path, sizeof path, "%s/audit-head", E.r.dir);
+    snprintf(env, sizeof env, "AUDIT_HEAD_FILE=%s", path);
+    long long n = build_log_with((const char *const[]){env, "BATCH_SIZE=4", NULL}, NULL);
+    pj_audit_anchor a;
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.count, n, "the file's last line vouches for every record");
+    char *head = sg_str(&E, "HGET %s hash", PJ_AUDIT_HEAD_KEY);
+    cr_assert_str_eq(a.hash, head);
+    free(head);
+    cr_assert_gt(a.line, 1, "one line per batch");
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.anchor = &a});
+    cr_assert(rep.intact, "%s", rep.problem);
+    cr_assert_eq(rep.anchored, n);
+
+    /* roll Redis back to the state after k records */
+    long long k = n / 2;
+    redisReply *all = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(all && (long long)all->elements == n);
+    char hash_k[PJ_AUDIT_HEX];
+    snprintf(hash_k, sizeof hash_k, "%s", field_of(all->element[k - 1], "hash"));
+    for (long long i = k; i < n; i++)
+        sg_ll(&E, "XDEL %s %s", PJ_AUDIT_LOG_KEY, all->element[i]->element[0]->str);
+    freeReplyObject(all);
+    freeReplyObject(redisCommand(E.c, "HSET %s hash %s count %lld", PJ_AUDIT_HEAD_KEY, hash_k, k));
+
+    cr_assert(verify().intact, "Redis alone is consistent after a rollback");
+    rep = verify_with(&(pj_audit_opts){.anchor = &a});
+    cr_assert_not(rep.intact);
+    cr_assert_eq(rep.bad_pos, k);
+    cr_assert(strstr(rep.problem, "rolled back"), "%s", rep.problem);
+    char out[1024];
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "rolled back"), "%s", out);
+
+    /* the worker says so when it starts on the rolled-back Redis */
+    sg_restart(&E, 0);
+    cr_assert(tf_wait_until(worker0_saw_rollback, NULL, 10000), "no rollback error in the worker's log");
+}
+
+Test(audit, event_edited_in_its_history_is_found_by_deep)
+{
+    build_log();
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "%s", rep.problem);
+    cr_assert(rep.deep);
+    char out[1024];
+    cr_assert_eq(run_verify_cli_with((const char *const[]){"--deep", NULL}, NULL, out, sizeof out), 0, "%s", out);
+
+    /* what redis-cli can do: LSET the first event of co-002 with another client */
+    char hkey[128];
+    es_history_key(PJ_AUDIT_AGGREGATE, "co-002", hkey, sizeof hkey);
+    char *el = sg_str(&E, "LINDEX %s 0", hkey);
+    cr_assert_not_null(el);
+    char *orig = strdup(el);
+    char *c1 = strstr(el, "\"c1\"");
+    cr_assert_not_null(c1, "%s", el);
+    c1[2] = '9';
+    char event_id[64];
+    snprintf(event_id, sizeof event_id, "%.*s", (int)strcspn(el, "\n"), el);
+    redisReply *r = redisCommand(E.c, "LSET %s 0 %s", hkey, el);
+    cr_assert(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    free(el);
+
+    cr_assert(verify().intact, "the chain itself is untouched");
+    rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert_not(rep.intact);
+    cr_assert_str_eq(rep.bad_event_id, event_id);
+    cr_assert(strstr(rep.problem, event_id) && strstr(rep.problem, "altered"), "%s", rep.problem);
+    cr_assert_eq(run_verify_cli_with((const char *const[]){"--deep", NULL}, NULL, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, event_id), "%s", out);
+    cr_assert_eq(run_verify_cli(out, sizeof out), 0, "without --deep only the chain is checked: %s", out);
+
+    /* put it back; then remove the last event of another history */
+    freeReplyObject(redisCommand(E.c, "LSET %s 0 %s", hkey, orig));
+    free(orig);
+    cr_assert(verify_with(&(pj_audit_opts){.deep = true}).intact);
+    es_history_key(PJ_AUDIT_AGGREGATE, "co-004", hkey, sizeof hkey);
+    el = sg_str(&E, "RPOP %s", hkey);
+    cr_assert_not_null(el);
+    snprintf(event_id, sizeof event_id, "%.*s", (int)strcspn(el, "\n"), el);
+    free(el);
+    rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert_not(rep.intact);
+    cr_assert_str_eq(rep.bad_event_id, event_id);
+    cr_assert(strstr(rep.problem, "missing"), "%s", rep.problem);
+}
+
+/* Keys matching pattern (SCAN). */
+static long long count_keys(const char *pattern)
+{
+    long long n = 0;
+    char cursor[32] = "0";
+    do {
+        redisReply *r = redisCommand(E.c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        n += (long long)r->element[1]->elements;
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
+static bool no_seen_marks(void *ud)
+{
+    (void)ud;
+    return count_keys(PJ_AUDIT_SEEN_PREFIX "*") == 0;
+}
+
+Test(audit, seen_marks_expire_and_a_later_redelivery_is_audited_again)
+{
+    sg_spawn(&E, "audit", (const char *const[]){"AUDIT_SEEN_TTL_S=1", NULL});
+    long long events = append_sagas(8);
+    wait_audited(events);
+    cr_assert(tf_wait_until(no_seen_marks, NULL, 15000), "the seen marks did not expire");
+    cr_assert_eq(count_keys(CM_KEY_PREFIX "audit:seen*"), 0, "no dedupe hash of the old layout either");
+
+    /* the decided behaviour: an event delivered after its marks expired gets
+     * a second record, and the chain stays one verifiable chain */
+    sg_ll(&E, "XGROUP SETID %s %s 0", BUS, GROUP);
+    wait_audited(2 * events);
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, 2 * events);
+    redisReply *log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->type == REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < log->elements; i++)
+        sg_ll(&E, "HINCRBY test:audit:ids %s 1", field_of(log->element[i], "event_id"));
+    freeReplyObject(log);
+    cr_assert_eq(sg_ll(&E, "HLEN test:audit:ids"), events);
+    redisReply *counts = redisCommand(E.c, "HVALS test:audit:ids");
+    for (size_t i = 0; i < counts->elements; i++)
+        cr_assert_str_eq(counts->element[i]->str, "2", "each event audited once per delivery window");
+    freeReplyObject(counts);
+}
+
+/* A record for the script test; strings live in rec_buf. */
+typedef struct rec_buf {
+    char event_id[16], entry_id[16], aggregate_id[16], digest[PJ_AUDIT_HEX], hash[PJ_AUDIT_HEX],
+        seen_key[96];
+    wk_aa_record r;
+} rec_buf;
+
+static void make_rec(rec_buf *b, const pj_audit_key *key, const char *prev, const char *checkout, int64_t seq)
+{
+    snprintf(b->event_id, sizeof b->event_id, "ev-%s-%lld", checkout + 3, (long long)seq);
+    snprintf(b->entry_id, sizeof b->entry_id, "%lld-0", 1000 + (long long)seq);
+    snprintf(b->aggregate_id, sizeof b->aggregate_id, "%s", checkout);
+    snprintf(b->seen_key, sizeof b->seen_key, "%scheckout:%s", PJ_AUDIT_SEEN_PREFIX, checkout);
+    pj_audit_digest(b->event_id, strlen(b->event_id), b->digest);
+    b->r.rec = (pj_audit_rec){b->event_id, b->entry_id, "CheckoutInitiated", b->aggregate_id, b->digest};
+    pj_audit_hash(key, prev, &b->r.rec, b->hash);
+    b->r.prev = prev;
+    b->r.hash = b->hash;
+    b->r.seen_key = b->seen_key;
+    b->r.seq = seq;
+}
+
+static wk_aa_verdict call_script(const char *head, const char *key_id, rec_buf *recs, size_t n)
+{
+    wk_aa_record r[4];
+    for (size_t i = 0; i < n; i++)
+        r[i] = recs[i].r;
+    wk_aa_call call = {.head = head, .key_id = key_id, .seen_ttl_s = 1000, .recs = r, .n = n};
+    wk_aa_verdict v;
+    char err[256];
+    cr_assert_eq(wk_audit_append(E.c, &call, &v, err, sizeof err), 0, "%s", err);
+    return v;
+}
+
+Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
+{
+    pj_audit_key key = parse_key(KEY_HEX);
+    rec_buf b[3];
+    make_rec(&b[0], &key, pj_audit_genesis, "co-1", 1);
+    wk_aa_verdict v = call_script("", key.id, b, 1);
+    cr_assert_eq(v.status, WK_AA_OK);
+    cr_assert_eq(v.count, 1);
+
+    /* every named argument lands in its field */
+    redisReply *log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->elements == 1);
+    const char *const want[][2] = {{"event_id", b[0].event_id}, {"entry_id", b[0].entry_id},
+                                   {"type", "CheckoutInitiated"}, {"aggregate_id", "co-1"},
+                                   {"digest", b[0].digest},      {"prev", pj_audit_genesis},
+                                   {"hash", b[0].hash}};
+    const redisReply *f = log->element[0]->element[1];
+    cr_assert_eq(f->elements, 14);
+    for (size_t i = 0; i < 7; i++) {
+        cr_assert_str_eq(f->element[2 * i]->str, want[i][0]);
+        cr_assert_str_eq(f->element[2 * i + 1]->str, want[i][1], "field %s", want[i][0]);
+    }
+    freeReplyObject(log);
+    const char *const head1[] = {"hash", b[0].hash, "count", "1", "key_id", key.id, NULL};
+    sx_assert_hash(E.c, PJ_AUDIT_HEAD_KEY, head1);
+    char *mark = sg_str(&E, "GET %s", b[0].seen_key);
+    cr_assert_str_eq(mark, "1");
+    free(mark);
+    long long ttl = sg_ll(&E, "TTL %s", b[0].seen_key);
+    cr_assert(ttl > 0 && ttl <= 1000, "TTL %lld", ttl);
+
+    /* a stale head: moved, with the current one, nothing written */
+    make_rec(&b[1], &key, pj_audit_genesis, "co-1", 2);
+    v = call_script("", key.id, &b[1], 1);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    cr_assert_str_eq(v.head, b[0].hash);
+    /* the right head but an event already marked: moved too */
+    make_rec(&b[1], &key, b[0].hash, "co-1", 1);
+    v = call_script(b[0].hash, key.id, &b[1], 1);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), 1, "a refused call writes nothing");
+
+    /* the right head: two aggregates in one call */
+    make_rec(&b[1], &key, b[0].hash, "co-1", 2);
+    make_rec(&b[2], &key, b[1].hash, "co-2", 3);
+    v = call_script(b[0].hash, key.id, &b[1], 2);
+    cr_assert_eq(v.status, WK_AA_OK);
+    cr_assert_eq(v.count, 3);
+    mark = sg_str(&E, "GET %s", b[1].seen_key);
+    cr_assert_str_eq(mark, "11");
+    free(mark);
+    mark = sg_str(&E, "GETRANGE %s 2 2", b[2].seen_key);
+    cr_assert_str_eq(mark, "1");
+    free(mark);
+    cr_assert_gt(sg_ll(&E, "TTL %s", b[2].seen_key), 0);
+
+    /* another key, or none, on a keyed chain */
+    rec_buf x;
+    make_rec(&x, NULL, b[2].hash, "co-3", 1);
+    v = call_script(b[2].hash, PJ_AUDIT_UNKEYED, &x, 1);
+    cr_assert_eq(v.status, WK_AA_WRONG_KEY);
+    cr_assert_str_eq(v.key_id, key.id);
+    v = call_script(b[2].hash, "0123456789abcdef", &x, 1);
+    cr_assert_eq(v.status, WK_AA_WRONG_KEY);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), 3);
+
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
+    cr_assert(rep.intact, "%s", rep.problem);
+    cr_assert_eq(rep.count, 3);
+}
+
+Test(audit, legacy_audit_keys_are_renamed_at_start)
+{
+    long long n = build_log();
+    /* the layout before the {audit} hash tag */
+    sg_ll(&E, "DEL %s%s", PJ_AUDIT_SEEN_PREFIX, "checkout:co-000");
+    freeReplyObject(redisCommand(E.c, "RENAME %s chorus:audit:log", PJ_AUDIT_LOG_KEY));
+    freeReplyObject(redisCommand(E.c, "RENAME %s chorus:audit:head", PJ_AUDIT_HEAD_KEY));
+    sg_ll(&E, "HSET chorus:audit:seen checkout:co-000 1111");
+    sg_restart(&E, 0);
+    sx_saga(E.s, SX_SUCCESS, "co-after", "c1", "p1", 1);
+    wait_audited(n + 4);
+    cr_assert_eq(sg_ll(&E, "EXISTS chorus:audit:log chorus:audit:head chorus:audit:seen"), 0);
+    pj_audit_report rep = verify();
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, n + 4, "the old chain goes on under the new names");
+}
+
+/* Writes text to the file path. */
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+#define H1 "1111111111111111111111111111111111111111111111111111111111111111"
+#define H2 "2222222222222222222222222222222222222222222222222222222222222222"
+
+Test(audit, head_file_lines_are_validated)
+{
+    char path[400], err[300];
+    pj_audit_anchor a;
+    snprintf(path, sizeof path, "%s/head", E.r.dir);
+
+    /* out of order (two copies), and a torn last line: the highest whole line */
+    write_file(path, "3 " H1 "\n9 " H2 "\n5 " H1 "\n12 33");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.count, 9);
+    cr_assert_str_eq(a.hash, H2);
+    cr_assert_eq(a.line, 2);
+
+    write_file(path, "");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a.count, 0, "an empty file vouches for nothing");
+
+    write_file(path, "3 " H1 "\nthree " H1 "\n");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "line 2"), "%s", err);
+    write_file(path, "3 " H1 "\n3 " H2 "\n");
+    cr_assert_eq(pj_audit_head_file_read(path, &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "disagree"), "%s", err);
+    cr_assert_eq(pj_audit_head_file_read("/nonexistent/head", &a, err, sizeof err), -1);
+    cr_assert(strstr(err, "/nonexistent/head"), "%s", err);
+
+    /* the verifier cannot verify against a broken file: exit 2, saying why */
+    char env[420], out[1024];
+    snprintf(env, sizeof env, "AUDIT_HEAD_FILE=%s", path);
+    cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 2, "%s", out);
+    cr_assert(strstr(out, "disagree"), "%s", out);
 }

@@ -1,0 +1,82 @@
+/* audit_append.h - the C side of workers/lua/audit_append.lua: this module
+ * alone knows the script's KEYS and ARGV layout (the enums below; the
+ * script's constants mirror them), builds the call from named fields and
+ * turns the reply into a typed verdict.
+ *
+ * Every key the script touches is in KEYS, and all carry the {audit} hash
+ * tag (common/names.h), so the call is valid on Redis Cluster. */
+#ifndef WK_AUDIT_APPEND_H
+#define WK_AUDIT_APPEND_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "projections/audit.h"
+
+/* KEYS, 0-based (Lua adds 1). The seen keys follow, one per aggregate. */
+enum wk_aa_key {
+    WK_AA_KEY_LOG,          /* chorus:{audit}:log */
+    WK_AA_KEY_HEAD,         /* chorus:{audit}:head */
+    WK_AA_KEY_FIRST_SEEN,   /* chorus:{audit}:seen:<aggregate>:<id>, ... */
+};
+
+/* ARGV, 0-based: the fixed arguments, then WK_AA_REC_NARGS per record. */
+enum wk_aa_arg {
+    WK_AA_ARG_HEAD,          /* the head the records were chained to ("" = empty log) */
+    WK_AA_ARG_KEY_ID,        /* the worker's key id, "none" when unkeyed */
+    WK_AA_ARG_SEEN_TTL_S,    /* lifetime of the seen marks, seconds */
+    WK_AA_ARG_NRECORDS,
+    WK_AA_ARG_FIRST_RECORD,
+};
+
+/* One record's arguments, relative to its first. */
+enum wk_aa_rec {
+    WK_AA_REC_EVENT_ID,
+    WK_AA_REC_ENTRY_ID,
+    WK_AA_REC_TYPE,
+    WK_AA_REC_AGGREGATE_ID,
+    WK_AA_REC_DIGEST,
+    WK_AA_REC_PREV,
+    WK_AA_REC_HASH,
+    WK_AA_REC_SEEN,          /* 1-based index of its seen key in KEYS */
+    WK_AA_REC_SEQ,
+    WK_AA_REC_NARGS,
+};
+
+/* A record to append (strings borrowed for the call). */
+typedef struct wk_aa_record {
+    pj_audit_rec rec;          /* what the hash covers */
+    const char *prev;          /* hash of the record before */
+    const char *hash;          /* pj_audit_hash(key, prev, &rec) */
+    const char *seen_key;      /* its aggregate's seen-mark key */
+    int64_t seq;               /* its event's seq (1..) */
+} wk_aa_record;
+
+typedef struct wk_aa_call {
+    const char *head;          /* head hash read before chaining ("" = empty log) */
+    const char *key_id;        /* pj_audit_key.id ("none" = unkeyed) */
+    int64_t seen_ttl_s;        /* >= 1 */
+    const wk_aa_record *recs;
+    size_t n;                  /* >= 1 */
+} wk_aa_call;
+
+typedef enum wk_aa_status {
+    WK_AA_OK,                  /* appended; count is the chain's length now */
+    WK_AA_MOVED,               /* the head moved (or a record is already marked): re-read, re-chain */
+    WK_AA_WRONG_KEY,           /* the chain is keyed with key_id, not the caller's key */
+} wk_aa_status;
+
+typedef struct wk_aa_verdict {
+    wk_aa_status status;
+    long long count;           /* OK: records in the chain */
+    char head[PJ_AUDIT_HEX];   /* MOVED: the current head ("" = empty) */
+    char key_id[PJ_AUDIT_KEY_ID + 8];   /* WRONG_KEY: the chain's key id */
+} wk_aa_verdict;
+
+/* Runs the script on c. Returns 0 with *v filled, or -1 with err on a Redis
+ * error or a reply of another shape. */
+int wk_audit_append(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+#endif
