@@ -900,7 +900,9 @@ Test(runtime, retry_budget_spent_parks_with_its_reason_never_before)
     const char *reason = field(r->element[0]->element[1], "reason")->str;
     cr_log_info("parked %lld ms after the first attempt, after %lld attempts: %s", parked - first,
                 attempts(EV[e].event_id), reason);
-    check(parked - first >= BUDGET, "parked %lld ms after the first attempt, budget %d", parked - first, BUDGET);
+    /* (20 ms: the handler records its first attempt a moment after the delivery) */
+    check(parked - first >= BUDGET - 20, "parked %lld ms after the first attempt, budget %d", parked - first,
+          BUDGET);
     check(strstr(reason, "retry budget") && strstr(reason, "injected failure"), "reason: %s", reason);
     check(attempts(EV[e].event_id) > 5, "only %lld attempts", attempts(EV[e].event_id));
     freeReplyObject(r);
@@ -926,7 +928,8 @@ Test(runtime, backoff_schedule_survives_a_restart_under_the_same_name)
     long long gap = cm_reply_ll(r->element[4], 0) - cm_reply_ll(r->element[3], 0);
     freeReplyObject(r);
     cr_log_info("attempt 4 -> 5 across the restart: %lld ms (nominal %d)", gap, BASE * 8);
-    check(gap >= BASE * 8 / 2, "retried %lld ms after attempt 4: the restart lost the backoff", gap);
+    /* the shortest jittered wait is 800 ms; a lost schedule retries at once */
+    check(gap >= BASE * 8 / 2 - 50, "retried %lld ms after attempt 4: the restart lost the backoff", gap);
 }
 
 /* A worker SIGKILLed mid-batch and restarted after 1 s under the same
