@@ -645,6 +645,8 @@ static cm_opt *settings_table(wk_ctx *ctx)
                     &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
                     &ctx->set.retry_max_ms,  &ctx->set.retry_budget_ms, &ctx->set.retention_days,
                     &ctx->set.redis_timeout_ms};
+    _Static_assert(sizeof ptrs / sizeof ptrs[0] == sizeof k_opts / sizeof k_opts[0] - 1,
+                   "one settings pointer per k_opts row");
     size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;
     for (const cm_opt *o = ctx->def->opts; o && o->name; o++)
         nextra++;
