@@ -9,7 +9,10 @@
  * `Idempotency-Key: <checkout_id>`. A 2xx is recorded in the marker
  * (webhook_status) and from then on the webhook is never called again for
  * that checkout; any other outcome answers WK_RETRY, so the runner retries
- * with backoff and dead-letters after MAX_DELIVERIES. The receiver may still
+ * with capped exponential backoff for the group's time budget
+ * (RETRY_BUDGET_MS, 6 h here): a receiver that is down for seconds or hours
+ * gets every notification once it is back, and only one that stays down past
+ * the budget sends notifications to the dead-letter stream. The receiver may still
  * see a second POST if this process dies between the 2xx and recording it,
  * or when two copies handle the same redelivery at once: that is what the
  * Idempotency-Key is for. */
@@ -188,4 +191,5 @@ const wk_def wk_notification = {
     .opts = k_opts,
     .init = notify_init,
     .fini = notify_fini,
+    .retry_budget_ms = 6 * 3600 * 1000,   /* a receiver's outage is waited out for hours */
 };

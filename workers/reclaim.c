@@ -1,9 +1,26 @@
-/* reclaim.c - pending entries: own retries after backoff, takeover of a dead
- * consumer's entries, and pruning consumers that have nothing pending.
+/* reclaim.c - pending entries: own retries after backoff, resuming our own
+ * entries after a restart, takeover of a dead consumer's entries, and pruning
+ * consumers that have nothing pending.
  *
  * Retry: a failed entry stays in our pending list; XPENDING tells its idle
- * time and delivery count, and once idle >= backoff(count) we XCLAIM it back
- * to ourselves (which counts a delivery) and handle it again.
+ * time and delivery count, and once idle >= backoff(count + 1) we XCLAIM it
+ * back to ourselves (which counts a delivery) and handle it again. The scan
+ * pages through the pending list with a cursor, so a long list of waiting
+ * entries (a webhook down for an hour) is visited a page per run.
+ *
+ * Time budget, not a count: every number the retry schedule needs lives in
+ * Redis (delivery count and idle time in the pending list, the entry id's
+ * timestamp), so a restart changes nothing. The backoffs an entry has waited
+ * follow from its delivery count (the jitter is a hash of id and count, the
+ * same in every process); an entry is parked only when those waits and the
+ * wall time since it was written both reach RETRY_BUDGET_MS, and never while
+ * its failure is Redis being unavailable.
+ *
+ * Resume: a process that starts under the consumer name of one that died
+ * (CONSUMER_NAME) first takes back the entries that one was handling (those
+ * delivered once), at once; entries that had already failed keep their
+ * backoff, so an event that kills its handler is retried ever more slowly
+ * instead of crash-looping the worker.
  *
  * Takeover: XAUTOCLAIM moves entries idle longer than CLAIM_IDLE_MS from any
  * consumer to us. CLAIM_IDLE_MS exceeds the longest handler and the retry cap
@@ -17,6 +34,7 @@
 #include "common/xmalloc.h"
 
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +56,45 @@ int64_t wk_backoff_ms(const wk_ctx *ctx, const char *id, long long deliveries)
     crypto_generichash(h, sizeof h, (const unsigned char *)key, strlen(key), NULL, 0);
     double f = 0.5 + 0.5 * (double)(h[0] | h[1] << 8) / 65535.0;
     return (int64_t)((double)d * f);
+}
+
+bool wk_budget_spent(const wk_ctx *ctx, const char *id, long long failed)
+{
+    int64_t budget = ctx->set.retry_budget_ms;
+    if (budget <= 0 || failed < 2)
+        return false;
+    /* the waits before deliveries 2..failed, as the retry scan applied them;
+     * past a few thousand, each further one is at least half the cap */
+    int64_t waited = 0;
+    long long k = 2;
+    for (; k <= failed && k < 4000 && waited < budget; k++)
+        waited += wk_backoff_ms(ctx, id, k);
+    if (k <= failed && waited < budget)
+        waited += (int64_t)(failed - k + 1) * (ctx->set.retry_max_ms / 2);
+    if (waited < budget)
+        return false;
+    /* and never before the budget has passed on the clock: the entry id is
+     * the time it was written, so the failing cannot have begun earlier */
+    long long written = strtoll(id, NULL, 10);
+    return written > 0 && cm_wall_ms() - written >= budget;
+}
+
+bool wk_reason_is_unavailable(const char *reason)
+{
+    /* error codes (and hiredis I/O errors) that mean "Redis could not take
+     * it now", as cm_reply_failed renders them: "redis: <reply or errstr>" */
+    static const char *const k_codes[] = {
+        "LOADING",  "BUSY ",       "MASTERDOWN", "READONLY",  "CLUSTERDOWN", "TRYAGAIN",
+        "MISCONF",  "OOM ",        "NOREPLICAS", "Connection", "Server closed", "Timeout",
+        "no reply", "Resource temporarily unavailable",
+    };
+    for (const char *p = reason ? strstr(reason, "redis: ") : NULL; p; p = strstr(p, "redis: ")) {
+        p += 7;
+        for (size_t i = 0; i < sizeof k_codes / sizeof k_codes[0]; i++)
+            if (!strncmp(p, k_codes[i], strlen(k_codes[i])))
+                return true;
+    }
+    return false;
 }
 
 /* Reads delivery counts of our pending entries between first and last. Fills
@@ -72,10 +129,54 @@ static int delivery_counts(wk_ctx *ctx, int s, const redisReply *entries, long l
     return 0;
 }
 
+/* XCLAIMs the ids in a (an XCLAIM command being built) to us and handles
+ * what comes back, with delivery counts read again (or all `known` when > 0).
+ * `due` is how many ids a holds. */
+static int claim_and_process(wk_ctx *ctx, int s, cm_argv *a, int due, long long known)
+{
+    redisReply *c = redisCommandArgv(ctx->c, a->n, (const char **)a->v, a->len);
+    if (!c)
+        return -1;
+    int rc = 0;
+    if (c->type == REDIS_REPLY_ARRAY && c->elements) {
+        if ((size_t)due > c->elements)
+            cm_series_add(ctx->m_trimmed, (uint64_t)due - c->elements);
+        long long *counts = cm_xcalloc(c->elements, sizeof *counts);
+        for (size_t i = 0; i < c->elements; i++)
+            counts[i] = known;
+        if (known > 0 || delivery_counts(ctx, s, c, counts) == 0)
+            rc = wk_process(ctx, s, c, counts);
+        else
+            rc = -1;
+        free(counts);
+    } else if (c->type == REDIS_REPLY_ARRAY) {
+        cm_series_add(ctx->m_trimmed, (uint64_t)due);
+    } else if (c->type == REDIS_REPLY_ERROR) {
+        cm_log(CM_WARN, "XCLAIM on %s: %s", ctx->streams[s], c->str);
+    }
+    freeReplyObject(c);
+    return rc;
+}
+
+/* Starts an XCLAIM of entries of stream s to us, whatever their idle time. */
+static void xclaim_start(wk_ctx *ctx, int s, cm_argv *a)
+{
+    cm_argv_reset(a);
+    cm_argv_adds(a, "XCLAIM");
+    cm_argv_adds(a, ctx->streams[s]);
+    cm_argv_adds(a, ctx->group);
+    cm_argv_adds(a, ctx->consumer);
+    cm_argv_adds(a, "0");
+}
+
+enum { RETRY_PAGE = 100 };
+
 static int retry_stream(wk_ctx *ctx, int s, int *waiting)
 {
-    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s IDLE %lld - + 100 %s", ctx->streams[s], ctx->group,
-                                 (long long)(ctx->set.retry_base_ms / 2), ctx->consumer);
+    char *cursor = ctx->retry_cursor[s];
+    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s IDLE %lld %s + %d %s", ctx->streams[s], ctx->group,
+                                 (long long)(ctx->set.retry_base_ms / 2), cursor[0] ? cursor : "-", RETRY_PAGE,
+                                 ctx->consumer);
     if (!r)
         return -1;
     if (r->type != REDIS_REPLY_ARRAY) {
@@ -83,11 +184,7 @@ static int retry_stream(wk_ctx *ctx, int s, int *waiting)
         return 0;
     }
     cm_argv a = {0};
-    cm_argv_adds(&a, "XCLAIM");
-    cm_argv_adds(&a, ctx->streams[s]);
-    cm_argv_adds(&a, ctx->group);
-    cm_argv_adds(&a, ctx->consumer);
-    cm_argv_adds(&a, "0");
+    xclaim_start(ctx, s, &a);
     int due = 0;
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *p = r->element[i];
@@ -103,26 +200,16 @@ static int retry_stream(wk_ctx *ctx, int s, int *waiting)
             (*waiting)++;
         }
     }
-    freeReplyObject(r);
-    int rc = 0;
-    if (due) {
-        redisReply *c = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
-        if (!c) {
-            rc = -1;
-        } else if (c->type == REDIS_REPLY_ARRAY && c->elements) {
-            if ((size_t)due > c->elements)
-                cm_series_add(ctx->m_trimmed, (uint64_t)due - c->elements);
-            long long *counts = cm_xcalloc(c->elements, sizeof *counts);
-            if (delivery_counts(ctx, s, c, counts) == 0)
-                rc = wk_process(ctx, s, c, counts);
-            else
-                rc = -1;
-            free(counts);
-        } else if (c->type == REDIS_REPLY_ARRAY) {
-            cm_series_add(ctx->m_trimmed, (uint64_t)due);
-        }
-        freeReplyObject(c);
+    /* a full page: go on after its last entry next time; else from the start */
+    const redisReply *last = r->elements ? cm_reply_elem(r->element[r->elements - 1], 0) : NULL;
+    if (r->elements == RETRY_PAGE && cm_reply_is_str(last)) {
+        snprintf(cursor, sizeof ctx->retry_cursor[s], "(%s", last->str);
+        (*waiting)++;   /* more to look at: keep the loop waking for retries */
+    } else {
+        cursor[0] = '\0';
     }
+    freeReplyObject(r);
+    int rc = due ? claim_and_process(ctx, s, &a, due, 0) : 0;
     cm_argv_free(&a);
     return rc;
 }
@@ -134,6 +221,57 @@ int wk_retry_due(wk_ctx *ctx)
         if (retry_stream(ctx, s, &waiting) != 0)
             return -1;
     ctx->retry_waiting = waiting;
+    return 0;
+}
+
+int wk_resume_own(wk_ctx *ctx)
+{
+    long long resumed = 0, waiting = 0;
+    for (int s = 0; s < WK_NSTREAMS; s++) {
+        char start[80] = "-";
+        cm_argv a = {0};
+        for (;;) {
+            redisReply *r = redisCommand(ctx->c, "XPENDING %s %s %s + %lld %s", ctx->streams[s], ctx->group, start,
+                                         (long long)ctx->set.batch, ctx->consumer);
+            if (!r) {
+                cm_argv_free(&a);
+                return -1;
+            }
+            if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+                freeReplyObject(r);
+                break;
+            }
+            xclaim_start(ctx, s, &a);
+            int due = 0;
+            for (size_t i = 0; i < r->elements; i++) {
+                const redisReply *id = cm_reply_elem(r->element[i], 0);
+                if (!cm_reply_is_str(id))
+                    continue;
+                if (cm_reply_ll(cm_reply_elem(r->element[i], 3), 1) == 1) {   /* in flight when it died */
+                    cm_argv_adds(&a, id->str);
+                    due++;
+                } else {
+                    waiting++;
+                }
+            }
+            bool more = r->elements == (size_t)ctx->set.batch;
+            const redisReply *last = cm_reply_elem(r->element[r->elements - 1], 0);
+            snprintf(start, sizeof start, "(%s", cm_reply_is_str(last) ? last->str : "+");
+            freeReplyObject(r);
+            /* the claim counts the delivery: each comes back with count 2 */
+            if (due && claim_and_process(ctx, s, &a, due, 2) != 0) {
+                cm_argv_free(&a);
+                return -1;
+            }
+            resumed += due;
+            if (!more || wk_stop_flag)
+                break;
+        }
+        cm_argv_free(&a);
+    }
+    if (resumed || waiting)
+        cm_log(CM_INFO, "resumed %lld entries this consumer held when it stopped; %lld failed ones wait for their "
+               "retry", resumed, waiting);
     return 0;
 }
 

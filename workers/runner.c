@@ -6,7 +6,14 @@
  * returned WK_ACK (its effects are then durable in Redis) or after it was
  * parked in the dead-letter stream. Acks are sent pipelined in front of the
  * next XREADGROUP; if the connection breaks first, the entries stay pending
- * and are handled again (at-least-once; handlers are idempotent). */
+ * and are handled again (at-least-once; handlers are idempotent).
+ *
+ * A failed entry is parked only when it can never succeed: the handler said
+ * WK_DEAD, it cannot be decoded, or its time budget is spent (reclaim.c); a
+ * failure naming Redis being unavailable is retried for as long as it takes.
+ * A batch handler's failure is narrowed down by running the failed part
+ * again in halves, so the entries that fail on their own are the only ones
+ * left pending. */
 #include "workers/runner_int.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -120,7 +127,7 @@ int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason
     return 0;
 }
 
-/* Applies a handler's verdict to one entry. */
+/* Applies a handler's verdict to one entry (ctx->reason says why it failed). */
 static int settle(wk_ctx *ctx, int stream, const redisReply *entry, const es_event *ev, wk_result res,
                   long long deliveries)
 {
@@ -131,16 +138,25 @@ static int settle(wk_ctx *ctx, int stream, const redisReply *entry, const es_eve
     }
     cm_series_inc(ctx->m_errors[type_slot(ev->kind)]);
     const char *why = ctx->reason[0] ? ctx->reason : (res == WK_DEAD ? "handler refused the event" : "handler failed");
-    if (res == WK_DEAD || deliveries >= ctx->set.max_deliveries) {
-        char reason[400];
-        snprintf(reason, sizeof reason, "%s%s", res == WK_RETRY ? "max deliveries exceeded: " : "", why);
+    char reason[400];
+    if (res == WK_DEAD)
+        return wk_park(ctx, stream, entry, why, deliveries);
+    if (ctx->set.max_deliveries > 0 && deliveries >= ctx->set.max_deliveries) {
+        snprintf(reason, sizeof reason, "max deliveries exceeded: %s", why);
+        return wk_park(ctx, stream, entry, reason, deliveries);
+    }
+    bool unavailable = wk_reason_is_unavailable(why);
+    if (!unavailable && wk_budget_spent(ctx, id, deliveries)) {
+        snprintf(reason, sizeof reason, "retry budget of %lld ms spent after %lld attempts: %s",
+                 (long long)ctx->set.retry_budget_ms, deliveries, why);
         return wk_park(ctx, stream, entry, reason, deliveries);
     }
     cm_series_inc(ctx->m_retries);
     ctx->retry_waiting++;
     const char *kv[] = {"group", ctx->group, "entry_id", id, NULL};
-    cm_logx(CM_WARN, ev->correlation_id, ev->event_id, kv, "delivery %lld failed, retrying in about %lld ms: %s",
-            deliveries, (long long)wk_backoff_ms(ctx, id, deliveries + 1), why);
+    cm_logx(CM_WARN, ev->correlation_id, ev->event_id, kv, "delivery %lld failed%s, retrying in about %lld ms: %s",
+            deliveries, unavailable ? " (Redis unavailable: no time limit)" : "",
+            (long long)wk_backoff_ms(ctx, id, deliveries + 1), why);
     return 0;
 }
 
@@ -169,6 +185,59 @@ static int handle_one(wk_ctx *ctx, int stream, const redisReply *entry, const es
     if (cm_mono_ms() - ctx->last_touch_ms > ctx->set.claim_idle_ms / 3)
         wk_touch(ctx);
     return rc;
+}
+
+/* Runs the batch handler on the events evs[idx[0..m)], storing each verdict
+ * in res[idx[i]] and its failure reason in why[idx[i]] (NULL when acked). */
+static void run_batch(wk_ctx *ctx, es_event *const *evs, const size_t *idx, size_t m, wk_result *res, char **why)
+{
+    es_event **sub = cm_xcalloc(m, sizeof *sub);
+    wk_result *r = cm_xcalloc(m, sizeof *r);
+    for (size_t i = 0; i < m; i++)
+        sub[i] = evs[idx[i]];
+    ctx->reason[0] = '\0';
+    ctx->def->batch(ctx, sub, m, r);
+    for (size_t i = 0; i < m; i++) {
+        res[idx[i]] = r[i];
+        free(why[idx[i]]);
+        why[idx[i]] = r[i] == WK_ACK ? NULL : cm_xstrdup(ctx->reason);
+    }
+    free(r);
+    free(sub);
+}
+
+/* The entries of idx[0..m) whose last run answered WK_RETRY for a reason
+ * other than Redis being unavailable, into out; returns how many. */
+static size_t failed_part(const size_t *idx, size_t m, const wk_result *res, char *const *why, size_t *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < m; i++)
+        if (res[idx[i]] == WK_RETRY && !wk_reason_is_unavailable(why[idx[i]]))
+            out[k++] = idx[i];
+    return k;
+}
+
+/* One bad event must not hold back its batch: while two or more events of
+ * idx failed together, run each half of them again (recursively), so the
+ * good ones succeed and only events that fail on their own stay failed. A
+ * failure that names Redis being unavailable is not split (every half would
+ * fail the same way). Costs about 2 log2(m) handler runs per bad event. */
+static void narrow_failures(wk_ctx *ctx, es_event *const *evs, const size_t *idx, size_t m, wk_result *res,
+                            char **why)
+{
+    size_t *bad = cm_xcalloc(m ? m : 1, sizeof *bad);
+    size_t k = failed_part(idx, m, res, why, bad);
+    if (k >= 2) {
+        size_t half = k / 2;
+        const size_t *part[2] = {bad, bad + half};
+        size_t len[2] = {half, k - half};
+        for (int h = 0; h < 2 && !broken(ctx) && !wk_stop_flag; h++) {
+            run_batch(ctx, evs, part[h], len[h], res, why);
+            if (len[h] >= 2)
+                narrow_failures(ctx, evs, part[h], len[h], res, why);
+        }
+    }
+    free(bad);
 }
 
 int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long long *deliveries)
@@ -203,7 +272,7 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
         if (!cm_reply_is_str(id))
             continue;
         long long d = deliveries ? deliveries[i] : 1;
-        if (d > ctx->set.max_deliveries) {   /* crashed on its last attempt */
+        if (ctx->set.max_deliveries > 0 && d > ctx->set.max_deliveries) {   /* crashed on its last attempt */
             if (wk_park(ctx, stream, e, "max deliveries exceeded (handler never returned)", d - 1) != 0)
                 rc = -1;
             continue;
@@ -244,14 +313,29 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 
     if (rc == 0 && batch && nev) {
         wk_result *res = cm_xcalloc(nev, sizeof *res);
-        ctx->reason[0] = '\0';
-        ctx->def->batch(ctx, evs, nev, res);
+        char **why = cm_xcalloc(nev, sizeof *why);
+        size_t *all = cm_xcalloc(nev, sizeof *all);
+        for (size_t i = 0; i < nev; i++)
+            all[i] = i;
+        run_batch(ctx, evs, all, nev, res, why);
+        size_t *tmp = cm_xcalloc(nev, sizeof *tmp);
+        size_t failed = failed_part(all, nev, res, why, tmp);
+        narrow_failures(ctx, evs, all, nev, res, why);
+        if (failed >= 2)
+            cm_log(CM_INFO, "%zu of a batch of %zu failed together; run again in halves, %zu still fail", failed,
+                   nev, failed_part(all, nev, res, why, tmp));
+        free(tmp);
         for (size_t i = 0; i < nev && rc == 0; i++) {
             count_consumed(ctx, evs[i]);
             if (broken(ctx))
                 break;   /* leave them pending: the verdicts may rest on lost writes */
+            snprintf(ctx->reason, sizeof ctx->reason, "%s", why[i] ? why[i] : "");
             rc = settle(ctx, stream, evs_entry[i], evs[i], res[i], evs_deliv[i]);
         }
+        for (size_t i = 0; i < nev; i++)
+            free(why[i]);
+        free(why);
+        free(all);
         free(res);
     }
     if (broken(ctx))
@@ -487,21 +571,71 @@ static int read_round(wk_ctx *ctx, int64_t block_ms)
     return rc;
 }
 
+enum { WK_CONSUMER_MAX = 120 };
+
+/* The consumer name: CONSUMER_NAME with each "{host}" replaced by the host
+ * name, or <host>-<pid> when unset. A stable name lets a restarted copy take
+ * its own pending entries back at once. Returns 0, or -1 with err naming
+ * what is wrong (empty, too long, a character outside [A-Za-z0-9._:-]). */
+static int consumer_name(const char *set, char *out, size_t outlen, char *err, size_t errlen)
+{
+    char host[256] = "host";
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0])
+        snprintf(host, sizeof host, "host");
+    if (!set) {
+        snprintf(out, outlen, "%.64s-%ld", host, (long)getpid());
+        return 0;
+    }
+    size_t n = 0;
+    for (const char *p = set; *p; ) {
+        bool tok = !strncmp(p, "{host}", 6);
+        const char *piece = tok ? host : p;
+        size_t len = tok ? strlen(host) : 1;
+        if (n + len >= outlen || n + len > WK_CONSUMER_MAX) {
+            snprintf(err, errlen, "CONSUMER_NAME is longer than %d bytes", WK_CONSUMER_MAX);
+            return -1;
+        }
+        memcpy(out + n, piece, len);
+        n += len;
+        p += tok ? 6 : 1;
+    }
+    out[n] = '\0';
+    if (n == 0) {
+        snprintf(err, errlen, "CONSUMER_NAME is empty (unset it for the default <host>-<pid>)");
+        return -1;
+    }
+    size_t ok = strspn(out, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-");
+    if (ok != n) {
+        snprintf(err, errlen, "CONSUMER_NAME may only hold letters, digits, '.', '_', ':' and '-' (and {host}); "
+                 "byte %zu is 0x%02x", ok + 1, (unsigned char)out[ok]);
+        return -1;
+    }
+    return 0;
+}
+
 static cm_opt k_opts[] = {
     {"redis-url", "REDIS_URL", CM_OPT_STR, NULL, "redis://127.0.0.1:6379/0", 0, -1, "Redis to use"},
     {"bus", "BUS_STREAM", CM_OPT_STR, NULL, CM_BUS_STREAM_DEFAULT, 0, -1, "the bus stream"},
-    {"consumer", "CONSUMER_NAME", CM_OPT_STR, NULL, NULL, 0, -1, "consumer name (default host-pid)"},
+    {"consumer", "CONSUMER_NAME", CM_OPT_STR, NULL, NULL, 0, -1,
+     "consumer name, stable across restarts ({host} = host name; default host-pid)"},
     {"metrics-port", "METRICS_PORT", CM_OPT_INT, NULL, "0", 0, 65535, "/metrics and /health port, 0 = off"},
     {"batch", "BATCH_SIZE", CM_OPT_INT, NULL, "256", 1, 10000, "entries per XREADGROUP"},
     {"block-ms", "BLOCK_MS", CM_OPT_INT, NULL, "500", 1, 60000, "XREADGROUP BLOCK"},
-    {"max-deliveries", "MAX_DELIVERIES", CM_OPT_INT, NULL, "5", 1, 1000, "attempts before dead-lettering"},
+    {"max-deliveries", "MAX_DELIVERIES", CM_OPT_INT, NULL, "0", 0, 1000000,
+     "optional: attempts before dead-lettering, 0 = no count limit (RETRY_BUDGET_MS rules)"},
     {"claim-idle-ms", "CLAIM_IDLE_MS", CM_OPT_INT, NULL, "30000", 100, 86400000, "idle time before takeover"},
     {"retry-base-ms", "RETRY_BASE_MS", CM_OPT_INT, NULL, "200", 1, 600000, "first retry delay"},
-    {"retry-max-ms", "RETRY_MAX_MS", CM_OPT_INT, NULL, "10000", 1, 3600000, "retry delay cap"},
+    {"retry-max-ms", "RETRY_MAX_MS", CM_OPT_INT, NULL, "60000", 1, 3600000,
+     "retry delay cap (at most CLAIM_IDLE_MS / 2)"},
+    {"retry-budget-ms", "RETRY_BUDGET_MS", CM_OPT_INT, NULL, NULL, 0, 2592000000.0,
+     "how long a failing event is retried before it is dead-lettered, 0 = forever (Redis being unavailable "
+     "never counts)"},
     {"retention-days", "EVENT_RETENTION_DAYS", CM_OPT_INT, NULL, "30", 0, 36500, "bus retention, 0 = forever"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, NULL, "5000", 100, 600000, "connect/command timeout"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
+
+#define WK_RETRY_BUDGET_MS 3600000   /* RETRY_BUDGET_MS unless the worker says otherwise */
 
 /* Builds the settings table: the runtime's rows, then the worker's own. */
 static cm_opt *settings_table(wk_ctx *ctx)
@@ -509,7 +643,10 @@ static cm_opt *settings_table(wk_ctx *ctx)
     void *ptrs[] = {&ctx->set.redis_url,     &ctx->set.bus,           &ctx->set.consumer,
                     &ctx->set.metrics_port,  &ctx->set.batch,         &ctx->set.block_ms,
                     &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
-                    &ctx->set.retry_max_ms,  &ctx->set.retention_days, &ctx->set.redis_timeout_ms};
+                    &ctx->set.retry_max_ms,  &ctx->set.retry_budget_ms, &ctx->set.retention_days,
+                    &ctx->set.redis_timeout_ms};
+    _Static_assert(sizeof ptrs / sizeof ptrs[0] == sizeof k_opts / sizeof k_opts[0] - 1,
+                   "one settings pointer per k_opts row");
     size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;
     for (const cm_opt *o = ctx->def->opts; o && o->name; o++)
         nextra++;
@@ -517,6 +654,11 @@ static cm_opt *settings_table(wk_ctx *ctx)
     for (size_t i = 0; i < nown; i++) {
         t[i] = k_opts[i];
         t[i].ptr = ptrs[i];
+        if (!strcmp(t[i].name, "retry-budget-ms")) {   /* per worker: notification waits hours */
+            snprintf(ctx->budget_def, sizeof ctx->budget_def, "%lld",
+                     (long long)(ctx->def->retry_budget_ms > 0 ? ctx->def->retry_budget_ms : WK_RETRY_BUDGET_MS));
+            t[i].def = ctx->budget_def;
+        }
     }
     for (size_t i = 0; i < nextra; i++)
         t[nown + i] = ctx->def->opts[i];
@@ -553,12 +695,11 @@ int wk_run(const wk_def *def, int argc, char **argv)
         ctx->set.retry_max_ms = ctx->set.claim_idle_ms / 2;
     if (ctx->set.retry_base_ms > ctx->set.retry_max_ms)
         ctx->set.retry_base_ms = ctx->set.retry_max_ms;
-    if (ctx->set.consumer)
-        snprintf(ctx->consumer, sizeof ctx->consumer, "%s", ctx->set.consumer);
-    else {
-        char host[64] = "host";
-        gethostname(host, sizeof host - 1);
-        snprintf(ctx->consumer, sizeof ctx->consumer, "%s-%ld", host, (long)getpid());
+    if (consumer_name(ctx->set.consumer, ctx->consumer, sizeof ctx->consumer, err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-worker %s: %s\n", argv[0], err);
+        cm_config_free(opts);
+        free(opts);
+        return 2;
     }
     snprintf(ctx->streams[WK_STREAM_BUS], sizeof ctx->streams[0], "%s", ctx->set.bus);
     es_retry_stream(ctx->set.bus, ctx->group, ctx->streams[WK_STREAM_RETRY], sizeof ctx->streams[0]);
@@ -584,6 +725,15 @@ int wk_run(const wk_def *def, int argc, char **argv)
         code = 1;
         goto out;
     }
+
+    /* our own entries first: what a previous process under this consumer
+     * name was handling when it died continues now, not after CLAIM_IDLE_MS */
+    if (flush_acks(ctx) != 0 || wk_resume_own(ctx) != 0)
+        cm_log(CM_WARN, "resuming this consumer's pending entries failed; the retry scan will take them");
+    cm_log(CM_INFO, "retries: backoff %lld..%lld ms, budget %s%lld ms%s", (long long)ctx->set.retry_base_ms,
+           (long long)ctx->set.retry_max_ms, ctx->set.retry_budget_ms ? "" : "unbounded ",
+           (long long)ctx->set.retry_budget_ms,
+           ctx->set.max_deliveries ? ", and at most MAX_DELIVERIES deliveries" : "");
 
     job jobs[] = {
         {"retry", wk_retry_due, 50, 0},

@@ -14,14 +14,15 @@
 typedef struct wk_settings {
     char *redis_url;
     char *bus;
-    char *consumer;           /* NULL: <host>-<pid> */
+    char *consumer;           /* CONSUMER_NAME as given ({host} expanded later); NULL: <host>-<pid> */
     int64_t metrics_port;
     int64_t batch;            /* XREADGROUP COUNT */
     int64_t block_ms;         /* XREADGROUP BLOCK */
-    int64_t max_deliveries;
+    int64_t max_deliveries;   /* optional count bound; 0 = off (the time budget rules) */
     int64_t claim_idle_ms;
     int64_t retry_base_ms;
-    int64_t retry_max_ms;
+    int64_t retry_max_ms;     /* backoff cap (clamped to CLAIM_IDLE_MS / 2) */
+    int64_t retry_budget_ms;  /* how long a failing entry is retried; 0 = forever */
     int64_t retention_days;
     int64_t redis_timeout_ms;
 } wk_settings;
@@ -46,6 +47,8 @@ struct wk_ctx {
     char reason[256];                 /* why the current event failed */
     int retry_waiting;                /* own entries pending a retry */
     char claim_cursor[WK_NSTREAMS][64];
+    char retry_cursor[WK_NSTREAMS][64];   /* where the retry scan of our pending list goes on */
+    char budget_def[24];              /* RETRY_BUDGET_MS default of this worker, as text */
     int64_t last_ok_ms;               /* last successful Redis round trip (health) */
     /* metrics */
     cm_series *m_consumed[CM_EV_COUNT + 1], *m_latency[CM_EV_COUNT + 1], *m_errors[CM_EV_COUNT + 1];
@@ -65,6 +68,10 @@ int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason
 
 /* Retries own pending entries whose backoff elapsed (XPENDING + XCLAIM). */
 int wk_retry_due(wk_ctx *ctx);
+/* At start: takes back at once our own pending entries that were in flight
+ * (delivered once, never failed) when the previous process with our consumer
+ * name died; entries that had failed wait out their backoff in wk_retry_due. */
+int wk_resume_own(wk_ctx *ctx);
 /* Takes over entries idle longer than CLAIM_IDLE_MS (XAUTOCLAIM). */
 int wk_claim_idle(wk_ctx *ctx);
 /* Removes consumers idle for an hour that have nothing pending. */
@@ -72,5 +79,12 @@ int wk_prune_consumers(wk_ctx *ctx);
 /* Backoff before retry number `deliveries` of entry id: exponential, capped,
  * with a deterministic jitter in [50%, 100%]. */
 int64_t wk_backoff_ms(const wk_ctx *ctx, const char *id, long long deliveries);
+/* True when entry id, after `failed` deliveries that did not succeed, has used
+ * up RETRY_BUDGET_MS: the backoffs it waited (derived from the count) and the
+ * wall time since the entry was written both reach the budget. */
+bool wk_budget_spent(const wk_ctx *ctx, const char *id, long long failed);
+/* True when a failure reason names Redis being unavailable (connection lost,
+ * LOADING, BUSY, READONLY, MASTERDOWN, OOM, ...): retried without a budget. */
+bool wk_reason_is_unavailable(const char *reason);
 
 #endif

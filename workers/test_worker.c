@@ -3,7 +3,8 @@
  * It handles every event type and does what the event's data asks:
  *   {"mode":"ok"}                 record the effect, succeed
  *   {"mode":"fail","times":N}     fail (WK_RETRY) the first N deliveries
- *   {"mode":"fail"}               fail every delivery (ends dead-lettered)
+ *   {"mode":"fail"}               fail every delivery (dead-lettered once
+ *                                 RETRY_BUDGET_MS is spent, or MAX_DELIVERIES)
  *   {"mode":"dead"}               refuse at once (WK_DEAD)
  *   {"mode":"hang","ms":M}        take M ms (calling wk_touch), then succeed
  *   {"mode":"crash"}              record the effect, then die by SIGKILL

@@ -5,10 +5,14 @@
  * alone touches XREADGROUP/XACK/XCLAIM/XAUTOCLAIM: it reads batches, calls the
  * handlers, acknowledges an entry only after its handler returned WK_ACK (the
  * handler's effects are then durable in Redis), retries WK_RETRY with
- * exponential backoff and jitter, takes over entries idle longer than
- * CLAIM_IDLE_MS from dead consumers, and parks an entry in the group's
- * dead-letter stream after MAX_DELIVERIES attempts, on WK_DEAD, or at once
- * when it cannot be decoded.
+ * exponential backoff and jitter (capped) for as long as the group's time
+ * budget (RETRY_BUDGET_MS; unbounded while the failure is Redis being
+ * unavailable), takes over entries idle longer than CLAIM_IDLE_MS from dead
+ * consumers, and parks an entry in the group's dead-letter stream only when it
+ * can never succeed: WK_DEAD, undecodable, or its budget spent (or after
+ * MAX_DELIVERIES, an optional count bound, off by default). A batch handler's
+ * failed batch is split until the failing events are alone, so one bad event
+ * never holds back its neighbours.
  *
  * Handlers must be idempotent: delivery is at-least-once. */
 #ifndef WK_H
@@ -65,6 +69,7 @@ typedef struct wk_def {
     void (*fini)(wk_ctx *ctx);
     void (*tick)(wk_ctx *ctx);         /* periodic work, every tick_ms */
     int tick_ms;
+    int64_t retry_budget_ms;           /* default RETRY_BUDGET_MS; 0: the runtime's (1 h) */
 } wk_def;
 
 void wk_set_state(wk_ctx *ctx, void *state);

@@ -7,7 +7,11 @@
  * delivered again; the webhook gets the notification with an
  * Idempotency-Key, is retried with backoff until it answers 2xx, and is never
  * called again once a 2xx was recorded (even when the event is redelivered);
- * a webhook that never accepts ends in the dead-letter stream; a malformed
+ * a receiver that is down (connections refused) for seconds gets every
+ * notification exactly once when it is back, none dead-lettered, with the
+ * default retry settings; a webhook that never accepts ends in the
+ * dead-letter stream (after MAX_DELIVERIES when set, or once its time budget
+ * RETRY_BUDGET_MS is spent); a malformed
  * NOTIFY_WEBHOOK_URL stops the worker at startup with a clear message.
  *
  * CHORUS_WORKER_BIN (meson env) names the chorus-worker binary. */
@@ -150,7 +154,8 @@ static void *serve(void *arg)
     return NULL;
 }
 
-static void receiver_start(receiver *rv, int fail_first, int status_after)
+/* Starts the receiver on 127.0.0.1:port (0: any free port). */
+static void receiver_start_on(receiver *rv, int port, int fail_first, int status_after)
 {
     memset(rv, 0, sizeof *rv);
     rv->fail_first = fail_first;
@@ -158,13 +163,21 @@ static void receiver_start(receiver *rv, int fail_first, int status_after)
     pthread_mutex_init(&rv->mu, NULL);
     rv->fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_geq(rv->fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int one = 1;
+    cr_assert_eq(setsockopt(rv->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(bind(rv->fd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
     socklen_t al = sizeof a;
     cr_assert_eq(getsockname(rv->fd, (struct sockaddr *)&a, &al), 0);
     rv->port = ntohs(a.sin_port);
     cr_assert_eq(listen(rv->fd, 16), 0);
     cr_assert_eq(pthread_create(&rv->thread, NULL, serve, rv), 0);
+}
+
+static void receiver_start(receiver *rv, int fail_first, int status_after)
+{
+    receiver_start_on(rv, 0, fail_first, status_after);
 }
 
 static void receiver_stop(receiver *rv)
@@ -410,4 +423,117 @@ Test(notification, malformed_webhook_url_stops_the_worker_at_startup)
         cr_assert(strstr(log, cases[i].says), "%s: the log does not say \"%s\":\n%s", cases[i].url, cases[i].says,
                   log);
     }
+}
+
+/* ---- outages are waited out ---------------------------------------------- */
+
+typedef struct markers {
+    char ids[16][32];
+    int n;
+    const char *field;
+    long long at_least;
+} markers;
+
+/* True when every checkout's marker has HGET field >= at_least. */
+static bool markers_reach(void *ud)
+{
+    const markers *m = ud;
+    for (int i = 0; i < m->n; i++) {
+        redisReply *r = redisCommand(E.c, "HGET chorus:notify:%s %s", m->ids[i], m->field);
+        cr_assert_not_null(r);
+        long long v = cm_reply_ll(r, 0);
+        freeReplyObject(r);
+        if (v < m->at_least)
+            return false;
+    }
+    return true;
+}
+
+/* The receiver refuses connections (nothing listens on its port) for 3 s,
+ * then answers 200: with the default retry settings (no MAX_DELIVERIES,
+ * CLAIM_IDLE_MS 30 s) every notification is POSTed until it lands, each gets
+ * exactly one 2xx, and nothing is dead-lettered. */
+Test(notification, receiver_down_for_seconds_gets_every_notification_once_none_parked)
+{
+    enum { N = 10, DOWN_MS = 3000 };
+    int port = tf_free_port();
+    cr_assert_gt(port, 0);
+    char url[128];
+    snprintf(url, sizeof url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/hook", port);
+    const char *env[] = {url, "CLAIM_IDLE_MS=30000", "NOTIFY_TIMEOUT_MS=2000", NULL};
+    long long t0 = tf_now_ms();
+    sg_spawn(&E, "notification", env);
+    markers m = {.n = N, .field = "webhook_attempts", .at_least = 2};
+    for (int i = 0; i < N; i++) {
+        snprintf(m.ids[i], sizeof m.ids[i], "co-down-%d", i);
+        sx_saga(E.s, i % 2 ? SX_NO_STOCK : SX_SUCCESS, m.ids[i], "c1", "p1", 1);
+    }
+    /* the outage: every notification fails at least twice while it lasts */
+    bool failed = tf_wait_until(markers_reach, &m, DOWN_MS + 10000);
+    if (!failed)
+        sg_dump_logs(&E);
+    cr_assert(failed, "the notifications were not retried while the receiver was down");
+    long long left = DOWN_MS - (tf_now_ms() - t0);
+    if (left > 0)
+        tf_sleep_ms((int)left);   /* the rest of the receiver's downtime */
+    cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "dead-lettered during a %d ms outage", DOWN_MS);
+
+    receiver rv;
+    receiver_start_on(&rv, port, 0, 200);
+    long long back = tf_now_ms();
+    m.field = "webhook_status";
+    m.at_least = 200;
+    bool ok = tf_wait_until(markers_reach, &m, 30000);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "not every notification reached the receiver after it came back");
+    cr_log_info("receiver back: every notification delivered %lld ms later", tf_now_ms() - back);
+    wait_idle();
+    cr_assert_eq(receiver_calls(&rv), N, "%d POSTs reached the receiver for %d notifications", receiver_calls(&rv),
+                 N);
+    for (int i = 0; i < N; i++) {
+        int seen = 0;
+        for (int c = 0; c < receiver_calls(&rv); c++)
+            seen += !strcmp(rv.calls[c].idem, m.ids[i]);
+        cr_assert_eq(seen, 1, "%s was answered 2xx %d times", m.ids[i], seen);
+    }
+    cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "a notification was dead-lettered");
+    cr_assert_eq(sg_ll(&E, "XLEN %s", LOG_KEY), N);
+    receiver_stop(&rv);
+}
+
+/* A receiver that keeps failing past RETRY_BUDGET_MS (no MAX_DELIVERIES):
+ * the notification is parked with a reason naming the budget, only after the
+ * budget has passed, and after more attempts than the old count limit. */
+Test(notification, webhook_failing_past_its_time_budget_is_parked_with_the_reason)
+{
+    enum { BUDGET_MS = 1500 };
+    receiver rv;
+    receiver_start(&rv, 0, 500);
+    char url[128], budget[64];
+    snprintf(url, sizeof url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/", rv.port);
+    snprintf(budget, sizeof budget, "RETRY_BUDGET_MS=%d", BUDGET_MS);
+    const char *env[] = {url, budget, "RETRY_BASE_MS=30", "RETRY_MAX_MS=200", NULL};
+    long long t0 = tf_now_ms();
+    sg_spawn(&E, "notification", env);
+    sx_saga(E.s, SX_SUCCESS, "co-budget", "c1", "p1", 1);
+    bool ok = sx_wait_ll(E.c, BUS ".dlq." GROUP, NULL, 1, WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "the failing notification was never parked");
+    long long took = tf_now_ms() - t0;
+    cr_log_info("parked after %lld ms and %d POSTs", took, receiver_calls(&rv));
+    cr_assert_geq(took, BUDGET_MS, "parked after %lld ms, before the %d ms budget", took, BUDGET_MS);
+    cr_assert_gt(receiver_calls(&rv), 5, "only %d attempts in the budget", receiver_calls(&rv));
+    redisReply *r = redisCommand(E.c, "XRANGE %s - +", BUS ".dlq." GROUP);
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    const redisReply *f = r->element[0]->element[1];
+    const char *reason = NULL;
+    for (size_t j = 0; j + 1 < f->elements; j += 2)
+        if (!strcmp(f->element[j]->str, "reason"))
+            reason = f->element[j + 1]->str;
+    cr_assert(reason && strstr(reason, "retry budget") && strstr(reason, "500"), "reason: %s",
+              reason ? reason : "(none)");
+    freeReplyObject(r);
+    receiver_stop(&rv);
 }

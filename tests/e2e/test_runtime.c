@@ -11,8 +11,11 @@
  * succeeded; a worker killed mid-batch (SIGKILL, or a crash between effect and
  * ack) loses nothing: its pending entries are finished by a peer or by a
  * restarted process via XAUTOCLAIM, and the duplicates are bounded by one
- * batch; transient failures are retried with growing delays; poison is parked
- * after MAX_DELIVERIES (undecodable entries at once) and the group goes on;
+ * batch; transient failures are retried with growing delays, for a time
+ * budget rather than a count, with the schedule kept across restarts; poison
+ * is parked after MAX_DELIVERIES when that optional bound is set, or once
+ * RETRY_BUDGET_MS is spent (undecodable entries at once) and the group goes on;
+ * a copy restarted under its consumer name resumes what it held at once;
  * parked entries can be re-delivered, one or all (in bounded chunks); three
  * copies share the load; SIGTERM drains and leaves nothing pending; /metrics
  * moves; a Redis restart is survived; pending entries whose stream entry was
@@ -338,6 +341,7 @@ static long long p_xlen(const char *key) { return xlen(key); }
 static long long p_pending(const char *stream) { return group_pending(stream); }
 static long long p_handled(const char *event_id) { return handled(event_id); }
 static long long p_by_consumer(const char *name) { return by_consumer(name); }
+static long long p_attempts(const char *event_id) { return attempts(event_id); }
 
 static bool wait_ge(long long (*fn)(const char *), const char *arg, long long want, int timeout_ms)
 {
@@ -859,4 +863,132 @@ Test(runtime, trimmed_pending_entries_counted_and_released)
         cr_assert_eq(handled(EV[i].event_id), 0);
     for (int i = 6; i < 10; i++)
         check(handled(EV[i].event_id) == 1, "surviving entry %d handled %lld times", i, handled(EV[i].event_id));
+}
+
+/* ---- time budgets, consumer names, resume --------------------------------- */
+
+/* Seven failures in a row (more than the old count limit of 5) are waited
+ * out with the defaults: the eighth attempt succeeds, nothing is parked. */
+Test(runtime, failures_retried_past_any_delivery_count_not_parked)
+{
+    int e = append_events("{\"mode\":\"fail\",\"times\":7}", 1);
+    spawn_worker("count-1", NULL);
+    check(wait_ge(p_handled, EV[e].event_id, 1, 30000), "the failing event never succeeded (attempts %lld)",
+          attempts(EV[e].event_id));
+    check(wait_le(p_pending, BUS, 0, 5000), "entry left pending");
+    check(attempts(EV[e].event_id) == 8, "attempts %lld, want 8", attempts(EV[e].event_id));
+    check(xlen(DLQ) == 0, "%lld dead letters: failures were counted, not timed", xlen(DLQ));
+}
+
+/* An event that always fails is parked once RETRY_BUDGET_MS is spent, never
+ * before: its first attempt and the dead letter are at least the budget
+ * apart, and the reason names the budget and the last failure. */
+Test(runtime, retry_budget_spent_parks_with_its_reason_never_before)
+{
+    enum { BUDGET = 1500 };
+    int e = append_events("{\"mode\":\"fail\"}", 1);
+    int ok = append_events("{\"mode\":\"ok\"}", 1);
+    spawn_worker("budget-1", "RETRY_BUDGET_MS=1500", NULL);
+    check(wait_ge(p_xlen, DLQ, 1, 20000), "never parked (attempts %lld)", attempts(EV[e].event_id));
+    check(handled(EV[ok].event_id) == 1, "the neighbour was not handled");
+    redisReply *t = cmd("LINDEX test:attempt_ms:%s 0", EV[e].event_id);
+    long long first = cm_reply_ll(t, 0);
+    freeReplyObject(t);
+    redisReply *r = cmd("XRANGE %s - +", DLQ);
+    cr_assert_eq(r->elements, 1);
+    long long parked = strtoll(r->element[0]->element[0]->str, NULL, 10);
+    const char *reason = field(r->element[0]->element[1], "reason")->str;
+    cr_log_info("parked %lld ms after the first attempt, after %lld attempts: %s", parked - first,
+                attempts(EV[e].event_id), reason);
+    /* (20 ms: the handler records its first attempt a moment after the delivery) */
+    check(parked - first >= BUDGET - 20, "parked %lld ms after the first attempt, budget %d", parked - first,
+          BUDGET);
+    check(strstr(reason, "retry budget") && strstr(reason, "injected failure"), "reason: %s", reason);
+    check(attempts(EV[e].event_id) > 5, "only %lld attempts", attempts(EV[e].event_id));
+    freeReplyObject(r);
+    check(wait_le(p_pending, BUS, 0, 5000), "the parked entry is still pending");
+}
+
+/* The backoff schedule lives in Redis (delivery count, idle time): a worker
+ * killed while an entry waits for its 5th attempt and restarted at once under
+ * the same name does not retry early; the count goes on from 4. */
+Test(runtime, backoff_schedule_survives_a_restart_under_the_same_name)
+{
+    enum { BASE = 200 };
+    int e = append_events("{\"mode\":\"fail\",\"times\":5}", 1);
+    const char *knobs[] = {"RETRY_BASE_MS=200", "CLAIM_IDLE_MS=30000"};
+    worker *w = spawn_worker("sched-1", knobs[0], knobs[1], NULL);
+    check(wait_ge(p_attempts, EV[e].event_id, 4, 15000), "4 attempts never happened");
+    kill9(w);
+    check(attempts(EV[e].event_id) == 4, "attempt 5 before the kill; the test is too slow to show anything");
+    spawn_worker("sched-1", knobs[0], knobs[1], NULL);
+    check(wait_ge(p_handled, EV[e].event_id, 1, 15000), "never succeeded after the restart");
+    redisReply *r = cmd("LRANGE test:attempt_ms:%s 0 -1", EV[e].event_id);
+    check(r->elements == 6, "%zu attempts, want 6 (the count went on across the restart)", r->elements);
+    long long gap = cm_reply_ll(r->element[4], 0) - cm_reply_ll(r->element[3], 0);
+    freeReplyObject(r);
+    cr_log_info("attempt 4 -> 5 across the restart: %lld ms (nominal %d)", gap, BASE * 8);
+    /* the shortest jittered wait is 800 ms; a lost schedule retries at once */
+    check(gap >= BASE * 8 / 2 - 50, "retried %lld ms after attempt 4: the restart lost the backoff", gap);
+}
+
+/* A worker SIGKILLed mid-batch and restarted after 1 s under the same
+ * CONSUMER_NAME finishes the entries it held at once: within the restart
+ * delay + a few seconds, far below CLAIM_IDLE_MS (30 s), so no takeover. */
+Test(runtime, restart_under_the_same_name_resumes_held_entries_at_once)
+{
+    enum { N = 40, DELAY_MS = 1000 };
+    append_events("{\"mode\":\"ok\"}", N);
+    worker *w = spawn_worker("resume-1", "CLAIM_IDLE_MS=30000", "BATCH_SIZE=20", "TEST_HANDLE_DELAY_MS=100", NULL);
+    check(wait_ge(p_by_consumer, "resume-1", 3, 15000), "the worker did not get going");
+    kill9(w);
+    long long held = consumer_pending(BUS, "resume-1");
+    check(held > 0, "the killed worker held nothing pending");
+    cr_log_info("killed holding %lld entries; restart in %d ms", held, DELAY_MS);
+    tf_sleep_ms(DELAY_MS);   /* the restart delay of a supervisor */
+    long long t0 = tf_now_ms();
+    spawn_worker("resume-1", "CLAIM_IDLE_MS=30000", "BATCH_SIZE=20", NULL);
+    check(wait_le(p_pending, BUS, 0, 20000), "%lld entries still pending", group_pending(BUS));
+    check(wait_ge(p_hlen, "test:handled", N, 20000), "only %lld handled", nhandled());
+    long long took = tf_now_ms() - t0;
+    cr_log_info("held entries finished %lld ms after the restart", took);
+    check(took < DELAY_MS + 5000, "took %lld ms: not resumed at start (CLAIM_IDLE_MS is 30000)", took);
+    for (int i = 0; i < N; i++)
+        check(handled(EV[i].event_id) >= 1, "event %d lost", i);
+}
+
+/* CONSUMER_NAME: {host} expands to the host name; a name outside the
+ * charset, empty or too long stops the worker at start with what is wrong. */
+Test(runtime, consumer_name_expands_host_and_is_validated)
+{
+    char host[256] = "";
+    cr_assert_eq(gethostname(host, sizeof host - 1), 0);
+    char want[300];
+    snprintf(want, sizeof want, "c-%s", host);
+    spawn_worker("c-{host}", NULL);
+    int e = append_events("{\"mode\":\"ok\"}", 1);
+    check(wait_ge(p_handled, EV[e].event_id, 1, 15000), "not handled");
+    check(by_consumer(want) == 1, "no effect recorded by consumer %s", want);
+
+    static const struct {
+        const char *name, *says;
+    } bad[] = {
+        {"has space", "may only hold"},
+        {"semi;colon", "may only hold"},
+        {"", "empty"},
+        {"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+         "xxxxxxxxxxxxxxxxxxxxxxxxxx", "longer than"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        worker *w = spawn_worker(bad[i].name, NULL);
+        int st = reap(w, 10000);
+        check(WIFEXITED(st) && WEXITSTATUS(st) == 2, "'%s': exit status %d", bad[i].name, st);
+        FILE *f = fopen(w->log, "r");
+        cr_assert_not_null(f);
+        char log[4096];
+        size_t n = fread(log, 1, sizeof log - 1, f);
+        log[n] = '\0';
+        fclose(f);
+        check(strstr(log, "CONSUMER_NAME") && strstr(log, bad[i].says), "'%s': log says %s", bad[i].name, log);
+    }
 }
