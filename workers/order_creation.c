@@ -23,6 +23,7 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/xmalloc.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -113,32 +114,91 @@ static wk_result order_failed(wk_ctx *ctx, const es_event *ev, const char *reaso
     return out;
 }
 
+/* What one StockReserved leads to, decided once (the injected fault is
+ * random): the order to create, or the failure to record. */
+typedef struct plan {
+    const char *fail;         /* NULL: create the order; else OrderCreationFailed's reason */
+    json_int_t total;
+    char client[72];
+    char order_id[CM_UUID_LEN + 1];
+    wk_lines lines;
+    wk_step s;                /* create: OrderCreated + CheckoutSucceeded */
+    char *items;              /* create: the items as JSON (owned) */
+    wk_order_in in;
+} plan;
+
+static void plan_clear(plan *p)
+{
+    if (!p->fail) {
+        wk_step_free(&p->s);
+        free(p->items);
+    }
+}
+
+static void plan_free(void *p)
+{
+    plan_clear(p);
+    free(p);
+}
+
+/* Decides ev into p: 1, or 0 (never possible: WK_DEAD) / -1 (retry) after
+ * setting the fail reason. */
+static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    if (!wk_saga_checkout(ctx, ev))
+        return 0;
+    char err[160];
+    if (wk_lines_parse(json_object_get(ev->data, "items"), &p->lines, err, sizeof err) != 0) {
+        wk_fail_reason(ctx, "StockReserved data: %s", err);
+        return 0;
+    }
+    json_t *t = json_object_get(ev->data, "total_cents");
+    const char *c = es_event_data_str(ev, "client_id");
+    if (json_is_integer(t) && c) {
+        p->total = json_integer_value(t);
+        snprintf(p->client, sizeof p->client, "%s", c);
+    } else if (totals_from_history(ctx, ev, &p->total, p->client, sizeof p->client) != 0) {
+        return -1;
+    }
+    if (!p->client[0]) {
+        wk_fail_reason(ctx, "checkout %s has no client_id", ev->aggregate_id);
+        return 0;
+    }
+    if (g_delay_ms > 0)
+        injected_delay(ctx);
+    if (p->total > g_limit_cents) {
+        p->fail = CM_REASON_ORDER_LIMIT;
+        return 1;
+    }
+    if (injected_fault()) {
+        p->fail = CM_REASON_INJECTED_FAULT;
+        return 1;
+    }
+    const char *checkout = ev->aggregate_id;
+    cm_uuid_derive(checkout, "order", p->order_id);
+    wk_step_init(&p->s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
+    wk_step_add(&p->s, CM_EV_ORDER_CREATED, json_pack("{s:s, s:s, s:I}", "order_id", p->order_id, "client_id",
+                                                      p->client, "total_cents", p->total));
+    wk_step_add(&p->s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", p->order_id));
+    p->items = json_dumps(json_object_get(ev->data, "items"), JSON_COMPACT | JSON_ENSURE_ASCII);
+    p->in = (wk_order_in){.checkout_id = checkout, .order_id = p->order_id, .client_id = p->client,
+                          .total_cents = (long long)p->total, .items_json = p->items ? p->items : "[]",
+                          .created_at = cm_wall_s(), .resv_ttl_s = g_resv_ttl_s, .lines = &p->lines};
+    return 1;
+}
+
 /* Creates the order with the script. */
-static wk_result order_create(wk_ctx *ctx, const es_event *ev, const wk_lines *lines, const char *client,
-                              json_int_t total)
+static wk_result order_create(wk_ctx *ctx, const es_event *ev, plan *p)
 {
     const char *checkout = ev->aggregate_id;
-    char order_id[CM_UUID_LEN + 1];
-    cm_uuid_derive(checkout, "order", order_id);
-
-    wk_step s;
-    wk_step_init(&s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
-    wk_step_add(&s, CM_EV_ORDER_CREATED,
-                json_pack("{s:s, s:s, s:I}", "order_id", order_id, "client_id", client, "total_cents", total));
-    wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", order_id));
-
-    char *items = json_dumps(json_object_get(ev->data, "items"), JSON_COMPACT | JSON_ENSURE_ASCII);
-    wk_order_in in = {.checkout_id = checkout, .order_id = order_id, .client_id = client,
-                      .total_cents = (long long)total, .items_json = items ? items : "[]",
-                      .created_at = cm_wall_s(), .resv_ttl_s = g_resv_ttl_s, .lines = lines};
     wk_step_out o;
     wk_result out = WK_RETRY;
-    wk_outcome rc = wk_script_create_order(ctx, &s, &in, &o);
+    wk_outcome rc = wk_script_create_order(ctx, &p->s, &p->in, &o);
     switch (rc) {
     case WK_OUT_APPENDED: {
-        wk_saga_count(ctx, &s, &o.res);
-        const char *kv[] = {"order_id", order_id, NULL};
-        cm_logx(CM_INFO, checkout, ev->event_id, kv, "order created (total %lld cents)%s", (long long)total,
+        wk_saga_count(ctx, &p->s, &o.res);
+        const char *kv[] = {"order_id", p->order_id, NULL};
+        cm_logx(CM_INFO, checkout, ev->event_id, kv, "order created (total %lld cents)%s", (long long)p->total,
                 o.res.duplicate ? " (already created)" : "");
         out = WK_ACK;
         break;
@@ -157,43 +217,44 @@ static wk_result order_create(wk_ctx *ctx, const es_event *ev, const wk_lines *l
     default:
         break;
     }
-    free(items);
-    wk_step_free(&s);
     return out;
+}
+
+/* The batch's orders go to Redis in one round trip; each handler then finds
+ * its decision and reply (saga.h, prefetch). Not with an injected delay,
+ * which tests use to race each event against the timeout. */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    if (g_delay_ms > 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        plan *p = cm_xcalloc(1, sizeof *p);
+        if (evs[i]->kind != CM_EV_STOCK_RESERVED || plan_make(ctx, evs[i], p) != 1) {
+            free(p);   /* the handler decides again, alone */
+            continue;
+        }
+        if (p->fail)
+            wk_prefetch_note(evs[i], p, plan_free);
+        else
+            wk_script_create_order_prefetch(ctx, &p->s, &p->in, p, plan_free);
+    }
+    wk_prefetch_run(ctx);
 }
 
 static wk_result handle_stock_reserved(wk_ctx *ctx, const es_event *ev)
 {
-    if (!wk_saga_checkout(ctx, ev))
-        return WK_DEAD;
-    wk_lines lines;
-    char err[160];
-    if (wk_lines_parse(json_object_get(ev->data, "items"), &lines, err, sizeof err) != 0) {
-        wk_fail_reason(ctx, "StockReserved data: %s", err);
-        return WK_DEAD;
+    plan own = {0}, *p = wk_prefetch_plan(ev);
+    if (!p) {
+        int rc = plan_make(ctx, ev, &own);
+        if (rc != 1)
+            return rc == 0 ? WK_DEAD : WK_RETRY;
+        p = &own;
     }
-    char client[72];
-    json_int_t total;
-    json_t *t = json_object_get(ev->data, "total_cents");
-    const char *c = es_event_data_str(ev, "client_id");
-    if (json_is_integer(t) && c) {
-        total = json_integer_value(t);
-        snprintf(client, sizeof client, "%s", c);
-    } else if (totals_from_history(ctx, ev, &total, client, sizeof client) != 0) {
-        return WK_RETRY;
-    }
-    if (!client[0]) {
-        wk_fail_reason(ctx, "checkout %s has no client_id", ev->aggregate_id);
-        return WK_DEAD;
-    }
-
-    if (g_delay_ms > 0)
-        injected_delay(ctx);
-    if (total > g_limit_cents)
-        return order_failed(ctx, ev, CM_REASON_ORDER_LIMIT, total);
-    if (injected_fault())
-        return order_failed(ctx, ev, CM_REASON_INJECTED_FAULT, total);
-    return order_create(ctx, ev, &lines, client, total);
+    wk_result out = p->fail ? order_failed(ctx, ev, p->fail, p->total) : order_create(ctx, ev, p);
+    if (p == &own)
+        plan_clear(&own);
+    return out;
 }
 
 static const wk_handler k_handlers[] = {
@@ -205,4 +266,5 @@ const wk_def wk_order_creation = {
     .handlers = k_handlers,
     .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
     .opts = k_opts,
+    .prepare = prepare,
 };

@@ -256,9 +256,11 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
             ctx->inflight[ctx->ninflight++] = id->str;
     }
     bool batch = ctx->def->batch != NULL;
-    es_event **evs = batch ? cm_xcalloc(n, sizeof *evs) : NULL;
-    const redisReply **evs_entry = batch ? cm_xcalloc(n, sizeof *evs_entry) : NULL;
-    long long *evs_deliv = batch ? cm_xcalloc(n, sizeof *evs_deliv) : NULL;
+    bool prepare = !batch && ctx->def->prepare != NULL;   /* decode all, prepare, then one by one */
+    bool keep = batch || prepare;
+    es_event **evs = keep ? cm_xcalloc(n, sizeof *evs) : NULL;
+    const redisReply **evs_entry = keep ? cm_xcalloc(n, sizeof *evs_entry) : NULL;
+    long long *evs_deliv = keep ? cm_xcalloc(n, sizeof *evs_deliv) : NULL;
     size_t nev = 0;
     int rc = 0;
 
@@ -298,7 +300,7 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
                 rc = -1;
             continue;
         }
-        if (!batch) {
+        if (!keep) {
             /* handled and freed one at a time: the next decode reuses the
              * same memory instead of a batch's worth piling up */
             rc = handle_one(ctx, stream, e, ev, d);
@@ -311,6 +313,11 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
         nev++;
     }
 
+    if (rc == 0 && prepare && nev) {
+        ctx->def->prepare(ctx, evs, nev);
+        for (size_t i = 0; i < nev && rc == 0; i++)
+            rc = handle_one(ctx, stream, evs_entry[i], evs[i], evs_deliv[i]);
+    }
     if (rc == 0 && batch && nev) {
         wk_result *res = cm_xcalloc(nev, sizeof *res);
         char **why = cm_xcalloc(nev, sizeof *why);

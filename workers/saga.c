@@ -4,6 +4,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/names.h"
+#include "common/xmalloc.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -117,54 +118,169 @@ static bool is_append_result(const redisReply *r)
            (!strcmp(st->str, "ok") || !strcmp(st->str, "dup") || !strcmp(st->str, "conflict"));
 }
 
-int wk_step_run(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
-                const cm_argv *xargs, es_append_res *res, redisReply **verdict)
+/* Builds a step script's call: KEYS = history, bus, xkeys...; ARGV = the
+ * step's append arguments, xargs... Returns the number of keys, or -1. */
+static int step_call(wk_ctx *ctx, wk_step *s, const cm_argv *xkeys, const cm_argv *xargs, cm_argv *a)
 {
-    *verdict = NULL;
-    memset(res, 0, sizeof *res);
-    es_store *st = wk_store(ctx);
-    redisContext *c = wk_redis(ctx);
     es_append_req req = step_req(s);
-    cm_argv a = {0};
-    int rc = WK_STEP_EREDIS;
-    es_append_keys(st, WK_SAGA_AGGREGATE, s->cause->aggregate_id, &a);
+    es_append_keys(wk_store(ctx), WK_SAGA_AGGREGATE, s->cause->aggregate_id, a);
     for (int i = 0; xkeys && i < xkeys->n; i++)
-        cm_argv_add(&a, xkeys->v[i], xkeys->len[i]);
-    int numkeys = a.n;
-    if (es_append_args(&req, &a) != ES_OK) {
-        wk_fail_reason(ctx, "invalid follow-up append");
-        goto done;
-    }
+        cm_argv_add(a, xkeys->v[i], xkeys->len[i]);
+    int numkeys = a->n;
+    if (es_append_args(&req, a) != ES_OK)
+        return -1;
     for (int i = 0; xargs && i < xargs->n; i++)
-        cm_argv_add(&a, xargs->v[i], xargs->len[i]);
-    redisReply *r = cm_script_call(c, script, numkeys, &a);
+        cm_argv_add(a, xargs->v[i], xargs->len[i]);
+    return numkeys;
+}
+
+/* Maps a step script's reply r (owned: freed here; NULL on I/O error) to an
+ * outcome, as wk_step_outcome promises. */
+static wk_outcome step_reply(wk_ctx *ctx, wk_step *s, redisReply *r, const wk_refusal *refusals, wk_step_out *out)
+{
     char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
+    out->arg[0] = '\0';
+    memset(&out->res, 0, sizeof out->res);
+    if (cm_reply_failed(wk_redis(ctx), r, err, sizeof err)) {
         wk_fail_reason(ctx, "step script: %s", err);
-        goto done;
+        return WK_OUT_EREDIS;
     }
-    if (!is_append_result(r)) {
-        if (r->type == REDIS_REPLY_ARRAY) {
-            *verdict = r;
-            rc = WK_STEP_VERDICT;
+    wk_outcome rc = WK_OUT_EREDIS;
+    if (is_append_result(r)) {
+        int prc = es_append_parse(r, s->n, &out->res, err, sizeof err);
+        if (prc == ES_ECONFLICT) {
+            rc = WK_OUT_CONFLICT;
+        } else if (prc != ES_OK) {
+            wk_fail_reason(ctx, "step script: %s", err);
         } else {
-            wk_fail_reason(ctx, "step script: unexpected reply type %d", r->type);
-            freeReplyObject(r);
+            for (size_t i = 0; i < s->n; i++)
+                snprintf(out->res.pos[i].event_id, sizeof out->res.pos[i].event_id, "%s", s->ids[i]);
+            rc = WK_OUT_APPENDED;
         }
-        goto done;
-    }
-    int prc = es_append_parse(r, s->n, res, err, sizeof err);
-    freeReplyObject(r);
-    if (prc == ES_ECONFLICT) {
-        rc = WK_STEP_CONFLICT;
-    } else if (prc != ES_OK) {
-        wk_fail_reason(ctx, "step script: %s", err);
     } else {
-        for (size_t i = 0; i < s->n; i++)
-            snprintf(res->pos[i].event_id, sizeof res->pos[i].event_id, "%s", s->ids[i]);
-        rc = WK_STEP_OK;
+        const redisReply *what = cm_reply_elem(r, 0), *arg = cm_reply_elem(r, 1);
+        for (const wk_refusal *f = refusals; cm_reply_is_str(what) && f->name; f++)
+            if (!strcmp(what->str, f->name)) {
+                rc = f->out;
+                snprintf(out->arg, sizeof out->arg, "%s", cm_reply_is_str(arg) ? arg->str : "");
+                break;
+            }
+        if (rc == WK_OUT_EREDIS)
+            wk_fail_reason(ctx, "step script: unknown answer %s", cm_reply_is_str(what) ? what->str : "?");
     }
-done:
+    freeReplyObject(r);
+    return rc;
+}
+
+/* ---- prefetch: a batch's step scripts in one round trip ----
+ * One worker per process, one batch at a time: a plain table does. */
+typedef struct pf_item {
+    char event_id[40];
+    const cm_script *script;
+    cm_argv call;
+    int numkeys;
+    redisReply *reply;      /* after wk_prefetch_run; NULL: I/O error */
+    bool sent, taken;
+    void *plan;
+    void (*plan_free)(void *);
+} pf_item;
+
+static struct {
+    pf_item *v;
+    size_t n, cap;
+} g_pf;
+
+void wk_prefetch_clear(void)
+{
+    for (size_t i = 0; i < g_pf.n; i++) {
+        pf_item *it = &g_pf.v[i];
+        cm_argv_free(&it->call);
+        if (it->reply)
+            freeReplyObject(it->reply);
+        if (it->plan_free)
+            it->plan_free(it->plan);
+    }
+    g_pf.n = 0;
+}
+
+static pf_item *pf_new(const es_event *ev, void *plan, void (*plan_free)(void *))
+{
+    if (g_pf.n == g_pf.cap) {
+        g_pf.cap = g_pf.cap ? 2 * g_pf.cap : 64;
+        g_pf.v = cm_xrealloc(g_pf.v, g_pf.cap * sizeof *g_pf.v);
+    }
+    pf_item *it = &g_pf.v[g_pf.n++];
+    memset(it, 0, sizeof *it);
+    snprintf(it->event_id, sizeof it->event_id, "%s", ev->event_id);
+    it->plan = plan;
+    it->plan_free = plan_free;
+    return it;
+}
+
+void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *))
+{
+    pf_new(ev, plan, plan_free);
+}
+
+void wk_prefetch_add(wk_ctx *ctx, wk_step *s, cm_script *script, const cm_argv *xkeys, const cm_argv *xargs,
+                     void *plan, void (*plan_free)(void *))
+{
+    pf_item *it = pf_new(s->cause, plan, plan_free);
+    it->script = script;
+    it->numkeys = step_call(ctx, s, xkeys, xargs, &it->call);
+    if (it->numkeys >= 0) {   /* sent by wk_prefetch_run; an unbuildable call runs unprefetched */
+        cm_script_append(wk_redis(ctx), script, it->numkeys, &it->call);
+        it->sent = true;
+    }
+}
+
+void wk_prefetch_run(wk_ctx *ctx)
+{
+    redisContext *c = wk_redis(ctx);
+    for (size_t i = 0; i < g_pf.n; i++) {
+        pf_item *it = &g_pf.v[i];
+        if (it->sent)
+            it->reply = cm_script_reply(c, (cm_script *)it->script);   /* NULL on I/O error */
+    }
+}
+
+static pf_item *pf_find(const char *event_id)
+{
+    for (size_t i = 0; i < g_pf.n; i++)
+        if (!g_pf.v[i].taken && !strcmp(g_pf.v[i].event_id, event_id))
+            return &g_pf.v[i];
+    return NULL;
+}
+
+void *wk_prefetch_plan(const es_event *ev)
+{
+    pf_item *it = pf_find(ev->event_id);
+    return it ? it->plan : NULL;
+}
+
+wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
+{
+    pf_item *it = pf_find(s->cause->event_id);
+    if (it && it->script == script && it->sent) {   /* sent ahead with the batch */
+        it->taken = true;
+        redisReply *r = it->reply;
+        it->reply = NULL;
+        /* NOSCRIPT (Redis restarted): the call below sends the source */
+        if (!(r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)))
+            return step_reply(ctx, s, r, refusals, out);
+        freeReplyObject(r);
+    }
+    cm_argv a = {0};
+    int numkeys = step_call(ctx, s, xkeys, xargs, &a);
+    wk_outcome rc;
+    if (numkeys < 0) {
+        wk_fail_reason(ctx, "invalid follow-up append");
+        out->arg[0] = '\0';
+        rc = WK_OUT_EREDIS;
+    } else {
+        rc = step_reply(ctx, s, cm_script_call(wk_redis(ctx), script, numkeys, &a), refusals, out);
+    }
     cm_argv_free(&a);
     return rc;
 }
@@ -270,33 +386,3 @@ const char *wk_saga_failure_reason(const es_event *cause)
     }
 }
 
-wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
-                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
-{
-    out->arg[0] = '\0';
-    redisReply *v = NULL;
-    switch (wk_step_run(ctx, script, s, xkeys, xargs, &out->res, &v)) {
-    case WK_STEP_OK:
-        return WK_OUT_APPENDED;
-    case WK_STEP_CONFLICT:
-        return WK_OUT_CONFLICT;
-    case WK_STEP_VERDICT:
-        break;
-    default:
-        return WK_OUT_EREDIS;
-    }
-    const redisReply *what = cm_reply_elem(v, 0), *arg = cm_reply_elem(v, 1);
-    wk_outcome rc = WK_OUT_EREDIS;
-    if (cm_reply_is_str(what)) {
-        for (const wk_refusal *r = refusals; r->name; r++)
-            if (!strcmp(what->str, r->name)) {
-                rc = r->out;
-                snprintf(out->arg, sizeof out->arg, "%s", cm_reply_is_str(arg) ? arg->str : "");
-                break;
-            }
-    }
-    if (rc == WK_OUT_EREDIS)
-        wk_fail_reason(ctx, "step script: unknown answer %s", cm_reply_is_str(what) ? what->str : "?");
-    freeReplyObject(v);
-    return rc;
-}

@@ -60,21 +60,13 @@ void wk_step_init(wk_step *s, const es_event *cause, const char *producer);
 void wk_step_add(wk_step *s, enum cm_event_type t, json_t *data);
 void wk_step_free(wk_step *s);
 
-/* What a step's script or append answered. */
+/* What a step's plain append answered. */
 enum wk_step_rc {
     WK_STEP_OK = 0,         /* appended (res.duplicate: it already was) */
     WK_STEP_CONFLICT = 1,   /* the saga moved: decide again (wk_saga_moved) */
-    WK_STEP_VERDICT = 2,    /* the script refused with its own answer (*verdict) */
     WK_STEP_EREDIS = -1,    /* transient: retry */
 };
 
-/* Runs script with KEYS = history, bus, xkeys... and ARGV = the step's
- * append arguments, xargs... (xkeys/xargs may be NULL). On WK_STEP_VERDICT
- * *verdict is the script's reply (an array not shaped as an append result;
- * caller frees). Failure detail goes to the context's fail reason. */
-int wk_step_run(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
-                const cm_argv *xargs, es_append_res *res, redisReply **verdict)
-    __attribute__((warn_unused_result));
 /* Appends the step's follow-ups alone (a step with no effect). Returns
  * WK_STEP_OK, WK_STEP_CONFLICT or WK_STEP_EREDIS. */
 int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res) __attribute__((warn_unused_result));
@@ -104,13 +96,32 @@ typedef struct wk_refusal {
     wk_outcome out;
 } wk_refusal;
 
-/* Runs a step script (wk_step_run) and maps its reply to an outcome: an
- * append result to APPENDED (event ids filled in) or CONFLICT, a refusal
- * named in refusals (terminated by a NULL name) to its outcome with out->arg,
- * anything else to EREDIS with the context's fail reason set. */
+/* Runs script with KEYS = history, bus, xkeys... and ARGV = the step's
+ * append arguments, xargs... (xkeys/xargs may be NULL), and maps its reply
+ * to an outcome: an append result to APPENDED (event ids filled in) or
+ * CONFLICT, a refusal named in refusals (terminated by a NULL name) to its
+ * outcome with out->arg, anything else to EREDIS with the context's fail
+ * reason set. When the call was sent ahead with its batch
+ * (wk_prefetch_add), its reply is used instead of a round trip. */
 wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
                            const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
     __attribute__((warn_unused_result));
+
+/* Prefetch: a saga worker's prepare hook plans every event of a batch and
+ * queues each plan's step script (wk_prefetch_add: the call is appended to
+ * the connection's output, not sent), then sends them all in one round trip
+ * (wk_prefetch_run). Each handler then finds its plan (wk_prefetch_plan)
+ * and wk_step_outcome finds the reply of the same call. Nothing changes but
+ * the round trips: the calls are the ones the handlers would make, in stream
+ * order, and every script is idempotent. The table lives until the next
+ * wk_prefetch_clear (the next batch's prepare). wk_prefetch_note keeps a
+ * plan with no script call for ev. plan_free (may be NULL) releases plan. */
+void wk_prefetch_clear(void);
+void wk_prefetch_add(wk_ctx *ctx, wk_step *s, cm_script *script, const cm_argv *xkeys, const cm_argv *xargs,
+                     void *plan, void (*plan_free)(void *));
+void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *));
+void wk_prefetch_run(wk_ctx *ctx);
+void *wk_prefetch_plan(const es_event *ev);   /* the plan queued for ev, or NULL */
 
 /* After a conflict: re-reads the checkout's history and decides. The saga
  * moved past cause (its follow-up was already written, it timed out or ended)

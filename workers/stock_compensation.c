@@ -27,6 +27,7 @@
  * order creation names StockReserved's seq, which the timeout has moved past. */
 #include "workers/lua/scripts.h"
 #include "common/clock.h"
+#include "common/ids.h"
 #include "common/log.h"
 
 #include <stdio.h>
@@ -47,8 +48,50 @@ static const cm_opt k_opts[] = {
     {0},
 };
 
+/* The plan of a CheckoutInitiated recorded by prepare's batched ZADD. */
+static char k_recorded;
+
+/* True for a CheckoutInitiated of a well-formed checkout (what the batched
+ * ZADD takes; anything else goes to its handler alone). */
+static bool recordable(const es_event *ev)
+{
+    return ev->kind == CM_EV_CHECKOUT_INITIATED && ev->aggregate && !strcmp(ev->aggregate, "checkout") &&
+           ev->aggregate_id && cm_id_valid(ev->aggregate_id, strlen(ev->aggregate_id), 64);
+}
+
+/* Records every new saga of the batch in the timeout set with one ZADD
+ * instead of one per event; their handlers then have nothing left to do. */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    cm_argv a = {0};
+    cm_argv_adds(&a, "ZADD");
+    cm_argv_adds(&a, CM_KEY_SAGA_STARTED);
+    cm_argv_adds(&a, "NX");
+    for (size_t i = 0; i < n; i++) {
+        if (!recordable(evs[i]))
+            continue;   /* its handler decides, alone */
+        cm_argv_addll(&a, (long long)(evs[i]->emitted_at * 1000.0));
+        cm_argv_adds(&a, evs[i]->aggregate_id);
+    }
+    if (a.n > 3) {
+        redisContext *c = wk_redis(ctx);
+        redisReply *r = redisCommandArgv(c, a.n, (const char **)a.v, a.len);
+        char err[256];
+        if (!cm_reply_failed(c, r, err, sizeof err)) {   /* on failure each handler tries alone */
+            freeReplyObject(r);
+            for (size_t i = 0; i < n; i++)
+                if (recordable(evs[i]))
+                    wk_prefetch_note(evs[i], &k_recorded, NULL);
+        }
+    }
+    cm_argv_free(&a);
+}
+
 static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
 {
+    if (wk_prefetch_plan(ev) == &k_recorded)
+        return WK_ACK;
     const char *checkout = wk_saga_checkout(ctx, ev);
     if (!checkout)
         return WK_DEAD;
@@ -249,6 +292,7 @@ const wk_def wk_stock_compensation = {
     .handlers = k_handlers,
     .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
     .opts = k_opts,
+    .prepare = prepare,
     .tick = timeout_tick,
     .tick_ms = TICK_MS,
 };

@@ -17,8 +17,10 @@
  * ("conflict"); either way nothing is reserved twice. */
 #include "workers/lua/scripts.h"
 #include "common/log.h"
+#include "common/xmalloc.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Appends StockReservationFailed for product_id (no effect to combine). */
@@ -63,38 +65,76 @@ static json_int_t checkout_total(const es_event *ev)
     return sum;
 }
 
-static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+/* What reserving one CheckoutInitiated takes: its lines and its step. */
+typedef struct plan {
+    wk_lines lines;
+    wk_step s;
+} plan;
+
+static void plan_free(void *p)
 {
-    const char *checkout = wk_saga_checkout(ctx, ev);
-    if (!checkout)
-        return WK_DEAD;
+    wk_step_free(&((plan *)p)->s);
+    free(p);
+}
+
+/* Validates ev and builds its StockReserved step into p. Returns false after
+ * setting the fail reason (the event can never be reserved: WK_DEAD). */
+static bool plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    if (!wk_saga_checkout(ctx, ev))
+        return false;
     if (ev->seq != 1) {
         wk_fail_reason(ctx, "CheckoutInitiated at seq %lld: a checkout starts once", (long long)ev->seq);
-        return WK_DEAD;
+        return false;
     }
     const char *client = es_event_data_str(ev, "client_id");
     json_t *items = json_object_get(ev->data, "items");
-    wk_lines lines;
     char err[160];
-    if (!client || wk_lines_parse(items, &lines, err, sizeof err) != 0) {
+    if (!client || wk_lines_parse(items, &p->lines, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "CheckoutInitiated data: %s", client ? err : "no client_id");
-        return WK_DEAD;
+        return false;
     }
-
     /* StockReserved carries the initiated lines as they were, plus the total
      * so order creation needs no history read. */
-    wk_step s;
-    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_RESERVATION]);
-    wk_step_add(&s, CM_EV_STOCK_RESERVED,
+    wk_step_init(&p->s, ev, cm_worker_names[CM_W_STOCK_RESERVATION]);
+    wk_step_add(&p->s, CM_EV_STOCK_RESERVED,
                 json_pack("{s:s, s:O, s:I}", "client_id", client, "items", items, "total_cents",
                           checkout_total(ev)));
+    return true;
+}
+
+/* The batch's reservations go to Redis in one round trip; each handler then
+ * finds its reply (saga.h, prefetch). */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    for (size_t i = 0; i < n; i++) {
+        plan *p = cm_xcalloc(1, sizeof *p);
+        if (evs[i]->kind != CM_EV_CHECKOUT_INITIATED || !plan_make(ctx, evs[i], p)) {
+            free(p);   /* the handler decides again, alone */
+            continue;
+        }
+        wk_script_reserve_prefetch(ctx, &p->s, evs[i]->aggregate_id, &p->lines, p, plan_free);
+    }
+    wk_prefetch_run(ctx);
+}
+
+static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+{
+    plan own, *p = wk_prefetch_plan(ev);
+    if (!p) {
+        if (!plan_make(ctx, ev, &own))
+            return WK_DEAD;
+        p = &own;
+    }
+    const char *checkout = ev->aggregate_id;
     wk_step_out o;
     wk_result out = WK_RETRY;
-    wk_outcome rc = wk_script_reserve(ctx, &s, checkout, &lines, &o);
+    wk_outcome rc = wk_script_reserve(ctx, &p->s, checkout, &p->lines, &o);
     switch (rc) {
     case WK_OUT_APPENDED:
-        wk_saga_count(ctx, &s, &o.res);
-        cm_logx(CM_INFO, checkout, ev->event_id, NULL, "reserved %zu products%s", lines.n,
+        wk_saga_count(ctx, &p->s, &o.res);
+        cm_logx(CM_INFO, checkout, ev->event_id, NULL, "reserved %zu products%s", p->lines.n,
                 o.res.duplicate ? " (already reserved)" : "");
         out = WK_ACK;
         break;
@@ -114,7 +154,8 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     default:
         break;
     }
-    wk_step_free(&s);
+    if (p == &own)
+        wk_step_free(&own.s);
     return out;
 }
 
@@ -126,4 +167,5 @@ const wk_def wk_stock_reservation = {
     .id = CM_W_STOCK_RESERVATION,
     .handlers = k_handlers,
     .nhandlers = sizeof k_handlers / sizeof k_handlers[0],
+    .prepare = prepare,
 };

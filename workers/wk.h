@@ -64,6 +64,10 @@ typedef struct wk_def {
     /* ... or, instead, a batch handler that receives every decoded event of a
      * batch (in stream order) and sets results[i] for each. */
     void (*batch)(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *results);
+    /* Optional, with handlers: called with every decoded event of a batch
+     * that has a handler (stream order) before they are handled one by one,
+     * e.g. to send their Redis calls in one round trip (saga.h, prefetch). */
+    void (*prepare)(wk_ctx *ctx, es_event *const *evs, size_t n);
     const cm_opt *opts;                /* worker settings (NULL-name terminated) or NULL */
     int (*init)(wk_ctx *ctx, char *err, size_t errlen);  /* may call wk_set_state */
     void (*fini)(wk_ctx *ctx);

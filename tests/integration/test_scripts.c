@@ -285,3 +285,52 @@ Test(scripts, release_gives_back_what_is_held_once)
     expect_stock("p1", 10, 0, 0);
     es_events_free(to, 1);
 }
+
+/* Script calls (EVAL and EVALSHA) Redis has run since CONFIG RESETSTAT. */
+static long long evalsha_calls(void)
+{
+    redisReply *r = redisCommand(X.c, "INFO commandstats");
+    cr_assert(r && r->type == REDIS_REPLY_STRING);
+    long long n = 0;
+    const char *names[] = {"cmdstat_evalsha:calls=", "cmdstat_eval:calls="};
+    for (size_t i = 0; i < 2; i++) {
+        const char *p = strstr(r->str, names[i]);
+        n += p ? atoll(p + strlen(names[i])) : 0;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+Test(scripts, prefetched_calls_take_one_round_trip_and_answer_as_alone)
+{
+    product("p1", 3);
+    es_event **a = append("co-pa", CM_EV_CHECKOUT_INITIATED, json_object());
+    es_event **b = append("co-pb", CM_EV_CHECKOUT_INITIATED, json_object());
+    wk_lines two = lines2("p1", 2, NULL, 0);
+    wk_step sa, sb;
+    wk_step_init(&sa, a[0], "stock-reservation");
+    wk_step_add(&sa, CM_EV_STOCK_RESERVED, json_object());
+    wk_step_init(&sb, b[0], "stock-reservation");
+    wk_step_add(&sb, CM_EV_STOCK_RESERVED, json_object());
+    num("CONFIG RESETSTAT");
+    wk_prefetch_clear();
+    wk_script_reserve_prefetch(&X, &sa, "co-pa", &two, NULL, NULL);
+    wk_script_reserve_prefetch(&X, &sb, "co-pb", &two, NULL, NULL);
+    wk_prefetch_run(&X);
+    cr_expect_eq(evalsha_calls(), 2, "both calls went out together");
+    wk_step_out o;
+    cr_expect_eq(wk_script_reserve(&X, &sa, "co-pa", &two, &o), WK_OUT_APPENDED, "%s", X.reason);
+    cr_expect_eq(wk_script_reserve(&X, &sb, "co-pb", &two, &o), WK_OUT_SHORT, "the second finds the stock taken");
+    cr_expect_str_eq(o.arg, "p1");
+    cr_expect_eq(evalsha_calls(), 2, "the handlers used the prefetched replies");
+    /* taken once: a second call for the same event goes to Redis */
+    cr_expect_eq(wk_script_reserve(&X, &sa, "co-pa", &two, &o), WK_OUT_APPENDED);
+    cr_expect(o.res.duplicate);
+    cr_expect_eq(evalsha_calls(), 3);
+    expect_stock("p1", 1, 2, 0);
+    wk_prefetch_clear();
+    wk_step_free(&sa);
+    wk_step_free(&sb);
+    es_events_free(a, 1);
+    es_events_free(b, 1);
+}

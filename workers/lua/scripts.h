@@ -3,8 +3,10 @@
  * Each script (workers/lua/<name>.lua) has one C file beside it
  * (<name>.c) that alone knows its KEYS and ARGV layout: it builds the call
  * from named inputs, runs it with the step's follow-up append in front
- * (wk_step_run), and turns the reply into one of the outcomes below. The
- * workers decide on those outcomes and never see a reply array.
+ * (wk_step_outcome), and turns the reply into one of the outcomes in
+ * saga.h. The workers decide on those outcomes and never see a reply array.
+ * The *_prefetch forms queue the same call for a batch's one round trip
+ * (saga.h, prefetch); the plain form then finds its reply.
  *
  * Every key a script touches is passed in KEYS (Redis Cluster requires it);
  * the names come from common/names.h. */
@@ -17,6 +19,9 @@
  * Outcomes: APPENDED, CONFLICT, SHORT, UNKNOWN, EXISTS, EREDIS. */
 wk_outcome wk_script_reserve(wk_ctx *ctx, wk_step *s, const char *checkout, const wk_lines *lines,
                              wk_step_out *out) __attribute__((warn_unused_result));
+
+void wk_script_reserve_prefetch(wk_ctx *ctx, wk_step *s, const char *checkout, const wk_lines *lines, void *plan,
+                                void (*plan_free)(void *));
 
 /* create_order.lua: turns the held reservation of the lines into a sale and
  * records order order_id, with s's OrderCreated + CheckoutSucceeded.
@@ -31,6 +36,9 @@ typedef struct wk_order_in {
 } wk_order_in;
 wk_outcome wk_script_create_order(wk_ctx *ctx, wk_step *s, const wk_order_in *in, wk_step_out *out)
     __attribute__((warn_unused_result));
+
+void wk_script_create_order_prefetch(wk_ctx *ctx, wk_step *s, const wk_order_in *in, void *plan,
+                                     void (*plan_free)(void *));
 
 /* release.lua: gives back what checkout holds (held: what the caller read,
  * lines its products) and ends the saga with s's follow-ups.
