@@ -11,6 +11,8 @@
  *   chorus:saga:started         zset   checkout_id scored by its CheckoutInitiated emitted_at (ms)
  *   chorus:rm:checkout:<id>     hash   read model: client_id status order_id reason updated_at seq
  *   chorus:rm:client:<id>       hash   read model: total_orders last_order_id last_checkout_id last_update_ts
+ *   chorus:rm:client-checkouts:<id> zset read model: the client's newest checkout ids scored by
+ *                                      CheckoutInitiated emitted_at (trimmed to CM_CLIENT_CHECKOUTS_KEEP)
  *   chorus:rm:stock:<id>        hash   read model: reserved sold released (counts from events)
  *   chorus:rm:checkpoint        string last bus entry id applied by the projection
  *   chorus:pj:rebuild           string lock held by a read-model rebuild (live projections wait)
@@ -30,6 +32,9 @@
 #define CM_KEY_PREFIX "chorus:"
 #define CM_RM_CHANGED_CHANNEL "chorus:rm:checkout-changed"
 #define CM_KEY_SAGA_STARTED "chorus:saga:started"  /* sagas not yet ended (timeout) */
+/* A client's recent checkouts (zset; apply.lua spells it pfx .. "client-checkouts:"). */
+#define CM_KEY_CLIENT_CHECKOUTS CM_KEY_PREFIX "rm:client-checkouts:"
+#define CM_CLIENT_CHECKOUTS_KEEP 100   /* newest checkouts kept per client */
 
 /* Event types of the saga, in DESIGN.md's order. */
 enum cm_event_type {
