@@ -124,8 +124,13 @@ static bool dead_letter_of(const redisReply *d, const es_event *ev)
     if (cm_reply_is_str(orig) && !strcmp(orig->str, ev->entry_id))
         return true;
     /* parked again after a retry: entry_id is the retry stream's; the
-     * envelope still names the event */
-    return ev->event_id && cm_reply_is_str(payload) && strstr(payload->str, ev->event_id) != NULL;
+     * envelope still names the event (as its event_id: an effect's payload
+     * names its cause too, as causation_id) */
+    if (!ev->event_id || !cm_reply_is_str(payload) || strlen(ev->event_id) > 64)
+        return false;
+    char needle[96];
+    snprintf(needle, sizeof needle, "\"event_id\":\"%s\"", ev->event_id);
+    return strstr(payload->str, needle) != NULL;
 }
 
 static void put_str_field(cm_buf *o, const char *name, const redisReply *r)

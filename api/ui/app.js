@@ -28,6 +28,7 @@
   });
 
   var TERMINAL = { SUCCEEDED: true, FAILED: true };
+  var STATS_WINDOW_S = 300;  /* the overview's saga counts and rates cover this */
   var STATE_TEXT = { done: 'done', in_flight: 'in flight', parked: 'parked', undelivered: 'not yet' };
   var page = document.getElementById('page');
   var gen = 0;             /* bumped on every navigation: loops of old pages stop */
@@ -122,7 +123,7 @@
     var err = el('p', { id: 'overview-error', class: 'error' });
     page.appendChild(el('h1', { text: 'Overview' }));
     page.appendChild(err);
-    page.appendChild(el('h2', { text: 'Sagas, last 60 s' }));
+    page.appendChild(el('h2', { text: 'Sagas, last ' + STATS_WINDOW_S / 60 + ' min' }));
     page.appendChild(stats);
     page.appendChild(el('h2', { text: 'Consumer groups' }));
     page.appendChild(el('table', { id: 'groups' },
@@ -153,7 +154,7 @@
       if (!(w.body.groups || []).length)
         groups.appendChild(el('tr', null, el('td', { colspan: 6, class: 'muted', text: 'no consumer groups yet (workers not started?)' })));
       clear(stats);
-      var b = s.body, win = b.window_s || 60;
+      var b = s.body, win = b.window_s || STATS_WINDOW_S;
       var done = b.succeeded + b.failed;
       stats.appendChild(stat('started', 'started / s', (b.started / win).toFixed(2)));
       stats.appendChild(stat('finished', 'finished / s', (done / win).toFixed(2)));
@@ -173,7 +174,7 @@
 
     function loop() {
       if (my !== gen) return;
-      Promise.all([api('GET', '/api/workers'), api('GET', '/api/dead-letters'), api('GET', '/api/stats/sagas?window_s=60')])
+      Promise.all([api('GET', '/api/workers'), api('GET', '/api/dead-letters'), api('GET', '/api/stats/sagas?window_s=' + STATS_WINDOW_S)])
         .then(function (r) {
           if (my !== gen) return;
           var bad = r.filter(function (x) { return x.status !== 200 || !x.body; });
@@ -255,8 +256,10 @@
     if (g.state === 'in_flight') text += ' \u00d7' + g.deliveries;
     var cell = el('div', { class: 'tl-group', 'data-group': g.group, 'data-state': g.state, title: tip.join('\n') },
       el('span', { text: text }));
-    if (g.state === 'in_flight' && g.consumer) cell.appendChild(el('span', { class: 'muted', text: '\u00a0' + g.consumer }));
-    if (g.state === 'parked' && g.reason) cell.title = tip.join('\n');
+    if (g.state === 'in_flight')
+      cell.appendChild(el('span', { class: 'detail', text: (g.consumer || '?') + ', idle ' + g.idle_ms + ' ms' }));
+    if (g.state === 'parked' && g.reason)
+      cell.appendChild(el('span', { class: 'detail', text: g.reason.length > 40 ? g.reason.slice(0, 40) + '\u2026' : g.reason }));
     return cell;
   }
 
@@ -278,7 +281,7 @@
     var hd = el('div', { class: 'tl-head' }, el('div', { text: 'event' }),
       el('div', null, el('div', { class: 'tl-scale' }, el('span', { text: '0 ms' }), el('span', { id: 'tl-span', text: fmtMs(span) }))),
       el('div', { text: 'hop' }), el('div', { text: 'producer' }));
-    groups.forEach(function (g) { hd.appendChild(el('div', { title: g, text: shortGroup(g) })); });
+    groups.forEach(function (g) { hd.appendChild(el('div', { class: 'tl-gh', title: g, text: shortGroup(g) })); });
     box.appendChild(hd);
 
     evs.forEach(function (e, i) {
