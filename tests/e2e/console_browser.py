@@ -228,9 +228,9 @@ class Browser:
             fail("%s: the page never got its data (data-ready=%s)" % (url, page.attrs.get("data-ready")))
         return doc
 
-    def screenshot(self, url, name, budget_ms=4000):
+    def screenshot(self, url, name, budget_ms=4000, size="1400,1000"):
         path = os.path.join(self.shots, name)
-        self._run(["--screenshot=" + path, "--window-size=1400,1000", "--hide-scrollbars"], url, budget_ms)
+        self._run(["--screenshot=" + path, "--window-size=" + size, "--hide-scrollbars"], url, budget_ms)
         if not os.path.exists(path) or os.path.getsize(path) < 1000:
             fail("no screenshot written to " + path)
         print("screenshot %s" % path, flush=True)
@@ -482,6 +482,8 @@ def main():
                                 (F, 3, "compensation")], "FAILED", "order_limit_exceeded", "timeline-compensated.png")
         if any(c.attrs.get("data-state") != "done" for c in states(rows).values()):
             fail("compensated saga: a group cell is not done")
+        # the README's picture (docs/img/timeline.png) is this one, cropped
+        br.screenshot("%s/ui/#/checkout/%s" % (base, comp_id), "timeline-compensated-readme.png", size="1400,430")
         # the hop column shows a latency for every effect, none for the root
         hops = [r.by_class("tl-hop")[0].text() for r in rows]
         if hops[0] != "" or not all(h.startswith("+") for h in hops[1:]):
