@@ -296,7 +296,7 @@
       var label = el('div', { class: 'tl-type', title: 'event ' + (p.event_id || '') + '\ncaused by ' + (p.causation_id || '(none)') },
         el('span', { class: 'tree', text: depth ? '\u2514\u2500 ' : '' }), el('span', { class: 'seq', text: '#' + (p.seq || '?') }),
         el('span', { text: e.type }));
-      label.style.paddingLeft = (8 + 18 * Math.max(depth - 1, 0) + (depth ? 0 : 0)) + 'px';
+      label.style.paddingLeft = (8 + 18 * Math.max(depth - 1, 0)) + 'px';   /* the glyph marks depth 1 */
       var row = el('div', {
         class: 'tl-row' + (e.branch === 'compensation' ? ' branch-compensation' : ' branch-main'),
         'data-type': e.type, 'data-seq': p.seq, 'data-depth': depth, 'data-branch': e.branch,

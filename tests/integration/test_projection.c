@@ -467,7 +467,8 @@ Test(projection, client_index_keeps_each_clients_newest_checkouts)
     }
     freeReplyObject(r);
     r = redisCommand(E.c, "ZRANGE " CM_KEY_CLIENT_CHECKOUTS "c-one 0 -1");
-    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1, "one entry per checkout, whatever its later events");
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1,
+              "one entry per checkout, whatever its later events");
     cr_assert_str_eq(r->element[0]->str, "co-other");
     freeReplyObject(r);
     for (int i = 0; i < N; i++)
