@@ -150,11 +150,29 @@ api_flow api_h_dead_letters(api_req *rq)
     return API_DONE;
 }
 
+/* Index of consumer group name in cm_group_names, or -1. */
+static int group_index(const char *name)
+{
+    for (int g = 0; name && g < CM_W_COUNT; g++)
+        if (!strcmp(name, cm_group_names[g]))
+            return g;
+    return -1;
+}
+
+/* Dead-letter ids are per stream, so two groups may hold the same id:
+ * ?group=<group> names the one meant (without it, the first group in table
+ * order that holds the id is retried). */
 api_flow api_h_dead_letter_retry(api_req *rq)
 {
     const char *id = rq->param;
     if (!strchr(id, '-') || !api_stream_id_valid(id)) {
         api_error(rq, 404, "not_found", "no dead letter %s (ids look like 1700000000000-0)", id);
+        return API_DONE;
+    }
+    const char *only_s = api_query(rq, "group");
+    int only = group_index(only_s);
+    if (only_s && only < 0) {
+        api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
         return API_DONE;
     }
     const char *why = NULL;
@@ -180,7 +198,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         if (r->type == REDIS_REPLY_ERROR) {
             snprintf(t->err, sizeof t->err, "redis: %s", r->str);
             failed = 1;
-        } else if (found < 0 && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        } else if (found < 0 && (only < 0 || g == only) && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
             found = g;
         }
         freeReplyObject(r);
@@ -208,6 +226,8 @@ api_flow api_h_dead_letter_retry(api_req *rq)
     return API_DONE;
 }
 
+/* POST /api/dead-letters/retry {"group", "count"}: the oldest count of a
+ * group's dead letters back to its redelivery stream. */
 api_flow api_h_dead_letters_retry_group(api_req *rq)
 {
     json_error_t jerr;
@@ -217,10 +237,7 @@ api_flow api_h_dead_letters_retry_group(api_req *rq)
         return API_DONE;
     }
     json_t *group = json_object_get(root, "group"), *count = json_object_get(root, "count");
-    int g = -1;
-    for (int i = 0; json_is_string(group) && i < CM_W_COUNT; i++)
-        if (!strcmp(json_string_value(group), cm_group_names[i]))
-            g = i;
+    int g = group_index(json_string_value(group));
     if (!json_is_object(root) || g < 0) {
         api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
     } else if (!json_is_integer(count) || json_integer_value(count) < 1 || json_integer_value(count) > 1000) {

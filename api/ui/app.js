@@ -428,7 +428,9 @@
             el('td', { class: 'mono', text: d.id }), el('td', { class: 'mono', text: d.group }),
             el('td', { class: 'reason', text: d.reason }), el('td', { class: 'num attempts', text: d.attempts }), what,
             el('td', null, el('button', { class: 'secondary dl-retry', type: 'button', 'data-id': d.id, text: 'Retry',
-              onclick: function () { retry('/api/dead-letters/' + encodeURIComponent(d.id) + '/retry'); } }))));
+              onclick: function () {
+                retry('/api/dead-letters/' + encodeURIComponent(d.id) + '/retry?group=' + encodeURIComponent(d.group));
+              } }))));
         });
         if (!res.body.dead_letters.length)
           body.appendChild(el('tr', { id: 'dl-empty' }, el('td', { colspan: 6, class: 'muted', text: 'no dead letters' })));

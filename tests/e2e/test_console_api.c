@@ -390,3 +390,24 @@ Test(console, ui_files_are_served_with_their_type_and_etag)
     expect_error("GET", "/ui/a/b.js", NULL, NULL, 404, "not_found");
     expect_error("POST", "/ui/app.js", NULL, NULL, 405, "method_not_allowed");
 }
+
+/* Dead-letter ids are per stream: two groups can hold the same id, and
+ * ?group= picks which one is retried. */
+Test(console, retry_one_with_group_picks_that_groups_entry)
+{
+    const char *groups[] = {"choreo-order", "choreo-audit"};
+    for (int i = 0; i < 2; i++)
+        freeReplyObject(ae_cmd(&E, "XADD " AE_BUS ".dlq.%s 5-0 group %s reason r attempts 1 stream " AE_BUS
+                                   " entry_id 1-0 type X payload x ts 1", groups[i], groups[i]));
+    tf_http_resp r;
+    ae_req(&E, "POST", "/api/dead-letters/5-0/retry?group=choreo-audit", ADMIN, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    json_t *j = ae_json(&r);
+    cr_assert_str_eq(jstr(j, "group"), "choreo-audit");
+    json_decref(j);
+    tf_http_resp_free(&r);
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS ".dlq.choreo-audit"), 0);
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS ".dlq.choreo-order"), 1, "the other group's entry stays");
+    expect_error("POST", "/api/dead-letters/5-0/retry?group=choreo-audit", ADMIN, NULL, 404, "not_found");
+    expect_error("POST", "/api/dead-letters/5-0/retry?group=nope", ADMIN, NULL, 400, "invalid_request");
+}
