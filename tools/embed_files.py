@@ -31,13 +31,13 @@ with open(out, "w", encoding="ascii") as f:
         if ext not in TYPES:
             sys.exit("embed_files.py: no Content-Type known for %s" % path)
         data = open(path, "rb").read()
-        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:20]
+        etag = hashlib.sha256(data).hexdigest()[:20]   # quoted in the C string below
         f.write("static const unsigned char k_data%d[] = {\n" % i)
         for off in range(0, len(data), 16):
             f.write("  " + ",".join("%d" % b for b in data[off:off + 16]) + ",\n")
         f.write("  0};\n")
         rows.append('  {"%s", "%s", "\\"%s\\"", k_data%d, %d},\n'
-                    % (name, TYPES[ext], etag.strip('"'), i, len(data)))
+                    % (name, TYPES[ext], etag, i, len(data)))
     f.write("\nconst api_asset %s[] = {\n" % symbol)
     f.writelines(rows)
     f.write("};\n")
