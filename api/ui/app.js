@@ -193,9 +193,10 @@
 
   /* ---- find ---------------------------------------------------------------- */
 
-  function findForms() {
+  function findForms(client) {
     var co = el('input', { type: 'text', id: 'find-checkout', placeholder: 'checkout id', spellcheck: 'false' });
     var cl = el('input', { type: 'text', id: 'find-client', placeholder: 'client id', spellcheck: 'false' });
+    cl.value = client || '';
     return el('div', { class: 'card' },
       el('form', { class: 'find', id: 'find-checkout-form', onsubmit: function (e) {
         e.preventDefault();
@@ -217,7 +218,7 @@
   function client(id) {
     var my = begin('client', 'Client ' + id);
     page.appendChild(el('h1', null, 'Client ', el('span', { class: 'mono', id: 'client-id', text: id })));
-    page.appendChild(findForms());
+    page.appendChild(findForms(id));
     var body = el('tbody');
     var msg = el('p', { id: 'client-message', class: 'muted' });
     page.appendChild(el('h2', { text: 'Recent checkouts (newest first)' }));
