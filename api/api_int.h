@@ -119,6 +119,7 @@ struct api_req {
     char location[96];               /* Location header, "" when none */
     bool retry_after;                /* Retry-After: 1 (with 503) */
     bool replayed;                   /* Idempotency-Replayed: true */
+    const struct api_asset *asset;   /* a console file: ETag and cache headers (ui.c) */
     char checkout_id[API_ID_MAX + 1];/* for the request log */
     int64_t t0_ns;                   /* monotonic start */
     api_job *job;                    /* intake in progress (intake.c) */
@@ -168,9 +169,15 @@ api_flow api_h_product_put(api_req *rq);
 api_flow api_h_workers(api_req *rq);           /* ops.c */
 api_flow api_h_dead_letters(api_req *rq);
 api_flow api_h_dead_letter_retry(api_req *rq);
+api_flow api_h_dead_letters_retry_group(api_req *rq);
 api_flow api_h_health(api_req *rq);
 api_flow api_h_ready(api_req *rq);
 api_flow api_h_metrics(api_req *rq);
+api_flow api_h_timeline(api_req *rq);          /* timeline.c */
+api_flow api_h_client_checkouts(api_req *rq);  /* clients.c */
+api_flow api_h_saga_stats(api_req *rq);
+api_flow api_h_ui_index(api_req *rq);          /* ui.c */
+api_flow api_h_ui_asset(api_req *rq);
 
 /* Counts an accepted checkout and its CheckoutInitiated (intake.c). */
 void api_intake_metrics_init(void);
@@ -226,6 +233,20 @@ bool api_wait_suspend(api_waiter *w);
 /* Unregisters w if still registered. */
 void api_wait_disarm(api_waiter *w);
 
+/* ---- the console's static files (ui.c; table generated at build time by
+ * tools/embed_files.py from api/ui/) ---- */
+
+typedef struct api_asset {
+    const char *name;                /* "app.js": served at /ui/<name> */
+    const char *content_type;
+    const char *etag;                /* quoted strong ETag of the bytes */
+    const unsigned char *data;
+    size_t len;
+} api_asset;
+
+extern const api_asset api_ui_assets[];
+extern const size_t api_ui_assets_count;
+
 /* ---- small shared helpers (util.c) ---- */
 
 /* True if s looks like a stream id: digits, optionally "-" digits, each part
@@ -236,5 +257,10 @@ bool api_stream_id_valid(const char *s);
 void api_json_num_or_str(cm_buf *b, const char *s, size_t n);
 /* Appends a JSON string, or null when s is NULL. */
 void api_json_str_or_null(cm_buf *b, const char *s, size_t n);
+/* Value of field name in a flat [k, v, k, v...] reply (XINFO, XRANGE fields),
+ * or NULL. Borrowed from kv. */
+const redisReply *api_kv_field(const redisReply *kv, const char *name);
+/* Compares two valid stream ids (api_stream_id_valid) numerically: <0, 0, >0. */
+int api_stream_id_cmp(const char *a, const char *b);
 
 #endif

@@ -11,17 +11,6 @@
 
 #define DLQ_LIST_MAX 1000   /* dead letters listed per group (oldest first) */
 
-/* Value of field name in a flat [k, v, k, v...] reply, or NULL. */
-static const redisReply *field(const redisReply *kv, const char *name)
-{
-    for (size_t i = 0; kv && kv->type == REDIS_REPLY_ARRAY && i + 1 < kv->elements; i += 2) {
-        const redisReply *k = kv->element[i];
-        if (cm_reply_is_str(k) && !strcmp(k->str, name))
-            return kv->element[i + 1];
-    }
-    return NULL;
-}
-
 /* XINFO GROUPS <bus>. Returns 0 with *out (caller frees; NULL when the bus
  * does not exist yet), or -1 after answering 503. */
 static int groups_info(api_req *rq, api_redis *t, redisReply **out)
@@ -60,14 +49,14 @@ api_flow api_h_workers(api_req *rq)
     cm_buf_puts(o, "{\"groups\":[");
     for (size_t i = 0; i < ngroups(r); i++) {
         const redisReply *g = r->element[i];
-        const redisReply *name = field(g, "name"), *last = field(g, "last-delivered-id");
-        const redisReply *lag = field(g, "lag");
+        const redisReply *name = api_kv_field(g, "name"), *last = api_kv_field(g, "last-delivered-id");
+        const redisReply *lag = api_kv_field(g, "lag");
         if (i)
             cm_buf_putc(o, ',');
         cm_buf_puts(o, "{\"group\":");
         api_json_str_or_null(o, cm_reply_is_str(name) ? name->str : NULL, cm_reply_is_str(name) ? name->len : 0);
-        cm_buf_printf(o, ",\"consumers\":%lld,\"pending\":%lld,\"lag\":", cm_reply_ll(field(g, "consumers"), 0),
-                      cm_reply_ll(field(g, "pending"), 0));
+        cm_buf_printf(o, ",\"consumers\":%lld,\"pending\":%lld,\"lag\":",
+                      cm_reply_ll(api_kv_field(g, "consumers"), 0), cm_reply_ll(api_kv_field(g, "pending"), 0));
         if (lag && lag->type == REDIS_REPLY_INTEGER)
             cm_buf_printf(o, "%lld", lag->integer);
         else
@@ -87,8 +76,9 @@ api_flow api_h_workers(api_req *rq)
 static void dead_letter_json(cm_buf *o, const char *group, const redisReply *e)
 {
     const redisReply *id = cm_reply_elem(e, 0), *f = cm_reply_elem(e, 1);
-    const redisReply *reason = field(f, "reason"), *orig = field(f, "entry_id"), *type = field(f, "type");
-    const redisReply *payload = field(f, "payload"), *ts = field(f, "ts"), *src = field(f, "stream");
+    const redisReply *reason = api_kv_field(f, "reason"), *orig = api_kv_field(f, "entry_id");
+    const redisReply *type = api_kv_field(f, "type"), *payload = api_kv_field(f, "payload");
+    const redisReply *ts = api_kv_field(f, "ts"), *src = api_kv_field(f, "stream");
 #define STR(r) (cm_reply_is_str(r) ? (r)->str : NULL), (cm_reply_is_str(r) ? (r)->len : 0)
     cm_buf_puts(o, "{\"id\":");
     api_json_str_or_null(o, STR(id));
@@ -96,7 +86,7 @@ static void dead_letter_json(cm_buf *o, const char *group, const redisReply *e)
     cm_buf_put_json_str(o, group, strlen(group));
     cm_buf_puts(o, ",\"reason\":");
     api_json_str_or_null(o, STR(reason));
-    cm_buf_printf(o, ",\"attempts\":%lld,\"stream\":", cm_reply_ll(field(f, "attempts"), 0));
+    cm_buf_printf(o, ",\"attempts\":%lld,\"stream\":", cm_reply_ll(api_kv_field(f, "attempts"), 0));
     api_json_str_or_null(o, STR(src));
     cm_buf_puts(o, ",\"event\":{\"id\":");
     api_json_str_or_null(o, STR(orig));
@@ -160,11 +150,29 @@ api_flow api_h_dead_letters(api_req *rq)
     return API_DONE;
 }
 
+/* Index of consumer group name in cm_group_names, or -1. */
+static int group_index(const char *name)
+{
+    for (int g = 0; name && g < CM_W_COUNT; g++)
+        if (!strcmp(name, cm_group_names[g]))
+            return g;
+    return -1;
+}
+
+/* Dead-letter ids are per stream, so two groups may hold the same id:
+ * ?group=<group> names the one meant (without it, the first group in table
+ * order that holds the id is retried). */
 api_flow api_h_dead_letter_retry(api_req *rq)
 {
     const char *id = rq->param;
     if (!strchr(id, '-') || !api_stream_id_valid(id)) {
         api_error(rq, 404, "not_found", "no dead letter %s (ids look like 1700000000000-0)", id);
+        return API_DONE;
+    }
+    const char *only_s = api_query(rq, "group");
+    int only = group_index(only_s);
+    if (only_s && only < 0) {
+        api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
         return API_DONE;
     }
     const char *why = NULL;
@@ -190,7 +198,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         if (r->type == REDIS_REPLY_ERROR) {
             snprintf(t->err, sizeof t->err, "redis: %s", r->str);
             failed = 1;
-        } else if (found < 0 && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        } else if (found < 0 && (only < 0 || g == only) && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
             found = g;
         }
         freeReplyObject(r);
@@ -215,6 +223,41 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         cm_buf_puts(&rq->out, ",\"retried\":true}");
         api_reply(rq, 200);
     }
+    return API_DONE;
+}
+
+/* POST /api/dead-letters/retry {"group", "count"}: the oldest count of a
+ * group's dead letters back to its redelivery stream. */
+api_flow api_h_dead_letters_retry_group(api_req *rq)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        api_error(rq, 400, "invalid_json", "body is not JSON: %s", jerr.text);
+        return API_DONE;
+    }
+    json_t *group = json_object_get(root, "group"), *count = json_object_get(root, "count");
+    int g = group_index(json_string_value(group));
+    if (!json_is_object(root) || g < 0) {
+        api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
+    } else if (!json_is_integer(count) || json_integer_value(count) < 1 || json_integer_value(count) > 1000) {
+        api_error(rq, 400, "invalid_request", "count must be an integer in 1..1000");
+    } else {
+        const char *why = NULL;
+        api_redis *t = api_redis_get(&why);
+        long long n = t ? es_dlq_retry_all(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(count),
+                                           t->err, sizeof t->err)
+                        : ES_EREDIS;
+        if (n < 0) {
+            if (t && t->c->err)
+                api_redis_drop(t);
+            api_unavailable(rq, t ? t->err : why);
+        } else {
+            cm_buf_printf(&rq->out, "{\"retried\":%lld}", n);
+            api_reply(rq, 200);
+        }
+    }
+    json_decref(root);
     return API_DONE;
 }
 
@@ -249,7 +292,7 @@ api_flow api_h_ready(api_req *rq)
     for (int g = 0, k = 0; g < CM_W_COUNT; g++) {
         bool have = false;
         for (size_t i = 0; i < ngroups(r) && !have; i++) {
-            const redisReply *name = field(r->element[i], "name");
+            const redisReply *name = api_kv_field(r->element[i], "name");
             have = cm_reply_is_str(name) && !strcmp(name->str, cm_group_names[g]);
         }
         if (!have) {

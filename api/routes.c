@@ -27,6 +27,12 @@ static const api_route k_routes[] = {
     {"GET", "/health", api_h_health, 0, 11},
     {"GET", "/ready", api_h_ready, 0, 12},
     {"GET", "/metrics", api_h_metrics, 0, 13},
+    {"GET", "/api/checkouts/{id}/timeline", api_h_timeline, 0, 14},
+    {"GET", "/api/clients/{client_id}/checkouts", api_h_client_checkouts, 0, 15},
+    {"GET", "/api/stats/sagas", api_h_saga_stats, 0, 16},
+    {"GET", "/ui", api_h_ui_index, 0, 17},
+    {"GET", "/ui/{asset}", api_h_ui_asset, 0, 18},
+    {"POST", "/api/dead-letters/retry", api_h_dead_letters_retry_group, API_F_JSON | API_F_ADMIN, 19},
 };
 #define NROUTES (sizeof k_routes / sizeof k_routes[0])
 
@@ -45,6 +51,12 @@ const char *const api_route_labels[] = {
     "/health",
     "/ready",
     "/metrics",
+    "/api/checkouts/{id}/timeline",
+    "/api/clients/{client_id}/checkouts",
+    "/api/stats/sagas",
+    "/ui/",
+    "/ui/{asset}",
+    "/api/dead-letters/retry",
     "unmatched",
 };
 const int api_route_nlabels = (int)(sizeof api_route_labels / sizeof api_route_labels[0]);

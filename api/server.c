@@ -28,9 +28,9 @@
 
 static const char *const k_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"};
 #define NMETHODS ((int)(sizeof k_methods / sizeof k_methods[0]))
-static const int k_statuses[] = {200, 202, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 0};
+static const int k_statuses[] = {200, 202, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 0};
 #define NSTATUSES ((int)(sizeof k_statuses / sizeof k_statuses[0]))
-#define MAX_LABELS 16
+#define MAX_LABELS 24
 
 static _Atomic(cm_series *) g_req_series[MAX_LABELS][NMETHODS][NSTATUSES];
 static cm_series *g_dur_series[MAX_LABELS];
@@ -284,7 +284,7 @@ static enum MHD_Result respond(api_req *rq)
 {
     if (!rq->status)
         api_error(rq, 500, "internal_error", "no answer was produced");
-    if (!rq->out.len && rq->status != 204)
+    if (!rq->out.len && rq->status != 204 && rq->status != 304)
         cm_buf_puts(&rq->out, "{}");
     size_t len = rq->out.len;
     char *data = cm_buf_steal(&rq->out);
@@ -303,6 +303,13 @@ static enum MHD_Result respond(api_req *rq)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (rq->replayed)
         MHD_add_response_header(r, "Idempotency-Replayed", "true");
+    if (rq->asset) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rq->asset->etag);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+        MHD_add_response_header(r, "Content-Security-Policy",
+                                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
+    }
     enum MHD_Result ret = MHD_queue_response(rq->conn, (unsigned)rq->status, r);
     MHD_destroy_response(r);
 

@@ -39,6 +39,9 @@
 #define CM_KEY_AUDIT_LOG "chorus:{audit}:log"
 #define CM_KEY_AUDIT_HEAD "chorus:{audit}:head"
 #define CM_KEY_AUDIT_SEEN_PREFIX "chorus:{audit}:seen:"  /* + "<aggregate>:<id>" */
+/* A client's recent checkouts (zset; apply.lua spells it pfx .. "client-checkouts:"). */
+#define CM_KEY_CLIENT_CHECKOUTS CM_KEY_PREFIX "rm:client-checkouts:"
+#define CM_CLIENT_CHECKOUTS_KEEP 100   /* newest checkouts kept per client */
 
 /* Event types of the saga, in DESIGN.md's order. */
 enum cm_event_type {

@@ -131,6 +131,12 @@ for k = 0, n - 1 do
     end
     if letter == 'I' then
       st._init = em
+      if client ~= '' then
+        -- the client's recent checkouts (names.h CM_KEY_CLIENT_CHECKOUTS, newest 100)
+        local ck = pfx .. 'client-checkouts:' .. client
+        redis.call('ZADD', ck, em, id)
+        redis.call('ZREMRANGEBYRANK', ck, 0, -101)
+      end
       if has(t, 'S') or has(t, 'F') then
         e2e[#e2e + 1] = tostring(tonumber(st.updated_at) - tonumber(em))
       end

@@ -13,6 +13,7 @@
  * CHORUS_WORKER_BIN and CHORUS_REBUILD_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
 
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -301,7 +302,8 @@ Test(projection, rebuild_from_zero_reproduces_the_read_models_byte_for_byte)
     wait_projected();
     sx_dump before, after;
     sx_dump_take(E.c, PJ_RM_PREFIX "*", &before);
-    cr_assert_eq(before.n, 60 + 7 + 3 + 1, "60 checkouts, 7 clients with orders, 3 products, the checkpoint");
+    cr_assert_eq(before.n, 60 + 7 + 7 + 3 + 1,
+                 "60 checkouts, 7 clients with orders, 7 client indexes, 3 products, the checkpoint");
     sg_ll(&E, "HSET " PJ_RM_PREFIX "checkout:stray status PENDING");   /* not in the store: must go */
 
     cr_assert_eq(run_rebuild(), 0, "chorus-projection-rebuild failed");
@@ -421,4 +423,55 @@ Test(projection, read_models_agree_with_the_real_saga_workers)
     }
     cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c1 total_orders"), 1);
     cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c2 total_orders"), 1);
+}
+
+/* The client index (CM_KEY_CLIENT_CHECKOUTS): each client's checkouts scored
+ * by their CheckoutInitiated emitted_at, trimmed to the newest
+ * CM_CLIENT_CHECKOUTS_KEEP whatever order the events are applied in. */
+Test(projection, client_index_keeps_each_clients_newest_checkouts)
+{
+    enum { N = CM_CLIENT_CHECKOUTS_KEEP + 5 };
+    es_event **evs[N];
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "co-%03d", i);
+        sx_event(E.s, id, "CheckoutInitiated",
+                 json_pack("{s:s, s:[], s:i}", "client_id", "c-many", "items", "total_cents", 100));
+        size_t n;
+        evs[i] = sx_history(E.s, id, &n);
+        cr_assert_eq(n, 1);
+    }
+    sx_saga(E.s, SX_SUCCESS, "co-other", "c-one", "p1", 1);
+    size_t n_other;
+    es_event **other = sx_history(E.s, "co-other", &n_other);
+    pj_projection *p = pj_projection_new();
+    for (int i = N - 1; i >= 0; i--) {   /* newest first: the oldest arrive after the trim */
+        pj_apply_res res;
+        char err[256];
+        cr_assert_eq(pj_projection_apply(p, E.c, BUS, evs[i], 1, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
+                     "%s", err);
+    }
+    pj_apply_res res;
+    char err[256];
+    cr_assert_eq(pj_projection_apply(p, E.c, BUS, other, n_other, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK);
+    pj_projection_free(p);
+
+    cr_assert_eq(sg_ll(&E, "ZCARD " CM_KEY_CLIENT_CHECKOUTS "c-many"), CM_CLIENT_CHECKOUTS_KEEP);
+    redisReply *r = redisCommand(E.c, "ZREVRANGE " CM_KEY_CLIENT_CHECKOUTS "c-many 0 -1 WITHSCORES");
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 * CM_CLIENT_CHECKOUTS_KEEP);
+    for (int k = 0; k < CM_CLIENT_CHECKOUTS_KEEP; k++) {
+        const es_event *ev = evs[N - 1 - k][0];   /* appended in order: newest is the last */
+        cr_assert_str_eq(r->element[2 * k]->str, ev->aggregate_id, "rank %d", k);
+        cr_assert(fabs(strtod(r->element[2 * k + 1]->str, NULL) - ev->emitted_at) < 1e-5,
+                  "%s scored by its emitted_at", ev->aggregate_id);
+    }
+    freeReplyObject(r);
+    r = redisCommand(E.c, "ZRANGE " CM_KEY_CLIENT_CHECKOUTS "c-one 0 -1");
+    cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1,
+              "one entry per checkout, whatever its later events");
+    cr_assert_str_eq(r->element[0]->str, "co-other");
+    freeReplyObject(r);
+    for (int i = 0; i < N; i++)
+        es_events_free(evs[i], 1);
+    es_events_free(other, n_other);
 }

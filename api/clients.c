@@ -1,0 +1,110 @@
+/* clients.c - GET /api/clients/{client_id}/checkouts?count=n: a client's
+ * most recent checkouts, newest first, with their status.
+ *
+ * The projection keeps, per client, the zset CM_KEY_CLIENT_CHECKOUTS<client>
+ * of checkout ids scored by their CheckoutInitiated emitted_at, trimmed to
+ * the newest CM_CLIENT_CHECKOUTS_KEEP (projections/lua/apply.lua). Two round
+ * trips: ZREVRANGE for the ids, then one pipeline of HMGETs of their read
+ * models. A checkout whose read model is gone (expired) is left out. */
+#include "api/api_int.h"
+#include "common/config.h"
+#include "common/ids.h"
+#include "common/names.h"
+#include "common/xmalloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLIENT_LIST_DEFAULT 20
+#define CLIENT_LIST_MAX 100
+
+/* Appends {"checkout_id","status","reason"?,"updated_at"} from an HMGET
+ * status reason updated_at reply; false (nothing written) without a status. */
+static bool checkout_json(cm_buf *o, const redisReply *id, const redisReply *hm, bool comma)
+{
+    const redisReply *status = cm_reply_elem(hm, 0), *reason = cm_reply_elem(hm, 1), *upd = cm_reply_elem(hm, 2);
+    if (!cm_reply_is_str(status))
+        return false;
+    if (comma)
+        cm_buf_putc(o, ',');
+    cm_buf_puts(o, "{\"checkout_id\":");
+    cm_buf_put_json_str(o, id->str, id->len);
+    cm_buf_puts(o, ",\"status\":");
+    cm_buf_put_json_str(o, status->str, status->len);
+    if (cm_reply_is_str(reason) && reason->len) {
+        cm_buf_puts(o, ",\"reason\":");
+        cm_buf_put_json_str(o, reason->str, reason->len);
+    }
+    cm_buf_puts(o, ",\"updated_at\":");
+    api_json_num_or_str(o, cm_reply_is_str(upd) ? upd->str : NULL, cm_reply_is_str(upd) ? upd->len : 0);
+    cm_buf_putc(o, '}');
+    return true;
+}
+
+api_flow api_h_client_checkouts(api_req *rq)
+{
+    const char *client = rq->param;
+    if (!cm_id_valid(client, rq->param_len, API_ID_MAX)) {
+        api_error(rq, 400, "invalid_request", "client_id must be 1..64 characters of [A-Za-z0-9_-]");
+        return API_DONE;
+    }
+    const char *count_s = api_query(rq, "count");
+    int64_t count = CLIENT_LIST_DEFAULT;
+    if (count_s && cm_parse_int(count_s, 1, CLIENT_LIST_MAX, &count) != 0) {
+        api_error(rq, 400, "invalid_request", "count must be an integer in 1..%d", CLIENT_LIST_MAX);
+        return API_DONE;
+    }
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        return API_DONE;
+    }
+    redisReply *ids = redisCommand(t->c, "ZREVRANGE %s%s 0 %lld", CM_KEY_CLIENT_CHECKOUTS, client,
+                                   (long long)count - 1);
+    if (!api_redis_ok(t, ids)) {
+        api_unavailable(rq, t->err);
+        return API_DONE;
+    }
+    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *id = ids->element[i];
+        redisAppendCommand(t->c, "HMGET " CM_KEY_PREFIX "rm:checkout:%b status reason updated_at", id->str,
+                           id->len);
+    }
+    redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
+    bool failed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (redisGetReply(t->c, (void **)&hm[i]) != REDIS_OK) {
+            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
+            api_redis_drop(t);
+            failed = true;
+            break;
+        }
+        if (hm[i]->type == REDIS_REPLY_ERROR && !failed) {
+            snprintf(t->err, sizeof t->err, "redis: %s", hm[i]->str);
+            failed = true;   /* the other replies are still read off the connection */
+        }
+    }
+    if (failed) {
+        api_unavailable(rq, t->err);
+    } else {
+        cm_buf *o = &rq->out;
+        cm_buf_puts(o, "{\"client_id\":");
+        cm_buf_put_json_str(o, client, strlen(client));
+        cm_buf_puts(o, ",\"checkouts\":[");
+        bool any = false;
+        for (size_t i = 0; i < n; i++)
+            if (cm_reply_is_str(ids->element[i]) && checkout_json(o, ids->element[i], hm[i], any))
+                any = true;
+        cm_buf_puts(o, "]}");
+        api_reply(rq, 200);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (hm[i])
+            freeReplyObject(hm[i]);
+    free(hm);
+    freeReplyObject(ids);
+    return API_DONE;
+}

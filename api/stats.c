@@ -1,0 +1,65 @@
+/* stats.c - GET /api/stats/sagas?window_s=N: how many sagas the bus saw
+ * start, succeed and fail (by reason) in the last N seconds (default 60,
+ * 1..3600), for the console's overview. Counted inside Redis by
+ * lua/saga_stats.lua over at most STATS_SCAN_MAX bus entries, newest first;
+ * "truncated" says the window held more (the counts are then a lower bound). */
+#include "api/api_int.h"
+#include "common/config.h"
+#include "common/names.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define STATS_WINDOW_DEFAULT 60
+#define STATS_WINDOW_MAX 3600
+#define STATS_SCAN_MAX 20000
+
+extern const char api_lua_saga_stats[];
+static __thread cm_script t_stats = {.src = api_lua_saga_stats};
+
+api_flow api_h_saga_stats(api_req *rq)
+{
+    const char *w = api_query(rq, "window_s");
+    int64_t win = STATS_WINDOW_DEFAULT;
+    if (w && cm_parse_int(w, 1, STATS_WINDOW_MAX, &win) != 0) {
+        api_error(rq, 400, "invalid_request", "window_s must be an integer in 1..%d", STATS_WINDOW_MAX);
+        return API_DONE;
+    }
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        return API_DONE;
+    }
+    cm_argv a = {0};
+    cm_argv_adds(&a, g_api.bus);
+    cm_argv_addll(&a, (long long)win);
+    cm_argv_addll(&a, STATS_SCAN_MAX);
+    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_INITIATED]);
+    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_SUCCEEDED]);
+    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_FAILED]);
+    redisReply *r = cm_script_call(t->c, &t_stats, 1, &a);
+    cm_argv_free(&a);
+    if (!api_redis_ok(t, r)) {
+        api_unavailable(rq, t->err);
+        return API_DONE;
+    }
+    long long scanned = cm_reply_ll(cm_reply_elem(r, 0), 0);
+    cm_buf *o = &rq->out;
+    cm_buf_printf(o, "{\"window_s\":%lld,\"started\":%lld,\"succeeded\":%lld,\"failed\":%lld,\"failed_by_reason\":{",
+                  (long long)win, cm_reply_ll(cm_reply_elem(r, 1), 0), cm_reply_ll(cm_reply_elem(r, 2), 0),
+                  cm_reply_ll(cm_reply_elem(r, 3), 0));
+    for (size_t i = 4; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i];
+        if (!cm_reply_is_str(k))
+            continue;
+        if (i > 4)
+            cm_buf_putc(o, ',');
+        cm_buf_put_json_str(o, k->str, k->len);
+        cm_buf_printf(o, ":%lld", cm_reply_ll(r->element[i + 1], 0));
+    }
+    cm_buf_printf(o, "},\"scanned\":%lld,\"truncated\":%s}", scanned, scanned >= STATS_SCAN_MAX ? "true" : "false");
+    freeReplyObject(r);
+    api_reply(rq, 200);
+    return API_DONE;
+}
