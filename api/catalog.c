@@ -50,7 +50,7 @@ api_flow api_h_products(api_req *rq)
         api_unavailable(rq, why);
         return API_DONE;
     }
-    redisReply *ids = redisCommand(t->c, "SMEMBERS " CM_KEY_PREFIX "products");
+    redisReply *ids = redisCommand(t->c, "SMEMBERS %s", CM_KEY_PRODUCTS);
     if (!api_redis_ok(t, ids)) {
         api_unavailable(rq, t->err);
         return API_DONE;
@@ -63,8 +63,7 @@ api_flow api_h_products(api_req *rq)
             v[k++] = ids->element[i];
     qsort(v, k, sizeof *v, cmp_str);
     for (size_t i = 0; i < k; i++)
-        redisAppendCommand(t->c, "HMGET " CM_KEY_PREFIX "product:%b name price_cents available reserved sold",
-                           v[i]->str, v[i]->len);
+        redisAppendCommand(t->c, "HMGET %s name price_cents available reserved sold", cm_key_product(v[i]->str).s);
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"products\":[");
     bool first = true, broken = false;
@@ -109,8 +108,8 @@ api_flow api_h_product_get(api_req *rq)
         api_unavailable(rq, why);
         return API_DONE;
     }
-    redisReply *r = redisCommand(t->c, "HMGET " CM_KEY_PREFIX "product:%s name price_cents available reserved sold",
-                                 rq->param);
+    redisReply *r = redisCommand(t->c, "HMGET %s name price_cents available reserved sold",
+                                 cm_key_product(rq->param).s);
     if (!api_redis_ok(t, r)) {
         api_unavailable(rq, t->err);
         return API_DONE;
@@ -163,8 +162,8 @@ api_flow api_h_product_put(api_req *rq)
             api_unavailable(rq, why);
         } else {
             cm_argv a = {0};
-            cm_argv_addf(&a, CM_KEY_PREFIX "product:%s", rq->param);
-            cm_argv_adds(&a, CM_KEY_PREFIX "products");
+            cm_argv_adds(&a, cm_key_product(rq->param).s);
+            cm_argv_adds(&a, CM_KEY_PRODUCTS);
             cm_argv_adds(&a, rq->param);
             cm_argv_add(&a, json_string_value(name), json_string_length(name));
             cm_argv_addll(&a, price);

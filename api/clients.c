@@ -1,7 +1,7 @@
 /* clients.c - GET /api/clients/{client_id}/checkouts?count=n: a client's
  * most recent checkouts, newest first, with their status.
  *
- * The projection keeps, per client, the zset CM_KEY_CLIENT_CHECKOUTS<client>
+ * The projection keeps, per client, the zset cm_key_rm_client_checkouts(client)
  * of checkout ids scored by their CheckoutInitiated emitted_at, trimmed to
  * the newest CM_CLIENT_CHECKOUTS_KEEP (projections/lua/apply.lua). Two round
  * trips: ZREVRANGE for the ids, then one pipeline of HMGETs of their read
@@ -61,7 +61,7 @@ api_flow api_h_client_checkouts(api_req *rq)
         api_unavailable(rq, why);
         return API_DONE;
     }
-    redisReply *ids = redisCommand(t->c, "ZREVRANGE %s%s 0 %lld", CM_KEY_CLIENT_CHECKOUTS, client,
+    redisReply *ids = redisCommand(t->c, "ZREVRANGE %s 0 %lld", cm_key_rm_client_checkouts(client).s,
                                    (long long)count - 1);
     if (!api_redis_ok(t, ids)) {
         api_unavailable(rq, t->err);
@@ -70,8 +70,7 @@ api_flow api_h_client_checkouts(api_req *rq)
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
     for (size_t i = 0; i < n; i++) {
         const redisReply *id = ids->element[i];
-        redisAppendCommand(t->c, "HMGET " CM_KEY_PREFIX "rm:checkout:%b status reason updated_at", id->str,
-                           id->len);
+        redisAppendCommand(t->c, "HMGET %s status reason updated_at", cm_key_rm_checkout(id->str).s);
     }
     redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
     bool failed = false;

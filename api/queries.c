@@ -154,9 +154,9 @@ api_flow api_h_orders_by_client(api_req *rq)
         return API_DONE;
     }
     redisReply *r = redisCommand(t->c,
-                                 "HMGET " CM_KEY_PREFIX "rm:client:%s total_orders last_order_id "
+                                 "HMGET %s total_orders last_order_id "
                                  "last_checkout_id last_update_ts",
-                                 id);
+                                 cm_key_rm_client(id).s);
     if (!api_redis_ok(t, r)) {
         api_unavailable(rq, t->err);
         return API_DONE;

@@ -60,7 +60,7 @@ cm_key cm_key_rm_checkout(const char *checkout_id) { return keyf(CM_KEY_RM_PREFI
 cm_key cm_key_rm_client(const char *client_id) { return keyf(CM_KEY_RM_PREFIX "client:%s", client_id); }
 cm_key cm_key_rm_client_checkouts(const char *client_id)
 {
-    return keyf(CM_KEY_RM_PREFIX "client-checkouts:%s", client_id);
+    return keyf(CM_KEY_CLIENT_CHECKOUTS "%s", client_id);
 }
 cm_key cm_key_rm_stock(const char *product_id) { return keyf(CM_KEY_RM_PREFIX "stock:%s", product_id); }
 cm_key cm_key_dlq(const char *bus, const char *group) { return keyf("%s.dlq.%s", bus, group); }

@@ -39,6 +39,10 @@
 #define CM_KEY_AUDIT_LOG "chorus:{audit}:log"
 #define CM_KEY_AUDIT_HEAD "chorus:{audit}:head"
 #define CM_KEY_AUDIT_SEEN_PREFIX "chorus:{audit}:seen:"  /* + "<aggregate>:<id>" */
+/* the audit keys before the {audit} hash tag (renamed at the worker's start) */
+#define CM_KEY_LEGACY_AUDIT_LOG CM_KEY_PREFIX "audit:log"
+#define CM_KEY_LEGACY_AUDIT_HEAD CM_KEY_PREFIX "audit:head"
+#define CM_KEY_LEGACY_AUDIT_SEEN CM_KEY_PREFIX "audit:seen"
 /* A client's recent checkouts (zset; apply.lua spells it pfx .. "client-checkouts:"). */
 #define CM_KEY_CLIENT_CHECKOUTS CM_KEY_PREFIX "rm:client-checkouts:"
 #define CM_CLIENT_CHECKOUTS_KEEP 100   /* newest checkouts kept per client */

@@ -35,9 +35,9 @@
 #include <unistd.h>
 
 #define MAX_CAS 200   /* attempts before the batch is retried later */
-#define LEGACY_LOG CM_KEY_PREFIX "audit:log"     /* names before the {audit} hash tag */
-#define LEGACY_HEAD CM_KEY_PREFIX "audit:head"
-#define LEGACY_SEEN CM_KEY_PREFIX "audit:seen"
+#define LEGACY_LOG CM_KEY_LEGACY_AUDIT_LOG     /* names before the {audit} hash tag */
+#define LEGACY_HEAD CM_KEY_LEGACY_AUDIT_HEAD
+#define LEGACY_SEEN CM_KEY_LEGACY_AUDIT_SEEN
 
 static char *g_key, *g_key_file, *g_head_file;
 static int64_t g_seen_ttl_s;

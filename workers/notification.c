@@ -30,8 +30,6 @@
 extern const char wk_lua_notify[];
 static cm_script k_notify = {.src = wk_lua_notify};
 
-#define NOTIFY_LOG_KEY CM_KEY_PREFIX "notify:log"
-#define NOTIFY_MARKER_PREFIX CM_KEY_PREFIX "notify:"
 
 static char *g_url;
 static int64_t g_timeout_ms;
@@ -123,11 +121,11 @@ static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
     if (!value)
         value = "";
     char marker[400], err[300];
-    snprintf(marker, sizeof marker, NOTIFY_MARKER_PREFIX "%s", checkout_id);
+    snprintf(marker, sizeof marker, "%s", cm_key_notify(checkout_id).s);
 
     cm_argv a = {0};
     cm_argv_adds(&a, marker);
-    cm_argv_adds(&a, NOTIFY_LOG_KEY);
+    cm_argv_adds(&a, CM_KEY_NOTIFY_LOG);
     cm_argv_adds(&a, checkout_id);
     cm_argv_adds(&a, status);
     cm_argv_adds(&a, field);
