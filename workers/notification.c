@@ -21,24 +21,25 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/xmalloc.h"
+#include "workers/lua/scripts.h"
 #include "workers/webhook.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-extern const char wk_lua_notify[];
-static cm_script k_notify = {.src = wk_lua_notify};
-
 
 static char *g_url;
 static int64_t g_timeout_ms;
+static int64_t g_ttl_s;
 
 static const cm_opt k_opts[] = {
     {"notify-webhook-url", "NOTIFY_WEBHOOK_URL", CM_OPT_STR, &g_url, NULL, 0, -1,
      "POST each notification here (http://host[:port]/path); unset: log only"},
     {"notify-timeout-ms", "NOTIFY_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "5000", 100, 120000,
      "webhook request timeout"},
+    {"notify-ttl-s", "NOTIFY_TTL_S", CM_OPT_INT, &g_ttl_s, "604800", 0, 315360000,
+     "lifetime of a checkout's notification marker and of notification log entries (0: kept)"},
     {0},
 };
 
@@ -123,24 +124,14 @@ static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
     char marker[400], err[300];
     snprintf(marker, sizeof marker, "%s", cm_key_notify(checkout_id).s);
 
-    cm_argv a = {0};
-    cm_argv_adds(&a, marker);
-    cm_argv_adds(&a, CM_KEY_NOTIFY_LOG);
-    cm_argv_adds(&a, checkout_id);
-    cm_argv_adds(&a, status);
-    cm_argv_adds(&a, field);
-    cm_argv_adds(&a, value);
-    cm_argv_adds(&a, ev->event_id);
-    redisReply *r = cm_script_call(c, &k_notify, 2, &a);
-    cm_argv_free(&a);
-    if (cm_reply_failed(c, r, err, sizeof err)) {
+    wk_notify_in in = {.checkout_id = checkout_id, .status = status, .field = field, .value = value,
+                       .event_id = ev->event_id, .ttl_s = g_ttl_s};
+    wk_notify_out o;
+    if (wk_script_notify(c, &in, &o, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "notification log: %s", err);
         return WK_RETRY;
     }
-    const redisReply *verdict = cm_reply_elem(r, 0), *hs = cm_reply_elem(r, 1);
-    bool fresh = cm_reply_is_str(verdict) && !strcmp(verdict->str, "new");
-    bool delivered = cm_reply_is_str(hs) && hs->str[0] == '2';
-    freeReplyObject(r);
+    bool fresh = o.fresh, delivered = o.delivered;
     if (fresh) {
         cm_series_inc(st->notified);
         cm_logx(CM_INFO, checkout_id, ev->event_id, NULL, "checkout %s notified", status);

@@ -470,13 +470,36 @@ typedef struct job {
     int64_t period_ms, next_ms;
 } job;
 
+/* Trims the bus by EVENT_RETENTION_DAYS, and this group's dead-letter and
+ * redelivery streams by DEAD_LETTER_TTL_S (histories are never trimmed). */
 static int job_retention(wk_ctx *ctx)
 {
     long long n = es_retention_trim(ctx->store, ctx->set.retention_days);
     if (n > 0)
         cm_log(CM_INFO, "retention: trimmed %lld bus entries older than %lld days", n,
                (long long)ctx->set.retention_days);
-    return n < 0 ? -1 : 0;
+    if (n < 0)
+        return -1;
+    if (ctx->set.dead_letter_ttl_s <= 0)
+        return 0;
+    long long minid = (long long)(cm_wall_ms() - ctx->set.dead_letter_ttl_s * 1000);
+    if (minid <= 0)
+        return 0;
+    cm_key side[2] = {cm_key_dlq(ctx->streams[WK_STREAM_BUS], ctx->group),
+                      cm_key_retry(ctx->streams[WK_STREAM_BUS], ctx->group)};
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = redisCommand(ctx->c, "XTRIM %s MINID %lld-0", side[i].s, minid);
+        char err[256];
+        if (cm_reply_failed(ctx->c, r, err, sizeof err)) {
+            cm_log(CM_WARN, "retention: XTRIM %s: %s", side[i].s, err);
+            return ctx->c->err ? -1 : 0;
+        }
+        if (r->integer > 0)
+            cm_log(CM_INFO, "retention: trimmed %lld entries of %s older than %lld s", r->integer, side[i].s,
+                   (long long)ctx->set.dead_letter_ttl_s);
+        freeReplyObject(r);
+    }
+    return 0;
 }
 
 static int job_lag(wk_ctx *ctx)
@@ -638,6 +661,8 @@ static cm_opt k_opts[] = {
      "how long a failing event is retried before it is dead-lettered, 0 = forever (Redis being unavailable "
      "never counts)"},
     {"retention-days", "EVENT_RETENTION_DAYS", CM_OPT_INT, NULL, "30", 0, 36500, "bus retention, 0 = forever"},
+    {"dead-letter-ttl-s", "DEAD_LETTER_TTL_S", CM_OPT_INT, NULL, "2592000", 0, 3153600000.0,
+     "lifetime of this group's dead-letter and redelivery stream entries, 0 = forever"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, NULL, "5000", 100, 600000, "connect/command timeout"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
@@ -651,7 +676,7 @@ static cm_opt *settings_table(wk_ctx *ctx)
                     &ctx->set.metrics_port,  &ctx->set.batch,         &ctx->set.block_ms,
                     &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
                     &ctx->set.retry_max_ms,  &ctx->set.retry_budget_ms, &ctx->set.retention_days,
-                    &ctx->set.redis_timeout_ms};
+                    &ctx->set.dead_letter_ttl_s, &ctx->set.redis_timeout_ms};
     _Static_assert(sizeof ptrs / sizeof ptrs[0] == sizeof k_opts / sizeof k_opts[0] - 1,
                    "one settings pointer per k_opts row");
     size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;

@@ -24,6 +24,7 @@ typedef struct wk_settings {
     int64_t retry_max_ms;     /* backoff cap (clamped to CLAIM_IDLE_MS / 2) */
     int64_t retry_budget_ms;  /* how long a failing entry is retried; 0 = forever */
     int64_t retention_days;
+    int64_t dead_letter_ttl_s;        /* DEAD_LETTER_TTL_S: dlq/retry stream entries' lifetime */
     int64_t redis_timeout_ms;
 } wk_settings;
 

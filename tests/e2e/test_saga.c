@@ -481,3 +481,52 @@ Test(saga, poison_entries_are_parked_with_their_reason_and_the_worker_goes_on)
     cr_expect_eq(sg_dlq_len(&E, "choreo-order"), 0);
     stop_clean();
 }
+
+/* Keys matching pattern (SCAN, whole keyspace). */
+static long long count_keys(const char *pattern)
+{
+    long long n = 0;
+    char cursor[32] = "0";
+    do {
+        redisReply *r = redisCommand(E.c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        n += (long long)r->element[1]->elements;
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
+static bool transient_gone(void *ud)
+{
+    (void)ud;
+    return count_keys("chorus:resv:*") == 0 && count_keys("chorus:notify:*") == 1 /* the log */ &&
+           count_keys("chorus:{audit}:seen:*") == 0;
+}
+
+Test(saga, short_lifetimes_let_the_transient_families_shrink_back)
+{
+    /* every key family but histories, orders, the bus and the audit log has a
+     * lifetime; with 1 s lifetimes a run's marks, reservations and
+     * notification markers are gone shortly after its sagas end */
+    sg_product(&E, "p1", 100);
+    const char *env[] = {"RESERVATION_TTL_S=1", "NOTIFY_TTL_S=1", "AUDIT_SEEN_TTL_S=1", NULL};
+    sg_spawn_saga(&E, env);
+    sg_spawn(&E, "notification", env);
+    sg_spawn(&E, "audit", env);
+    char *ids[6];
+    char names[6][16];
+    for (int i = 0; i < 6; i++) {
+        snprintf(names[i], sizeof names[i], "co-life-%d", i);
+        ids[i] = names[i];
+        sg_line l = {"p1", i == 5 ? 1000 : 1, 100};   /* one stock failure among them */
+        sg_checkout(&E, names[i], "client-1", &l, 1);
+    }
+    wait_ended(ids, 6, 20000);
+    cr_assert(tf_wait_until(transient_gone, NULL, 15000),
+              "left: %lld reservations, %lld notify keys (log included), %lld audit marks",
+              count_keys("chorus:resv:*"), count_keys("chorus:notify:*"), count_keys("chorus:{audit}:seen:*"));
+    cr_expect_eq(count_keys("chorus:h:checkout:co-life-*"), 6, "histories are kept");
+    cr_expect_eq(count_keys("chorus:order:*"), 5, "orders are kept");
+    expect_stock("p1", 95, 0, 5);
+}

@@ -46,4 +46,19 @@ void wk_script_create_order_prefetch(wk_ctx *ctx, wk_step *s, const wk_order_in 
 wk_outcome wk_script_release(wk_ctx *ctx, wk_step *s, const char *checkout, bool held, const wk_lines *lines,
                              long long resv_ttl_s, wk_step_out *out) __attribute__((warn_unused_result));
 
+/* notify.lua: records checkout's one notification (marker + log entry) unless
+ * its marker exists. Returns 0 with out filled, or -1 with err (retry). */
+typedef struct wk_notify_in {
+    const char *checkout_id, *status;
+    const char *field, *value;   /* "order_id" or "reason", and its value */
+    const char *event_id;        /* the terminal event */
+    long long ttl_s;             /* lifetime of the marker and of log entries (0: kept) */
+} wk_notify_in;
+typedef struct wk_notify_out {
+    bool fresh;                  /* recorded now (else an earlier delivery did) */
+    bool delivered;              /* the webhook already answered 2xx */
+} wk_notify_out;
+int wk_script_notify(redisContext *c, const wk_notify_in *in, wk_notify_out *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 #endif
