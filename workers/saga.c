@@ -225,6 +225,17 @@ void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *))
 void wk_prefetch_add(wk_ctx *ctx, wk_step *s, cm_script *script, const cm_argv *xkeys, const cm_argv *xargs,
                      void *plan, void (*plan_free)(void *))
 {
+    /* First use of the script and nothing queued yet: load it, so this and
+     * every later batch send EVALSHA, not the source (a load with calls
+     * queued would read their replies out of order). */
+    bool queued = false;
+    for (size_t i = 0; i < g_pf.n && !queued; i++)
+        queued = g_pf.v[i].sent;
+    if (!script->sha[0] && !queued) {
+        char err[256];
+        if (cm_script_load(wk_redis(ctx), script, err, sizeof err) != 0)
+            cm_log(CM_WARN, "prefetch: %s", err);   /* the calls then send the source */
+    }
     pf_item *it = pf_new(s->cause, plan, plan_free);
     it->script = script;
     it->numkeys = step_call(ctx, s, xkeys, xargs, &it->call);
