@@ -7,8 +7,8 @@
  * orders by client, stock counts, checkpoint); redeliveries and duplicates
  * change nothing; events applied in any order (several projection copies)
  * give the same bytes; a rebuild from zero reproduces the read models byte
- * for byte; a live projection waits while a rebuild runs; status changes are
- * published for the API's long-poll.
+ * for byte; a live projection waits while a rebuild runs; terminal statuses
+ * are published for the API's long-poll.
  *
  * CHORUS_WORKER_BIN and CHORUS_REBUILD_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
@@ -301,7 +301,8 @@ Test(projection, rebuild_from_zero_reproduces_the_read_models_byte_for_byte)
     wait_projected();
     sx_dump before, after;
     sx_dump_take(E.c, PJ_RM_PREFIX "*", &before);
-    cr_assert_eq(before.n, 60 + 7 + 3 + 1, "60 checkouts, 7 clients with orders, 3 products, the checkpoint");
+    cr_assert_eq(before.n, 60 + 7 + 7 + 3 + 1,
+                 "60 checkouts, 7 clients with orders, their 7 checkout lists, 3 products, the checkpoint");
     sg_ll(&E, "HSET " PJ_RM_PREFIX "checkout:stray status PENDING");   /* not in the store: must go */
 
     cr_assert_eq(run_rebuild(), 0, "chorus-projection-rebuild failed");
@@ -343,7 +344,21 @@ Test(projection, live_projection_waits_while_a_rebuild_holds_the_lock)
     cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "waiting must not spend delivery attempts");
 }
 
-Test(projection, every_status_change_is_published_for_long_polls)
+/* Reads the next message on sub (subscribed to the changed channel) into id. */
+static void next_change(redisContext *sub, char *id, size_t n)
+{
+    redisReply *r = NULL;
+    cr_assert_eq(redisGetReply(sub, (void **)&r), REDIS_OK, "no change message in time");
+    cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
+    cr_assert_str_eq(r->element[1]->str, CM_RM_CHANGED_CHANNEL);
+    snprintf(id, n, "%s", r->element[2]->str);
+    freeReplyObject(r);
+}
+
+/* The API's long-poll waits for SUCCEEDED / FAILED only: those are published,
+ * once per checkout; PENDING and STOCK_RESERVED are not (each message costs
+ * every API process a wake-up). */
+Test(projection, terminal_status_changes_are_published_once_for_long_polls)
 {
     redisContext *sub = tf_redis_connect(&E.r);
     struct timeval tv = {10, 0};
@@ -351,22 +366,22 @@ Test(projection, every_status_change_is_published_for_long_polls)
     redisReply *r = redisCommand(sub, "SUBSCRIBE %s", CM_RM_CHANGED_CHANNEL);
     cr_assert(r && r->type == REDIS_REPLY_ARRAY);
     freeReplyObject(r);
-    /* one event per batch: PENDING, STOCK_RESERVED, (OrderCreated: no
-     * change), SUCCEEDED */
+    /* one event per batch: every status is written by a batch of its own */
     sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=1", NULL});
     sx_saga(E.s, SX_SUCCESS, "co-pub", "c1", "p1", 1);
-    int seen = 0;
-    while (seen < 3) {
-        r = NULL;
-        cr_assert_eq(redisGetReply(sub, (void **)&r), REDIS_OK, "no status-change message in time");
-        cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
-        cr_assert_str_eq(r->element[1]->str, CM_RM_CHANGED_CHANNEL);
-        cr_assert_str_eq(r->element[2]->str, "co-pub");
-        freeReplyObject(r);
-        seen++;
-    }
-    redisFree(sub);
+    sx_saga(E.s, SX_ORDER_LIMIT, "co-fail", "c1", "p1", 1);
+    char got[2][64];
+    next_change(sub, got[0], sizeof got[0]);
+    next_change(sub, got[1], sizeof got[1]);
+    cr_assert_str_eq(got[0], "co-pub", "the first checkout to become terminal");
+    cr_assert_str_eq(got[1], "co-fail");
     wait_projected();
+    /* nothing else was published before this marker */
+    sg_ll(&E, "PUBLISH %s marker", CM_RM_CHANGED_CHANNEL);
+    char next[64];
+    next_change(sub, next, sizeof next);
+    cr_assert_str_eq(next, "marker", "a non-terminal status change was published");
+    redisFree(sub);
     char *status = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:co-pub status");
     cr_assert_str_eq(status, CM_STATUS_SUCCEEDED);
     free(status);
