@@ -104,19 +104,29 @@ local stock, stock_order = {}, {}
 local orders, orders_order = {}, {}     -- per client: OrderCreated applied now
 local started, started_order = {}, {}   -- per client: CheckoutInitiated applied now
 
--- The checkout's read model as a table (loaded once per batch), with the
--- stored fields in their stored order.
+-- The fixed field order of a checkout hash, and each field's rank in it.
+local CO_FIELDS = {'checkout_id', 'client_id', 'status', 'order_id', 'reason', 'updated_at', 'seq', '_t', '_init',
+  '_items'}
+local RANK = {}
+for i, name in ipairs(CO_FIELDS) do RANK[name] = i end
+
+-- The checkout's read model as a table (loaded once per batch). `top` is
+-- the greatest rank stored; `whole` is set when the stored hash must be
+-- rewritten whole (fields out of order or unknown, or a long value).
 local function load(id, ki)
   local st = co[id]
   if st then return st end
   local flat = redis.call('HGETALL', KEYS[ki])
-  local f, names = {}, {}
+  local f, old, top, whole = {}, {}, 0, false
   for i = 1, #flat, 2 do
-    f[flat[i]] = flat[i + 1]
-    names[#names + 1] = flat[i]
+    local name, v = flat[i], flat[i + 1]
+    f[name] = v
+    old[name] = v
+    local r = RANK[name]
+    if not r or r < top or #v > SMALL then whole = true end
+    if r and r > top then top = r end
   end
-  st = {f = f, old = {}, names = names, key = KEYS[ki], dirty = false}
-  for k, v in pairs(f) do st.old[k] = v end
+  st = {f = f, old = old, top = top, whole = whole, n = #flat, key = KEYS[ki], dirty = false}
   co[id] = st
   co_order[#co_order + 1] = id
   return st
@@ -269,53 +279,40 @@ end
 
 -- ---- writes (nothing above wrote) ----
 
--- The fixed field order of a checkout hash.
-local CO_FIELDS = {'checkout_id', 'client_id', 'status', 'order_id', 'reason', 'updated_at', 'seq', '_t', '_init',
-  '_items'}
-
--- Writes one checkout: only what changed when the stored order allows it.
+-- Writes one checkout: only what changed (HSET, HDEL) when that keeps the
+-- fields in CO_FIELDS order: a field added before a stored one, or a long
+-- value, rewrites the hash whole.
 local function write_checkout(st)
-  local f, old = st.f, st.old
-  local names, vals, pos = {}, {}, {}
-  local small = true
-  for _, name in ipairs(CO_FIELDS) do
-    local v = f[name]
+  local f, old, whole = st.f, st.old, st.whole
+  local a, gone = {}, nil
+  for r = 1, #CO_FIELDS do
+    local name = CO_FIELDS[r]
+    local v, o = f[name], old[name]
     if v ~= nil then
-      names[#names + 1] = name
-      vals[#vals + 1] = v
-      pos[name] = #names
-      if #v > SMALL then small = false end
-    end
-  end
-  -- the stored fields that stay must be, in stored order, a prefix of names
-  local gone, kept = {}, 0
-  for _, name in ipairs(st.names) do
-    if #old[name] > SMALL then small = false end
-    if not pos[name] then
+      if #v > SMALL or (o == nil and r < st.top) then whole = true end
+      if v ~= o then
+        a[#a + 1] = name
+        a[#a + 1] = v
+      end
+    elseif o ~= nil then
+      gone = gone or {}
       gone[#gone + 1] = name
-    else
-      kept = kept + 1
-      if pos[name] ~= kept then small = false end
     end
   end
-  if not small then
-    if #st.names > 0 then redis.call('DEL', st.key) end
-    local a = {}
-    for i = 1, #names do
-      a[#a + 1] = names[i]
-      a[#a + 1] = vals[i]
+  if whole then
+    if st.n > 0 then redis.call('DEL', st.key) end
+    a = {}
+    for r = 1, #CO_FIELDS do
+      local v = f[CO_FIELDS[r]]
+      if v ~= nil then
+        a[#a + 1] = CO_FIELDS[r]
+        a[#a + 1] = v
+      end
     end
     redis.call('HSET', st.key, unpack(a))
     return
   end
-  if #gone > 0 then redis.call('HDEL', st.key, unpack(gone)) end
-  local a = {}
-  for i = 1, #names do
-    if old[names[i]] ~= vals[i] then
-      a[#a + 1] = names[i]
-      a[#a + 1] = vals[i]
-    end
-  end
+  if gone then redis.call('HDEL', st.key, unpack(gone)) end
   if #a > 0 then redis.call('HSET', st.key, unpack(a)) end
 end
 
@@ -336,8 +333,18 @@ for _, pid in ipairs(stock_order) do
   local s = stock[pid]
   local key = KEYS[pkey[pid]]
   local cur = redis.call('HMGET', key, 'reserved', 'sold', 'released')
-  redis.call('HSET', key, 'reserved', (tonumber(cur[1]) or 0) + s.reserved,
-    'sold', (tonumber(cur[2]) or 0) + s.sold, 'released', (tonumber(cur[3]) or 0) + s.released)
+  if cur[1] and cur[2] and cur[3] then
+    -- all three stored: add to the counters that moved (order kept)
+    local a = {}
+    if s.reserved ~= 0 then a[#a + 1] = 'reserved'; a[#a + 1] = tonumber(cur[1]) + s.reserved end
+    if s.sold ~= 0 then a[#a + 1] = 'sold'; a[#a + 1] = tonumber(cur[2]) + s.sold end
+    if s.released ~= 0 then a[#a + 1] = 'released'; a[#a + 1] = tonumber(cur[3]) + s.released end
+    if #a > 0 then redis.call('HSET', key, unpack(a)) end
+  else
+    if cur[1] or cur[2] or cur[3] then redis.call('DEL', key) end
+    redis.call('HSET', key, 'reserved', (tonumber(cur[1]) or 0) + s.reserved,
+      'sold', (tonumber(cur[2]) or 0) + s.sold, 'released', (tonumber(cur[3]) or 0) + s.released)
+  end
 end
 
 for _, cid in ipairs(orders_order) do
