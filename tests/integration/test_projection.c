@@ -437,3 +437,60 @@ Test(projection, read_models_agree_with_the_real_saga_workers)
     cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c1 total_orders"), 1);
     cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c2 total_orders"), 1);
 }
+
+/* Applies evs[from..to) through p; returns the result. */
+static pj_apply_res apply_range(pj_projection *p, es_event **evs, size_t from, size_t to, enum pj_source src)
+{
+    pj_apply_res res;
+    char err[256];
+    int rc = pj_projection_apply_from(p, E.c, evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
+    cr_assert_eq(rc, PJ_OK, "apply: %s", err);
+    return res;
+}
+
+Test(projection, an_order_finds_its_stock_keys_in_the_projections_memory_or_asks_once)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-a", "c1", "p1", 2);
+    sx_saga(E.s, SX_SUCCESS, "co-b", "c1", "p1", 3);
+    size_t na, nb;
+    es_event **a = sx_history(E.s, "co-a", &na), **b = sx_history(E.s, "co-b", &nb);
+    cr_assert(na == 4 && nb == 4, "Initiated, Reserved, OrderCreated, Succeeded");
+    pj_projection *p = pj_projection_new(), *other = pj_projection_new();
+
+    /* the copy that applied the reservation passes the stock key itself */
+    cr_assert_eq(apply_range(p, a, 0, 2, PJ_FROM_BUS).key_misses, 0);
+    pj_apply_res res = apply_range(p, a, 2, 4, PJ_FROM_BUS);
+    cr_assert_eq(res.key_misses, 0, "remembered: no second call");
+    cr_assert_eq(res.applied, 2);
+
+    /* another copy (or this one after a restart) learns it from the script */
+    cr_assert_eq(apply_range(p, b, 0, 2, PJ_FROM_BUS).key_misses, 0);
+    res = apply_range(other, b, 2, 4, PJ_FROM_BUS);
+    cr_assert_eq(res.key_misses, 1, "p1's stock view was asked for");
+    cr_assert_eq(res.applied, 2);
+    cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:p1 sold"), 5, "both orders sold what they reserved");
+    assert_checkout_rm("co-b", "c1", CM_STATUS_SUCCEEDED, "ord-co-b", NULL, "IROS");
+    es_events_free(a, na);
+    es_events_free(b, nb);
+    pj_projection_free(p);
+    pj_projection_free(other);
+}
+
+Test(projection, a_batch_from_the_redelivery_stream_does_not_move_the_checkpoint)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-a", "c1", "p1", 2);
+    size_t n;
+    es_event **evs = sx_history(E.s, "co-a", &n);
+    pj_projection *p = pj_projection_new();
+    apply_range(p, evs, 0, 2, PJ_FROM_BUS);
+    char *cp = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_assert_str_eq(cp, evs[1]->entry_id);
+    pj_apply_res res = apply_range(p, evs, 2, 4, PJ_FROM_REDELIVERY);
+    cr_assert_eq(res.applied, 2, "applied all the same");
+    char *cp2 = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_assert_str_eq(cp2, cp, "ids of the redelivery stream are not bus positions");
+    free(cp);
+    free(cp2);
+    es_events_free(evs, n);
+    pj_projection_free(p);
+}
