@@ -107,24 +107,30 @@ local started, started_order = {}, {}   -- per client: CheckoutInitiated applied
 -- The fixed field order of a checkout hash, and each field's rank in it.
 local CO_FIELDS = {'checkout_id', 'client_id', 'status', 'order_id', 'reason', 'updated_at', 'seq', '_t', '_init',
   '_items'}
+local F_CHECKOUT, F_CLIENT, F_STATUS, F_ORDER, F_REASON, F_UPDATED, F_SEQ, F_T, F_INIT, F_ITEMS = 1, 2, 3, 4, 5, 6, 7,
+  8, 9, 10
 local RANK = {}
 for i, name in ipairs(CO_FIELDS) do RANK[name] = i end
 
--- The checkout's read model as a table (loaded once per batch). `top` is
--- the greatest rank stored; `whole` is set when the stored hash must be
--- rewritten whole (fields out of order or unknown, or a long value).
+-- The checkout's read model (loaded once per batch) as arrays indexed by
+-- rank (F_*), false where absent: `f` as the batch changes it, `old` as
+-- stored. `top` is the greatest rank stored; `whole` is set when the stored
+-- hash must be rewritten whole (fields out of order or unknown, a long value).
 local function load(id, ki)
   local st = co[id]
   if st then return st end
   local flat = redis.call('HGETALL', KEYS[ki])
-  local f, old, top, whole = {}, {}, 0, false
+  local f = {false, false, false, false, false, false, false, false, false, false}
+  local old = {false, false, false, false, false, false, false, false, false, false}
+  local top, whole = 0, false
   for i = 1, #flat, 2 do
-    local name, v = flat[i], flat[i + 1]
-    f[name] = v
-    old[name] = v
-    local r = RANK[name]
+    local r, v = RANK[flat[i]], flat[i + 1]
     if not r or r < top or #v > SMALL then whole = true end
-    if r and r > top then top = r end
+    if r then
+      f[r] = v
+      old[r] = v
+      if r > top then top = r end
+    end
   end
   st = {f = f, old = old, top = top, whole = whole, n = #flat, key = KEYS[ki], dirty = false}
   co[id] = st
@@ -206,7 +212,7 @@ for k = 0, nev - 1 do
   local client, value, items = ARGV[b + EV_CLIENT], ARGV[b + EV_VALUE], ARGV[b + EV_ITEMS]
   local st = load(id, tonumber(ARGV[b + EV_KEY]))
   local f = st.f
-  local t = f._t or ''
+  local t = f[F_T] or ''
   local at = string.sub(t, seq, seq)
   if at ~= '' and at ~= '.' then
     dups = dups + 1
@@ -214,18 +220,18 @@ for k = 0, nev - 1 do
     applied = applied + 1
     if #t < seq then t = t .. string.rep('.', seq - #t) end
     t = string.sub(t, 1, seq - 1) .. letter .. string.sub(t, seq + 1)
-    f._t = t
+    f[F_T] = t
     st.dirty = true
-    f.checkout_id = id
-    if client ~= '' and not f.client_id then f.client_id = client end
-    if seq > (tonumber(f.seq) or 0) then
-      f.seq = tostring(seq)
-      f.updated_at = em
+    f[F_CHECKOUT] = id
+    if client ~= '' and not f[F_CLIENT] then f[F_CLIENT] = client end
+    if seq > (tonumber(f[F_SEQ]) or 0) then
+      f[F_SEQ] = tostring(seq)
+      f[F_UPDATED] = em
     end
     if letter == 'I' then
-      f._init = em
+      f[F_INIT] = em
       if has(t, 'S') or has(t, 'F') then
-        e2e[#e2e + 1] = tostring(tonumber(f.updated_at) - tonumber(em))
+        e2e[#e2e + 1] = tostring(tonumber(f[F_UPDATED]) - tonumber(em))
       end
       if client ~= '' then
         if not cckey[client] then
@@ -246,26 +252,26 @@ for k = 0, nev - 1 do
       if has(t, 'O') then
         stock_add(items, 'sold')
       elseif not has(t, 'F') and items ~= '' then
-        f._items = items
+        f[F_ITEMS] = items
       end
     elseif letter == 'O' then
-      f.order_id = value ~= '' and value or f.order_id
-      if f._items then
-        stock_add(f._items, 'sold')
-        f._items = nil
+      f[F_ORDER] = value ~= '' and value or f[F_ORDER]
+      if f[F_ITEMS] then
+        stock_add(f[F_ITEMS], 'sold')
+        f[F_ITEMS] = false
       end
-      local cid = client ~= '' and client or f.client_id
+      local cid = client ~= '' and client or f[F_CLIENT]
       if cid then client_order(cid, id, value, em) end
     elseif letter == 'L' then
       stock_add(items, 'released')
     elseif letter == 'S' or letter == 'F' then
-      if letter == 'S' and not f.order_id and value ~= '' then f.order_id = value end
+      if letter == 'S' and not f[F_ORDER] and value ~= '' then f[F_ORDER] = value end
       if letter == 'F' then
-        f.reason = value
-        f._items = nil
+        f[F_REASON] = value
+        f[F_ITEMS] = false
       end
-      if f._init then
-        e2e[#e2e + 1] = tostring(tonumber(em) - tonumber(f._init))
+      if f[F_INIT] then
+        e2e[#e2e + 1] = tostring(tonumber(em) - tonumber(f[F_INIT]))
       end
     end
   end
@@ -286,25 +292,24 @@ local function write_checkout(st)
   local f, old, whole = st.f, st.old, st.whole
   local a, gone = {}, nil
   for r = 1, #CO_FIELDS do
-    local name = CO_FIELDS[r]
-    local v, o = f[name], old[name]
-    if v ~= nil then
-      if #v > SMALL or (o == nil and r < st.top) then whole = true end
+    local v, o = f[r], old[r]
+    if v then
+      if #v > SMALL or (not o and r < st.top) then whole = true end
       if v ~= o then
-        a[#a + 1] = name
+        a[#a + 1] = CO_FIELDS[r]
         a[#a + 1] = v
       end
-    elseif o ~= nil then
+    elseif o then
       gone = gone or {}
-      gone[#gone + 1] = name
+      gone[#gone + 1] = CO_FIELDS[r]
     end
   end
   if whole then
     if st.n > 0 then redis.call('DEL', st.key) end
     a = {}
     for r = 1, #CO_FIELDS do
-      local v = f[CO_FIELDS[r]]
-      if v ~= nil then
+      local v = f[r]
+      if v then
         a[#a + 1] = CO_FIELDS[r]
         a[#a + 1] = v
       end
@@ -319,11 +324,11 @@ end
 for _, id in ipairs(co_order) do
   local st = co[id]
   if st.dirty then
-    local status = fold_status(st.f._t)
-    st.f.status = status
+    local status = fold_status(st.f[F_T])
+    st.f[F_STATUS] = status
     write_checkout(st)
     -- the API's long-poll waits for terminal statuses only
-    if status ~= st.old.status and (status == SUCCEEDED or status == FAILED) then
+    if status ~= st.old[F_STATUS] and (status == SUCCEEDED or status == FAILED) then
       redis.call('PUBLISH', chan, id)
     end
   end
@@ -367,7 +372,8 @@ for _, cid in ipairs(started_order) do
   redis.call('ZREMRANGEBYRANK', key, 0, -(client_keep + 1))
 end
 
--- Checkpoint: only ever forward (copies finish batches in any order).
+-- Checkpoint: only ever forward (copies finish batches in any order). One
+-- SET ... GET in the common case; the rare older batch puts the newer back.
 local cand = ARGV[A_CHECKPOINT]
 if cand ~= '' then
   local function id_less(a, b)
@@ -378,8 +384,9 @@ if cand ~= '' then
     if am ~= bm then return am < bm end
     return tonumber(as) < tonumber(bs)
   end
-  if id_less(redis.call('GET', KEYS[K_CHECKPOINT]) or '0-0', cand) then
-    redis.call('SET', KEYS[K_CHECKPOINT], cand)
+  local prev = redis.call('SET', KEYS[K_CHECKPOINT], cand, 'GET')
+  if prev and id_less(cand, prev) then
+    redis.call('SET', KEYS[K_CHECKPOINT], prev)
   end
 end
 
