@@ -96,14 +96,16 @@ static size_t saga(long i, double t0, es_event **out)
     if (s == LIMIT) {
         out[n++] = mk(co, 3, "OrderCreationFailed", CM_EV_ORDER_CREATION_FAILED, em + 0.002,
                       json_pack("{s:s}", "reason", "order_limit_exceeded"));
-        out[n++] = mk(co, 4, "StockReleased", CM_EV_STOCK_RELEASED, em + 0.003, json_pack("{s:o}", "items", items(pid)));
+        out[n++] = mk(co, 4, "StockReleased", CM_EV_STOCK_RELEASED, em + 0.003,
+                      json_pack("{s:o}", "items", items(pid)));
         out[n++] = mk(co, 5, "CheckoutFailed", CM_EV_CHECKOUT_FAILED, em + 0.004,
                       json_pack("{s:s}", "reason", "order_limit_exceeded"));
         return n;
     }
     out[n++] = mk(co, 3, "OrderCreated", CM_EV_ORDER_CREATED, em + 0.002,
                   json_pack("{s:s, s:s, s:i}", "order_id", ord, "client_id", cl, "total_cents", 100));
-    out[n++] = mk(co, 4, "CheckoutSucceeded", CM_EV_CHECKOUT_SUCCEEDED, em + 0.003, json_pack("{s:s}", "order_id", ord));
+    out[n++] = mk(co, 4, "CheckoutSucceeded", CM_EV_CHECKOUT_SUCCEEDED, em + 0.003,
+                  json_pack("{s:s}", "order_id", ord));
     return n;
 }
 
@@ -194,7 +196,8 @@ int main(void)
         nev += bs[k].n;
     printf("  %ld sagas, %zu events in %zu batches (%.1f events per batch), %ld rounds\n", nsagas, nev, nb,
            (double)nev / (double)nb, rounds);
-    double *per_call = cm_xcalloc((size_t)rounds, sizeof *per_call), *per_saga = cm_xcalloc((size_t)rounds, sizeof *per_saga);
+    double *per_call = cm_xcalloc((size_t)rounds, sizeof *per_call);
+    double *per_saga = cm_xcalloc((size_t)rounds, sizeof *per_saga);
     double *calls_saga = cm_xcalloc((size_t)rounds, sizeof *calls_saga), *cpu = cm_xcalloc((size_t)rounds, sizeof *cpu);
     double *self = cm_xcalloc((size_t)rounds, sizeof *self);
     int rc = 0;
