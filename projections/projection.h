@@ -1,14 +1,19 @@
 /* projection.h - the CQRS read models (DESIGN.md, cqrs-projection) and their
  * rebuild from zero.
  *
- * Read models (the API reads these keys and fields):
+ * Read models (the API reads these keys and fields; names from
+ * common/names.h's cm_key_* functions):
  *   chorus:rm:checkout:<id>  hash  checkout_id client_id status order_id?
  *                                  reason? updated_at seq, plus internal
  *                                  fields prefixed "_" (_t applied seqs, _init
  *                                  CheckoutInitiated's emitted_at, _items the
- *                                  reservation not yet sold)
+ *                                  reservation not yet sold), always in this
+ *                                  field order
  *   chorus:rm:client:<id>    hash  total_orders last_order_id last_checkout_id
  *                                  last_update_ts (from OrderCreated)
+ *   chorus:rm:client-checkouts:<id> zset  the client's newest
+ *                                  PJ_CLIENT_CHECKOUTS_MAX checkout ids, scored
+ *                                  by their CheckoutInitiated's emitted_at
  *   chorus:rm:stock:<id>     hash  reserved sold released: cumulative units
  *                                  from StockReserved, OrderCreated (the units
  *                                  its checkout's StockReserved held) and
@@ -17,11 +22,13 @@
  * Times are the events' emitted_at ("%.6f"), never the wall clock, so a
  * rebuild writes the same bytes.
  *
- * A batch is applied by one Lua script (projections/lua/apply.lua) together
- * with the checkpoint. Applying is idempotent per (checkout, seq) and
- * independent of order, so duplicates, redeliveries and several projection
- * copies all converge on the same keys. While a rebuild runs it holds
- * PJ_REBUILD_LOCK_KEY and live applies answer PJ_EBUSY. */
+ * A batch is applied by one Lua script (projections/lua/apply.lua, called
+ * through projections/apply_script.h) together with the checkpoint. Applying
+ * is idempotent per (checkout, seq) and independent of order, so duplicates,
+ * redeliveries and several projection copies all converge on the same keys.
+ * A checkout reaching SUCCEEDED or FAILED is published on
+ * CM_RM_CHANGED_CHANNEL (the API's long-poll waits for those only). While a
+ * rebuild runs it holds CM_KEY_PJ_REBUILD and live applies answer PJ_EBUSY. */
 #ifndef PJ_PROJECTION_H
 #define PJ_PROJECTION_H
 
@@ -29,11 +36,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "common/names.h"
 #include "event_store/event.h"
 
-#define PJ_RM_PREFIX CM_KEY_PREFIX "rm:"
-#define PJ_CHECKPOINT_KEY PJ_RM_PREFIX "checkpoint"
-#define PJ_REBUILD_LOCK_KEY CM_KEY_PREFIX "pj:rebuild"   /* outside rm: so a rebuild does not delete it */
+/* Older names of common/names.h's keys (the tests use them). */
+#define PJ_RM_PREFIX CM_KEY_RM_PREFIX
+#define PJ_CHECKPOINT_KEY CM_KEY_RM_CHECKPOINT
+#define PJ_REBUILD_LOCK_KEY CM_KEY_PJ_REBUILD
+#define PJ_CLIENT_CHECKOUTS_MAX 100   /* checkouts kept per client (apply.lua) */
 #define PJ_MAX_SEQ 4096   /* events of one checkout the read model tracks */
 #define PJ_CHECKOUT_AGGREGATE "checkout"   /* the aggregate the read models project */
 
@@ -48,10 +58,15 @@ enum pj_err {
 enum pj_verdict {
     PJ_APPLIED = 0,   /* applied now, or already applied before (duplicate) */
     PJ_IGNORED = 1,   /* not a checkout event: nothing to project */
-    PJ_REJECTED = 2,  /* cannot be projected (seq beyond PJ_MAX_SEQ) */
+    PJ_REJECTED = 2,  /* cannot be projected: seq beyond PJ_MAX_SEQ */
+    PJ_BAD_ID = 3,    /* cannot be projected: its aggregate_id is not an id */
 };
 
 enum pj_mode { PJ_LIVE, PJ_REBUILD };
+
+/* Where a batch was read from: the bus (its entry ids move the checkpoint)
+ * or the group's redelivery stream (they do not: they are that stream's). */
+enum pj_source { PJ_FROM_BUS, PJ_FROM_REDELIVERY };
 
 typedef struct pj_projection pj_projection;
 
@@ -65,12 +80,19 @@ typedef struct pj_apply_res {
     size_t duplicates;    /* events already applied */
     double *e2e;          /* accept-to-terminal seconds of checkouts completed now */
     size_t ne2e;          /* (owned by the projection; valid until the next call) */
+    size_t key_misses;    /* keys the script had to ask for: the projection's memory
+                             of StockReserved items did not have them */
 } pj_apply_res;
 
-/* Applies evs (in stream order) on c in one script call, checkpoint included.
- * verdicts (may be NULL) gets one pj_verdict per event. Returns PJ_OK,
- * PJ_EBUSY (live mode during a rebuild: nothing written), PJ_EREDIS with the
- * reason in err. */
+/* Applies evs (in stream order, read from source) on c in one script call
+ * (more for batches over 1,024 events), checkpoint included. verdicts (may
+ * be NULL) gets one pj_verdict per event. Returns PJ_OK, PJ_EBUSY (live mode
+ * during a rebuild: nothing written), PJ_EREDIS with the reason in err. */
+int pj_projection_apply_from(pj_projection *p, redisContext *c, es_event *const *evs, size_t n, enum pj_mode mode,
+                             enum pj_source source, unsigned char *verdicts, pj_apply_res *res, char *err,
+                             size_t errlen) __attribute__((warn_unused_result));
+/* pj_projection_apply_from for a batch read from the bus (bus must not be
+ * NULL; it names the stream the events came from). */
 int pj_projection_apply(pj_projection *p, redisContext *c, const char *bus, es_event *const *evs, size_t n,
                         enum pj_mode mode, unsigned char *verdicts, pj_apply_res *res, char *err,
                         size_t errlen) __attribute__((warn_unused_result));

@@ -1,6 +1,6 @@
 /* rebuild.c - rebuilding the read models from zero by replaying the bus.
  *
- * The rebuild holds PJ_REBUILD_LOCK_KEY (a token with a TTL it keeps
+ * The rebuild holds CM_KEY_PJ_REBUILD (a token with a TTL it keeps
  * extending) from before it deletes the first key until the last page is
  * applied. Live projections check the lock inside their apply script and
  * wait while it is held, so no live write lands between the delete and the
@@ -11,6 +11,7 @@
 #include "projections/projection.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "common/redis.h"
 #include "common/xmalloc.h"
 #include "event_store/store.h"
@@ -29,7 +30,7 @@ static int delete_read_models(redisContext *c, long long *deleted, char *err, si
 {
     char cursor[32] = "0";
     do {
-        redisReply *r = redisCommand(c, "SCAN %s MATCH %s* COUNT 1000", cursor, PJ_RM_PREFIX);
+        redisReply *r = redisCommand(c, "SCAN %s MATCH %s* COUNT 1000", cursor, CM_KEY_RM_PREFIX);
         if (cm_reply_failed(c, r, err, errlen))
             return PJ_EREDIS;
         const redisReply *cur = cm_reply_elem(r, 0), *keys = cm_reply_elem(r, 1);
@@ -64,7 +65,7 @@ static int lock_keep(redisContext *c, cm_script *s, const char *token, long long
                      size_t errlen)
 {
     cm_argv a = {0};
-    cm_argv_adds(&a, PJ_REBUILD_LOCK_KEY);
+    cm_argv_adds(&a, CM_KEY_PJ_REBUILD);
     cm_argv_adds(&a, token);
     if (ttl_ms > 0)
         cm_argv_addll(&a, ttl_ms);
@@ -137,13 +138,13 @@ int pj_projection_rebuild(redisContext *c, const char *bus, pj_rebuild_stats *st
         return PJ_EINVAL;
     char token[CM_UUID_LEN + 1];
     cm_uuid7(token);
-    redisReply *r = redisCommand(c, "SET %s %s NX PX %d", PJ_REBUILD_LOCK_KEY, token, LOCK_TTL_MS);
+    redisReply *r = redisCommand(c, "SET %s %s NX PX %d", CM_KEY_PJ_REBUILD, token, LOCK_TTL_MS);
     if (cm_reply_failed(c, r, err, errlen))
         return PJ_EREDIS;
     bool got = r->type == REDIS_REPLY_STATUS;
     freeReplyObject(r);
     if (!got) {
-        snprintf(err, errlen, "another rebuild holds %s", PJ_REBUILD_LOCK_KEY);
+        snprintf(err, errlen, "another rebuild holds %s", CM_KEY_PJ_REBUILD);
         return PJ_EBUSY;
     }
     cm_script unlock = {.src = pj_lua_unlock};

@@ -1,8 +1,8 @@
 /* cqrs_projection.c - the cqrs-projection worker: every event of the bus
  * into the read models (projections/projection.h), one script per batch.
  *
- * The read models, their checkpoint and the status-change notification are
- * written by one Lua script per batch, so a crash between the script and the
+ * The read models, their checkpoint and the notification of a checkout
+ * reaching a terminal status are written by one Lua script per batch, so a crash between the script and the
  * acknowledgement only leads to a redelivery, which the script recognises per
  * (checkout, seq) and skips. While a rebuild (chorus-projection-rebuild)
  * holds its lock the worker waits, keeping its batch claimed. */
@@ -23,6 +23,7 @@ typedef struct cqrs_state {
     cm_series *e2e;        /* checkout_e2e_seconds */
     cm_series *applied;    /* projection_events_applied_total */
     cm_series *dups;       /* projection_events_duplicate_total */
+    cm_series *misses;     /* projection_key_misses_total */
 } cqrs_state;
 
 static int cqrs_init(wk_ctx *ctx, char *err, size_t errlen)
@@ -34,6 +35,8 @@ static int cqrs_init(wk_ctx *ctx, char *err, size_t errlen)
     st->e2e = cm_histogram("checkout_e2e_seconds", "checkout accept to terminal event (emitted_at difference)", "");
     st->applied = cm_counter("projection_events_applied_total", "events that changed the read models", "");
     st->dups = cm_counter("projection_events_duplicate_total", "redelivered events the read models already had", "");
+    st->misses = cm_counter("projection_key_misses_total",
+                            "keys the apply script had to ask for (each costs its batch one more script call)", "");
     wk_set_state(ctx, st);
     return 0;
 }
@@ -55,8 +58,9 @@ static int apply_waiting(wk_ctx *ctx, cqrs_state *st, es_event *const *evs, size
     int64_t touched = cm_mono_ms();
     bool said = false;
     for (;;) {
-        int rc = pj_projection_apply(st->pj, wk_redis(ctx), es_store_bus(wk_store(ctx)), evs, n, PJ_LIVE,
-                                     verdicts, res, err, errlen);
+        int rc = pj_projection_apply_from(st->pj, wk_redis(ctx), evs, n, PJ_LIVE,
+                                          wk_batch_redelivered(ctx) ? PJ_FROM_REDELIVERY : PJ_FROM_BUS, verdicts,
+                                          res, err, errlen);
         if (rc != PJ_EBUSY || wk_stopping(ctx))
             return rc;
         if (!said) {
@@ -88,14 +92,18 @@ static void cqrs_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *r
     for (size_t i = 0; i < n; i++) {
         results[i] = WK_ACK;
         if (verdicts[i] == PJ_REJECTED) {
-            /* the only per-event refusal: say why in the dead letter */
+            /* the per-event refusals: say why in the dead letter */
             wk_fail_reason(ctx, "seq %lld is beyond the %d events a checkout read model tracks",
                            (long long)evs[i]->seq, PJ_MAX_SEQ);
+            results[i] = WK_DEAD;
+        } else if (verdicts[i] == PJ_BAD_ID) {
+            wk_fail_reason(ctx, "aggregate_id is not an id (1..64 of [A-Za-z0-9_-]): no read-model key for it");
             results[i] = WK_DEAD;
         }
     }
     cm_series_add(st->applied, res.applied);
     cm_series_add(st->dups, res.duplicates);
+    cm_series_add(st->misses, res.key_misses);
     for (size_t i = 0; i < res.ne2e; i++)
         if (res.e2e[i] >= 0)
             cm_series_observe(st->e2e, res.e2e[i]);

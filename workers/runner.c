@@ -43,6 +43,7 @@ const char *wk_group(const wk_ctx *ctx) { return ctx->group; }
 void *wk_state(wk_ctx *ctx) { return ctx->state; }
 void wk_set_state(wk_ctx *ctx, void *state) { ctx->state = state; }
 bool wk_stopping(const wk_ctx *ctx) { (void)ctx; return wk_stop_flag != 0; }
+bool wk_batch_redelivered(const wk_ctx *ctx) { return ctx->cur_stream == WK_STREAM_RETRY; }
 
 void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...)
 {

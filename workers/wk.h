@@ -46,6 +46,9 @@ void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...) __attribute__((format(pri
 /* Keeps the in-flight batch's entries fresh (XCLAIM JUSTID) so a long handler
  * is never mistaken for a dead consumer; call it during long work. */
 void wk_touch(wk_ctx *ctx);
+/* True while the batch in hand was read from the group's redelivery stream
+ * (<bus>.retry.<group>) rather than the bus: its entry ids are not bus ids. */
+bool wk_batch_redelivered(const wk_ctx *ctx);
 /* True once SIGTERM/SIGINT arrived: long handlers should finish quickly. */
 bool wk_stopping(const wk_ctx *ctx);
 

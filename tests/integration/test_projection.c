@@ -7,8 +7,8 @@
  * orders by client, stock counts, checkpoint); redeliveries and duplicates
  * change nothing; events applied in any order (several projection copies)
  * give the same bytes; a rebuild from zero reproduces the read models byte
- * for byte; a live projection waits while a rebuild runs; status changes are
- * published for the API's long-poll.
+ * for byte; a live projection waits while a rebuild runs; terminal statuses
+ * are published for the API's long-poll.
  *
  * CHORUS_WORKER_BIN and CHORUS_REBUILD_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
@@ -345,7 +345,21 @@ Test(projection, live_projection_waits_while_a_rebuild_holds_the_lock)
     cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "waiting must not spend delivery attempts");
 }
 
-Test(projection, every_status_change_is_published_for_long_polls)
+/* Reads the next message on sub (subscribed to the changed channel) into id. */
+static void next_change(redisContext *sub, char *id, size_t n)
+{
+    redisReply *r = NULL;
+    cr_assert_eq(redisGetReply(sub, (void **)&r), REDIS_OK, "no change message in time");
+    cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
+    cr_assert_str_eq(r->element[1]->str, CM_RM_CHANGED_CHANNEL);
+    snprintf(id, n, "%s", r->element[2]->str);
+    freeReplyObject(r);
+}
+
+/* The API's long-poll waits for SUCCEEDED / FAILED only: those are published,
+ * once per checkout; PENDING and STOCK_RESERVED are not (each message costs
+ * every API process a wake-up). */
+Test(projection, terminal_status_changes_are_published_once_for_long_polls)
 {
     redisContext *sub = tf_redis_connect(&E.r);
     struct timeval tv = {10, 0};
@@ -353,22 +367,22 @@ Test(projection, every_status_change_is_published_for_long_polls)
     redisReply *r = redisCommand(sub, "SUBSCRIBE %s", CM_RM_CHANGED_CHANNEL);
     cr_assert(r && r->type == REDIS_REPLY_ARRAY);
     freeReplyObject(r);
-    /* one event per batch: PENDING, STOCK_RESERVED, (OrderCreated: no
-     * change), SUCCEEDED */
+    /* one event per batch: every status is written by a batch of its own */
     sg_spawn(&E, "cqrs-projection", (const char *const[]){"BATCH_SIZE=1", NULL});
     sx_saga(E.s, SX_SUCCESS, "co-pub", "c1", "p1", 1);
-    int seen = 0;
-    while (seen < 3) {
-        r = NULL;
-        cr_assert_eq(redisGetReply(sub, (void **)&r), REDIS_OK, "no status-change message in time");
-        cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
-        cr_assert_str_eq(r->element[1]->str, CM_RM_CHANGED_CHANNEL);
-        cr_assert_str_eq(r->element[2]->str, "co-pub");
-        freeReplyObject(r);
-        seen++;
-    }
-    redisFree(sub);
+    sx_saga(E.s, SX_ORDER_LIMIT, "co-fail", "c1", "p1", 1);
+    char got[2][64];
+    next_change(sub, got[0], sizeof got[0]);
+    next_change(sub, got[1], sizeof got[1]);
+    cr_assert_str_eq(got[0], "co-pub", "the first checkout to become terminal");
+    cr_assert_str_eq(got[1], "co-fail");
     wait_projected();
+    /* nothing else was published before this marker */
+    sg_ll(&E, "PUBLISH %s marker", CM_RM_CHANGED_CHANNEL);
+    char next[64];
+    next_change(sub, next, sizeof next);
+    cr_assert_str_eq(next, "marker", "a non-terminal status change was published");
+    redisFree(sub);
     char *status = sg_str(&E, "HGET " PJ_RM_PREFIX "checkout:co-pub status");
     cr_assert_str_eq(status, CM_STATUS_SUCCEEDED);
     free(status);
@@ -474,4 +488,61 @@ Test(projection, client_index_keeps_each_clients_newest_checkouts)
     for (int i = 0; i < N; i++)
         es_events_free(evs[i], 1);
     es_events_free(other, n_other);
+}
+
+/* Applies evs[from..to) through p; returns the result. */
+static pj_apply_res apply_range(pj_projection *p, es_event **evs, size_t from, size_t to, enum pj_source src)
+{
+    pj_apply_res res;
+    char err[256];
+    int rc = pj_projection_apply_from(p, E.c, evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
+    cr_assert_eq(rc, PJ_OK, "apply: %s", err);
+    return res;
+}
+
+Test(projection, an_order_finds_its_stock_keys_in_the_projections_memory_or_asks_once)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-a", "c1", "p1", 2);
+    sx_saga(E.s, SX_SUCCESS, "co-b", "c1", "p1", 3);
+    size_t na, nb;
+    es_event **a = sx_history(E.s, "co-a", &na), **b = sx_history(E.s, "co-b", &nb);
+    cr_assert(na == 4 && nb == 4, "Initiated, Reserved, OrderCreated, Succeeded");
+    pj_projection *p = pj_projection_new(), *other = pj_projection_new();
+
+    /* the copy that applied the reservation passes the stock key itself */
+    cr_assert_eq(apply_range(p, a, 0, 2, PJ_FROM_BUS).key_misses, 0);
+    pj_apply_res res = apply_range(p, a, 2, 4, PJ_FROM_BUS);
+    cr_assert_eq(res.key_misses, 0, "remembered: no second call");
+    cr_assert_eq(res.applied, 2);
+
+    /* another copy (or this one after a restart) learns it from the script */
+    cr_assert_eq(apply_range(p, b, 0, 2, PJ_FROM_BUS).key_misses, 0);
+    res = apply_range(other, b, 2, 4, PJ_FROM_BUS);
+    cr_assert_eq(res.key_misses, 1, "p1's stock view was asked for");
+    cr_assert_eq(res.applied, 2);
+    cr_assert_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:p1 sold"), 5, "both orders sold what they reserved");
+    assert_checkout_rm("co-b", "c1", CM_STATUS_SUCCEEDED, "ord-co-b", NULL, "IROS");
+    es_events_free(a, na);
+    es_events_free(b, nb);
+    pj_projection_free(p);
+    pj_projection_free(other);
+}
+
+Test(projection, a_batch_from_the_redelivery_stream_does_not_move_the_checkpoint)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-a", "c1", "p1", 2);
+    size_t n;
+    es_event **evs = sx_history(E.s, "co-a", &n);
+    pj_projection *p = pj_projection_new();
+    apply_range(p, evs, 0, 2, PJ_FROM_BUS);
+    char *cp = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_assert_str_eq(cp, evs[1]->entry_id);
+    pj_apply_res res = apply_range(p, evs, 2, 4, PJ_FROM_REDELIVERY);
+    cr_assert_eq(res.applied, 2, "applied all the same");
+    char *cp2 = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_assert_str_eq(cp2, cp, "ids of the redelivery stream are not bus positions");
+    free(cp);
+    free(cp2);
+    es_events_free(evs, n);
+    pj_projection_free(p);
 }

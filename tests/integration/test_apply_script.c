@@ -1,0 +1,412 @@
+/* test_apply_script.c - projections/apply_script.h (the typed call of
+ * projections/lua/apply.lua) against a real redis-server: a batch with its
+ * keys is applied in one call; a key the batch cannot name (the stock of an
+ * OrderCreated whose reservation an earlier batch applied) makes the script
+ * ask for it and write nothing, and the second call applies; every key the
+ * script touches was passed in KEYS (seen through MONITOR); duplicates
+ * change nothing; a live call waits for a rebuild's lock, a rebuild call
+ * does not; a batch from the redelivery stream leaves the checkpoint; the
+ * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX. */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/names.h"
+#include "common/redis.h"
+#include "projections/apply_script.h"
+#include "tests/integration/saga_events.h"
+#include "tests/support/redis_fixture.h"
+
+static tf_redis R;
+static redisContext *C;
+
+static void setup(void)
+{
+    cr_assert_eq(tf_redis_start(&R, NULL), 0);
+    C = tf_redis_connect(&R);
+}
+
+static void teardown(void)
+{
+    redisFree(C);
+    tf_redis_stop(&R);
+}
+
+TestSuite(apply_script, .init = setup, .fini = teardown, .timeout = 60);
+
+#define T0 1700000000.0
+static const pj_apply_item P1x2[] = {{"p1", 2}};
+static const pj_apply_item P1x2_P2x1[] = {{"p1", 2}, {"p2", 1}};
+
+static pj_apply_event ev_init(const char *co, const char *client, double t)
+{
+    return (pj_apply_event){.type = CM_EV_CHECKOUT_INITIATED, .checkout_id = co, .seq = 1, .emitted_at = t,
+                            .client_id = client};
+}
+static pj_apply_event ev_reserved(const char *co, const pj_apply_item *items, size_t n, double t)
+{
+    return (pj_apply_event){.type = CM_EV_STOCK_RESERVED, .checkout_id = co, .seq = 2, .emitted_at = t,
+                            .items = items, .nitems = n};
+}
+static pj_apply_event ev_order(const char *co, const char *client, const char *order, double t)
+{
+    return (pj_apply_event){.type = CM_EV_ORDER_CREATED, .checkout_id = co, .seq = 3, .emitted_at = t,
+                            .client_id = client, .value = order};
+}
+static pj_apply_event ev_succeeded(const char *co, const char *order, double t)
+{
+    return (pj_apply_event){.type = CM_EV_CHECKOUT_SUCCEEDED, .checkout_id = co, .seq = 4, .emitted_at = t,
+                            .value = order};
+}
+
+static void add(pj_apply_call *call, pj_apply_event ev)
+{
+    char err[256];
+    cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_OK, "add: %s", err);
+}
+
+/* Runs the call once; asserts PJ_OK and returns the reply. */
+static pj_apply_reply run_once(pj_apply_call *call)
+{
+    pj_apply_reply r;
+    char err[256];
+    cr_assert_eq(pj_apply_call_run_once(call, C, &r, err, sizeof err), PJ_OK, "run: %s", err);
+    return r;
+}
+
+static long long ll(const char *fmt, const char *arg)
+{
+    redisReply *r = redisCommand(C, fmt, arg);
+    cr_assert(r && r->type != REDIS_REPLY_ERROR, "%s (%s)", fmt, arg);
+    long long v = cm_reply_ll(r, -1);
+    freeReplyObject(r);
+    return v;
+}
+
+/* A whole successful saga in one call. */
+static void whole_saga(pj_apply_call *call, const char *co, const char *client, double t)
+{
+    char order[64];
+    snprintf(order, sizeof order, "ord-%s", co);
+    add(call, ev_init(co, client, t));
+    add(call, ev_reserved(co, P1x2, 1, t + 1));
+    add(call, ev_order(co, client, order, t + 2));
+    add(call, ev_succeeded(co, order, t + 3));
+}
+
+Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    whole_saga(call, "co-1", "c1", T0);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "5-0"), PJ_OK);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "12-3"), PJ_OK);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "9-0"), PJ_OK);
+    pj_apply_reply r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.applied, 4);
+    cr_assert_eq(r.duplicates, 0);
+    cr_assert_eq(r.needed, 0, "every key was given");
+    cr_assert_eq(r.ne2e, 1);
+    cr_assert_float_eq(r.e2e[0], 3.0, 1e-6, "initiated to succeeded");
+
+    sx_assert_hash(C, CM_KEY_RM_PREFIX "checkout:co-1",
+                   (const char *const[]){"checkout_id", "co-1", "client_id", "c1", "status", CM_STATUS_SUCCEEDED,
+                                         "order_id", "ord-co-1", "updated_at", "1700000003.000000", "seq", "4",
+                                         "_t", "IROS", "_init", "1700000000.000000", NULL});
+    sx_assert_hash(C, CM_KEY_RM_PREFIX "stock:p1",
+                   (const char *const[]){"reserved", "2", "sold", "2", "released", "0", NULL});
+    sx_assert_hash(C, CM_KEY_RM_PREFIX "client:c1",
+                   (const char *const[]){"total_orders", "1", "last_order_id", "ord-co-1", "last_checkout_id", "co-1",
+                                         "last_update_ts", "1700000002.000000", NULL});
+    cr_assert_eq(ll("ZSCORE " CM_KEY_RM_PREFIX "client-checkouts:c1 %s", "co-1"), 1700000000);
+    redisReply *cp = redisCommand(C, "GET %s", CM_KEY_RM_CHECKPOINT);
+    cr_assert(cp && cp->type == REDIS_REPLY_STRING);
+    cr_assert_str_eq(cp->str, "12-3", "the greatest entry id offered");
+    freeReplyObject(cp);
+    pj_apply_call_free(call);
+}
+
+/* Applies I and R of co-1 (products p1, p2) in a first batch. */
+static void reserve_first(void)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    add(call, ev_init("co-1", "c1", T0));
+    add(call, ev_reserved("co-1", P1x2_P2x1, 2, T0 + 1));
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, an_order_whose_stock_keys_were_not_given_writes_nothing_and_asks_for_them)
+{
+    reserve_first();
+    sx_dump before, after;
+    sx_dump_take(C, CM_KEY_PREFIX "*", &before);
+
+    /* OrderCreated alone: the call does not know what co-1 reserved */
+    pj_apply_call *call = pj_apply_call_new();
+    add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
+    size_t nkeys = pj_apply_call_nkeys(call);
+    pj_apply_reply r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_NEED);
+    cr_assert_eq(r.needed, 2, "p1 and p2");
+    cr_assert_eq(pj_apply_call_nkeys(call), nkeys + 2, "the two stock keys were added to the call");
+    sx_dump_take(C, CM_KEY_PREFIX "*", &after);
+    sx_dump_assert_eq(&before, &after);   /* nothing written */
+    sx_dump_free(&after);
+
+    r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.applied, 1);
+    cr_assert_eq(ll("HGET " CM_KEY_RM_PREFIX "stock:%s sold", "p1"), 2);
+    cr_assert_eq(ll("HGET " CM_KEY_RM_PREFIX "stock:%s sold", "p2"), 1);
+    cr_assert_eq(ll("HEXISTS " CM_KEY_RM_PREFIX "checkout:%s _items", "co-1"), 0, "the reservation is sold");
+    sx_dump_free(&before);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, run_adds_the_asked_keys_and_calls_once_more)
+{
+    reserve_first();
+    pj_apply_call *call = pj_apply_call_new();
+    add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
+    pj_apply_reply r;
+    char err[256];
+    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.needed, 2);
+    cr_assert_eq(r.applied, 1);
+    cr_assert_eq(ll("HGET " CM_KEY_RM_PREFIX "stock:%s sold", "p2"), 1);
+
+    /* given up front (what the projection's memory of reservations does),
+     * nothing is asked */
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_init("co-2", "c1", T0 + 10));
+    add(call, ev_reserved("co-2", P1x2, 1, T0 + 11));
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_order("co-2", "c1", "ord-2", T0 + 12));
+    cr_assert_eq(pj_apply_call_add_product(call, "p1"), PJ_OK);
+    r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.needed, 0);
+    cr_assert_eq(ll("HGET " CM_KEY_RM_PREFIX "stock:%s sold", "p1"), 4);
+    pj_apply_call_free(call);
+}
+
+/* The i-th quoted argument of a MONITOR line (len in *n), or NULL. */
+static const char *mon_arg(const char *line, size_t i, size_t *n)
+{
+    const char *p = strchr(line, '"');
+    for (size_t k = 0; p; k++) {
+        const char *e = p + 1;
+        while (*e && *e != '"')
+            e += e[0] == '\\' && e[1] ? 2 : 1;
+        if (k == i) {
+            *n = (size_t)(e - p - 1);
+            return p + 1;
+        }
+        p = *e ? strchr(e + 1, '"') : NULL;
+    }
+    return NULL;
+}
+
+/* Reads MONITOR lines until the PING marker; checks the key argument of
+ * every command the script ran against the KEYS of the EVALSHA calls. */
+static void assert_keys_declared(redisContext *mon)
+{
+    char *lines[4096];
+    size_t nlines = 0;
+    for (;;) {
+        redisReply *r = NULL;
+        cr_assert_eq(redisGetReply(mon, (void **)&r), REDIS_OK, "MONITOR");
+        cr_assert(cm_reply_is_str(r));
+        bool end = strstr(r->str, "\"PING\" \"keys-marker\"") != NULL;
+        if (!end && nlines < 4096)
+            lines[nlines++] = strdup(r->str);
+        freeReplyObject(r);
+        if (end)
+            break;
+    }
+    size_t nested = 0, evalshas = 0;
+    for (size_t i = 0; i < nlines; i++) {
+        size_t n0, n1;
+        const char *cmd = mon_arg(lines[i], 0, &n0), *key = mon_arg(lines[i], 1, &n1);
+        if (!strstr(lines[i], " lua] ") || !cmd || !key || !strncasecmp(cmd, "PUBLISH", 7))
+            continue;
+        bool found = false;
+        for (size_t j = 0; j < nlines && !found; j++) {
+            size_t l0, l2, lk;
+            const char *c0 = mon_arg(lines[j], 0, &l0), *nk = mon_arg(lines[j], 2, &l2);
+            if (!c0 || !nk || l0 != 7 || strncasecmp(c0, "EVALSHA", 7) != 0)
+                continue;
+            for (int k = 0; k < atoi(nk) && !found; k++) {
+                const char *dk = mon_arg(lines[j], 3 + (size_t)k, &lk);
+                found = dk && lk == n1 && !memcmp(dk, key, n1);
+            }
+        }
+        cr_assert(found, "the script touched a key it was not given: %s", lines[i]);
+        nested++;
+    }
+    for (size_t i = 0; i < nlines; i++) {
+        evalshas += strstr(lines[i], "\"EVALSHA\"") != NULL;
+        free(lines[i]);
+    }
+    cr_assert_eq(evalshas, 3, "the first batch, the call and its rerun");
+    cr_assert_gt(nested, 10, "the script's commands were seen");
+}
+
+Test(apply_script, every_key_the_script_touches_is_passed_in_keys)
+{
+    redisContext *mon = tf_redis_connect(&R);
+    redisReply *ok = redisCommand(mon, "MONITOR");
+    cr_assert(ok && ok->type == REDIS_REPLY_STATUS);
+    freeReplyObject(ok);
+
+    reserve_first();
+    pj_apply_call *call = pj_apply_call_new();
+    add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));   /* takes the 'need' path */
+    add(call, ev_succeeded("co-1", "ord-1", T0 + 3));
+    whole_saga(call, "co-2", "c2", T0 + 5);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "7-0"), PJ_OK);
+    pj_apply_reply r;
+    char err[256];
+    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.needed, 1, "p2 (p1 came with co-2's reservation)");
+    freeReplyObject(redisCommand(C, "PING keys-marker"));
+    assert_keys_declared(mon);
+    redisFree(mon);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, the_same_events_again_are_duplicates_and_change_nothing)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    whole_saga(call, "co-1", "c1", T0);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
+    cr_assert_eq(run_once(call).applied, 4);
+    sx_dump before, after;
+    sx_dump_take(C, CM_KEY_PREFIX "*", &before);
+    pj_apply_reply r = run_once(call);   /* the very same call again */
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.applied, 0);
+    cr_assert_eq(r.duplicates, 4);
+    cr_assert_eq(r.ne2e, 0, "a completed checkout is reported once");
+    sx_dump_take(C, CM_KEY_PREFIX "*", &after);
+    sx_dump_assert_eq(&before, &after);
+    sx_dump_free(&before);
+    sx_dump_free(&after);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, a_live_call_waits_for_the_rebuild_lock_and_a_rebuild_call_does_not)
+{
+    freeReplyObject(redisCommand(C, "SET %s someone PX 60000", CM_KEY_PJ_REBUILD));
+    pj_apply_call *call = pj_apply_call_new();
+    whole_saga(call, "co-1", "c1", T0);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
+    pj_apply_reply r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_BUSY);
+    sx_dump d;
+    sx_dump_take(C, CM_KEY_RM_PREFIX "*", &d);
+    cr_assert_eq(d.n, 0, "a busy call writes nothing");
+    sx_dump_free(&d);
+
+    pj_apply_call_reset(call, PJ_REBUILD);
+    whole_saga(call, "co-1", "c1", T0);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
+    r = run_once(call);
+    cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+    cr_assert_eq(r.applied, 4);
+    cr_assert_eq(ll("HGET " CM_KEY_RM_PREFIX "client:%s total_orders", "c1"), 1);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, the_checkpoint_only_moves_forward_and_only_when_offered)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    add(call, ev_init("co-1", "c1", T0));
+    cr_assert_eq(pj_apply_call_checkpoint(call, "20-0"), PJ_OK);
+    run_once(call);
+    /* a batch from the redelivery stream: no id offered */
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_reserved("co-1", P1x2, 1, T0 + 1));
+    cr_assert_eq(run_once(call).applied, 1);
+    /* an older bus batch (another copy was faster) */
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_init("co-2", "c1", T0 + 2));
+    cr_assert_eq(pj_apply_call_checkpoint(call, "19-5"), PJ_OK);
+    cr_assert_eq(run_once(call).applied, 1);
+    redisReply *cp = redisCommand(C, "GET %s", CM_KEY_RM_CHECKPOINT);
+    cr_assert(cp && cp->type == REDIS_REPLY_STRING);
+    cr_assert_str_eq(cp->str, "20-0");
+    freeReplyObject(cp);
+    cr_assert_eq(pj_apply_call_checkpoint(call, "not-an-id"), PJ_EINVAL);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, bad_ids_are_refused_before_any_key_is_named)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    size_t nkeys = pj_apply_call_nkeys(call);
+    char err[256];
+    pj_apply_event ev = ev_init("co:1", "c1", T0);
+    cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+    cr_assert(strstr(err, "checkout id"), "%s", err);
+    ev = ev_init("co-1", "c 1", T0);
+    cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+    static const pj_apply_item bad[] = {{"p*1", 1}};
+    ev = ev_reserved("co-1", bad, 1, T0);
+    cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+    ev = ev_init("co-1", "c1", T0);
+    ev.seq = PJ_MAX_SEQ + 1;
+    cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+    cr_assert_eq(pj_apply_call_add_product(call, ""), PJ_EINVAL);
+    cr_assert_eq(pj_apply_call_nevents(call), 0);
+    cr_assert_eq(pj_apply_call_nkeys(call), nkeys);
+    pj_apply_call_free(call);
+}
+
+/* Applies CheckoutInitiated of co-<i> for client c1 for every i in order[]. */
+static void init_many(const int *order, int n, int per_call)
+{
+    pj_apply_call *call = pj_apply_call_new();
+    for (int k = 0; k < n; k++) {
+        char co[32];
+        snprintf(co, sizeof co, "co-%03d", order[k]);
+        add(call, ev_init(co, "c1", T0 + order[k]));
+        if ((k + 1) % per_call == 0 || k == n - 1) {
+            cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+            pj_apply_call_reset(call, PJ_LIVE);
+        }
+    }
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, a_clients_checkout_index_keeps_the_newest_in_any_order)
+{
+    enum { N = PJ_CLIENT_CHECKOUTS_MAX + 30 };
+    int fwd[N], mixed[N];
+    for (int i = 0; i < N; i++) {
+        fwd[i] = i;
+        mixed[i] = (i * 37) % N;   /* 37 and 130 are coprime: a permutation */
+    }
+    init_many(fwd, N, 7);
+    const char *key = CM_KEY_RM_PREFIX "client-checkouts:c1";
+    cr_assert_eq(ll("ZCARD %s", key), PJ_CLIENT_CHECKOUTS_MAX);
+    cr_assert_eq(ll("ZRANK %s co-030", key), 0, "the oldest kept");
+    cr_assert_eq(ll("EXISTS %s", CM_KEY_RM_PREFIX "checkout:co-029"), 1, "older checkouts keep their read model");
+    redisReply *gone = redisCommand(C, "ZSCORE %s co-029", key);
+    cr_assert(gone && gone->type == REDIS_REPLY_NIL, "co-029 is past the newest %d", PJ_CLIENT_CHECKOUTS_MAX);
+    freeReplyObject(gone);
+    sx_dump a, b;
+    sx_dump_take(C, key, &a);
+    freeReplyObject(redisCommand(C, "FLUSHALL"));
+    init_many(mixed, N, 11);
+    sx_dump_take(C, key, &b);
+    sx_dump_assert_eq(&a, &b);
+    sx_dump_free(&a);
+    sx_dump_free(&b);
+}
