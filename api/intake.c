@@ -211,7 +211,7 @@ static void finish(api_req *rq, api_job *j)
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        api_unavailable(rq, r->str);   /* OOM, MISCONF (disk), BUSY... */
+        api_redis_failed(rq, NULL, r, NULL);   /* 503 if a retry may help, else 500 */
         return;
     }
     const redisReply *st = cm_reply_elem(r, 0), *arg = cm_reply_elem(r, 1);

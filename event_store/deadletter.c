@@ -76,6 +76,10 @@ int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char
     return rc;
 }
 
+/* One script call moves at most this many: a bulk request of up to 1000 is
+ * one round trip, and a larger one never holds Redis for long. */
+#define ES_DLQ_RETRY_CHUNK 1000
+
 static long long call_retry(redisContext *c, const char *bus, const char *group, const char *id, long long count,
                             char *err, size_t errlen)
 {
@@ -117,7 +121,7 @@ long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, 
 {
     long long total = 0;
     while (total < max) {
-        long long chunk = max - total < 100 ? max - total : 100;
+        long long chunk = max - total < ES_DLQ_RETRY_CHUNK ? max - total : ES_DLQ_RETRY_CHUNK;
         long long n = call_retry(c, bus, group, "*", chunk, err, errlen);
         if (n < 0)
             return n;

@@ -30,7 +30,8 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
     __attribute__((warn_unused_result));
 
 /* Re-delivers up to max dead letters of group, oldest first, in chunks of at
- * most 100 per script call. Returns how many moved, or ES_EREDIS. */
+ * most 1000 per script call (one round trip for max <= 1000). Returns how
+ * many moved, or ES_EREDIS with err. */
 long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,
                            size_t errlen);
 

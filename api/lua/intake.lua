@@ -13,7 +13,8 @@
 -- Returns, writing nothing:
 --   {"replay", "<hash>\n<checkout_id>\n<body>"} when the key is recorded
 --     (the caller compares hashes: same body replays, another is 409);
---   {"unknown", product_id} when a line's product has no valid price;
+--   {"unknown", product_id} when a line's product has no price;
+--   an error reply when a stored price is not a valid number (corrupt);
 -- else the append's result table (see append_lib.lua).
 --
 -- Ids were validated by the caller ([A-Za-z0-9_-]) and quantities are
@@ -36,9 +37,13 @@ local total = 0
 for i = 0, n - 1 do
   local pid, qty = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   local p = redis.call('HGET', KEYS[4 + i], 'price_cents')
-  local price = p and string.match(p, '^%d+$') and tonumber(p)
-  if not price or price > MAX_PRICE then
+  if not p then
     return {'unknown', pid}
+  end
+  local price = string.match(p, '^%d+$') and tonumber(p)
+  if not price or price > MAX_PRICE then
+    -- stored data is broken: a permanent failure (500), not a client error
+    return redis.error_reply('ERR corrupt price_cents of product ' .. pid)
   end
   total = total + price * tonumber(qty)
   parts[#parts + 1] = string.format('%s{"product_id":"%s","quantity":%s,"unit_price_cents":%d}',
