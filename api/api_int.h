@@ -196,6 +196,7 @@ typedef struct api_redis {
     cm_script intake;          /* lua/intake.lua with the append library */
     cm_script product_put;     /* lua/product_put.lua */
     cm_redis_fault fault;      /* what the last failure was (api_redis_ok) */
+    long epoch;                /* the shared state's recovery count at connect */
     char err[256];             /* last failure */
 } api_redis;
 

@@ -75,6 +75,7 @@ static int connect_now(api_redis *t)
 
 static struct {
     atomic_bool down;
+    atomic_long epoch;        /* +1 each time Redis comes back */
     pthread_mutex_t lock;     /* guards why and since */
     char why[256];
     int64_t since_ms;
@@ -84,7 +85,7 @@ static struct {
     cm_series *up;            /* redis_up gauge: 1 reachable, 0 not */
 } g_state = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static __thread char t_why[320];   /* api_redis_get's answer while down */
+static __thread char t_why[256];   /* api_redis_get's answer while down */
 
 bool api_redis_reachable(void)
 {
@@ -113,6 +114,7 @@ static void mark_up(void)
     pthread_mutex_lock(&g_state.lock);
     int64_t ms = cm_mono_ms() - g_state.since_ms;
     g_state.why[0] = '\0';
+    atomic_fetch_add(&g_state.epoch, 1);
     atomic_store_explicit(&g_state.down, false, memory_order_release);
     pthread_mutex_unlock(&g_state.lock);
     cm_series_set(g_state.up, 1);
@@ -202,15 +204,18 @@ api_redis *api_redis_get(const char **why)
         t_redis = t;
         pthread_setspecific(g_key, t);
     }
-    if (t->c && t->c->err)
+    /* A connection made before an outage may be dead without knowing it
+     * (Redis restarted): after each recovery, every thread reconnects
+     * instead of spending a request on finding out. */
+    long epoch = atomic_load(&g_state.epoch);
+    if (t->c && (t->c->err || t->epoch != epoch))
         disconnect(t);
     if (!api_redis_reachable()) {
-        char reason[256];
-        api_redis_down_reason(reason, sizeof reason);
-        snprintf(t_why, sizeof t_why, "redis is unreachable: %s", reason);
+        api_redis_down_reason(t_why, sizeof t_why);
         *why = t_why;
         return NULL;
     }
+    t->epoch = epoch;
     if (!t->c && connect_now(t) != 0) {
         api_redis_mark_down(t->err);
         *why = t->err;
