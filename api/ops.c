@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define DLQ_LIST_MAX 1000   /* dead letters listed per group (oldest first) */
-#define DLQ_RETRY_MAX 1000  /* dead letters re-delivered by one bulk request */
+#define DLQ_RETRY_MAX ES_DLQ_RETRY_OLDEST_MAX  /* dead letters re-delivered by one bulk request */
 
 /* Value of field name in a flat [k, v, k, v...] reply, or NULL. */
 static const redisReply *field(const redisReply *kv, const char *name)
@@ -276,8 +276,8 @@ api_flow api_h_dead_letters_retry_bulk(api_req *rq)
         goto out;
     }
     /* one script call moves them all (event_store/lua/dlq_retry.lua) */
-    long long n = es_dlq_retry_all(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(jc), t->err,
-                                   sizeof t->err);
+    long long n = es_dlq_retry_oldest(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(jc),
+                                      t->err, sizeof t->err);
     if (n < 0) {
         redis_call_failed(rq, t);
         goto out;

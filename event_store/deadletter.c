@@ -76,9 +76,9 @@ int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char
     return rc;
 }
 
-/* One script call moves at most this many: a bulk request of up to 1000 is
- * one round trip, and a larger one never holds Redis for long. */
-#define ES_DLQ_RETRY_CHUNK 1000
+/* es_dlq_retry_all moves at most this many per script call, so a huge
+ * dead-letter stream never holds Redis for long. */
+#define ES_DLQ_RETRY_CHUNK 100
 
 static long long call_retry(redisContext *c, const char *bus, const char *group, const char *id, long long count,
                             char *err, size_t errlen)
@@ -114,6 +114,16 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
         return ES_ENOTFOUND;
     }
     return ES_OK;
+}
+
+long long es_dlq_retry_oldest(redisContext *c, const char *bus, const char *group, long long count, char *err,
+                              size_t errlen)
+{
+    if (count < 1 || count > ES_DLQ_RETRY_OLDEST_MAX) {
+        snprintf(err, errlen, "count must be 1..%d", ES_DLQ_RETRY_OLDEST_MAX);
+        return ES_EINVAL;
+    }
+    return call_retry(c, bus, group, "*", count, err, errlen);
 }
 
 long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,

@@ -30,9 +30,17 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
     __attribute__((warn_unused_result));
 
 /* Re-delivers up to max dead letters of group, oldest first, in chunks of at
- * most 1000 per script call (one round trip for max <= 1000). Returns how
- * many moved, or ES_EREDIS with err. */
+ * most 100 per script call. Returns how many moved, or ES_EREDIS. */
 long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,
                            size_t errlen);
+
+#define ES_DLQ_RETRY_OLDEST_MAX 1000
+
+/* Re-delivers up to count (1..ES_DLQ_RETRY_OLDEST_MAX) of group's oldest
+ * dead letters in one script call (one round trip, atomic). Returns how many
+ * moved (fewer when fewer are parked), ES_EINVAL for a count out of range,
+ * or ES_EREDIS with err. */
+long long es_dlq_retry_oldest(redisContext *c, const char *bus, const char *group, long long count, char *err,
+                              size_t errlen);
 
 #endif

@@ -621,8 +621,18 @@ Test(dlq_bulk, bulk_retry_redelivers_up_to_count_of_a_groups_oldest_dead_letters
     park("choreo-cqrs", 9, NULL);
 
     tf_http_resp r;
+    freeReplyObject(ae_cmd(&E, "CONFIG RESETSTAT"));
     post_bulk(ADMIN, "{\"group\":\"choreo-audit\",\"count\":3}", &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
+    /* one script call did it, not a round trip per entry */
+    redisReply *info = ae_cmd(&E, "INFO commandstats");
+    long long calls = 0;
+    for (const char *k = info->str; (k = strstr(k, "cmdstat_eval")) != NULL; k++) {
+        const char *c = strstr(k, "calls=");
+        calls += c ? strtoll(c + 6, NULL, 10) : 0;
+    }
+    freeReplyObject(info);
+    cr_assert_eq(calls, 1, "%lld script calls for one bulk retry", calls);
     json_t *j = ae_json(&r);
     cr_assert_eq(json_integer_value(json_object_get(j, "retried")), 3, "%s", r.body);
     json_decref(j);
