@@ -103,7 +103,9 @@ void api_redis_mark_down(const char *why)
     pthread_mutex_unlock(&g_state.lock);
     if (!was_down) {
         cm_series_set(g_state.up, 0);
-        cm_log(CM_WARN, "redis unreachable (%s): answering 503 until it answers again", why ? why : "?");
+        /* limited: a Redis that answers PING but not commands flaps */
+        cm_log_limited(CM_WARN, "redis-down", "redis unreachable (%s): answering 503 until it answers again",
+                       why ? why : "?");
     }
 }
 
@@ -118,7 +120,7 @@ static void mark_up(void)
     atomic_store_explicit(&g_state.down, false, memory_order_release);
     pthread_mutex_unlock(&g_state.lock);
     cm_series_set(g_state.up, 1);
-    cm_log(CM_INFO, "redis reachable again after %lld ms", (long long)ms);
+    cm_log_limited(CM_INFO, "redis-up", "redis reachable again after %lld ms", (long long)ms);
 }
 
 void api_redis_down_reason(char *out, size_t outlen)

@@ -264,8 +264,6 @@ static long long content_length(api_req *rq)
     return v;
 }
 
-/* ---- request objects ---- */
-
 /* ---- per-connection deadlines (see the top) ---- */
 
 typedef struct conn_track {

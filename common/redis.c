@@ -152,7 +152,7 @@ static int setup_cmd(redisContext **cp, const char *masked, const char *what, ch
     redisReply *r = redisCommandArgv(*cp, argc, argv, NULL);
     char why[256];
     if (cm_reply_failed(*cp, r, why, sizeof why)) {
-        snprintf(err, errlen, "Redis at %s refused %s: %s", masked, what, why);
+        snprintf(err, errlen, "%s at Redis %s failed: %s", what, masked, why);
         redisFree(*cp);
         *cp = NULL;
         return -1;
