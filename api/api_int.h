@@ -59,6 +59,7 @@ enum api_route_flags {
     API_F_ADMIN = 2,  /* needs the admin bearer token (401/403) */
     API_F_IDEM = 4,   /* reads an Idempotency-Key header (400 when malformed) */
     API_F_REDIS = 8,  /* needs Redis: 503 at once while Redis is known unreachable */
+    API_F_ASYNC = 16, /* the handler runs on a Redis thread, never on an HTTP one */
 };
 
 typedef struct api_route {
@@ -120,6 +121,11 @@ struct api_req {
     char checkout_id[API_ID_MAX + 1];/* for the request log */
     int64_t t0_ns;                   /* monotonic start */
     api_job *job;                    /* intake in progress (intake.c) */
+    /* the Redis threads (server.c): a handler of an API_F_ASYNC route runs
+     * there while the connection is suspended ("held") */
+    int exec;                        /* EXEC_* in server.c */
+    bool held;                       /* running on a Redis thread, connection suspended */
+    struct api_req *exec_next;       /* queue link */
     /* long-poll state (checkouts.c) */
     bool waiting;
     int64_t wait_deadline_ms;
@@ -251,8 +257,10 @@ void api_waiters_stop(void);
  * (answer at once with the current state then). */
 bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, int64_t deadline_ms);
 /* Suspends w's connection unless w already fired (a change or the deadline
- * arrived since api_wait_arm). Returns true if suspended: return API_SUSPENDED. */
-bool api_wait_suspend(api_waiter *w);
+ * arrived since api_wait_arm). Returns true if suspended: return API_SUSPENDED.
+ * held: the connection is suspended already (the handler runs on a Redis
+ * thread); the waiter then takes it over as it is and resumes it later. */
+bool api_wait_suspend(api_waiter *w, bool held);
 /* Unregisters w if still registered. */
 void api_wait_disarm(api_waiter *w);
 

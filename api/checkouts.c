@@ -136,7 +136,7 @@ api_flow api_h_checkout_get(api_req *rq)
                 api_reply(rq, 200);
             return API_DONE;
         }
-        if (api_wait_suspend(&rq->w))
+        if (api_wait_suspend(&rq->w, rq->held))
             return API_SUSPENDED;
         /* fired between arm and suspend: read again */
     }

@@ -23,7 +23,19 @@
  * past its deadline; libmicrohttpd then sees the end of the stream and
  * closes the connection itself. Trackers are removed (under the lock) in the
  * CLOSED notification, which libmicrohttpd sends before it closes the
- * descriptor, so the thread never touches a descriptor that was reused. */
+ * descriptor, so the thread never touches a descriptor that was reused.
+ *
+ * A hung Redis never holds an HTTP thread: the handlers of API_F_ASYNC
+ * routes run on a small pool of Redis threads (as many as API_THREADS, each
+ * with its own connection, redis_tls.c). The HTTP thread suspends the
+ * connection and queues the request; a Redis thread runs the handler and
+ * resumes the connection, and libmicrohttpd calls us again on the HTTP
+ * thread, which queues the answer. So /health, /metrics and every 503 of a
+ * known-down Redis answer at once even while Redis threads wait on a hung
+ * Redis. A long-poll handler that decides to wait hands the (still
+ * suspended) connection to waiters.c, which resumes it later; the request
+ * then goes through the queue again. After a handler returns, the Redis
+ * thread never touches the request: it may be answered and freed at once. */
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -353,6 +365,100 @@ static void *deadline_run(void *arg)
     return NULL;
 }
 
+/* ---- the Redis threads (see the top) ---- */
+
+enum { EXEC_NONE, EXEC_QUEUED, EXEC_DONE };
+
+static struct {
+    pthread_mutex_t lock;         /* guards the queue and stop */
+    pthread_cond_t cond;
+    api_req *head, *tail;         /* FIFO through exec_next */
+    bool stop;                    /* no new requests; threads leave once the queue is empty */
+    pthread_t *threads;
+    int n;
+} g_exec = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+/* Suspends rq's connection and queues it for a Redis thread. Returns false
+ * (nothing done) when the threads are stopping: the caller runs it itself. */
+static bool exec_submit(api_req *rq)
+{
+    pthread_mutex_lock(&g_exec.lock);
+    if (g_exec.stop || !g_exec.n) {
+        pthread_mutex_unlock(&g_exec.lock);
+        return false;
+    }
+    MHD_suspend_connection(rq->conn);
+    rq->exec = EXEC_QUEUED;
+    rq->held = true;
+    rq->exec_next = NULL;
+    if (g_exec.tail)
+        g_exec.tail->exec_next = rq;
+    else
+        g_exec.head = rq;
+    g_exec.tail = rq;
+    pthread_cond_signal(&g_exec.cond);
+    pthread_mutex_unlock(&g_exec.lock);
+    return true;
+}
+
+static void *exec_run(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&g_exec.lock);
+        while (!g_exec.head && !g_exec.stop)
+            pthread_cond_wait(&g_exec.cond, &g_exec.lock);
+        api_req *rq = g_exec.head;
+        if (rq) {
+            g_exec.head = rq->exec_next;
+            if (!g_exec.head)
+                g_exec.tail = NULL;
+        }
+        pthread_mutex_unlock(&g_exec.lock);
+        if (!rq)
+            break;   /* stopping, and nothing left */
+        struct MHD_Connection *conn = rq->conn;
+        if (rq->route->fn(rq) == API_DONE) {
+            rq->exec = EXEC_DONE;
+            rq->held = false;
+            MHD_resume_connection(conn);   /* rq is the HTTP thread's again */
+        }
+        /* API_SUSPENDED: waiters.c holds the connection and resumes it */
+    }
+    return NULL;
+}
+
+static int exec_start(char *err, size_t errlen)
+{
+    g_exec.stop = false;
+    g_exec.threads = cm_xcalloc((size_t)g_api.threads, sizeof *g_exec.threads);
+    for (int i = 0; i < (int)g_api.threads; i++) {
+        if (pthread_create(&g_exec.threads[i], NULL, exec_run, NULL) != 0) {
+            snprintf(err, errlen, "cannot start the Redis threads");
+            return -1;
+        }
+        pthread_mutex_lock(&g_exec.lock);
+        g_exec.n++;
+        pthread_mutex_unlock(&g_exec.lock);
+    }
+    return 0;
+}
+
+/* Lets the threads finish what is queued, then joins them. */
+static void exec_stop(void)
+{
+    pthread_mutex_lock(&g_exec.lock);
+    g_exec.stop = true;
+    pthread_cond_broadcast(&g_exec.cond);
+    int n = g_exec.n;
+    pthread_mutex_unlock(&g_exec.lock);
+    for (int i = 0; i < n; i++)
+        pthread_join(g_exec.threads[i], NULL);
+    free(g_exec.threads);
+    g_exec.threads = NULL;
+    g_exec.n = 0;
+}
+
 /* ---- request objects ---- */
 
 static api_req *req_new(struct MHD_Connection *conn, const char *url, const char *method)
@@ -490,7 +596,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     /* The request is complete (or the connection was resumed): no deadline
      * while it is handled and answered. */
     track_deadline(conn, false);
-    if (rq->pre_status) {
+    rq->held = false;   /* on this thread the connection is never suspended */
+    if (rq->exec == EXEC_DONE) {
+        rq->exec = EXEC_NONE;   /* a Redis thread produced the answer */
+    } else if (rq->pre_status) {
         api_error(rq, rq->pre_status, rq->pre_code, "%s", rq->pre_msg);
     } else if (rq->body_seen > API_BODY_MAX) {
         api_error(rq, 413, "payload_too_large", "request bodies are limited to %d bytes", API_BODY_MAX);
@@ -498,6 +607,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         char why[256];
         api_redis_down_reason(why, sizeof why);
         api_unavailable(rq, why);
+    } else if (rq->route->flags & API_F_ASYNC && exec_submit(rq)) {
+        return MHD_YES;
     } else if (rq->route->fn(rq) == API_SUSPENDED) {
         return MHD_YES;
     }
@@ -545,11 +656,16 @@ struct MHD_Daemon *api_server_start(char *err, size_t errlen)
         return NULL;
     }
     g_conns.started = true;
+    if (exec_start(err, errlen) != 0) {
+        api_server_stop(d);
+        return NULL;
+    }
     return d;
 }
 
 void api_server_stop(struct MHD_Daemon *d)
 {
+    exec_stop();   /* answers what is queued: nothing stays suspended */
     MHD_stop_daemon(d);
     if (g_conns.started) {
         atomic_store(&g_conns.stop, true);

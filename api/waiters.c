@@ -209,12 +209,13 @@ bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, in
     return true;
 }
 
-bool api_wait_suspend(api_waiter *w)
+bool api_wait_suspend(api_waiter *w, bool held)
 {
     pthread_mutex_lock(&g.lock);
     bool suspended = false;
     if (w->state == W_ARMED) {
-        MHD_suspend_connection(w->conn);
+        if (!held)
+            MHD_suspend_connection(w->conn);
         w->state = W_SUSPENDED;
         suspended = true;
     } else {
