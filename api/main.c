@@ -27,7 +27,7 @@ static const cm_opt k_opts[] = {
     {"bus-stream", "BUS_STREAM", CM_OPT_STR, &g_api.bus, CM_BUS_STREAM_DEFAULT, 1, 0, "the bus stream"},
     {"admin-token", "CHORUS_ADMIN_TOKEN", CM_OPT_STR, &g_api.admin_token, NULL, 1, 0,
      "bearer token of the admin routes (unset: admin disabled)"},
-    {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256, "HTTP threads, each with its Redis connection"},
+    {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256, "HTTP threads, and as many Redis threads (each with its own connection) for the handlers that call Redis"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_api.redis_timeout_ms, "500", 10, 600000,
      "connect and command timeout: a Redis silent this long is unreachable (503 until the probe gets a PONG)"},
     {"redis-probe-ms", "API_REDIS_PROBE_MS", CM_OPT_INT, &g_api.probe_ms, "200", 10, 60000,
