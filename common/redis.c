@@ -385,21 +385,6 @@ cm_redis_fault cm_redis_fault_of(const redisContext *c, const redisReply *r)
     return cm_redis_fault_of_error(r->str ? r->str : "", r->str ? r->len : 0);
 }
 
-const char *cm_redis_fault_name(cm_redis_fault f)
-{
-    switch (f) {
-    case CM_REDIS_OK:
-        return "ok";
-    case CM_REDIS_UNREACHABLE:
-        return "unreachable";
-    case CM_REDIS_TRANSIENT:
-        return "transient";
-    case CM_REDIS_PERMANENT:
-        return "permanent";
-    }
-    return "?";
-}
-
 const redisReply *cm_reply_elem(const redisReply *r, size_t i)
 {
     if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements)

@@ -53,8 +53,6 @@ cm_redis_fault cm_redis_fault_of(const redisContext *c, const redisReply *r);
 /* The same for an error reply's text already copied out (n bytes of s,
  * optionally prefixed "redis: " as cm_reply_failed writes it). */
 cm_redis_fault cm_redis_fault_of_error(const char *s, size_t n);
-/* Short name of f for logs and metrics ("unreachable", ...). */
-const char *cm_redis_fault_name(cm_redis_fault f);
 
 /* Connects with a connect and command timeout of timeout_ms, authenticates and
  * selects the db. Returns a context the caller frees with redisFree, or NULL
