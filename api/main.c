@@ -29,7 +29,7 @@ static const cm_opt k_opts[] = {
      "bearer token of the admin routes (unset: admin disabled)"},
     {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256,
      "HTTP threads, and as many Redis threads (each with its own connection) for the handlers that call Redis"},
-    {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_api.redis_timeout_ms, "500", 10, 600000,
+    {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_api.redis_timeout_ms, "1000", 10, 600000,
      "connect and command timeout: a Redis silent this long is unreachable (503 until the probe gets a PONG)"},
     {"redis-probe-ms", "API_REDIS_PROBE_MS", CM_OPT_INT, &g_api.probe_ms, "200", 10, 60000,
      "period of the Redis probe (PING) that notices a hung or lost Redis and its return"},
