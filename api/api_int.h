@@ -35,9 +35,15 @@ typedef struct api_cfg {
     char *admin_token;         /* NULL or empty: admin routes answer 403 */
     int64_t threads;
     int64_t redis_timeout_ms;
-    int64_t conn_timeout_s;
-    int64_t max_conns;
+    int64_t conn_timeout_s;      /* libmicrohttpd's idle timeout */
+    int64_t max_conns;           /* all client connections */
+    int64_t max_conns_per_ip;    /* per client address; 0: no limit */
+    int64_t request_timeout_s;   /* a request's headers and body must be in by then */
+    int64_t long_polls_max;      /* long-polls waiting at once; more answer at once */
+    int64_t probe_ms;            /* Redis probe period */
 } api_cfg;
+
+#define API_ADMIN_TOKEN_MIN 16   /* shorter CHORUS_ADMIN_TOKEN: the API refuses to start */
 
 extern api_cfg g_api;
 
@@ -52,6 +58,8 @@ enum api_route_flags {
     API_F_JSON = 1,   /* takes a JSON body: Content-Type checked (415) */
     API_F_ADMIN = 2,  /* needs the admin bearer token (401/403) */
     API_F_IDEM = 4,   /* reads an Idempotency-Key header (400 when malformed) */
+    API_F_REDIS = 8,  /* needs Redis: 503 at once while Redis is known unreachable */
+    API_F_ASYNC = 16, /* the handler runs on a Redis thread, never on an HTTP one */
 };
 
 typedef struct api_route {
@@ -123,21 +131,40 @@ struct api_req {
     char checkout_id[API_ID_MAX + 1];/* for the request log */
     int64_t t0_ns;                   /* monotonic start */
     api_job *job;                    /* intake in progress (intake.c) */
+    /* the Redis threads (server.c): a handler of an API_F_ASYNC route runs
+     * there while the connection is suspended ("held") */
+    int exec;                        /* EXEC_* in server.c */
+    bool held;                       /* running on a Redis thread, connection suspended */
+    struct api_req *exec_next;       /* queue link */
     /* long-poll state (checkouts.c) */
     bool waiting;
     int64_t wait_deadline_ms;
     api_waiter w;
 };
 
-/* Starts the HTTP daemon on g_api.port with g_api.threads pool threads.
- * Returns NULL with err when the port cannot be bound. */
+/* Starts the HTTP daemon on g_api.port with g_api.threads pool threads, its
+ * connection limits, and the thread that closes connections whose request
+ * is not in within g_api.request_timeout_s. Returns NULL with err when the
+ * port cannot be bound. */
 struct MHD_Daemon *api_server_start(char *err, size_t errlen);
+/* Stops d (MHD_stop_daemon) and then the deadline thread. */
+void api_server_stop(struct MHD_Daemon *d);
 
 /* Sets an error answer {"error":{"code","message"}} with status. */
 void api_error(api_req *rq, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* 503 unavailable, retryable, after a Redis failure (detail logged, not sent). */
+/* 503 unavailable, retryable, after a Redis failure (detail logged, at
+ * most once a second per route, not sent). */
 void api_unavailable(api_req *rq, const char *detail);
+/* Answers a failed Redis call by what it means (cm_redis_fault_of): 503
+ * unavailable when Redis cannot serve now (unreachable, loading, busy,
+ * failing over...), 500 internal when a retry cannot fix it (WRONGTYPE, a
+ * script's runtime error). r is the error reply or NULL (not freed); detail
+ * is logged, never sent. An unreachable Redis also sets the shared state. */
+void api_redis_failed(api_req *rq, const redisContext *c, const redisReply *r, const char *detail);
+/* The same for a fault already classified (api_redis.fault after
+ * api_redis_ok said false). */
+void api_redis_fail(api_req *rq, cm_redis_fault f, const char *detail);
 /* Sets status; the body is whatever the handler put in rq->out. */
 void api_reply(api_req *rq, int status);
 /* Returns the value of query argument name, or NULL. */
@@ -169,7 +196,7 @@ api_flow api_h_product_put(api_req *rq);
 api_flow api_h_workers(api_req *rq);           /* ops.c */
 api_flow api_h_dead_letters(api_req *rq);
 api_flow api_h_dead_letter_retry(api_req *rq);
-api_flow api_h_dead_letters_retry_group(api_req *rq);
+api_flow api_h_dead_letters_retry_bulk(api_req *rq);
 api_flow api_h_health(api_req *rq);
 api_flow api_h_ready(api_req *rq);
 api_flow api_h_metrics(api_req *rq);
@@ -189,7 +216,8 @@ typedef struct api_redis {
     es_store *st;
     cm_script intake;          /* lua/intake.lua with the append library */
     cm_script product_put;     /* lua/product_put.lua */
-    int64_t retry_at_ms;       /* after a failed connect, no retry before this */
+    cm_redis_fault fault;      /* what the last failure was (api_redis_ok) */
+    long epoch;                /* the shared state's recovery count at connect */
     char err[256];             /* last failure */
 } api_redis;
 
@@ -200,10 +228,25 @@ api_redis *api_redis_get(const char **why);
 /* Checks reply r of a command on t: true when it is usable (caller still
  * frees it). A NULL reply or a broken connection drops the connection (the
  * next api_redis_get reconnects); an error reply is freed. Either way false,
- * with the reason in t->err. */
+ * with the reason in t->err and its class in t->fault (answer with
+ * api_redis_fail); an unreachable Redis also sets the shared state. */
 bool api_redis_ok(api_redis *t, redisReply *r);
 /* Drops t's connection (after an I/O error found by other means). */
 void api_redis_drop(api_redis *t);
+
+/* The shared Redis state: one flag for every thread. A call that finds Redis
+ * unreachable sets it (api_redis_mark_down); from then on requests needing
+ * Redis answer 503 at once, without waiting for a timeout, until the probe
+ * thread (a PING every g_api.probe_ms on its own connection) gets an answer
+ * and clears it. The probe also finds a hung Redis when no request does. */
+bool api_redis_reachable(void);
+/* Marks Redis unreachable for reason why (masked text; copied). */
+void api_redis_mark_down(const char *why);
+/* Copies why Redis is unreachable ("" when it is reachable) into out. */
+void api_redis_down_reason(char *out, size_t outlen);
+/* Starts / stops the probe thread. 0 or -1 with err. */
+int api_redis_probe_start(char *err, size_t errlen) __attribute__((warn_unused_result));
+void api_redis_probe_stop(void);
 
 /* ---- intake batcher (batch.c) ---- */
 
@@ -225,11 +268,14 @@ int api_waiters_start(char *err, size_t errlen) __attribute__((warn_unused_resul
 /* Wakes every waiter, refuses new ones, stops and joins the thread. */
 void api_waiters_stop(void);
 /* Registers w for checkout id until deadline (monotonic ms). Returns false
- * when shutting down (answer at once then). */
+ * when shutting down or when g_api.long_polls_max long-polls already wait
+ * (answer at once with the current state then). */
 bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, int64_t deadline_ms);
 /* Suspends w's connection unless w already fired (a change or the deadline
- * arrived since api_wait_arm). Returns true if suspended: return API_SUSPENDED. */
-bool api_wait_suspend(api_waiter *w);
+ * arrived since api_wait_arm). Returns true if suspended: return API_SUSPENDED.
+ * held: the connection is suspended already (the handler runs on a Redis
+ * thread); the waiter then takes it over as it is and resumes it later. */
+bool api_wait_suspend(api_waiter *w, bool held);
 /* Unregisters w if still registered. */
 void api_wait_disarm(api_waiter *w);
 

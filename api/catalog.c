@@ -176,7 +176,7 @@ api_flow api_h_product_put(api_req *rq)
                 if (product_json(&rq->out, rq->param, rq->param_len, r))
                     api_reply(rq, 200);
                 else
-                    api_error(rq, 500, "internal_error", "unexpected reply from the catalog script");
+                    api_error(rq, 500, "internal", "unexpected reply from the catalog script");
                 freeReplyObject(r);
             }
         }

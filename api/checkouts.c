@@ -5,7 +5,9 @@
  * With wait_ms the request long-polls: it is answered as soon as the status
  * is terminal, or when wait_ms has passed, whichever comes first. Waiting
  * costs no thread: the connection is suspended and woken by waiters.c when
- * the projection announces a change for this checkout. */
+ * the projection announces a change for this checkout. Long-polls are capped
+ * (API_LONG_POLLS_MAX, waiters.c): over the cap the request is answered at
+ * once with the current state, as if wait_ms were 0. */
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -22,7 +24,7 @@ static int read_status(api_req *rq, api_redis *t, const char *id)
     redisReply *r = redisCommand(t->c, "HMGET " CM_KEY_PREFIX "rm:checkout:%s client_id status order_id reason updated_at",
                                  id);
     if (!api_redis_ok(t, r)) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
         return -1;
     }
     cm_buf *o = &rq->out;
@@ -63,13 +65,16 @@ static int read_status(api_req *rq, api_redis *t, const char *id)
     size_t n = 0;
     int rc = es_history_read(t->st, "checkout", id, &evs, &n);
     if (rc == ES_EREDIS) {
-        const char *e = es_store_errstr(t->st);
-        api_redis_drop(t);
-        api_unavailable(rq, e);
+        char e[256];
+        snprintf(e, sizeof e, "%s", es_store_errstr(t->st));
+        bool io = t->c->err != 0;
+        if (io)
+            api_redis_drop(t);
+        api_redis_fail(rq, io ? CM_REDIS_UNREACHABLE : cm_redis_fault_of_error(e, strlen(e)), e);
         return -1;
     }
     if (rc != ES_OK) {
-        api_error(rq, 500, "internal_error", "the history of checkout %s cannot be read", id);
+        api_error(rq, 500, "internal", "the history of checkout %s cannot be read", id);
         return -1;
     }
     if (n == 0) {
@@ -131,7 +136,7 @@ api_flow api_h_checkout_get(api_req *rq)
                 api_reply(rq, 200);
             return API_DONE;
         }
-        if (api_wait_suspend(&rq->w))
+        if (api_wait_suspend(&rq->w, rq->held))
             return API_SUSPENDED;
         /* fired between arm and suspend: read again */
     }

@@ -134,7 +134,7 @@ static void replay(api_req *rq, const redisReply *rec, const char *hash)
     const char *nl1 = memchr(s, '\n', rec->len);
     const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1)) : NULL;
     if (!nl2 || (size_t)(nl2 - nl1 - 1) > API_ID_MAX) {
-        api_error(rq, 500, "internal_error", "the idempotency record of this key is corrupt");
+        api_error(rq, 500, "internal", "the idempotency record of this key is corrupt");
         return;
     }
     if ((size_t)(nl1 - s) != 64 || memcmp(s, hash, 64) != 0) {
@@ -184,7 +184,7 @@ static api_job *make_job(api_req *rq, json_t *root, const char *client, const li
         j->lines[i].price = api_price_get(lines[i].product_id);
     }
     if (job_build(j) != 0) {
-        api_error(rq, 500, "internal_error", "cannot encode the event");
+        api_error(rq, 500, "internal", "cannot encode the event");
         api_job_free(j);
         return NULL;
     }
@@ -222,7 +222,7 @@ static api_flow finish(api_req *rq, api_job *j)
         return API_DONE;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        api_unavailable(rq, r->str);   /* OOM, MISCONF (disk), BUSY... */
+        api_redis_failed(rq, NULL, r, NULL);   /* 503 if a retry may help, else 500 */
         return API_DONE;
     }
     api_intake_line lines[API_INTAKE_MAX_LINES];
@@ -259,7 +259,7 @@ static api_flow finish(api_req *rq, api_job *j)
     case API_INTAKE_ACCEPTED:
         break;
     default:
-        api_error(rq, 500, "internal_error", "unexpected append result");
+        api_error(rq, 500, "internal", "unexpected append result");
         cm_log(CM_ERROR, "intake: %s", v.err);
         return API_DONE;
     }

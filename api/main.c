@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -26,13 +27,22 @@ static const cm_opt k_opts[] = {
     {"bus-stream", "BUS_STREAM", CM_OPT_STR, &g_api.bus, CM_BUS_STREAM_DEFAULT, 1, 0, "the bus stream"},
     {"admin-token", "CHORUS_ADMIN_TOKEN", CM_OPT_STR, &g_api.admin_token, NULL, 1, 0,
      "bearer token of the admin routes (unset: admin disabled)"},
-    {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256, "HTTP threads, each with its Redis connection"},
-    {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_api.redis_timeout_ms, "2000", 10, 600000,
-     "connect and command timeout"},
+    {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256,
+     "HTTP threads, and as many Redis threads (each with its own connection) for the handlers that call Redis"},
+    {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_api.redis_timeout_ms, "1000", 10, 600000,
+     "connect and command timeout: a Redis silent this long is unreachable (503 until the probe gets a PONG)"},
+    {"redis-probe-ms", "API_REDIS_PROBE_MS", CM_OPT_INT, &g_api.probe_ms, "200", 10, 60000,
+     "period of the Redis probe (PING) that notices a hung or lost Redis and its return"},
     {"conn-timeout-s", "API_CONN_TIMEOUT_S", CM_OPT_INT, &g_api.conn_timeout_s, "30", 1, 3600,
-     "idle/slow client connections are closed after this"},
+     "idle client connections (nothing sent or read) are closed after this"},
+    {"request-timeout-s", "API_REQUEST_TIMEOUT_S", CM_OPT_INT, &g_api.request_timeout_s, "10", 1, 3600,
+     "a request's headers and body must be in within this of the connection opening or its previous answer"},
     {"max-conns", "API_MAX_CONNS", CM_OPT_INT, &g_api.max_conns, "4096", 16, 1000000,
-     "concurrent client connections"},
+     "concurrent client connections in total"},
+    {"max-conns-per-ip", "API_MAX_CONNS_PER_IP", CM_OPT_INT, &g_api.max_conns_per_ip, "256", 0, 1000000,
+     "concurrent connections of one client address (0: no limit; set it above your proxy's pool)"},
+    {"long-polls-max", "API_LONG_POLLS_MAX", CM_OPT_INT, &g_api.long_polls_max, "1024", 0, 1000000,
+     "long-polls (?wait_ms) waiting at once; more are answered at once with the current state"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -50,6 +60,28 @@ static void raise_nofile(void)
     }
 }
 
+/* Settings that a range cannot check. Returns 0 or -1 with one line in err
+ * (naming the setting, never showing a secret). */
+static int check_settings(char *err, size_t errlen)
+{
+    size_t tok = g_api.admin_token ? strlen(g_api.admin_token) : 0;
+    if (tok > 0 && tok < API_ADMIN_TOKEN_MIN) {
+        snprintf(err, errlen,
+                 "CHORUS_ADMIN_TOKEN is %zu bytes; it must be at least %d (or unset, which disables the admin routes)",
+                 tok, API_ADMIN_TOKEN_MIN);
+        return -1;
+    }
+    cm_redis_url u;
+    if (cm_redis_url_parse(g_api.redis_url, &u, err, errlen) != 0)
+        return -1;   /* the message shows the URL masked */
+    if (g_api.max_conns_per_ip > g_api.max_conns) {
+        snprintf(err, errlen, "API_MAX_CONNS_PER_IP (%lld) is above API_MAX_CONNS (%lld)",
+                 (long long)g_api.max_conns_per_ip, (long long)g_api.max_conns);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cm_log_init("api");
@@ -60,6 +92,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "chorus-api: %s\n", err);
         cm_config_free(k_opts);
         return rc < 0 ? 2 : 0;
+    }
+    if (check_settings(err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-api: %s\n", err);
+        cm_config_free(k_opts);
+        return 2;
     }
     if (sodium_init() < 0) {
         fprintf(stderr, "chorus-api: libsodium failed to initialise\n");
@@ -78,24 +115,27 @@ int main(int argc, char **argv)
 
     int exit_code = 1;
     struct MHD_Daemon *d = NULL;
-    if (api_waiters_start(err, sizeof err) != 0) {
+    if (api_redis_probe_start(err, sizeof err) != 0) {
         cm_log(CM_ERROR, "%s", err);
         goto out;
     }
+    if (api_waiters_start(err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "%s", err);
+        goto stop_probe;
+    }
     if (api_batch_start(err, sizeof err) != 0) {
         cm_log(CM_ERROR, "%s", err);
-        api_waiters_stop();
-        goto out;
+        goto stop_waiters;
     }
     d = api_server_start(err, sizeof err);
     if (!d) {
         cm_log(CM_ERROR, "%s", err);
-        api_batch_stop();
-        api_waiters_stop();
-        goto out;
+        goto stop_batch;
     }
+    char url[512];
+    cm_redis_url_mask(g_api.redis_url, url, sizeof url);
     cm_log(CM_INFO, "listening on port %lld with %lld threads (redis %s, bus %s, admin %s)",
-           (long long)g_api.port, (long long)g_api.threads, g_api.redis_url, g_api.bus,
+           (long long)g_api.port, (long long)g_api.threads, url, g_api.bus,
            g_api.admin_token && *g_api.admin_token ? "enabled" : "disabled");
 
     int sig = 0;
@@ -111,11 +151,19 @@ int main(int argc, char **argv)
             break;
         cm_sleep_ms(10);
     }
-    MHD_stop_daemon(d);
+    api_server_stop(d);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);
+    api_redis_probe_stop();
     cm_log(CM_INFO, "stopped");
     exit_code = 0;
+    goto out;
+stop_batch:
+    api_batch_stop();
+stop_waiters:
+    api_waiters_stop();
+stop_probe:
+    api_redis_probe_stop();
 out:
     cm_config_free(k_opts);
     return exit_code;

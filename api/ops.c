@@ -1,6 +1,12 @@
-/* ops.c - operator routes: consumer groups, dead letters (list, retry),
- * /health, /ready, /metrics. */
+/* ops.c - operator routes: consumer groups, dead letters (list, retry one,
+ * retry a group's oldest in bulk), /health, /ready, /metrics.
+ *
+ * /health answers from memory (no Redis call): it says the process serves
+ * HTTP. /ready says whether it can do its work: Redis reachable (the shared
+ * state first, so a known-down Redis costs no timeout) and the six consumer
+ * groups present. */
 #include "api/api_int.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "common/names.h"
 #include "event_store/deadletter.h"
@@ -10,6 +16,7 @@
 #include <string.h>
 
 #define DLQ_LIST_MAX 1000   /* dead letters listed per group (oldest first) */
+#define DLQ_RETRY_MAX ES_DLQ_RETRY_OLDEST_MAX  /* dead letters re-delivered by one bulk request */
 
 /* XINFO GROUPS <bus>. Returns 0 with *out (caller frees; NULL when the bus
  * does not exist yet), or -1 after answering 503. */
@@ -22,7 +29,7 @@ static int groups_info(api_req *rq, api_redis *t, redisReply **out)
         return 0;
     }
     if (!api_redis_ok(t, r)) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
         return -1;
     }
     *out = r;
@@ -127,7 +134,7 @@ api_flow api_h_dead_letters(api_req *rq)
         if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
             snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
             api_redis_drop(t);
-            failed = 1;
+            failed = 2;
             break;
         }
         if (r->type == REDIS_REPLY_ERROR) {
@@ -143,8 +150,10 @@ api_flow api_h_dead_letters(api_req *rq)
         freeReplyObject(r);
     }
     cm_buf_puts(o, "]}");
-    if (failed)
-        api_unavailable(rq, t->err);
+    if (failed == 2)
+        api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
+    else if (failed)
+        api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
     else
         api_reply(rq, 200);
     return API_DONE;
@@ -157,6 +166,19 @@ static int group_index(const char *name)
         if (!strcmp(name, cm_group_names[g]))
             return g;
     return -1;
+}
+
+/* Answers a failed call of an event-store function on t (its message in
+ * t->err): unreachable after an I/O error (the connection is dropped), else
+ * by the error's text. */
+static void redis_call_failed(api_req *rq, api_redis *t)
+{
+    if (t->c->err) {
+        api_redis_drop(t);
+        api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
+    } else {
+        api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
+    }
 }
 
 /* Dead-letter ids are per stream, so two groups may hold the same id:
@@ -192,7 +214,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
             snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
             api_redis_drop(t);
-            api_unavailable(rq, t->err);
+            api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
             return API_DONE;
         }
         if (r->type == REDIS_REPLY_ERROR) {
@@ -204,7 +226,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         freeReplyObject(r);
     }
     if (failed) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
         return API_DONE;
     }
     int rc = found < 0 ? ES_ENOTFOUND
@@ -212,9 +234,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
     if (rc == ES_ENOTFOUND) {
         api_error(rq, 404, "not_found", "no dead letter %s", id);
     } else if (rc != ES_OK) {
-        if (t->c->err)
-            api_redis_drop(t);
-        api_unavailable(rq, t->err);
+        redis_call_failed(rq, t);
     } else {
         cm_buf_puts(&rq->out, "{\"id\":");
         cm_buf_put_json_str(&rq->out, id, strlen(id));
@@ -227,36 +247,46 @@ api_flow api_h_dead_letter_retry(api_req *rq)
 }
 
 /* POST /api/dead-letters/retry {"group", "count"}: the oldest count of a
- * group's dead letters back to its redelivery stream. */
-api_flow api_h_dead_letters_retry_group(api_req *rq)
+ * group's dead letters back to its redelivery stream, in one script call. */
+api_flow api_h_dead_letters_retry_bulk(api_req *rq)
 {
     json_error_t jerr;
     json_t *root = json_loadb(rq->body.data ? rq->body.data : "", rq->body.len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        api_error(rq, 400, "invalid_json", "body is not JSON: %s", jerr.text);
+        api_error(rq, 400, "invalid_json", "malformed JSON at line %d column %d: %s", jerr.line, jerr.column,
+                  jerr.text);
         return API_DONE;
     }
-    json_t *group = json_object_get(root, "group"), *count = json_object_get(root, "count");
-    int g = group_index(json_string_value(group));
+    json_t *jg = json_object_get(root, "group"), *jc = json_object_get(root, "count");
+    int g = group_index(json_string_value(jg));
     if (!json_is_object(root) || g < 0) {
-        api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
-    } else if (!json_is_integer(count) || json_integer_value(count) < 1 || json_integer_value(count) > 1000) {
-        api_error(rq, 400, "invalid_request", "count must be an integer in 1..1000");
-    } else {
-        const char *why = NULL;
-        api_redis *t = api_redis_get(&why);
-        long long n = t ? es_dlq_retry_all(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(count),
-                                           t->err, sizeof t->err)
-                        : ES_EREDIS;
-        if (n < 0) {
-            if (t && t->c->err)
-                api_redis_drop(t);
-            api_unavailable(rq, t ? t->err : why);
-        } else {
-            cm_buf_printf(&rq->out, "{\"retried\":%lld}", n);
-            api_reply(rq, 200);
-        }
+        char names[256] = "";
+        for (int i = 0, o = 0; i < CM_W_COUNT && o >= 0 && (size_t)o < sizeof names; i++)
+            o += snprintf(names + o, sizeof names - (size_t)o, "%s%s", i ? ", " : "", cm_group_names[i]);
+        api_error(rq, 400, "invalid_request", "group must be one of %s", names);
+        goto out;
     }
+    if (!json_is_integer(jc) || json_integer_value(jc) < 1 || json_integer_value(jc) > DLQ_RETRY_MAX) {
+        api_error(rq, 400, "invalid_request", "count must be an integer in 1..%d", DLQ_RETRY_MAX);
+        goto out;
+    }
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        goto out;
+    }
+    /* one script call moves them all (event_store/lua/dlq_retry.lua) */
+    long long n = es_dlq_retry_oldest(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(jc),
+                                      t->err, sizeof t->err);
+    if (n < 0) {
+        redis_call_failed(rq, t);
+        goto out;
+    }
+    cm_log(CM_INFO, "re-delivered %lld dead letter(s) of %s", n, cm_group_names[g]);
+    cm_buf_printf(&rq->out, "{\"retried\":%lld}", n);
+    api_reply(rq, 200);
+out:
     json_decref(root);
     return API_DONE;
 }
@@ -271,7 +301,7 @@ api_flow api_h_health(api_req *rq)
 api_flow api_h_ready(api_req *rq)
 {
     const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
+    api_redis *t = api_redis_get(&why);   /* refuses at once while Redis is known down */
     if (t) {
         redisReply *p = redisCommand(t->c, "PING");
         if (api_redis_ok(t, p))

@@ -40,7 +40,7 @@ static void store_failed(api_req *rq, api_redis *t, int rc)
             api_redis_drop(t);
         api_unavailable(rq, e);
     } else {
-        api_error(rq, 500, "internal_error", "stored data cannot be decoded: %s", es_store_errstr(t->st));
+        api_error(rq, 500, "internal", "stored data cannot be decoded: %s", es_store_errstr(t->st));
     }
 }
 

@@ -4,35 +4,40 @@
  * request path matches when it has the same number of segments and every
  * literal is equal (a trailing slash is ignored). GET rows also serve HEAD.
  * Metrics label requests with the template, never the raw path, so the
- * number of series stays bounded whatever clients send. */
+ * number of series stays bounded whatever clients send. Flags: API_F_REDIS
+ * routes answer 503 at once while Redis is known down; API_F_ASYNC handlers
+ * run on the Redis threads (server.c), so a hung Redis never holds an HTTP
+ * thread (the intake routes hand their Redis work to the batcher instead). */
 #include "api/api_int.h"
 
 #include <stdio.h>
 #include <string.h>
 
+#define F_RX (API_F_REDIS | API_F_ASYNC)   /* needs Redis, runs on a Redis thread */
+
 static const api_route k_routes[] = {
-    {"POST", "/api/checkouts", api_h_checkout_post, API_F_JSON | API_F_IDEM, 0},
-    {"GET", "/api/checkouts/{id}", api_h_checkout_get, 0, 1},
+    {"POST", "/api/checkouts", api_h_checkout_post, API_F_JSON | API_F_IDEM | API_F_REDIS, 0},
+    {"GET", "/api/checkouts/{id}", api_h_checkout_get, F_RX, 1},
     {"POST", "/api/commandes/clients/{client_id}/checkout/choreo", api_h_checkout_alias,
-     API_F_JSON | API_F_IDEM, 2},
-    {"GET", "/api/event-store/streams/{stream}/events", api_h_stream_events, 0, 3},
-    {"GET", "/api/event-store/replay/checkout/{id}", api_h_replay, 0, 4},
-    {"GET", "/api/event-store/cqrs/orders-by-client/{client_id}", api_h_orders_by_client, 0, 5},
-    {"GET", "/api/products", api_h_products, 0, 6},
-    {"GET", "/api/products/{id}", api_h_product_get, 0, 7},
-    {"PUT", "/api/products/{id}", api_h_product_put, API_F_JSON | API_F_ADMIN, 7},
-    {"GET", "/api/workers", api_h_workers, 0, 8},
-    {"GET", "/api/dead-letters", api_h_dead_letters, 0, 9},
-    {"POST", "/api/dead-letters/{id}/retry", api_h_dead_letter_retry, API_F_ADMIN, 10},
+     API_F_JSON | API_F_IDEM | API_F_REDIS, 2},
+    {"GET", "/api/event-store/streams/{stream}/events", api_h_stream_events, F_RX, 3},
+    {"GET", "/api/event-store/replay/checkout/{id}", api_h_replay, F_RX, 4},
+    {"GET", "/api/event-store/cqrs/orders-by-client/{client_id}", api_h_orders_by_client, F_RX, 5},
+    {"GET", "/api/products", api_h_products, F_RX, 6},
+    {"GET", "/api/products/{id}", api_h_product_get, F_RX, 7},
+    {"PUT", "/api/products/{id}", api_h_product_put, API_F_JSON | API_F_ADMIN | F_RX, 7},
+    {"GET", "/api/workers", api_h_workers, F_RX, 8},
+    {"GET", "/api/dead-letters", api_h_dead_letters, F_RX, 9},
+    {"POST", "/api/dead-letters/{id}/retry", api_h_dead_letter_retry, API_F_ADMIN | F_RX, 10},
+    {"POST", "/api/dead-letters/retry", api_h_dead_letters_retry_bulk, API_F_JSON | API_F_ADMIN | F_RX, 14},
     {"GET", "/health", api_h_health, 0, 11},
-    {"GET", "/ready", api_h_ready, 0, 12},
+    {"GET", "/ready", api_h_ready, API_F_ASYNC, 12},
     {"GET", "/metrics", api_h_metrics, 0, 13},
-    {"GET", "/api/checkouts/{id}/timeline", api_h_timeline, 0, 14},
-    {"GET", "/api/clients/{client_id}/checkouts", api_h_client_checkouts, 0, 15},
-    {"GET", "/api/stats/sagas", api_h_saga_stats, 0, 16},
-    {"GET", "/ui", api_h_ui_index, 0, 17},
-    {"GET", "/ui/{asset}", api_h_ui_asset, 0, 18},
-    {"POST", "/api/dead-letters/retry", api_h_dead_letters_retry_group, API_F_JSON | API_F_ADMIN, 19},
+    {"GET", "/api/checkouts/{id}/timeline", api_h_timeline, F_RX, 15},
+    {"GET", "/api/clients/{client_id}/checkouts", api_h_client_checkouts, F_RX, 16},
+    {"GET", "/api/stats/sagas", api_h_saga_stats, F_RX, 17},
+    {"GET", "/ui", api_h_ui_index, 0, 18},
+    {"GET", "/ui/{asset}", api_h_ui_asset, 0, 19},
 };
 #define NROUTES (sizeof k_routes / sizeof k_routes[0])
 
@@ -51,12 +56,12 @@ const char *const api_route_labels[] = {
     "/health",
     "/ready",
     "/metrics",
+    "/api/dead-letters/retry",
     "/api/checkouts/{id}/timeline",
     "/api/clients/{client_id}/checkouts",
     "/api/stats/sagas",
     "/ui/",
     "/ui/{asset}",
-    "/api/dead-letters/retry",
     "unmatched",
 };
 const int api_route_nlabels = (int)(sizeof api_route_labels / sizeof api_route_labels[0]);

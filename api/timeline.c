@@ -301,7 +301,7 @@ api_flow api_h_timeline(api_req *rq)
         return API_DONE;
     }
     if (rc != ES_OK) {
-        api_error(rq, 500, "internal_error", "the history of checkout %s cannot be read", id);
+        api_error(rq, 500, "internal", "the history of checkout %s cannot be read", id);
         return API_DONE;
     }
     if (n == 0) {
@@ -309,7 +309,7 @@ api_flow api_h_timeline(api_req *rq)
     } else if ((rc = timeline_json(t, id, evs, n, &rq->out)) == 0) {
         api_reply(rq, 200);
     } else if (rc == -2) {
-        api_error(rq, 500, "internal_error", "%s", t->err);
+        api_error(rq, 500, "internal", "%s", t->err);
     } else {
         api_unavailable(rq, t->err);
     }

@@ -49,6 +49,7 @@ static struct {
     atomic_bool stop;
     int evfd;
     cm_series *gauge;               /* http_long_polls_waiting */
+    cm_series *refused;             /* http_long_polls_refused_total */
     pthread_t thread;
     bool started;
 } g = {.lock = PTHREAD_MUTEX_INITIALIZER, .evfd = -1};
@@ -185,6 +186,14 @@ bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, in
         pthread_mutex_unlock(&g.lock);
         return false;
     }
+    /* Long-polls are counted apart from connections: each pins a connection
+     * and a table entry for up to API_WAIT_MAX_MS, so past the cap a request
+     * is answered at once with the state it finds (the client polls again). */
+    if ((int64_t)g.n >= g_api.long_polls_max) {
+        pthread_mutex_unlock(&g.lock);
+        cm_series_inc(g.refused);
+        return false;
+    }
     snprintf(w->id, sizeof w->id, "%s", id);
     w->conn = conn;
     w->deadline_ms = deadline_ms;
@@ -200,12 +209,13 @@ bool api_wait_arm(api_waiter *w, struct MHD_Connection *conn, const char *id, in
     return true;
 }
 
-bool api_wait_suspend(api_waiter *w)
+bool api_wait_suspend(api_waiter *w, bool held)
 {
     pthread_mutex_lock(&g.lock);
     bool suspended = false;
     if (w->state == W_ARMED) {
-        MHD_suspend_connection(w->conn);
+        if (!held)
+            MHD_suspend_connection(w->conn);
         w->state = W_SUSPENDED;
         suspended = true;
     } else {
@@ -319,6 +329,8 @@ static void *run(void *arg)
 int api_waiters_start(char *err, size_t errlen)
 {
     g.gauge = cm_gauge("http_long_polls_waiting", "long-poll requests waiting for a checkout to settle", NULL);
+    g.refused = cm_counter("http_long_polls_refused_total",
+                           "long-polls answered at once because API_LONG_POLLS_MAX were waiting", NULL);
     g.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (g.evfd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));

@@ -4,7 +4,9 @@
 #include "common/buf.h"
 #include "common/clock.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,11 +38,16 @@ int cm_log_enabled(enum cm_level lvl)
 }
 
 static void emit(enum cm_level lvl, const char *checkout_id, const char *event_id,
-                 const char *const *kv, const char *fmt, va_list ap)
+                 const char *const *kv, long long repeated, const char *fmt, va_list ap)
 {
     char msg[1024];
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
     size_t mlen = n < 0 ? 0 : ((size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    if (repeated > 0) {
+        int k = snprintf(msg + mlen, sizeof msg - mlen, " (repeated %lld times)", repeated);
+        if (k > 0)
+            mlen += (size_t)k < sizeof msg - mlen ? (size_t)k : sizeof msg - mlen - 1;
+    }
 
     cm_buf b = CM_BUF_INIT;
     cm_buf_printf(&b, "{\"level\":\"%s\",\"ts\":%.3f,\"component\":", level_names[lvl], cm_wall_s());
@@ -73,7 +80,7 @@ void cm_log(enum cm_level lvl, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    emit(lvl, NULL, NULL, NULL, fmt, ap);
+    emit(lvl, NULL, NULL, NULL, 0, fmt, ap);
     va_end(ap);
 }
 
@@ -84,6 +91,60 @@ void cm_logx(enum cm_level lvl, const char *checkout_id, const char *event_id,
         return;
     va_list ap;
     va_start(ap, fmt);
-    emit(lvl, checkout_id, event_id, kv, fmt, ap);
+    emit(lvl, checkout_id, event_id, kv, 0, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- rate-limited lines: one slot per key hash, one lock for all ---- */
+
+#define RL_SLOTS 64
+#define RL_PERIOD_MS 1000
+
+typedef struct rl_slot {
+    uint64_t hash;        /* key hash; 0: free */
+    int64_t last_ms;      /* when a line was last written */
+    long long dropped;    /* calls since then that wrote nothing */
+} rl_slot;
+
+static struct {
+    pthread_mutex_t lock;
+    rl_slot slot[RL_SLOTS];
+} g_rl = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t key_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+void cm_log_limited(enum cm_level lvl, const char *key, const char *fmt, ...)
+{
+    if (lvl < g_level)
+        return;
+    uint64_t h = key_hash(key ? key : fmt);
+    int64_t now = cm_mono_ms();
+    long long repeated = -1;   /* -1: drop this one */
+    pthread_mutex_lock(&g_rl.lock);
+    rl_slot *s = &g_rl.slot[h % RL_SLOTS];
+    if (s->hash != h) {   /* a new key (or a collision): it takes the slot */
+        s->hash = h;
+        s->last_ms = now;
+        s->dropped = 0;
+        repeated = 0;
+    } else if (now - s->last_ms >= RL_PERIOD_MS) {
+        repeated = s->dropped;
+        s->last_ms = now;
+        s->dropped = 0;
+    } else {
+        s->dropped++;
+    }
+    pthread_mutex_unlock(&g_rl.lock);
+    if (repeated < 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    emit(lvl, NULL, NULL, NULL, repeated, fmt, ap);
     va_end(ap);
 }

@@ -24,4 +24,12 @@ void cm_logx(enum cm_level lvl, const char *checkout_id, const char *event_id,
              const char *const *kv, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Logs like cm_log, at most once per second per key (NULL: the format
+ * string is the key): repeats inside the second are counted, not written,
+ * and the next line written for that key ends with "(repeated N times)". For
+ * messages one fault can repeat per request (Redis down, a client flood).
+ * Keys share a small table; two keys may collide and share one budget. */
+void cm_log_limited(enum cm_level lvl, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -7,16 +7,52 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cm_redis_url_parse(const char *url, cm_redis_url *out, char *err, size_t errlen)
+void cm_redis_url_mask(const char *url, char *out, size_t outlen)
+{
+    if (!outlen)
+        return;
+    out[0] = '\0';
+    if (!url)
+        return;
+    const char *rest = strstr(url, "://");
+    const char *at = rest ? strrchr(rest + 3, '@') : NULL;
+    if (!at) {
+        snprintf(out, outlen, "%s", url);
+        return;
+    }
+    rest += 3;
+    const char *colon = memchr(rest, ':', (size_t)(at - rest));
+    /* scheme:// [user:] *** @ the rest */
+    size_t keep = colon ? (size_t)(colon + 1 - url) : (size_t)(rest - url);
+    snprintf(out, outlen, "%.*s***%s", (int)keep, url, at);
+}
+
+/* Copies [s, e) into dst[cap] or fails naming what is too long. */
+static int copy_part(char *dst, size_t cap, const char *s, const char *e, const char *what, char *err,
+                     size_t errlen)
+{
+    size_t n = (size_t)(e - s);
+    if (n >= cap) {
+        snprintf(err, errlen, "REDIS_URL: %s too long", what);
+        return -1;
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+int cm_redis_url_parse(const char *url_in, cm_redis_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
+    char url[512];   /* what the messages below show: the URL, password masked */
+    cm_redis_url_mask(url_in, url, sizeof url);
     out->port = 6379;
-    if (!url || !*url) {
+    if (!url_in || !*url_in) {
         snprintf(err, errlen, "REDIS_URL is empty");
         return -1;
     }
-    if (!strncmp(url, "unix:", 5)) {
-        const char *p = url + 5;
+    if (!strncmp(url_in, "unix:", 5)) {
+        const char *p = url_in + 5;
         if (!strncmp(p, "//", 2))
             p += 2;
         const char *q = strchr(p, '?');
@@ -36,22 +72,20 @@ int cm_redis_url_parse(const char *url, cm_redis_url *out, char *err, size_t err
         }
         return 0;
     }
-    if (strncmp(url, "redis://", 8) != 0) {
+    if (strncmp(url_in, "redis://", 8) != 0) {
         snprintf(err, errlen, "REDIS_URL %s: expected redis://host:port/db or unix:/path", url);
         return -1;
     }
-    const char *p = url + 8;
+    const char *p = url_in + 8;
     const char *at = strrchr(p, '@');
     if (at) {
-        const char *cred = p;
-        const char *colon = memchr(cred, ':', (size_t)(at - cred));
-        const char *pw = colon ? colon + 1 : cred;
-        size_t n = (size_t)(at - pw);
-        if (n >= sizeof out->password) {
-            snprintf(err, errlen, "REDIS_URL: password too long");
+        /* user:password@, :password@ (no user), or password@ (the old form) */
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon && copy_part(out->user, sizeof out->user, p, colon, "user", err, errlen) != 0)
             return -1;
-        }
-        memcpy(out->password, pw, n);
+        if (copy_part(out->password, sizeof out->password, colon ? colon + 1 : p, at, "password", err,
+                      errlen) != 0)
+            return -1;
         p = at + 1;
     }
     const char *slash = strchr(p, '/');
@@ -110,16 +144,35 @@ bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t err
     return false;
 }
 
+/* Runs one setup command (AUTH, SELECT) on a fresh connection; on failure
+ * fills err naming the (masked) address and frees c. */
+static int setup_cmd(redisContext **cp, const char *masked, const char *what, char *err, size_t errlen, int argc,
+                     const char **argv)
+{
+    redisReply *r = redisCommandArgv(*cp, argc, argv, NULL);
+    char why[256];
+    if (cm_reply_failed(*cp, r, why, sizeof why)) {
+        snprintf(err, errlen, "%s at Redis %s failed: %s", what, masked, why);
+        redisFree(*cp);
+        *cp = NULL;
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
 redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen)
 {
     cm_redis_url u;
     if (cm_redis_url_parse(url, &u, err, errlen) != 0)
         return NULL;
+    char masked[512];
+    cm_redis_url_mask(url, masked, sizeof masked);
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     redisContext *c = u.path[0] ? redisConnectUnixWithTimeout(u.path, tv)
                                 : redisConnectWithTimeout(u.host, u.port, tv);
     if (!c || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis at %s: %s", url, c ? c->errstr : "out of memory");
+        snprintf(err, errlen, "cannot connect to Redis at %s: %s", masked, c ? c->errstr : "out of memory");
         redisFree(c);
         return NULL;
     }
@@ -129,20 +182,18 @@ redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_
         return NULL;
     }
     if (u.password[0]) {
-        redisReply *r = redisCommand(c, "AUTH %s", u.password);
-        if (cm_reply_failed(c, r, err, errlen)) {
-            redisFree(c);
+        /* AUTH user password (an ACL user) or AUTH password (the default user) */
+        const char *av[] = {"AUTH", u.user, u.password};
+        if (!u.user[0])
+            av[1] = u.password;
+        if (setup_cmd(&c, masked, "AUTH", err, errlen, u.user[0] ? 3 : 2, av) != 0)
             return NULL;
-        }
-        freeReplyObject(r);
     }
     if (u.db) {
-        redisReply *r = redisCommand(c, "SELECT %d", u.db);
-        if (cm_reply_failed(c, r, err, errlen)) {
-            redisFree(c);
+        char db[16];
+        snprintf(db, sizeof db, "%d", u.db);
+        if (setup_cmd(&c, masked, "SELECT", err, errlen, 2, (const char *[]){"SELECT", db}) != 0)
             return NULL;
-        }
-        freeReplyObject(r);
     }
     return c;
 }
@@ -288,6 +339,50 @@ redisReply *cm_script_call(redisContext *c, cm_script *s, int numkeys, const cm_
         r = cm_script_reply(c, s);
     }
     return r;
+}
+
+/* Error replies that mean "Redis cannot serve now": the shared state turns
+ * unreachable on them, as on an I/O error. */
+static const char *const k_unreachable[] = {"LOADING", "BUSY", "MASTERDOWN", NULL};
+/* Error replies a retry may cure while Redis is otherwise answering. */
+static const char *const k_transient[] = {"CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT", "READONLY", "OOM",
+                                          "MISCONF", "NOREPLICAS", "MOVED", "ASK", "EXECABORT", NULL};
+
+/* True if the error text starts with one of the words in list (then a space
+ * or the end). */
+static bool error_is(const char *s, size_t n, const char *const *list)
+{
+    for (; *list; list++) {
+        size_t k = strlen(*list);
+        if (n >= k && !memcmp(s, *list, k) && (n == k || s[k] == ' '))
+            return true;
+    }
+    return false;
+}
+
+cm_redis_fault cm_redis_fault_of_error(const char *s, size_t n)
+{
+    if (n >= 7 && !memcmp(s, "redis: ", 7)) {   /* as cm_reply_failed words it */
+        s += 7;
+        n -= 7;
+    }
+    /* A script whose redis.call failed answers with the callee's error
+     * code first (Redis 7: "WRONGTYPE ... script: ..."), a Lua runtime
+     * error with "ERR user_script:...": both are classified by that word. */
+    if (error_is(s, n, k_unreachable))
+        return CM_REDIS_UNREACHABLE;
+    if (error_is(s, n, k_transient))
+        return CM_REDIS_TRANSIENT;
+    return CM_REDIS_PERMANENT;
+}
+
+cm_redis_fault cm_redis_fault_of(const redisContext *c, const redisReply *r)
+{
+    if (!r || (c && c->err))
+        return CM_REDIS_UNREACHABLE;
+    if (r->type != REDIS_REPLY_ERROR)
+        return CM_REDIS_OK;
+    return cm_redis_fault_of_error(r->str ? r->str : "", r->str ? r->len : 0);
 }
 
 const redisReply *cm_reply_elem(const redisReply *r, size_t i)

@@ -1,7 +1,11 @@
 /* redis.h - Redis connection helpers over hiredis 0.14 (RESP2, sync API).
  *
- * REDIS_URL forms: redis://[:password@]host[:port][/db] and
- * unix:/path/to/sock[?db=N] (also unix:///path). */
+ * REDIS_URL forms: redis://[[user]:password@]host[:port][/db] and
+ * unix:/path/to/sock[?db=N] (also unix:///path). A user (Redis 6 ACL) makes
+ * the connect send AUTH user password; a password alone AUTH password.
+ *
+ * Secrets never leave the process: every message that names a URL names it
+ * through cm_redis_url_mask, which keeps the user and hides the password. */
 #ifndef CM_REDIS_H
 #define CM_REDIS_H
 
@@ -14,6 +18,7 @@ typedef struct cm_redis_url {
     char host[256];      /* empty for unix sockets */
     int port;
     char path[256];      /* unix socket path, empty for TCP */
+    char user[256];      /* ACL user, empty when none (AUTH password only) */
     char password[256];  /* empty when none */
     int db;
 } cm_redis_url;
@@ -21,6 +26,33 @@ typedef struct cm_redis_url {
 /* Parses url into out. Returns 0, or -1 with the reason in err. */
 int cm_redis_url_parse(const char *url, cm_redis_url *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+
+/* Writes url into out with its password replaced by "***"
+ * ("redis://app:***@host:6379/0", "redis://:***@host"); a URL without
+ * credentials is copied as is. Works on any "scheme://userinfo@..." text,
+ * parsed or not, so an invalid URL is reported masked too. Truncates to
+ * outlen (always NUL-terminated); NULL url gives "". */
+void cm_redis_url_mask(const char *url, char *out, size_t outlen);
+
+/* What a failed Redis call means for the caller (cm_redis_fault_of). */
+typedef enum cm_redis_fault {
+    CM_REDIS_OK,           /* a usable reply */
+    CM_REDIS_UNREACHABLE,  /* no answer: I/O error, timeout, refused, closed; or
+                              LOADING / BUSY / MASTERDOWN (cannot serve now) */
+    CM_REDIS_TRANSIENT,    /* answered, but a retry may succeed: CLUSTERDOWN,
+                              TRYAGAIN, NOSCRIPT, READONLY, OOM, MISCONF,
+                              NOREPLICAS, MOVED/ASK, EXECABORT */
+    CM_REDIS_PERMANENT,    /* a retry cannot fix it: WRONGTYPE, a Lua runtime
+                              error, any other error reply */
+} cm_redis_fault;
+
+/* Classifies reply r (NULL: none came) of a command on c (may be NULL when r
+ * is not): the one place that decides between "Redis unavailable" (503,
+ * retryable) and a permanent failure (500). Does not free r. */
+cm_redis_fault cm_redis_fault_of(const redisContext *c, const redisReply *r);
+/* The same for an error reply's text already copied out (n bytes of s,
+ * optionally prefixed "redis: " as cm_reply_failed writes it). */
+cm_redis_fault cm_redis_fault_of_error(const char *s, size_t n);
 
 /* Connects with a connect and command timeout of timeout_ms, authenticates and
  * selects the db. Returns a context the caller frees with redisFree, or NULL

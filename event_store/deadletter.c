@@ -76,6 +76,10 @@ int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char
     return rc;
 }
 
+/* es_dlq_retry_all moves at most this many per script call, so a huge
+ * dead-letter stream never holds Redis for long. */
+#define ES_DLQ_RETRY_CHUNK 100
+
 static long long call_retry(redisContext *c, const char *bus, const char *group, const char *id, long long count,
                             char *err, size_t errlen)
 {
@@ -112,12 +116,22 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
     return ES_OK;
 }
 
+long long es_dlq_retry_oldest(redisContext *c, const char *bus, const char *group, long long count, char *err,
+                              size_t errlen)
+{
+    if (count < 1 || count > ES_DLQ_RETRY_OLDEST_MAX) {
+        snprintf(err, errlen, "count must be 1..%d", ES_DLQ_RETRY_OLDEST_MAX);
+        return ES_EINVAL;
+    }
+    return call_retry(c, bus, group, "*", count, err, errlen);
+}
+
 long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,
                            size_t errlen)
 {
     long long total = 0;
     while (total < max) {
-        long long chunk = max - total < 100 ? max - total : 100;
+        long long chunk = max - total < ES_DLQ_RETRY_CHUNK ? max - total : ES_DLQ_RETRY_CHUNK;
         long long n = call_retry(c, bus, group, "*", chunk, err, errlen);
         if (n < 0)
             return n;

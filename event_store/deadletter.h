@@ -34,4 +34,13 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
 long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,
                            size_t errlen);
 
+#define ES_DLQ_RETRY_OLDEST_MAX 1000
+
+/* Re-delivers up to count (1..ES_DLQ_RETRY_OLDEST_MAX) of group's oldest
+ * dead letters in one script call (one round trip, atomic). Returns how many
+ * moved (fewer when fewer are parked), ES_EINVAL for a count out of range,
+ * or ES_EREDIS with err. */
+long long es_dlq_retry_oldest(redisContext *c, const char *bus, const char *group, long long count, char *err,
+                              size_t errlen);
+
 #endif

@@ -13,9 +13,11 @@
 -- Returns, writing nothing:
 --   {"replay", "<hash>\n<checkout_id>\n<body>"} when the key is recorded
 --     (the caller compares hashes: same body replays, another is 409);
---   {"unknown", line index (1-based)} when a line's product has no valid price;
+--   {"unknown", line index (1-based)} when a line's product has no price;
 --   {"prices", p1, ..., pn} when a price differs from the catalog's (the
 --     caller re-prices with these and calls again);
+--   an error reply when a stored price is not a valid number (corrupt: a
+--     permanent failure, answered 500).
 -- else the append's result table (see append_lib.lua).
 local MAX_PRICE = 1000000000   -- keeps totals exact
 
@@ -31,9 +33,13 @@ local n = tonumber(ARGV[5])
 local prices, stale = {}, false
 for i = 1, n do
   local p = redis.call('HGET', KEYS[3 + i], 'price_cents')
-  local price = p and string.match(p, '^%d+$') and tonumber(p)
-  if not price or price > MAX_PRICE then
+  if not p then
     return {'unknown', i}
+  end
+  local price = string.match(p, '^%d+$') and tonumber(p)
+  if not price or price > MAX_PRICE then
+    -- stored data is broken: a permanent failure (500), not a client error
+    return redis.error_reply('ERR corrupt price_cents of ' .. KEYS[3 + i])
   end
   prices[i] = p
   if p ~= ARGV[5 + i] then stale = true end

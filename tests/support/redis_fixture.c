@@ -121,6 +121,19 @@ static void info_field(const char *info, const char *field, char *out, size_t ou
 
 enum probe { PROBE_NOT_YET, PROBE_READY, PROBE_FOREIGN };
 
+/* AUTHs c as the fixture's user when one is set. Returns false on refusal. */
+static bool fixture_auth(const tf_redis *r, redisContext *c)
+{
+    if (!r->auth_pass[0])
+        return true;
+    redisReply *a = r->auth_user[0] ? redisCommand(c, "AUTH %s %s", r->auth_user, r->auth_pass)
+                                    : redisCommand(c, "AUTH %s", r->auth_pass);
+    bool ok = a && a->type == REDIS_REPLY_STATUS;
+    if (a)
+        freeReplyObject(a);
+    return ok;
+}
+
 /* One readiness check: is *our* server up and done loading? On READY, sets
  * r->server_pid. */
 static enum probe probe_server(tf_redis *r)
@@ -133,6 +146,10 @@ static enum probe probe_server(tf_redis *r)
     }
     redisSetTimeout(c, tv);
     enum probe res = PROBE_NOT_YET;
+    if (!fixture_auth(r, c)) {
+        redisFree(c);
+        return PROBE_NOT_YET;
+    }
     redisReply *info = redisCommand(c, "INFO server");   /* answered even while loading */
     if (info && info->type == REDIS_REPLY_STRING) {
         char want[320], got[320], pid[32];
@@ -244,7 +261,14 @@ static void remove_dir(tf_redis *r)
 
 int tf_redis_start(tf_redis *r, const char *extra_conf)
 {
+    return tf_redis_start_auth(r, extra_conf, NULL, NULL);
+}
+
+int tf_redis_start_auth(tf_redis *r, const char *extra_conf, const char *user, const char *pass)
+{
     memset(r, 0, sizeof *r);
+    snprintf(r->auth_user, sizeof r->auth_user, "%s", user ? user : "");
+    snprintf(r->auth_pass, sizeof r->auth_pass, "%s", pass ? pass : "");
     snprintf(r->dir, sizeof r->dir, "%sXXXXXX", k_dir_prefix);
     if (!mkdtemp(r->dir)) {
         fprintf(stderr, "tf_redis: mkdtemp %s: %s\n", r->dir, strerror(errno));
@@ -323,7 +347,7 @@ redisContext *tf_redis_connect(const tf_redis *r)
     struct timeval conn_tv = {.tv_sec = 5, .tv_usec = 0};
     struct timeval cmd_tv = {.tv_sec = 30, .tv_usec = 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, conn_tv);
-    if (c && !c->err && redisSetTimeout(c, cmd_tv) == REDIS_OK)
+    if (c && !c->err && redisSetTimeout(c, cmd_tv) == REDIS_OK && fixture_auth(r, c))
         return c;
     fprintf(stderr, "tf_redis_connect(%s): %s\n", r->url, c ? c->errstr : "out of memory");
     redisFree(c);

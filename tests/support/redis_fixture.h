@@ -30,6 +30,8 @@ typedef struct tf_redis {
     char url[300];       /* "redis://127.0.0.1:<port>", for REDIS_URL */
     char logpath[300];   /* the server's log (also the wrapper's stdout/stderr) */
     pid_t server_pid;    /* redis-server itself, read from INFO once it answers */
+    char auth_user[64];  /* what the fixture's own connections AUTH with ("" : none) */
+    char auth_pass[128];
 } tf_redis;
 
 /* Starts a server in a new temp dir. extra_conf (NULL or redis.conf lines,
@@ -38,6 +40,14 @@ typedef struct tf_redis {
  * Returns 0 once the server answers PING (within 10 s), or -1 after dumping
  * the server's log to stderr; nothing is left running or on disk then. */
 int tf_redis_start(tf_redis *r, const char *extra_conf) __attribute__((warn_unused_result));
+
+/* As tf_redis_start, for a server that needs a password: extra_conf sets it
+ * up (e.g. "requirepass ..." or an ACL "user ..." line) and the fixture's
+ * own connections (readiness probe, tf_redis_connect) send AUTH pass, or
+ * AUTH user pass when user is not NULL. r->url stays without credentials:
+ * tests build the URL they want to try. */
+int tf_redis_start_auth(tf_redis *r, const char *extra_conf, const char *user, const char *pass)
+    __attribute__((warn_unused_result));
 
 /* Stops the server (SIGTERM, SIGKILL after 3 s), reaps it and removes its
  * temp dir. Safe on a stopped or zeroed fixture; r can be started again. */
