@@ -162,6 +162,14 @@ static bool accepted_recent(uint64_t pick, char out[ID_LEN])
     return ok;
 }
 
+static size_t accepted_count(void)
+{
+    pthread_mutex_lock(&g_acc_lock);
+    size_t n = g_nacc;
+    pthread_mutex_unlock(&g_acc_lock);
+    return n;
+}
+
 /* The string value of "key":"..." in body (len bytes), or NULL. */
 static const char *json_field(const char *body, size_t len, const char *key, size_t *vlen)
 {
@@ -776,7 +784,7 @@ int main(int argc, char **argv)
         }
         if (now >= next_report) {
             printf("  %lld min: %zu checkouts accepted, %d worker kills, %d crashes, %llu 5xx other than 503\n",
-                   (long long)((now - t0) / 60000), g_nacc, kills, g_crashes,
+                   (long long)((now - t0) / 60000), accepted_count(), kills, g_crashes,
                    (unsigned long long)atomic_load(&g_5xx));
             next_report += 60000;
         }
@@ -789,7 +797,7 @@ int main(int argc, char **argv)
     watch_children();
 
     /* every 202 reaches exactly one terminal event */
-    size_t nacc = g_nacc;
+    size_t nacc = accepted_count();   /* the load threads are done: g_acc no longer moves */
     uint8_t *done = calloc(nacc ? nacc : 1, 1);
     size_t lost = 0, dups = 0, unknown = 0, left = nacc;
     tf_http h = {.fd = -1};
