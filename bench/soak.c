@@ -11,7 +11,8 @@
  *   checkouts   open loop, SOAK_CHECKOUT_RATE (50)/s, 1 in 10 for a product
  *               out of stock (a failed saga); every 202's checkout_id is kept;
  *   long-polls  open loop, 50/s, GET /api/checkouts/<a recent id>?wait_ms=..;
- *   fuzz        open loop over SOAK_CONNS (64) keep-alive connections:
+ *   fuzz        open loop over SOAK_CONNS (64) keep-alive connections
+ *               (requests from bench/fuzzgen.c):
  *               SOAK_FUZZ_PER_MIN (100,000) requests a minute, i.e. 1,000,000
  *               in 10 minutes, each generated from (seed, its number) so a
  *               bad answer can be printed again: odd methods, routes with
@@ -58,6 +59,7 @@
 #include <unistd.h>
 
 #include "bench/benchutil.h"
+#include "bench/fuzzgen.h"
 #include "bench/httpload.h"
 #include "common/clock.h"
 #include "common/names.h"
@@ -69,7 +71,7 @@
 #define NPROC (1 + CM_W_COUNT)      /* chorus-api, then the workers */
 #define ADMIN_TOKEN "soak-admin-token-0123456789abcdef"
 #define ID_LEN 40
-#define MAX_REQ (128 * 1024)   /* head (<= ~14 KiB) + body (<= 60 KiB) always fit */
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 static void figure(const char *name, double v, const char *unit)
 {
@@ -243,213 +245,18 @@ static void on_longpoll(void *ud, const hl_answer *a)
         show_5xx("GET /api/checkouts/<id>?wait_ms", a->status, NULL, 0, a->body, a->body_len);
 }
 
-/* ---- the fuzzer: request n is a pure function of (seed, n) ---- */
-
-typedef struct gen {
-    uint64_t s;          /* xorshift state */
-    char *p;             /* output */
-    size_t n, cap;
-    bool full;           /* something did not fit: the request is cut short, still framed */
-} gen;
-
-static uint64_t rnd(gen *g)
-{
-    g->s ^= g->s << 13;
-    g->s ^= g->s >> 7;
-    g->s ^= g->s << 17;
-    return g->s;
-}
-
-static size_t pick(gen *g, size_t n)
-{
-    return n ? (size_t)(rnd(g) % n) : 0;
-}
-
-static void emit(gen *g, const void *s, size_t n)
-{
-    if (g->n + n > g->cap) {
-        g->full = true;
-        n = g->cap - g->n;
-    }
-    memcpy(g->p + g->n, s, n);
-    g->n += n;
-}
-
-static void emits(gen *g, const char *s)
-{
-    emit(g, s, strlen(s));
-}
-
-#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-
-static const char *const k_methods[] = {"GET", "GET", "GET", "POST", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
-                                        "TRACE", "BREW", "get"};
-static const char *const k_routes[] = {
-    "/api/checkouts", "/api/checkouts/*", "/api/checkouts/*/timeline", "/api/commandes/clients/*/checkout/choreo/",
-    "/api/products", "/api/products/*", "/api/event-store/streams", "/api/event-store/streams/*/events",
-    "/api/event-store/streams/" CM_BUS_STREAM_DEFAULT "/events", "/api/event-store/replay/checkout/*",
-    "/api/event-store/cqrs/orders-by-client/*", "/api/workers", "/api/dead-letters", "/api/dead-letters/*/retry",
-    "/api/dead-letters/retry", "/api/clients/*/checkouts", "/health", "/ready", "/metrics", "/ui/", "/ui/*", "/*",
-    "/api/*/*/*"};
-static const char *const k_segments[] = {"", "x", "..", ".", "%00", "%2F", "%zz", "%", "a%20b", "%C3%A9", "%FF",
-                                         "0-0", "1-1", "99999999999999999999-1", "-", "_", "chorus:h:x", "soak-ok",
-                                         "p1", "01890000-0000-7000-8000-000000000000"};
-static const char *const k_queries[] = {"wait_ms", "count", "after", "x", ""};
-static const char *const k_qvalues[] = {"0", "-1", "5", "30001", "abc", "1-0", "99999999999999999999999", "", "1000",
-                                        "1001", "%00", "1.5", "0-0"};
-static const char *const k_bodies[] = {
-    "{\"client_id\":\"fz\",\"items\":[{\"product_id\":\"p1\",\"quantity\":1}]}",
-    "{\"items\":[{\"product_id\":\"p1\",\"quantity\":2},{\"product_id\":\"p2\",\"quantity\":1}]}",
-    "{\"name\":\"Widget\",\"price_cents\":100,\"available\":1000}",
-    "{\"group\":\"choreo-audit\",\"count\":5}"};
-static const char *const k_values[] = {
-    "99999999999999999999999999999", "-1", "1e309", "1.0", "0", "-0", "null", "true", "[]", "{}", "\"\"",
-    "\"\\u0000\"", "\"\\ud800\"", "\"\xff\xfe\"", "\"\xc3\x28\"", "\"\xf0\x9f\x98\x80\"", "\"../../x\"", "NaN",
-    "1001", "18446744073709551616", "-9223372036854775808", "\"soak-ok\""};
-
-static void gen_segment(gen *g)
-{
-    if (pick(g, 4) == 0) {
-        static const char chars[] = "abcXYZ019-_.~%:@!$&'()*+,;=";
-        for (size_t i = 0, n = pick(g, pick(g, 10) ? 80 : 3000); i < n; i++)
-            emit(g, &chars[pick(g, sizeof chars - 1)], 1);
-    } else {
-        emits(g, k_segments[pick(g, ARRAY_LEN(k_segments))]);
-    }
-}
-
-static void gen_path(gen *g)
-{
-    for (const char *p = k_routes[pick(g, ARRAY_LEN(k_routes))]; *p; p++) {
-        if (*p == '*')
-            gen_segment(g);
-        else
-            emit(g, p, 1);
-    }
-    for (size_t i = 0, n = pick(g, 3) == 0 ? 1 + pick(g, 3) : 0; i < n; i++) {
-        emits(g, i ? "&" : "?");
-        emits(g, k_queries[pick(g, ARRAY_LEN(k_queries))]);
-        emits(g, "=");
-        emits(g, k_qvalues[pick(g, ARRAY_LEN(k_qvalues))]);
-    }
-}
-
-/* A body into b (at most cap bytes). */
-static void gen_body(gen *g)
-{
-    const char *v = k_bodies[pick(g, ARRAY_LEN(k_bodies))];
-    size_t vl = strlen(v), at = g->n;
-    switch (pick(g, 8)) {
-    case 0:     /* truncated */
-        emit(g, v, pick(g, vl));
-        break;
-    case 1:     /* bytes flipped */
-        emits(g, v);
-        for (size_t k = 0, m = 1 + pick(g, 4); k < m && g->n > at; k++)
-            g->p[at + pick(g, g->n - at)] = (char)rnd(g);
-        break;
-    case 2: {   /* an odd value in place of one value */
-        const char *colon = strchr(v + pick(g, vl), ':');
-        if (!colon) {
-            emits(g, v);
-            break;
-        }
-        emit(g, v, (size_t)(colon - v) + 1);
-        emits(g, k_values[pick(g, ARRAY_LEN(k_values))]);
-        const char *rest = colon + 1 + strcspn(colon + 1, ",}]");
-        emits(g, rest);
-        break;
-    }
-    case 3: {   /* deep nesting */
-        const char *open = pick(g, 2) ? "[" : "{\"a\":";
-        for (size_t i = 0, n = 10 + pick(g, 8000); i < n && g->n - at < 50000; i++)
-            emits(g, open);
-        break;
-    }
-    case 4:     /* random bytes */
-        for (size_t i = 0, n = pick(g, 2000); i < n; i++) {
-            char c = (char)rnd(g);
-            emit(g, &c, 1);
-        }
-        break;
-    case 5:     /* many lines */
-        emits(g, "{\"client_id\":\"fz\",\"items\":[");
-        for (size_t i = 0, n = pick(g, 200); i < n; i++) {
-            char line[80];
-            int l = snprintf(line, sizeof line, "%s{\"product_id\":\"p%zu\",\"quantity\":%zu}", i ? "," : "",
-                             pick(g, 3), pick(g, 1500));
-            emit(g, line, (size_t)l);
-        }
-        emits(g, "]}");
-        break;
-    default:    /* as is */
-        emits(g, v);
-        break;
-    }
-}
-
-/* Builds fuzz request seq into buf: always framed (Content-Length matches),
- * so every request gets an answer on a reusable connection. */
 static size_t build_fuzz(void *ud, uint64_t seq, char *buf, size_t cap)
 {
     (void)ud;
-    char body[60 * 1024];
-    gen g = {.s = (g_seed ^ (seq * 0x9E3779B97F4A7C15ull)) | 1, .p = buf, .cap = cap - 256};
-    for (int i = 0; i < 4; i++)
-        rnd(&g);
-    emits(&g, k_methods[pick(&g, ARRAY_LEN(k_methods))]);
-    emits(&g, " ");
-    gen_path(&g);
-    emits(&g, " HTTP/1.1\r\nHost: soak\r\n");
-    if (pick(&g, 3) == 0) {
-        static const char *const cts[] = {"application/json", "application/json; charset=utf-8", "text/plain", "",
-                                          "application/JSON", "multipart/form-data; boundary=x"};
-        emits(&g, "Content-Type: ");
-        emits(&g, cts[pick(&g, ARRAY_LEN(cts))]);
-        emits(&g, "\r\n");
-    } else {
-        emits(&g, "Content-Type: application/json\r\n");
-    }
-    if (pick(&g, 4) == 0)
-        emits(&g, pick(&g, 20) == 0 ? "Authorization: Bearer " ADMIN_TOKEN "\r\n"
-                                    : (const char *[]){"Authorization: Bearer nope\r\n", "Authorization: Basic eA==\r\n",
-                                                       "Authorization: Bearer\r\n", "Authorization: \r\n"}[pick(&g, 4)]);
-    if (pick(&g, 4) == 0) {
-        char key[64];
-        int l = snprintf(key, sizeof key, "Idempotency-Key: %s\r\n",
-                         (const char *[]){"k1", "", "a b", "\x7f", "0123456789012345678901234567890123456789"}[pick(&g, 5)]);
-        emit(&g, key, (size_t)l);
-    }
-    if (pick(&g, 8) == 0) {
-        emits(&g, "X-Junk: ");
-        for (size_t i = 0, n = pick(&g, 4000); i < n; i++)
-            emit(&g, "j", 1);
-        emits(&g, "\r\n");
-    }
-    /* the body, built apart to know its length */
-    size_t head_len = g.n;
-    gen b = {.s = rnd(&g) | 1, .p = body, .cap = sizeof body};
-    if (pick(&g, 3) != 0)
-        gen_body(&b);
-    char cl[48];
-    int l = snprintf(cl, sizeof cl, "Content-Length: %zu\r\n\r\n", b.n);
-    g.cap = cap;   /* the reserve is for this line */
-    emit(&g, cl, (size_t)l);
-    if (g.n + b.n > cap) {   /* cannot happen with MAX_REQ > 60 KiB + head; keep it framed anyway */
-        g.n = head_len;
-        emits(&g, "Content-Length: 0\r\n\r\n");
-        return g.n;
-    }
-    emit(&g, body, b.n);
-    return g.n;
+    return fz_request(g_seed, seq, ADMIN_TOKEN, buf, cap);
 }
 
 static void on_fuzz(void *ud, const hl_answer *a)
 {
     (void)ud;
     if (count_status(a->status)) {
-        char *req = malloc(MAX_REQ);
-        size_t n = req ? build_fuzz(NULL, a->seq, req, MAX_REQ) : 0;
+        char *req = malloc(FZ_MAX_REQUEST);
+        size_t n = req ? fz_request(g_seed, a->seq, ADMIN_TOKEN, req, FZ_MAX_REQUEST) : 0;
         show_5xx("a fuzz request", a->status, req, n, a->body, a->body_len);
         free(req);
     }
@@ -466,7 +273,7 @@ typedef struct raw_args {
 static void *raw_main(void *arg)
 {
     const raw_args *ra = arg;
-    gen g = {.s = g_seed * 31 + 7};
+    fz_gen g = {.s = g_seed * 31 + 7};
     tf_http slow[SLOW_HELD];
     int64_t slow_at[SLOW_HELD];
     memset(slow, 0, sizeof slow);
@@ -476,7 +283,7 @@ static void *raw_main(void *arg)
     }
     char buf[4096];
     for (uint64_t n = 0; cm_mono_ms() < ra->end_ms; n++) {
-        int mode = (int)pick(&g, 4);
+        int mode = (int)fz_pick(&g, 4);
         if (mode == 0) {   /* a slow sender: half a header, held up to 3 s */
             int i = (int)(n % SLOW_HELD);
             tf_http_close(&slow[i]);
@@ -489,8 +296,8 @@ static void *raw_main(void *arg)
         } else {
             size_t len = 0;
             if (mode == 1) {   /* random bytes, then an end of headers */
-                for (size_t k = 0, m = pick(&g, 2000); k < m; k++)
-                    buf[len++] = (char)rnd(&g);
+                for (size_t k = 0, m = fz_pick(&g, 2000); k < m; k++)
+                    buf[len++] = (char)fz_rnd(&g);
             } else if (mode == 2) {   /* broken framing */
                 static const char *const framing[] = {
                     "POST /api/checkouts HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n",
@@ -499,11 +306,11 @@ static void *raw_main(void *arg)
                     "POST /api/checkouts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n",
                     "GET /health HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n", "GET /health HTTP/1.1\r\nNoColon\r\n",
                     "GET /health\r\n"};
-                len = (size_t)snprintf(buf, sizeof buf, "%s", framing[pick(&g, ARRAY_LEN(framing))]);
+                len = (size_t)snprintf(buf, sizeof buf, "%s", framing[fz_pick(&g, ARRAY_LEN(framing))]);
             } else {   /* a header line of binary bytes */
                 len = (size_t)snprintf(buf, sizeof buf, "GET /api/products HTTP/1.1\r\nHost: x\r\nX-Bin: ");
-                for (size_t k = 0, m = pick(&g, 200); k < m; k++)
-                    buf[len++] = (char)(rnd(&g) | 0x80);
+                for (size_t k = 0, m = fz_pick(&g, 200); k < m; k++)
+                    buf[len++] = (char)(fz_rnd(&g) | 0x80);
                 buf[len++] = '\r';
                 buf[len++] = '\n';
             }
@@ -737,7 +544,7 @@ int main(int argc, char **argv)
         {.name = "long-polls", .cfg = {.conns = 64, .rate = 50, .build = build_longpoll, .on_answer = on_longpoll,
                                        .timeout_ms = 40000}},
         {.name = "fuzz", .cfg = {.conns = conns, .rate = (double)fuzz_total / ((double)dur_ms / 1000.0),
-                                 .build = build_fuzz, .on_answer = on_fuzz, .max_request = MAX_REQ}},
+                                 .build = build_fuzz, .on_answer = on_fuzz, .max_request = FZ_MAX_REQUEST}},
     };
     int nloads = fuzz_total ? 3 : 2;
     pthread_t threads[3], raw_thread;
