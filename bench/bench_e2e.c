@@ -1,9 +1,10 @@
 /* bench_e2e.c - chorus-bench-e2e: whole sagas per second, and how long one
  * takes from the checkout request to its terminal event.
  *
- * Starts a private redis-server as `./chorus up` runs it (AOF, fsync every
- * second), a catalog of three products, chorus-api and the six workers as
- * real processes (LOG_LEVEL=warn, metrics off). Checkouts go over HTTP
+ * Starts a private redis-server with AOF as `./chorus up` does (fsync every
+ * second unless BENCH_APPENDFSYNC says otherwise), a catalog of three
+ * products, chorus-api and the six workers as real processes
+ * (LOG_LEVEL=warn, metrics off). Checkouts go over HTTP
  * (bench/httpload); the mix is 90% success ("ok": stock for the whole run),
  * 5% stock failure ("none": 0 in stock) and 5% order-limit compensation
  * ("lux": price above ORDER_LIMIT_CENTS, reserved then released).
@@ -38,8 +39,9 @@
  *      no logic -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
  *
  * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_RATE2, BENCH_CLOSED_S, BENCH_OPEN_S,
- * BENCH_AOF_REWRITE (1: automatic AOF rewrites as under `up`, past 512 MB;
- * 0: off).
+ * BENCH_APPENDFSYNC (everysec, the figures in BENCHMARKS.md; `up` runs
+ * `always` unless CHORUS_REDIS_FSYNC says otherwise), BENCH_AOF_REWRITE (1:
+ * automatic AOF rewrites past 512 MB, as under `up`; 0: off).
  *
  * Binaries are found beside this one (../api/chorus-api,
  * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga. */
@@ -676,11 +678,19 @@ int main(void)
     }
 
     tf_redis rs;
-    /* as `./chorus up` runs it; BENCH_AOF_REWRITE=0 turns automatic AOF
-     * rewrites off, to see what they cost */
-    const char *conf = env_long("BENCH_AOF_REWRITE", 1)
-                           ? "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\n"
-                           : "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-percentage 0\n";
+    /* AOF as under `./chorus up`; BENCH_APPENDFSYNC (everysec, the figures
+     * in BENCHMARKS.md) sets the fsync policy, BENCH_AOF_REWRITE=0 turns
+     * automatic AOF rewrites off, to see what they cost */
+    const char *fsync = getenv("BENCH_APPENDFSYNC") && *getenv("BENCH_APPENDFSYNC") ? getenv("BENCH_APPENDFSYNC")
+                                                                                     : "everysec";
+    if (strcmp(fsync, "always") != 0 && strcmp(fsync, "everysec") != 0 && strcmp(fsync, "no") != 0) {
+        fprintf(stderr, "bench e2e: BENCH_APPENDFSYNC must be always, everysec or no, not '%s'\n", fsync);
+        return 1;
+    }
+    char conf[200];
+    snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n%s", fsync,
+             env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
+                                              : "auto-aof-rewrite-percentage 0\n");
     if (tf_redis_start(&rs, conf) != 0) {
         fprintf(stderr, "bench e2e: cannot start redis-server\n");
         return 1;
@@ -736,10 +746,10 @@ int main(void)
     reader_on = true;
     double loadavg[3] = {0, 0, 0};
     getloadavg(loadavg, 3);
-    printf("  redis-server %s (AOF everysec), chorus-api on :%d, six workers; %d CPUs, load average %.2f\n"
+    printf("  redis-server %s (AOF %s), chorus-api on :%d, six workers; %d CPUs, load average %.2f\n"
            "  sagas followed by a reader thread: XREAD BLOCK on %s, clock stops when the\n"
            "  CheckoutSucceeded/CheckoutFailed of the saga's aggregate_id is read from the store\n",
-           rs.url, g_port, (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0], CM_BUS_STREAM_DEFAULT);
+           rs.url, fsync, g_port, (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0], CM_BUS_STREAM_DEFAULT);
 
     hl_result warm, closed, open;
     uint64_t b_warm, b_closed;
