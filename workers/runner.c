@@ -451,8 +451,9 @@ static int connect_redis(wk_ctx *ctx)
         if (ctx->c && create_groups(ctx) == 0 &&
             (ctx->store = es_store_new(ctx->c, ctx->set.bus, err, sizeof err)) != NULL) {
             ctx->last_ok_ms = cm_mono_ms();
-            cm_log(CM_INFO, "connected to %s; group %s, consumer %s", ctx->set.redis_url, ctx->group,
-                   ctx->consumer);
+            char shown[512];   /* never the password */
+            cm_redis_url_mask(ctx->set.redis_url, shown, sizeof shown);
+            cm_log(CM_INFO, "connected to %s; group %s, consumer %s", shown, ctx->group, ctx->consumer);
             return 0;
         }
         cm_log(CM_ERROR, "Redis not ready (%s); retrying in %lld ms", ctx->c ? "setup failed" : err,
