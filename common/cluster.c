@@ -1,0 +1,812 @@
+/* cluster.c - slot hashing, the slot map, routing and redirections.
+ *
+ * State: a table of nodes (host, port, a lazily opened sync connection) and
+ * owner[slot], the index of the master believed to own each slot. A single
+ * server is node 0 owning every slot. Nodes are never removed: a cluster has
+ * a handful, and a dead one simply stays disconnected.
+ *
+ * Every call, single or pipelined, goes through run(): a list of requests,
+ * each formatted once (RESP) when queued. One round appends every pending
+ * request to its node's output buffer (prefixed by ASKING when an ASK sent
+ * it there), then reads each node's replies in the order they were
+ * appended, so a reply always lands at its own request whatever node
+ * answered. A reply is final unless it is a redirection (MOVED: fix the map,
+ * re-read it before the next round; ASK: next round goes to that node once),
+ * NOSCRIPT (next round sends the source), or transient (TRYAGAIN,
+ * CLUSTERDOWN, LOADING, an I/O error: the connection is dropped and the map
+ * re-read). Rounds repeat until nothing is pending; a round that left
+ * something transient sleeps first (capped exponential backoff), and the
+ * call gives up at the retry deadline with CM_CLUSTER_EUNAVAIL.
+ *
+ * Script calls are queued as the RESP body "numkeys key... arg..." without
+ * its array header; each send writes a header naming EVALSHA <sha> or EVAL
+ * <source> in front of the same body, so a NOSCRIPT retry reformats nothing.
+ * The SHA is learned by one SCRIPT LOAD at the start of a round, before
+ * anything is appended to that connection (a sync command there would read
+ * a pipelined request's reply). */
+#include "common/cluster.h"
+#include "common/clock.h"
+#include "common/xmalloc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    DEFAULT_RETRY_MS = 5000,
+    BACKOFF_MIN_MS = 10,
+    BACKOFF_MAX_MS = 500,
+    FREE_REDIRECTS = 5,   /* redirections of one request before rounds back off */
+};
+
+typedef struct node {
+    char host[256];
+    int port;
+    redisContext *c;   /* NULL until first used and after an I/O error */
+} node;
+
+struct cm_cluster {
+    cm_redis_url url;                   /* parsed REDIS_URL: credentials, seeds, single server */
+    int timeout_ms;                     /* connect and per-command timeout */
+    int retry_ms;                       /* how long one call retries transient failures */
+    node *nodes;
+    int nnodes, capnodes;
+    int16_t owner[CM_CLUSTER_SLOTS];    /* node index per slot, -1 unknown */
+    bool map_stale;                     /* re-read CLUSTER SLOTS before the next round */
+    int err;                            /* last failure, a cm_cluster_err */
+    char errstr[512];
+};
+
+typedef struct creq {
+    char *cmd;              /* formatted by hiredis (redisFreeCommand) */
+    size_t off, len;        /* what to send: cmd[off..off+len) (the body, for a script) */
+    cm_script *script;      /* borrowed; NULL for a plain command */
+    int argc;               /* script: arguments after EVALSHA <sha> (numkeys + keys + args) */
+    int slot;               /* 0..16383 or CM_SLOT_ANY */
+    int ask;                /* node for the next send, prefixed by ASKING; -1 none */
+    int node;               /* node written to this round; -1 none */
+    bool asking;            /* an ASKING precedes it this round */
+    bool by_src;            /* send EVAL <source> (after NOSCRIPT) */
+    int redirects;
+    redisReply *reply;      /* the final reply once done */
+    bool done;
+} creq;
+
+struct cm_pipe {
+    cm_cluster *cc;
+    creq *q;
+    size_t n, cap;
+};
+
+/* ---- slots ------------------------------------------------------------- */
+
+uint16_t cm_crc16(const char *buf, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((uint8_t)buf[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = crc & 0x8000 ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+int cm_key_slot(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len);
+    if (open) {
+        const char *from = open + 1;
+        const char *close = memchr(from, '}', len - (size_t)(from - key));
+        if (close && close > from)
+            return cm_crc16(from, (size_t)(close - from)) & (CM_CLUSTER_SLOTS - 1);
+    }
+    return cm_crc16(key, len) & (CM_CLUSTER_SLOTS - 1);
+}
+
+int cm_argv_slot(const cm_argv *a, int i)
+{
+    return i >= 0 && i < a->n ? cm_key_slot(a->v[i], a->len[i]) : CM_SLOT_ANY;
+}
+
+/* ---- errors and nodes -------------------------------------------------- */
+
+__attribute__((format(printf, 3, 4))) static void set_err(cm_cluster *cc, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cc->errstr, sizeof cc->errstr, fmt, ap);
+    va_end(ap);
+    cc->err = code;
+}
+
+/* The index of host:port, added (disconnected) when new. */
+static int node_get(cm_cluster *cc, const char *host, size_t hostlen, int port)
+{
+    if (hostlen >= sizeof cc->nodes[0].host)
+        hostlen = sizeof cc->nodes[0].host - 1;
+    for (int i = 0; i < cc->nnodes; i++)
+        if (cc->nodes[i].port == port && strlen(cc->nodes[i].host) == hostlen &&
+            !memcmp(cc->nodes[i].host, host, hostlen))
+            return i;
+    if (cc->nnodes == cc->capnodes) {
+        cc->capnodes = cc->capnodes ? cc->capnodes * 2 : 8;
+        cc->nodes = cm_xrealloc(cc->nodes, sizeof *cc->nodes * (size_t)cc->capnodes);
+    }
+    node *n = &cc->nodes[cc->nnodes];
+    memset(n, 0, sizeof *n);
+    memcpy(n->host, host, hostlen);
+    n->port = port;
+    return cc->nnodes++;
+}
+
+/* Fills u with what connecting to node i needs (credentials included). */
+static void node_url(const cm_cluster *cc, int i, cm_redis_url *u)
+{
+    if (!cc->url.cluster) {
+        *u = cc->url;
+        return;
+    }
+    memset(u, 0, sizeof *u);
+    snprintf(u->host, sizeof u->host, "%s", cc->nodes[i].host);
+    u->port = cc->nodes[i].port;
+    memcpy(u->user, cc->url.user, sizeof u->user);
+    memcpy(u->password, cc->url.password, sizeof u->password);
+}
+
+/* Node i's connection, opened when needed; NULL with errstr on failure. */
+static redisContext *node_conn(cm_cluster *cc, int i)
+{
+    node *n = &cc->nodes[i];
+    if (n->c)
+        return n->c;
+    cm_redis_url u;
+    char err[300];
+    node_url(cc, i, &u);
+    n->c = cm_redis_connect_url(&u, cc->timeout_ms, err, sizeof err);
+    if (!n->c)
+        set_err(cc, CM_CLUSTER_EUNAVAIL, "%s", err);
+    return n->c;
+}
+
+/* Drops node i's connection after an I/O error, recording why. */
+static void node_drop(cm_cluster *cc, int i)
+{
+    node *n = &cc->nodes[i];
+    if (!n->c)
+        return;
+    set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s:%d: %s", n->host, n->port,
+            n->c->errstr[0] ? n->c->errstr : "connection lost");
+    redisFree(n->c);
+    n->c = NULL;
+    if (cc->url.cluster)
+        cc->map_stale = true;   /* a master may have failed over */
+}
+
+/* ---- the slot map ------------------------------------------------------ */
+
+/* An endpoint the client should replace by the address it asked:
+ * NULL, "" (node does not know its IP) or "?" (unknown endpoint). */
+static bool endpoint_unknown(const redisReply *h)
+{
+    return !h || h->type == REDIS_REPLY_NIL ||
+           (h->type == REDIS_REPLY_STRING && (h->len == 0 || (h->len == 1 && h->str[0] == '?')));
+}
+
+/* Applies a CLUSTER SLOTS reply ([[start, end, [host, port, id, ...],
+ * replicas...], ...]) read from node `from`. Returns 0, or -1 when the
+ * shape is foreign (the map is left as it was). */
+static int apply_slots(cm_cluster *cc, const redisReply *r, int from)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return -1;
+    int16_t owner[CM_CLUSTER_SLOTS];
+    for (int s = 0; s < CM_CLUSTER_SLOTS; s++)
+        owner[s] = -1;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        const redisReply *m = cm_reply_elem(e, 2);
+        long long lo = cm_reply_ll(cm_reply_elem(e, 0), -1), hi = cm_reply_ll(cm_reply_elem(e, 1), -1);
+        long long port = cm_reply_ll(cm_reply_elem(m, 1), -1);
+        const redisReply *h = cm_reply_elem(m, 0);
+        if (lo < 0 || hi < lo || hi >= CM_CLUSTER_SLOTS || port < 1 || port > 65535 ||
+            (!endpoint_unknown(h) && h->type != REDIS_REPLY_STRING))
+            return -1;
+        char fallback[256];
+        snprintf(fallback, sizeof fallback, "%s", cc->nodes[from].host);
+        int idx = endpoint_unknown(h) ? node_get(cc, fallback, strlen(fallback), (int)port)
+                                      : node_get(cc, h->str, h->len, (int)port);
+        for (long long s = lo; s <= hi; s++)
+            owner[s] = (int16_t)idx;
+    }
+    memcpy(cc->owner, owner, sizeof owner);
+    return 0;
+}
+
+/* Re-reads the slot map from the first node that answers (see
+ * cm_cluster_refresh). */
+static int refresh(cm_cluster *cc)
+{
+    if (!cc->url.cluster)
+        return 0;
+    /* Connected nodes first (cheap), then every other known node and seed. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < cc->nnodes; i++) {
+            if ((cc->nodes[i].c != NULL) != (pass == 0))
+                continue;
+            redisContext *c = node_conn(cc, i);
+            if (!c)
+                continue;
+            redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+            if (!r) {
+                node_drop(cc, i);
+                continue;
+            }
+            int rc = r->type == REDIS_REPLY_ERROR ? -1 : apply_slots(cc, r, i);
+            if (rc == 0) {
+                freeReplyObject(r);
+                cc->map_stale = false;
+                return 0;
+            }
+            set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s:%d: CLUSTER SLOTS: %.*s", cc->nodes[i].host,
+                    cc->nodes[i].port, r->type == REDIS_REPLY_ERROR ? (int)r->len : 17,
+                    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            freeReplyObject(r);
+        }
+    }
+    return CM_CLUSTER_EUNAVAIL;
+}
+
+int cm_cluster_refresh(cm_cluster *cc)
+{
+    return refresh(cc);
+}
+
+/* The node to send slot's commands to, or -1 when no owner is known. */
+static int route(const cm_cluster *cc, int slot)
+{
+    if (slot != CM_SLOT_ANY)
+        return cc->owner[slot];
+    for (int s = 0; s < CM_CLUSTER_SLOTS; s++)
+        if (cc->owner[s] >= 0)
+            return cc->owner[s];
+    return -1;
+}
+
+int cm_cluster_slot_addr(const cm_cluster *cc, int slot, cm_redis_url *out)
+{
+    if (slot < CM_SLOT_ANY || slot >= CM_CLUSTER_SLOTS)
+        return CM_CLUSTER_EARG;
+    int n = route(cc, slot);
+    if (n < 0)
+        return CM_CLUSTER_EARG;
+    node_url(cc, n, out);
+    return 0;
+}
+
+/* ---- open / free ------------------------------------------------------- */
+
+cm_cluster *cm_cluster_open(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_xcalloc(1, sizeof *cc);
+    cc->timeout_ms = timeout_ms;
+    cc->retry_ms = DEFAULT_RETRY_MS;
+    if (cm_redis_url_parse(url, &cc->url, err, errlen) != 0)
+        goto fail;
+    if (!cc->url.cluster) {
+        node_get(cc, cc->url.host, strlen(cc->url.host), cc->url.port);   /* node 0, owns every slot */
+        memset(cc->owner, 0, sizeof cc->owner);
+        if (!node_conn(cc, 0)) {
+            snprintf(err, errlen, "%s", cc->errstr);
+            goto fail;
+        }
+        return cc;
+    }
+    for (int i = 0; i < cc->url.nseeds; i++)
+        node_get(cc, cc->url.seeds[i].host, strlen(cc->url.seeds[i].host), cc->url.seeds[i].port);
+    for (int s = 0; s < CM_CLUSTER_SLOTS; s++)
+        cc->owner[s] = -1;
+    if (refresh(cc) != 0) {
+        snprintf(err, errlen, "cannot read the cluster slot map from any seed: %s", cc->errstr);
+        goto fail;
+    }
+    cc->err = 0;
+    cc->errstr[0] = '\0';
+    return cc;
+fail:
+    cm_cluster_free(cc);
+    return NULL;
+}
+
+void cm_cluster_free(cm_cluster *cc)
+{
+    if (!cc)
+        return;
+    for (int i = 0; i < cc->nnodes; i++)
+        redisFree(cc->nodes[i].c);
+    free(cc->nodes);
+    free(cc);
+}
+
+void cm_cluster_set_retry(cm_cluster *cc, int retry_ms)
+{
+    cc->retry_ms = retry_ms < 0 ? 0 : retry_ms;
+}
+
+bool cm_cluster_is_cluster(const cm_cluster *cc)
+{
+    return cc->url.cluster;
+}
+
+int cm_cluster_err(const cm_cluster *cc)
+{
+    return cc->err;
+}
+
+const char *cm_cluster_errstr(const cm_cluster *cc)
+{
+    return cc->errstr;
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+/* A plain command from an argument vector. */
+static void req_argv(creq *q, int slot, const cm_argv *a)
+{
+    memset(q, 0, sizeof *q);
+    int n = redisFormatCommandArgv(&q->cmd, a->n, (const char **)a->v, a->len);
+    if (n < 0) {
+        fprintf(stderr, "cm_cluster: out of memory formatting a command\n");
+        abort();
+    }
+    q->len = (size_t)n;
+    q->slot = slot;
+    q->ask = q->node = -1;
+}
+
+/* A plain command from a redisCommand-style format (a bad format is a
+ * programming error: abort). */
+static void req_vformat(creq *q, int slot, const char *fmt, va_list ap)
+{
+    memset(q, 0, sizeof *q);
+    int n = redisvFormatCommand(&q->cmd, fmt, ap);
+    if (n < 0) {
+        fprintf(stderr, "cm_cluster: cannot format command \"%s\"\n", fmt);
+        abort();
+    }
+    q->len = (size_t)n;
+    q->slot = slot;
+    q->ask = q->node = -1;
+}
+
+/* The slot of a script call: that of KEYS[1], the same for every key.
+ * Returns 0 or a cm_cluster_err with errstr set. */
+static int script_slot(cm_cluster *cc, int numkeys, const cm_argv *a, int *slot)
+{
+    if (numkeys < 0 || numkeys > a->n) {
+        set_err(cc, CM_CLUSTER_EARG, "script call: numkeys %d but %d arguments", numkeys, a->n);
+        return CM_CLUSTER_EARG;
+    }
+    *slot = numkeys ? cm_argv_slot(a, 0) : CM_SLOT_ANY;
+    if (!cc->url.cluster)
+        return 0;   /* one server holds every key */
+    for (int k = 1; k < numkeys; k++) {
+        int sk = cm_argv_slot(a, k);
+        if (sk != *slot) {
+            set_err(cc, CM_CLUSTER_ECROSSSLOT,
+                    "script keys span hash slots: KEYS[1] \"%.*s\" is in slot %d but KEYS[%d] \"%.*s\" "
+                    "in slot %d (give every key of one call the same {hash tag}); nothing was sent",
+                    (int)(a->len[0] > 64 ? 64 : a->len[0]), a->v[0], *slot, k + 1,
+                    (int)(a->len[k] > 64 ? 64 : a->len[k]), a->v[k], sk);
+            return CM_CLUSTER_ECROSSSLOT;
+        }
+    }
+    return 0;
+}
+
+/* A script call: the body "numkeys keys... args..." formatted once. */
+static int req_script(cm_cluster *cc, creq *q, cm_script *s, int numkeys, const cm_argv *a)
+{
+    int slot;
+    int rc = script_slot(cc, numkeys, a, &slot);
+    if (rc != 0)
+        return rc;
+    memset(q, 0, sizeof *q);
+    enum { STACK = 64 };
+    const char *sv[STACK];
+    size_t sl[STACK];
+    int argc = a->n + 1;
+    const char **v = argc <= STACK ? sv : cm_xmalloc(sizeof *v * (size_t)argc);
+    size_t *l = argc <= STACK ? sl : cm_xmalloc(sizeof *l * (size_t)argc);
+    char nk[16];
+    v[0] = nk;
+    l[0] = (size_t)snprintf(nk, sizeof nk, "%d", numkeys);
+    for (int i = 0; i < a->n; i++) {
+        v[i + 1] = a->v[i];
+        l[i + 1] = a->len[i];
+    }
+    int n = redisFormatCommandArgv(&q->cmd, argc, v, l);
+    if (v != sv) {
+        free(v);
+        free(l);
+    }
+    if (n < 0) {
+        fprintf(stderr, "cm_cluster: out of memory formatting a script call\n");
+        abort();
+    }
+    /* Skip the "*<argc>\r\n" array header: send() writes its own. */
+    const char *body = strchr(q->cmd, '\n') + 1;
+    q->off = (size_t)(body - q->cmd);
+    q->len = (size_t)n - q->off;
+    q->script = s;
+    q->argc = argc;
+    q->slot = slot;
+    q->ask = q->node = -1;
+    return 0;
+}
+
+static void req_clear(creq *q)
+{
+    if (q->cmd)
+        redisFreeCommand(q->cmd);
+    if (q->reply)
+        freeReplyObject(q->reply);
+    q->cmd = NULL;
+    q->reply = NULL;
+}
+
+/* Appends q to c's output buffer (no I/O). A script gets its header,
+ * EVALSHA <sha> or EVAL <source>, in front of its body. */
+static void append(redisContext *c, creq *q)
+{
+    static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
+    if (q->asking)
+        redisAppendFormattedCommand(c, asking, sizeof asking - 1);
+    if (q->script) {
+        cm_script *s = q->script;
+        char head[96];
+        if (q->by_src || !s->sha[0]) {
+            size_t srclen = strlen(s->src);
+            int hn = snprintf(head, sizeof head, "*%d\r\n$4\r\nEVAL\r\n$%zu\r\n", q->argc + 2, srclen);
+            redisAppendFormattedCommand(c, head, (size_t)hn);
+            redisAppendFormattedCommand(c, s->src, srclen);
+            redisAppendFormattedCommand(c, "\r\n", 2);
+        } else {
+            int hn = snprintf(head, sizeof head, "*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", q->argc + 2, s->sha);
+            redisAppendFormattedCommand(c, head, (size_t)hn);
+        }
+    }
+    redisAppendFormattedCommand(c, q->cmd + q->off, q->len);
+}
+
+/* ---- replies ----------------------------------------------------------- */
+
+/* True if r is an error reply whose code (first word) is `code`. */
+static bool err_is(const redisReply *r, const char *code)
+{
+    size_t n = strlen(code);
+    return r->type == REDIS_REPLY_ERROR && r->len >= n && !strncmp(r->str, code, n) &&
+           (r->len == n || r->str[n] == ' ');
+}
+
+/* Parses "MOVED|ASK <slot> <host>:<port>" and returns the target node (an
+ * empty or "?" host means the node that answered, `from`), or -1. */
+static int redirect_target(cm_cluster *cc, const redisReply *r, int from)
+{
+    const char *sp = memchr(r->str, ' ', r->len);
+    const char *addr = sp ? memchr(sp + 1, ' ', r->len - (size_t)(sp + 1 - r->str)) : NULL;
+    if (!addr)
+        return -1;
+    addr++;
+    const char *end = r->str + r->len;
+    const char *colon = NULL;
+    for (const char *p = addr; p < end; p++)
+        if (*p == ':')
+            colon = p;
+    if (!colon)
+        return -1;
+    char *pend;
+    long port = strtol(colon + 1, &pend, 10);
+    if (pend != end || port < 1 || port > 65535)
+        return -1;
+    size_t hl = (size_t)(colon - addr);
+    if (hl == 0 || (hl == 1 && *addr == '?')) {
+        char host[256];
+        snprintf(host, sizeof host, "%s", cc->nodes[from].host);
+        return node_get(cc, host, strlen(host), (int)port);
+    }
+    return node_get(cc, addr, hl, (int)port);
+}
+
+/* Decides what reply r (read from node `from`) means for q. Takes r.
+ * Returns true when q must wait for a backoff before its next try. */
+static bool handle_reply(cm_cluster *cc, creq *q, redisReply *r, int from)
+{
+    if (r->type != REDIS_REPLY_ERROR) {
+        q->reply = r;
+        q->done = true;
+        return false;
+    }
+    bool moved = err_is(r, "MOVED"), ask = !moved && err_is(r, "ASK");
+    if (moved || ask) {
+        int to = redirect_target(cc, r, from);
+        if (to < 0) {   /* unreadable redirection: the caller sees it */
+            q->reply = r;
+            q->done = true;
+            return false;
+        }
+        if (moved && q->slot != CM_SLOT_ANY) {
+            cc->owner[q->slot] = (int16_t)to;
+            cc->map_stale = true;   /* usually more than one slot moved */
+        }
+        if (ask)
+            q->ask = to;
+        freeReplyObject(r);
+        return ++q->redirects > FREE_REDIRECTS;
+    }
+    if (q->script && err_is(r, "NOSCRIPT")) {
+        q->by_src = true;
+        freeReplyObject(r);
+        return false;
+    }
+    if (err_is(r, "TRYAGAIN") || err_is(r, "CLUSTERDOWN") || err_is(r, "LOADING")) {
+        set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s:%d: %.*s", cc->nodes[from].host, cc->nodes[from].port,
+                (int)r->len, r->str);
+        if (err_is(r, "CLUSTERDOWN"))
+            cc->map_stale = true;
+        freeReplyObject(r);
+        return true;
+    }
+    q->reply = r;
+    q->done = true;
+    return false;
+}
+
+/* ---- the round loop ---------------------------------------------------- */
+
+/* Loads the SHA of every pending script not loaded yet on the node it is
+ * about to go to. Runs before anything of the round is appended. */
+static void load_scripts(cm_cluster *cc, creq *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (q[i].done || !q[i].script || q[i].script->sha[0] || q[i].by_src)
+            continue;
+        int to = q[i].ask >= 0 ? q[i].ask : route(cc, q[i].slot);
+        redisContext *c = to >= 0 ? node_conn(cc, to) : NULL;
+        char err[256];
+        if (c && cm_script_load(c, q[i].script, err, sizeof err) != 0 && c->err)
+            node_drop(cc, to);   /* a failed load otherwise leaves the call to send its source */
+    }
+}
+
+/* Appends every pending request to its node. Returns true if some could
+ * not be sent (no owner known, node unreachable). */
+static bool send_round(cm_cluster *cc, creq *q, size_t n)
+{
+    bool wait = false;
+    for (size_t i = 0; i < n; i++) {
+        if (q[i].done)
+            continue;
+        int to = q[i].ask >= 0 ? q[i].ask : route(cc, q[i].slot);
+        q[i].asking = q[i].ask >= 0;
+        q[i].ask = -1;
+        q[i].node = -1;
+        if (to < 0) {
+            set_err(cc, CM_CLUSTER_EUNAVAIL, "no node is known to serve slot %d", q[i].slot);
+            cc->map_stale = true;
+            wait = true;
+            continue;
+        }
+        redisContext *c = node_conn(cc, to);
+        if (!c) {
+            cc->map_stale = cc->url.cluster;
+            wait = true;
+            continue;
+        }
+        if (q[i].script && q[i].script->stale) {   /* NOSCRIPT seen by a cm_script_* call */
+            q[i].by_src = true;
+            q[i].script->stale = false;
+        }
+        append(c, &q[i]);
+        q[i].node = to;
+    }
+    return wait;
+}
+
+/* Reads node k's replies in the order its requests were appended. Returns
+ * true if some request must back off. */
+static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
+{
+    bool wait = false;
+    for (size_t i = 0; i < n; i++) {
+        if (q[i].done || q[i].node != k)
+            continue;
+        q[i].node = -1;
+        redisContext *c = cc->nodes[k].c;
+        redisReply *r = NULL;
+        if (c && q[i].asking) {
+            if (redisGetReply(c, (void **)&r) != REDIS_OK)
+                node_drop(cc, k);
+            else
+                freeReplyObject(r);   /* +OK */
+            r = NULL;
+            c = cc->nodes[k].c;
+        }
+        if (!c || redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
+            node_drop(cc, k);   /* the rest of k's requests are resent next round */
+            wait = true;
+            continue;
+        }
+        wait |= handle_reply(cc, &q[i], r, k);
+    }
+    return wait;
+}
+
+/* Runs requests q[0..n) to completion or the retry deadline (see top). */
+static int run(cm_cluster *cc, creq *q, size_t n)
+{
+    int64_t deadline = cm_mono_ms() + cc->retry_ms;
+    int backoff = BACKOFF_MIN_MS;
+    cc->err = 0;
+    cc->errstr[0] = '\0';
+    for (;;) {
+        if (cc->map_stale)
+            refresh(cc);   /* on failure the old map still routes, and map_stale stays */
+        load_scripts(cc, q, n);
+        bool wait = send_round(cc, q, n);
+        for (int k = 0; k < cc->nnodes; k++)
+            wait |= read_node(cc, q, n, k);
+        size_t left = 0;
+        for (size_t i = 0; i < n; i++)
+            left += !q[i].done;
+        if (!left) {
+            cc->err = 0;
+            return 0;
+        }
+        if (!wait)
+            continue;
+        int64_t now = cm_mono_ms();
+        if (now >= deadline) {
+            if (!cc->errstr[0])
+                set_err(cc, CM_CLUSTER_EUNAVAIL, "no answer within %d ms", cc->retry_ms);
+            cc->err = CM_CLUSTER_EUNAVAIL;
+            return CM_CLUSTER_EUNAVAIL;
+        }
+        cm_sleep_ms(backoff < deadline - now ? backoff : deadline - now);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+/* Runs one request and hands its reply to the caller. */
+static redisReply *run_one(cm_cluster *cc, creq *q)
+{
+    redisReply *r = NULL;
+    if (run(cc, q, 1) == 0) {
+        r = q->reply;
+        q->reply = NULL;
+    }
+    req_clear(q);
+    return r;
+}
+
+static bool slot_ok(cm_cluster *cc, int slot)
+{
+    if (slot >= CM_SLOT_ANY && slot < CM_CLUSTER_SLOTS)
+        return true;
+    set_err(cc, CM_CLUSTER_EARG, "slot %d out of range", slot);
+    return false;
+}
+
+redisReply *cm_cluster_argv(cm_cluster *cc, int slot, const cm_argv *a)
+{
+    if (!slot_ok(cc, slot))
+        return NULL;
+    creq q;
+    req_argv(&q, slot, a);
+    return run_one(cc, &q);
+}
+
+redisReply *cm_cluster_command(cm_cluster *cc, int slot, const char *fmt, ...)
+{
+    if (!slot_ok(cc, slot))
+        return NULL;
+    creq q;
+    va_list ap;
+    va_start(ap, fmt);
+    req_vformat(&q, slot, fmt, ap);
+    va_end(ap);
+    return run_one(cc, &q);
+}
+
+redisReply *cm_cluster_script(cm_cluster *cc, cm_script *s, int numkeys, const cm_argv *a)
+{
+    creq q;
+    if (req_script(cc, &q, s, numkeys, a) != 0)
+        return NULL;
+    return run_one(cc, &q);
+}
+
+/* ---- pipelines --------------------------------------------------------- */
+
+cm_pipe *cm_pipe_new(cm_cluster *cc)
+{
+    cm_pipe *p = cm_xcalloc(1, sizeof *p);
+    p->cc = cc;
+    return p;
+}
+
+void cm_pipe_reset(cm_pipe *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        req_clear(&p->q[i]);
+    p->n = 0;
+}
+
+void cm_pipe_free(cm_pipe *p)
+{
+    if (!p)
+        return;
+    cm_pipe_reset(p);
+    free(p->q);
+    free(p);
+}
+
+/* The next free request slot of p. */
+static creq *pipe_slot(cm_pipe *p)
+{
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 16;
+        p->q = cm_xrealloc(p->q, sizeof *p->q * p->cap);
+    }
+    return &p->q[p->n];
+}
+
+void cm_pipe_argv(cm_pipe *p, int slot, const cm_argv *a)
+{
+    if (slot < CM_SLOT_ANY || slot >= CM_CLUSTER_SLOTS) {
+        fprintf(stderr, "cm_pipe_argv: slot %d out of range\n", slot);
+        abort();
+    }
+    req_argv(pipe_slot(p), slot, a);
+    p->n++;
+}
+
+void cm_pipe_command(cm_pipe *p, int slot, const char *fmt, ...)
+{
+    if (slot < CM_SLOT_ANY || slot >= CM_CLUSTER_SLOTS) {
+        fprintf(stderr, "cm_pipe_command: slot %d out of range\n", slot);
+        abort();
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    req_vformat(pipe_slot(p), slot, fmt, ap);
+    va_end(ap);
+    p->n++;
+}
+
+int cm_pipe_script(cm_pipe *p, cm_script *s, int numkeys, const cm_argv *a)
+{
+    int rc = req_script(p->cc, pipe_slot(p), s, numkeys, a);
+    if (rc == 0)
+        p->n++;
+    return rc;
+}
+
+size_t cm_pipe_count(const cm_pipe *p)
+{
+    return p->n;
+}
+
+int cm_pipe_exec(cm_pipe *p)
+{
+    return run(p->cc, p->q, p->n);
+}
+
+redisReply *cm_pipe_take(cm_pipe *p, size_t i)
+{
+    if (i >= p->n)
+        return NULL;
+    redisReply *r = p->q[i].reply;
+    p->q[i].reply = NULL;
+    return r;
+}
