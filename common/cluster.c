@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum {
     DEFAULT_RETRY_MS = 5000,
@@ -68,6 +69,7 @@ typedef struct creq {
     int node;               /* node written to this round; -1 none */
     bool asking;            /* an ASKING precedes it this round */
     bool by_src;            /* send EVAL <source> (after NOSCRIPT) */
+    int nreplies;           /* replies it gets: 1, or n + 2 for MULTI + n commands + EXEC */
     int redirects;
     redisReply *reply;      /* the final reply once done */
     bool done;
@@ -350,6 +352,26 @@ const char *cm_cluster_errstr(const cm_cluster *cc)
 
 /* ---- requests ---------------------------------------------------------- */
 
+/* Aborts on MULTI, EXEC, DISCARD or WATCH sent as a plain command: its
+ * parts could be redirected one by one, out of the transaction. */
+static void refuse_transaction_verb(const char *cmd)
+{
+    static const char *const verbs[] = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"};
+    const char *name = strchr(cmd, '\n');   /* "*N\r\n$len\r\nNAME\r\n" */
+    name = name ? strchr(name + 1, '\n') : NULL;
+    if (!name)
+        return;
+    name++;
+    size_t n = strcspn(name, "\r");
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+        if (n == strlen(verbs[i]) && !strncasecmp(name, verbs[i], n)) {
+            fprintf(stderr, "cm_cluster: %s sent as a plain command; use cm_cluster_multi / cm_pipe_multi\n",
+                    verbs[i]);
+            abort();
+        }
+    }
+}
+
 /* A plain command from an argument vector. */
 static void req_argv(creq *q, int slot, const cm_argv *a)
 {
@@ -359,8 +381,47 @@ static void req_argv(creq *q, int slot, const cm_argv *a)
         fprintf(stderr, "cm_cluster: out of memory formatting a command\n");
         abort();
     }
+    refuse_transaction_verb(q->cmd);
     q->len = (size_t)n;
     q->slot = slot;
+    q->nreplies = 1;
+    q->ask = q->node = -1;
+}
+
+/* MULTI, the n commands of cmds, EXEC: one request, resent as a whole. */
+static void req_multi(creq *q, int slot, const cm_argv *cmds, int n)
+{
+    static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
+    memset(q, 0, sizeof *q);
+    char **part = cm_xmalloc(sizeof *part * (size_t)(n ? n : 1));
+    size_t total = sizeof multi - 1 + sizeof exec - 1;
+    int *plen = cm_xmalloc(sizeof *plen * (size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++) {
+        plen[i] = redisFormatCommandArgv(&part[i], cmds[i].n, (const char **)cmds[i].v, cmds[i].len);
+        if (plen[i] < 0) {
+            fprintf(stderr, "cm_cluster: out of memory formatting a command\n");
+            abort();
+        }
+        refuse_transaction_verb(part[i]);
+        total += (size_t)plen[i];
+    }
+    /* One buffer that redisFreeCommand (free) releases like the others. */
+    q->cmd = cm_xmalloc(total + 1);
+    size_t off = 0;
+    memcpy(q->cmd, multi, sizeof multi - 1);
+    off += sizeof multi - 1;
+    for (int i = 0; i < n; i++) {
+        memcpy(q->cmd + off, part[i], (size_t)plen[i]);
+        off += (size_t)plen[i];
+        redisFreeCommand(part[i]);
+    }
+    memcpy(q->cmd + off, exec, sizeof exec - 1);
+    q->cmd[total] = '\0';
+    free(part);
+    free(plen);
+    q->len = total;
+    q->slot = slot;
+    q->nreplies = n + 2;
     q->ask = q->node = -1;
 }
 
@@ -374,8 +435,10 @@ static void req_vformat(creq *q, int slot, const char *fmt, va_list ap)
         fprintf(stderr, "cm_cluster: cannot format command \"%s\"\n", fmt);
         abort();
     }
+    refuse_transaction_verb(q->cmd);
     q->len = (size_t)n;
     q->slot = slot;
+    q->nreplies = 1;
     q->ask = q->node = -1;
 }
 
@@ -441,6 +504,7 @@ static int req_script(cm_cluster *cc, creq *q, cm_script *s, int numkeys, const 
     q->script = s;
     q->argc = argc;
     q->slot = slot;
+    q->nreplies = 1;
     q->ask = q->node = -1;
     return 0;
 }
@@ -613,6 +677,51 @@ static bool send_round(cm_cluster *cc, creq *q, size_t n)
     return wait;
 }
 
+/* True for a reply that handle_reply would not hand to the caller. */
+static bool redirect_or_transient(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR &&
+           (err_is(r, "MOVED") || err_is(r, "ASK") || err_is(r, "TRYAGAIN") || err_is(r, "CLUSTERDOWN") ||
+            err_is(r, "LOADING"));
+}
+
+/* Reads the replies of one request q from node k: its ASKING's, then
+ * nreplies. A transaction's reply is EXEC's, unless one of its commands was
+ * redirected or refused for a transient reason (EXEC then answers
+ * EXECABORT): that reply decides, and the whole transaction is resent.
+ * Returns false if the connection failed (q is left pending). */
+static bool read_request(cm_cluster *cc, creq *q, int k, redisReply **out)
+{
+    redisContext *c = cc->nodes[k].c;
+    redisReply *r = NULL, *decide = NULL;
+    *out = NULL;
+    if (q->asking) {
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)
+            return false;
+        freeReplyObject(r);   /* +OK */
+    }
+    for (int j = 0; j < q->nreplies; j++) {
+        r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
+            if (decide)
+                freeReplyObject(decide);
+            return false;
+        }
+        if (j == q->nreplies - 1)
+            break;
+        if (!decide && redirect_or_transient(r))
+            decide = r;
+        else
+            freeReplyObject(r);
+    }
+    if (decide) {
+        freeReplyObject(r);
+        r = decide;
+    }
+    *out = r;
+    return true;
+}
+
 /* Reads node k's replies in the order its requests were appended. Returns
  * true if some request must back off. */
 static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
@@ -622,17 +731,8 @@ static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
         if (q[i].done || q[i].node != k)
             continue;
         q[i].node = -1;
-        redisContext *c = cc->nodes[k].c;
-        redisReply *r = NULL;
-        if (c && q[i].asking) {
-            if (redisGetReply(c, (void **)&r) != REDIS_OK)
-                node_drop(cc, k);
-            else
-                freeReplyObject(r);   /* +OK */
-            r = NULL;
-            c = cc->nodes[k].c;
-        }
-        if (!c || redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
+        redisReply *r;
+        if (!cc->nodes[k].c || !read_request(cc, &q[i], k, &r)) {
             node_drop(cc, k);   /* the rest of k's requests are resent next round */
             wait = true;
             continue;
@@ -726,6 +826,19 @@ redisReply *cm_cluster_script(cm_cluster *cc, cm_script *s, int numkeys, const c
     return run_one(cc, &q);
 }
 
+redisReply *cm_cluster_multi(cm_cluster *cc, int slot, const cm_argv *cmds, int n)
+{
+    if (!slot_ok(cc, slot))
+        return NULL;
+    if (n < 0) {
+        set_err(cc, CM_CLUSTER_EARG, "cm_cluster_multi: %d commands", n);
+        return NULL;
+    }
+    creq q;
+    req_multi(&q, slot, cmds, n);
+    return run_one(cc, &q);
+}
+
 /* ---- pipelines --------------------------------------------------------- */
 
 cm_pipe *cm_pipe_new(cm_cluster *cc)
@@ -781,6 +894,16 @@ void cm_pipe_command(cm_pipe *p, int slot, const char *fmt, ...)
     va_start(ap, fmt);
     req_vformat(pipe_slot(p), slot, fmt, ap);
     va_end(ap);
+    p->n++;
+}
+
+void cm_pipe_multi(cm_pipe *p, int slot, const cm_argv *cmds, int n)
+{
+    if (slot < CM_SLOT_ANY || slot >= CM_CLUSTER_SLOTS || n < 0) {
+        fprintf(stderr, "cm_pipe_multi: slot %d or count %d out of range\n", slot, n);
+        abort();
+    }
+    req_multi(pipe_slot(p), slot, cmds, n);
     p->n++;
 }
 

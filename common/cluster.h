@@ -104,6 +104,15 @@ redisReply *cm_cluster_command(cm_cluster *cc, int slot, const char *fmt, ...);
  * CM_CLUSTER_ECROSSSLOT (nothing sent) when the keys span slots. */
 redisReply *cm_cluster_script(cm_cluster *cc, cm_script *s, int numkeys, const cm_argv *a);
 
+/* MULTI, cmds[0..n), EXEC as one unit on slot's master (every command's
+ * keys must be in that slot). When any part is redirected or hits a
+ * transient error, the whole transaction is sent again, never a part of it
+ * alone. Returns EXEC's reply (caller frees: an array of the commands'
+ * replies, or an error such as EXECABORT), or NULL with cm_cluster_err set.
+ * MULTI, EXEC, DISCARD, WATCH and UNWATCH given to the other calls abort:
+ * their parts could be redirected one by one. */
+redisReply *cm_cluster_multi(cm_cluster *cc, int slot, const cm_argv *cmds, int n);
+
 /* A pipeline: commands queued, then sent with one write per node and read
  * back, each reply at its command's index whatever node answered it. */
 typedef struct cm_pipe cm_pipe;
@@ -121,6 +130,9 @@ void cm_pipe_reset(cm_pipe *p);
 /* Queues one command for slot; a is copied. */
 void cm_pipe_argv(cm_pipe *p, int slot, const cm_argv *a);
 void cm_pipe_command(cm_pipe *p, int slot, const char *fmt, ...);
+
+/* Queues a transaction (as cm_cluster_multi); its reply is EXEC's. */
+void cm_pipe_multi(cm_pipe *p, int slot, const cm_argv *cmds, int n);
 
 /* Queues a script call (as cm_cluster_script). Returns 0, or
  * CM_CLUSTER_ECROSSSLOT / CM_CLUSTER_EARG with cm_cluster_errstr set and

@@ -323,6 +323,51 @@ Test(cluster, pipeline_across_nodes_returns_replies_in_order)
     cr_assert_eq(routed_port(mslot), g_cl.node[dst].port);
 }
 
+/* INCRs {tag}a and {tag}b in one transaction; asserts EXEC's [1, 1] style
+ * answer equals want for both. */
+static void incr_both(const char *a, const char *b, long long want)
+{
+    cm_argv cmds[2] = {{0}, {0}};
+    cm_argv_adds(&cmds[0], "INCR");
+    cm_argv_adds(&cmds[0], a);
+    cm_argv_adds(&cmds[1], "INCR");
+    cm_argv_adds(&cmds[1], b);
+    redisReply *r = cm_cluster_multi(g_cc, slot_of(a), cmds, 2);
+    cr_assert_not_null(r, "%s", cm_cluster_errstr(g_cc));
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY, "EXEC answered %s", r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    cr_assert_eq(r->elements, 2);
+    cr_assert_eq(r->element[0]->integer, want);
+    cr_assert_eq(r->element[1]->integer, want);
+    freeReplyObject(r);
+    cm_argv_free(&cmds[0]);
+    cm_argv_free(&cmds[1]);
+}
+
+Test(cluster, transaction_is_resent_whole_after_moved_and_ask)
+{
+    const char *a = "{tx}a", *b = "{tx}b";
+    int slot = slot_of(a);
+    incr_both(a, b, 1);
+    int src = tf_cluster_master_of(&g_cl, slot), dst = -1;
+    for (int i = 0; i < TF_CLUSTER_NODES && dst < 0; i++)
+        if (i != src && tf_cluster_is_master(&g_cl, i))
+            dst = i;
+    /* Migrating, keys moved: the queued INCRs get ASK, EXEC EXECABORT;
+     * the transaction is redone on dst behind ASKING. A part resent alone
+     * would make a counter 3. */
+    cr_assert_eq(tf_cluster_migrate_slot(&g_cl, slot, dst, false), 0);
+    long long asking = calls_on(dst, "asking");
+    incr_both(a, b, 2);
+    cr_assert_eq(calls_on(dst, "asking") - asking, 1, "one ASKING ahead of the whole transaction");
+    /* Then the migration ends, the slot is dst's: MOVED, the same. */
+    cr_assert_eq(tf_cluster_migrate_slot(&g_cl, slot, dst, true), 0);
+    incr_both(a, b, 3);
+    cr_assert_eq(routed_port(slot), g_cl.node[dst].port);
+    char *got = raw_get(dst, a, false);
+    cr_assert_str_eq(got, "3");
+    free(got);
+}
+
 Test(cluster, manual_failover_is_followed_to_the_new_master)
 {
     const char *key = "{fo}.k";

@@ -6,6 +6,7 @@
 #include "common/redis.h"
 
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <string.h>
 
 static int slot(const char *key)
@@ -88,6 +89,14 @@ Test(key_slot, argv_slot_is_the_slot_of_that_argument)
     cr_assert_eq(cm_argv_slot(&a, 1), 3443);
     cr_assert_eq(cm_argv_slot(&a, 2), CM_SLOT_ANY);   /* no such argument */
     cm_argv_free(&a);
+}
+
+Test(key_slot, bare_multi_aborts_instead_of_being_split, .signal = SIGABRT)
+{
+    /* No server needed: the command is refused when queued. */
+    cm_pipe *p = cm_pipe_new(NULL);
+    cm_pipe_command(p, 0, "MULTI");
+    cm_pipe_free(p);
 }
 
 /* ---- redis-cluster:// URLs --------------------------------------------- */
