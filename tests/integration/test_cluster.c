@@ -422,7 +422,9 @@ Test(cluster, killed_master_is_retried_until_its_replica_takes_over)
 
 /* ---- single server: the same API, one node owning every slot ----------- */
 
-Test(single, plain_url_is_one_node_owning_every_slot, .timeout = 60)
+TestSuite(single, .timeout = 120);
+
+Test(single, plain_url_is_one_node_owning_every_slot)
 {
     tf_redis rs;
     cr_assert_eq(tf_redis_start(&rs, NULL), 0);
@@ -470,7 +472,7 @@ Test(single, plain_url_is_one_node_owning_every_slot, .timeout = 60)
     tf_redis_stop(&rs);
 }
 
-Test(single, restarted_server_is_reconnected_within_the_deadline, .timeout = 60)
+Test(single, restarted_server_is_reconnected_within_the_deadline)
 {
     tf_redis rs;
     cr_assert_eq(tf_redis_start(&rs, "appendonly yes\nappendfsync always\n"), 0);

@@ -35,8 +35,8 @@ static bool running(const tf_cluster *cl, int i)
 
 /* One command to node i on a fresh connection. Returns the reply (caller
  * frees; NULL if the node did not answer). */
-__attribute__((format(printf, 3, 4))) static redisReply *node_cmd(const tf_cluster *cl, int i, const char *fmt,
-                                                                  ...)
+__attribute__((format(printf, 3, 4))) static redisReply *node_cmd(const tf_cluster *cl, int i,
+                                                                  const char *fmt, ...)
 {
     struct timeval tv = {.tv_sec = NODE_CMD_MS / 1000, .tv_usec = (NODE_CMD_MS % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", cl->node[i].port, tv);
@@ -141,7 +141,8 @@ static int create(tf_cluster *cl)
     }
     int st = 0;
     if (tf_wait_exit(pid, CREATE_TIMEOUT_MS, &st) != 0) {
-        fprintf(stderr, "tf_cluster: redis-cli --cluster create still running after %d ms\n", CREATE_TIMEOUT_MS);
+        fprintf(stderr, "tf_cluster: redis-cli --cluster create still running after %d ms\n",
+                CREATE_TIMEOUT_MS);
         tf_kill(pid, SIGKILL);
         tf_wait_exit(pid, 5000, NULL);
         return -1;

@@ -184,7 +184,8 @@ Test(cluster_url, unreachable_seeds_fail_open_without_printing_the_password)
 {
     /* Port 1 on loopback: refused at once. */
     char err[512] = "";
-    cm_cluster *cc = cm_cluster_open("redis-cluster://:hunter2@127.0.0.1:1,127.0.0.1:2", 200, err, sizeof err);
+    const char *url = "redis-cluster://:hunter2@127.0.0.1:1,127.0.0.1:2";
+    cm_cluster *cc = cm_cluster_open(url, 200, err, sizeof err);
     cr_assert_null(cc);
     cr_assert(strstr(err, "slot map"), "%s", err);
     cr_assert(strstr(err, "127.0.0.1:"), "the error should name a node: %s", err);
