@@ -496,3 +496,53 @@ Test(single, restarted_server_is_reconnected_within_the_deadline)
     cm_cluster_free(cc);
     tf_redis_stop(&rs);
 }
+
+Test(single, cluster_url_on_a_plain_server_is_refused_with_the_reason)
+{
+    tf_redis rs;
+    cr_assert_eq(tf_redis_start(&rs, NULL), 0);
+    char url[128], err[512] = "";
+    snprintf(url, sizeof url, "redis-cluster://127.0.0.1:%d", rs.port);
+    cm_cluster *cc = cm_cluster_open(url, 2000, err, sizeof err);
+    cr_assert_null(cc);
+    cr_assert(strstr(err, "cluster support disabled"), "%s", err);
+    tf_redis_stop(&rs);
+}
+
+Test(single, acl_user_and_password_from_the_url_authenticate)
+{
+    tf_redis rs;
+    cr_assert_eq(tf_redis_start(&rs, NULL), 0);
+    /* Set after start: the fixture's readiness probe does not authenticate. */
+    redisContext *c = tf_redis_connect(&rs);
+    redisReply *x = redisCommand(c, "ACL SETUSER app on >apppw ~* &* +@all");
+    cr_assert(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    x = redisCommand(c, "CONFIG SET requirepass topsecret");
+    cr_assert(x && x->type == REDIS_REPLY_STATUS);
+    freeReplyObject(x);
+    redisFree(c);
+    char url[160], err[512] = "";
+    /* The default user by password alone, then a named ACL user. */
+    snprintf(url, sizeof url, "redis://:topsecret@127.0.0.1:%d", rs.port);
+    cm_cluster *cc = cm_cluster_open(url, 2000, err, sizeof err);
+    cr_assert_not_null(cc, "%s", err);
+    redisReply *r = cm_cluster_command(cc, CM_SLOT_ANY, "ACL WHOAMI");
+    cr_assert(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "default"));
+    freeReplyObject(r);
+    cm_cluster_free(cc);
+
+    snprintf(url, sizeof url, "redis://app:apppw@127.0.0.1:%d", rs.port);
+    cc = cm_cluster_open(url, 2000, err, sizeof err);
+    cr_assert_not_null(cc, "%s", err);
+    r = cm_cluster_command(cc, CM_SLOT_ANY, "ACL WHOAMI");
+    cr_assert(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "app"));
+    freeReplyObject(r);
+    cm_cluster_free(cc);
+
+    /* A wrong password fails open, naming the server, not the password. */
+    snprintf(url, sizeof url, "redis://app:nope@127.0.0.1:%d", rs.port);
+    cr_assert_null(cm_cluster_open(url, 2000, err, sizeof err));
+    cr_assert(strstr(err, "127.0.0.1") && !strstr(err, "nope"), "%s", err);
+    tf_redis_stop(&rs);
+}
