@@ -214,6 +214,20 @@ int cm_cluster_route(const cm_cluster *cc, int slot)
     return -1;
 }
 
+int cm_cluster_master_slots(const cm_cluster *cc, int *slot, int max)
+{
+    int n = 0;
+    for (int s = 0; s < CM_CLUSTER_SLOTS && n < max; s++) {
+        int o = cc->owner[s];
+        bool seen = o < 0;
+        for (int j = 0; j < n && !seen; j++)
+            seen = cc->owner[slot[j]] == o;
+        if (!seen)
+            slot[n++] = s;
+    }
+    return n;
+}
+
 int cm_cluster_slot_addr(const cm_cluster *cc, int slot, cm_redis_url *out)
 {
     if (slot < CM_SLOT_ANY || slot >= CM_CLUSTER_SLOTS)

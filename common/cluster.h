@@ -23,6 +23,10 @@
  * are: appends are idempotent by event id). Any other error reply is the
  * caller's to read.
  *
+ * A blocking command (BLPOP, XREADGROUP BLOCK) must block for less than the
+ * command timeout given to cm_cluster_open, or its timeout is taken for a
+ * broken connection and the command is sent again.
+ *
  * Not thread-safe: one cm_cluster per thread, like a redisContext. */
 #ifndef CM_CLUSTER_H
 #define CM_CLUSTER_H
@@ -89,6 +93,11 @@ int cm_cluster_refresh(cm_cluster *cc) __attribute__((warn_unused_result));
  * the slot is out of range or has no known owner. */
 int cm_cluster_slot_addr(const cm_cluster *cc, int slot, cm_redis_url *out)
     __attribute__((warn_unused_result));
+
+/* Fills slot[0..n) with one slot per master (the lowest it owns), so a
+ * caller can send a keyless command to every master (slot 0 alone for a
+ * single server). Returns n (at most max). */
+int cm_cluster_master_slots(const cm_cluster *cc, int *slot, int max);
 
 /* Sends a (keys and args as in a) to slot's master. Returns the reply
  * (caller frees; may be an error reply other than a redirection), or NULL

@@ -149,6 +149,19 @@ Test(cluster, commands_reach_the_master_of_their_slot)
     for (int i = 0; i < TF_CLUSTER_NODES; i++)
         masters += per_node[i] > 0;
     cr_assert_eq(masters, 3, "200 keys should spread over the 3 masters");
+
+    /* One slot per master reaches each master once: DBSIZE adds up. */
+    int slots[8];
+    cr_assert_eq(cm_cluster_master_slots(g_cc, slots, 8), 3);
+    long long total = 0;
+    for (int i = 0; i < 3; i++) {
+        redisReply *r = cm_cluster_command(g_cc, slots[i], "DBSIZE");
+        cr_assert(r && r->type == REDIS_REPLY_INTEGER);
+        cr_assert_eq(r->integer, per_node[tf_cluster_master_of(&g_cl, slots[i])]);
+        total += r->integer;
+        freeReplyObject(r);
+    }
+    cr_assert_eq(total, N);
 }
 
 Test(cluster, script_with_keys_in_one_slot_runs_on_their_master)
@@ -435,6 +448,9 @@ Test(single, plain_url_is_one_node_owning_every_slot)
     cm_redis_url u;
     cr_assert_eq(cm_cluster_slot_addr(cc, 16383, &u), 0);
     cr_assert_eq(u.port, rs.port);
+    int slots[4];
+    cr_assert_eq(cm_cluster_master_slots(cc, slots, 4), 1);
+    cr_assert_eq(slots[0], 0);
 
     redisReply *r = cm_cluster_command(cc, slot_of("a"), "SET a 1");
     cr_assert(r && r->type == REDIS_REPLY_STATUS);
