@@ -7,7 +7,8 @@
  * it there), then reads each node's replies in the order they were
  * appended, so a reply always lands at its own request whatever node
  * answered. A reply is final unless it is a redirection (MOVED: fix the map,
- * re-read it before the next round; ASK: next round goes to that node once),
+ * re-read it before the next round; ASK: next round goes to that node once,
+ * behind ASKING),
  * NOSCRIPT (next round sends the source), or transient (TRYAGAIN,
  * CLUSTERDOWN, LOADING, an I/O error: the connection is dropped and the map
  * re-read). Rounds repeat until nothing is pending; a round that left
@@ -42,7 +43,8 @@ typedef struct creq {
     cm_script *script;      /* borrowed; NULL for a plain command */
     int argc;               /* script: arguments after EVALSHA <sha> (numkeys + keys + args) */
     int slot;               /* 0..16383 or CM_SLOT_ANY */
-    int ask;                /* node for the next send, prefixed by ASKING; -1 none */
+    int next;               /* node for the next send only (a redirection); -1: by the map */
+    bool next_asking;       /* that send is prefixed by ASKING (an ASK redirection) */
     int node;               /* node written to this round; -1 none */
     bool asking;            /* an ASKING precedes it this round */
     bool by_src;            /* send EVAL <source> (after NOSCRIPT) */
@@ -93,7 +95,7 @@ static void req_argv(creq *q, int slot, const cm_argv *a)
     q->len = (size_t)n;
     q->slot = slot;
     q->nreplies = 1;
-    q->ask = q->node = -1;
+    q->next = q->node = -1;
 }
 
 /* MULTI, the n commands of cmds, EXEC: one request, resent as a whole. */
@@ -130,7 +132,7 @@ static void req_multi(creq *q, int slot, const cm_argv *cmds, int n)
     q->len = total;
     q->slot = slot;
     q->nreplies = n + 2;
-    q->ask = q->node = -1;
+    q->next = q->node = -1;
 }
 
 /* A plain command from a redisCommand-style format (a bad format is a
@@ -147,7 +149,7 @@ static void req_vformat(creq *q, int slot, const char *fmt, va_list ap)
     q->len = (size_t)n;
     q->slot = slot;
     q->nreplies = 1;
-    q->ask = q->node = -1;
+    q->next = q->node = -1;
 }
 
 /* The slot of a script call: that of KEYS[1], the same for every key.
@@ -214,7 +216,7 @@ static int req_script(cm_cluster *cc, creq *q, cm_script *s, int numkeys, const 
     q->argc = argc;
     q->slot = slot;
     q->nreplies = 1;
-    q->ask = q->node = -1;
+    q->next = q->node = -1;
     return 0;
 }
 
@@ -263,14 +265,20 @@ static bool err_is(const redisReply *r, const char *code)
            (r->len == n || r->str[n] == ' ');
 }
 
-/* Parses "MOVED|ASK <slot> <host>:<port>" and returns the target node (an
- * empty or "?" host means the node that answered, `from`), or -1. */
-static int redirect_target(cm_cluster *cc, const redisReply *r, int from)
+/* Parses "MOVED|ASK <slot> <host>:<port>" into *slot and the target node
+ * (an empty or "?" host means the node that answered, `from`); returns the
+ * node, or -1 if r is not of that shape. */
+static int redirect_target(cm_cluster *cc, const redisReply *r, int from, int *slot)
 {
     const char *sp = memchr(r->str, ' ', r->len);
     const char *addr = sp ? memchr(sp + 1, ' ', r->len - (size_t)(sp + 1 - r->str)) : NULL;
     if (!addr)
         return -1;
+    char *send;
+    long sl = strtol(sp + 1, &send, 10);
+    if (send != addr || sl < 0 || sl >= CM_CLUSTER_SLOTS)
+        return -1;
+    *slot = (int)sl;
     addr++;
     const char *end = r->str + r->len;
     const char *colon = NULL;
@@ -303,18 +311,23 @@ static bool handle_reply(cm_cluster *cc, creq *q, redisReply *r, int from)
     }
     bool moved = err_is(r, "MOVED"), ask = !moved && err_is(r, "ASK");
     if (moved || ask) {
-        int to = redirect_target(cc, r, from);
+        int slot;
+        int to = redirect_target(cc, r, from, &slot);
         if (to < 0) {   /* unreadable redirection: the caller sees it */
             q->reply = r;
             q->done = true;
             return false;
         }
-        if (moved && q->slot != CM_SLOT_ANY) {
-            cc->owner[q->slot] = (int16_t)to;
+        if (moved) {
+            cc->owner[slot] = (int16_t)to;
             cc->map_stale = true;   /* usually more than one slot moved */
         }
-        if (ask)
-            q->ask = to;
+        /* Straight there next time; by the map only if the caller's slot is
+         * the one that moved (a keyless or mis-slotted call is not). */
+        if (ask || slot != q->slot) {
+            q->next = to;
+            q->next_asking = ask;
+        }
         freeReplyObject(r);
         return ++q->redirects > FREE_REDIRECTS;
     }
@@ -345,7 +358,7 @@ static void load_scripts(cm_cluster *cc, creq *q, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (q[i].done || !q[i].script || q[i].script->sha[0] || q[i].by_src)
             continue;
-        int to = q[i].ask >= 0 ? q[i].ask : cm_cluster_route(cc, q[i].slot);
+        int to = q[i].next >= 0 ? q[i].next : cm_cluster_route(cc, q[i].slot);
         redisContext *c = to >= 0 ? cm_cluster_node_conn(cc, to) : NULL;
         char err[256];
         if (c && cm_script_load(c, q[i].script, err, sizeof err) != 0 && c->err)
@@ -361,9 +374,10 @@ static bool send_round(cm_cluster *cc, creq *q, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (q[i].done)
             continue;
-        int to = q[i].ask >= 0 ? q[i].ask : cm_cluster_route(cc, q[i].slot);
-        q[i].asking = q[i].ask >= 0;
-        q[i].ask = -1;
+        int to = q[i].next >= 0 ? q[i].next : cm_cluster_route(cc, q[i].slot);
+        q[i].asking = q[i].next >= 0 && q[i].next_asking;
+        q[i].next = -1;
+        q[i].next_asking = false;
         q[i].node = -1;
         if (to < 0) {
             cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "no node is known to serve slot %d", q[i].slot);

@@ -562,3 +562,26 @@ Test(single, acl_user_and_password_from_the_url_authenticate)
     cr_assert(strstr(err, "127.0.0.1") && !strstr(err, "nope"), "%s", err);
     tf_redis_stop(&rs);
 }
+
+Test(cluster, mis_slotted_call_is_redirected_without_corrupting_the_map)
+{
+    /* "foo" lives on one master; the caller names a slot owned by another
+     * (and, once, no slot at all). Redis' MOVED takes the call to foo's
+     * master, and the map keeps the named slot where it is. */
+    int foo_master = tf_cluster_master_of(&g_cl, slot_of("foo"));
+    int wrong = -1;
+    for (int s = 0; s < CM_CLUSTER_SLOTS && wrong < 0; s++)
+        if (tf_cluster_master_of(&g_cl, s) != foo_master)
+            wrong = s;
+    int wrong_port = routed_port(wrong);
+    redisReply *r = cm_cluster_command(g_cc, wrong, "SET foo bar");
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "%s", r ? r->str : cm_cluster_errstr(g_cc));
+    freeReplyObject(r);
+    r = cm_cluster_command(g_cc, CM_SLOT_ANY, "GET foo");
+    cr_assert(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "bar"));
+    freeReplyObject(r);
+    cr_assert_eq(routed_port(wrong), wrong_port, "slot %d was re-pointed by foo's MOVED", wrong);
+    char *got = raw_get(foo_master, "foo", false);
+    cr_assert_str_eq(got, "bar");
+    free(got);
+}
