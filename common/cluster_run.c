@@ -401,6 +401,21 @@ static bool send_round(cm_cluster *cc, creq *q, size_t n)
     return wait;
 }
 
+/* Writes every node's output buffer before any reply is read, so the
+ * nodes work on their shares at the same time (hiredis would write a
+ * node's buffer only at its first read, after the previous node's replies).
+ * A failed write leaves the context in error: read_node drops it. */
+static void flush_all(cm_cluster *cc)
+{
+    for (int k = 0; k < cc->nnodes; k++) {
+        redisContext *c = cc->nodes[k].c;
+        int done = 0;
+        while (c && !c->err && !done)
+            if (redisBufferWrite(c, &done) != REDIS_OK)
+                break;
+    }
+}
+
 /* True for a reply that handle_reply would not hand to the caller. */
 static bool redirect_or_transient(const redisReply *r)
 {
@@ -478,6 +493,7 @@ static int run(cm_cluster *cc, creq *q, size_t n)
             cm_cluster_reload(cc);   /* on failure the old map still routes, and map_stale stays */
         load_scripts(cc, q, n);
         bool wait = send_round(cc, q, n);
+        flush_all(cc);
         for (int k = 0; k < cc->nnodes; k++)
             wait |= read_node(cc, q, n, k);
         size_t left = 0;
