@@ -10,6 +10,7 @@
 #include "tests/support/redis_fixture.h"
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -584,4 +585,73 @@ Test(cluster, mis_slotted_call_is_redirected_without_corrupting_the_map)
     char *got = raw_get(foo_master, "foo", false);
     cr_assert_str_eq(got, "bar");
     free(got);
+}
+
+/* Runs cmd on node i (raw, no redirection); asserts a status reply. */
+static void raw_ok(int i, const char *what, redisReply *r)
+{
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "node %d: %s: %s", i, what, r && r->str ? r->str : "no reply");
+    freeReplyObject(r);
+}
+
+struct finish_arg {
+    int slot, dst;
+    int rc;
+};
+
+/* Ends the migration 300 ms from now (another thread, while the client retries). */
+static void *finish_later(void *ud)
+{
+    struct finish_arg *f = ud;
+    tf_sleep_ms(300);
+    f->rc = tf_cluster_migrate_slot(&g_cl, f->slot, f->dst, true);
+    return NULL;
+}
+
+Test(cluster, tryagain_while_keys_are_split_is_retried_until_the_migration_ends)
+{
+    const char *a = "{split}a", *b = "{split}b";
+    int slot = slot_of(a);
+    set_key(a, "1");
+    set_key(b, "2");
+    int src = tf_cluster_master_of(&g_cl, slot), dst = -1;
+    for (int i = 0; i < TF_CLUSTER_NODES && dst < 0; i++)
+        if (i != src && tf_cluster_is_master(&g_cl, i))
+            dst = i;
+    /* Migrating, only {split}a moved: a two-key command cannot run anywhere. */
+    redisContext *cs = tf_redis_connect(&g_cl.node[src]), *cd = tf_redis_connect(&g_cl.node[dst]);
+    raw_ok(dst, "IMPORTING", redisCommand(cd, "CLUSTER SETSLOT %d IMPORTING %s", slot, g_cl.id[src]));
+    raw_ok(src, "MIGRATING", redisCommand(cs, "CLUSTER SETSLOT %d MIGRATING %s", slot, g_cl.id[dst]));
+    raw_ok(src, "MIGRATE",
+           redisCommand(cs, "MIGRATE 127.0.0.1 %d %s 0 5000", g_cl.node[dst].port, a));
+    redisReply *t = redisCommand(cs, "MGET %s %s", a, b);
+    cr_assert(t && t->type == REDIS_REPLY_ERROR && !strncmp(t->str, "TRYAGAIN", 8), "src: %s",
+              t && t->str ? t->str : "?");
+    freeReplyObject(t);
+    redisFree(cs);
+    redisFree(cd);
+
+    struct finish_arg f = {.slot = slot, .dst = dst, .rc = -1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, finish_later, &f), 0);
+    cm_cluster_set_retry(g_cc, 15000);
+    redisReply *r = cm_cluster_command(g_cc, slot, "MGET %s %s", a, b);
+    pthread_join(th, NULL);
+    cr_assert_eq(f.rc, 0, "the migration did not finish");
+    cr_assert_not_null(r, "%s", cm_cluster_errstr(g_cc));
+    cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 2, "MGET answered %s",
+              r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    cr_assert_str_eq(r->element[0]->str, "1");
+    cr_assert_str_eq(r->element[1]->str, "2");
+    freeReplyObject(r);
+    cr_assert_eq(routed_port(slot), g_cl.node[dst].port);
+    /* The client met TRYAGAIN (besides the check above) and waited it out. */
+    redisContext *c = tf_redis_connect(&g_cl.node[src]);
+    redisReply *st = redisCommand(c, "INFO errorstats");
+    char v[64];
+    cr_assert(st && st->type == REDIS_REPLY_STRING);
+    tf_info_field(st->str, "errorstat_TRYAGAIN", v, sizeof v);
+    cr_assert_geq(atoi(v + (strncmp(v, "count=", 6) ? 0 : 6)), 2, "TRYAGAIN count: %s", v);
+    freeReplyObject(st);
+    redisFree(c);
 }
