@@ -9,10 +9,12 @@
  *
  * Routing: the caller names the slot of each command (cm_key_slot of its
  * key, CM_SLOT_ANY for keyless ones); a script call is routed by its first
- * key and refused before sending when its KEYS hash to different slots.
+ * key and, on a cluster, refused before sending when its KEYS hash to
+ * different slots (a single server takes any keys); a transaction goes as
+ * one unit (cm_cluster_multi).
  * Redirections are followed transparently: MOVED updates the map (then the
  * whole map is re-read) and resends; ASK resends once to the named node
- * prefixed by ASKING. TRYAGAIN, CLUSTERDOWN, a node that cannot be reached
+ * prefixed by ASKING. TRYAGAIN, CLUSTERDOWN, LOADING, a node that cannot be reached
  * or whose connection breaks are retried with capped exponential backoff
  * (10 ms doubling to 500 ms) until the retry deadline (cm_cluster_set_retry,
  * default 5 s), re-reading the map between tries so a promoted replica is
