@@ -169,10 +169,19 @@ int cm_cluster_reload(cm_cluster *cc)
 {
     if (!cc->url.cluster)
         return 0;
-    /* Connected nodes first (cheap), then every other known node and seed. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < cc->nnodes; i++) {
-            if ((cc->nodes[i].c != NULL) != (pass == 0))
+    /* Connected masters first (cheap, and their view is current: a replica
+     * learns of a moved slot a moment later), then other connected nodes,
+     * then every other known node and seed. */
+    bool *owns = cm_xcalloc((size_t)cc->nnodes, sizeof *owns);
+    int known = cc->nnodes;   /* nodes added by this refresh are not ranked */
+    for (int s = 0; s < CM_CLUSTER_SLOTS; s++)
+        if (cc->owner[s] >= 0)
+            owns[cc->owner[s]] = true;
+    int rc = CM_CLUSTER_EUNAVAIL;
+    for (int pass = 0; pass < 3 && rc != 0; pass++) {
+        for (int i = 0; i < cc->nnodes && rc != 0; i++) {
+            bool connected = cc->nodes[i].c != NULL, master = i < known && owns[i];
+            if (pass != (connected ? (master ? 0 : 1) : 2))
                 continue;
             redisContext *c = cm_cluster_node_conn(cc, i);
             if (!c)
@@ -182,11 +191,11 @@ int cm_cluster_reload(cm_cluster *cc)
                 cm_cluster_node_drop(cc, i);
                 continue;
             }
-            int rc = r->type == REDIS_REPLY_ERROR ? -1 : apply_slots(cc, r, i);
-            if (rc == 0) {
+            if (r->type != REDIS_REPLY_ERROR && apply_slots(cc, r, i) == 0) {
                 freeReplyObject(r);
                 cc->map_stale = false;
-                return 0;
+                rc = 0;
+                break;
             }
             bool e = r->type == REDIS_REPLY_ERROR;
             cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s:%d: CLUSTER SLOTS: %.*s",
@@ -195,7 +204,8 @@ int cm_cluster_reload(cm_cluster *cc)
             freeReplyObject(r);
         }
     }
-    return CM_CLUSTER_EUNAVAIL;
+    free(owns);
+    return rc;
 }
 
 int cm_cluster_refresh(cm_cluster *cc)
