@@ -27,17 +27,106 @@ void cm_redis_url_mask(const char *url, char *out, size_t outlen)
     snprintf(out, outlen, "%.*s***%s", (int)keep, url, at);
 }
 
-/* Copies [s, e) into dst[cap] or fails naming what is too long. */
-static int copy_part(char *dst, size_t cap, const char *s, const char *e, const char *what, char *err,
-                     size_t errlen)
+/* Reads host[:port] or [ipv6][:port] from p..end into host and *port (kept
+ * when no port is given). Returns 0 or -1 with the reason in err. */
+static int parse_hostport(const char *url, const char *p, const char *end, char *host, size_t hostlen,
+                          int *port, char *err, size_t errlen)
 {
-    size_t n = (size_t)(e - s);
-    if (n >= cap) {
-        snprintf(err, errlen, "REDIS_URL: %s too long", what);
+    const char *colon = NULL;
+    if (*p == '[') {   /* [ipv6]:port */
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (!rb) {
+            snprintf(err, errlen, "REDIS_URL %s: unterminated [ipv6] host", url);
+            return -1;
+        }
+        if (rb == p + 1 || (size_t)(rb - p - 1) >= hostlen)
+            goto bad_host;
+        memcpy(host, p + 1, (size_t)(rb - p - 1));
+        host[rb - p - 1] = '\0';
+        if (rb + 1 < end && rb[1] != ':') {
+            snprintf(err, errlen, "REDIS_URL %s: expected :port after [ipv6]", url);
+            return -1;
+        }
+        colon = rb + 1 < end ? rb + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        const char *he = colon ? colon : end;
+        if (he == p || (size_t)(he - p) >= hostlen)
+            goto bad_host;
+        memcpy(host, p, (size_t)(he - p));
+        host[he - p] = '\0';
+    }
+    if (colon) {
+        char *pend;
+        long v = strtol(colon + 1, &pend, 10);
+        if (pend != end || pend == colon + 1 || v < 1 || v > 65535) {
+            snprintf(err, errlen, "REDIS_URL %s: port must be 1..65535", url);
+            return -1;
+        }
+        *port = (int)v;
+    }
+    return 0;
+bad_host:
+    snprintf(err, errlen, "REDIS_URL %s: missing or too long host", url);
+    return -1;
+}
+
+/* Reads "[user]:password@" or "password@" (everything before the last '@'
+ * of p) into out. Returns the position after it (p when there is none), or
+ * NULL with the reason in err. */
+static const char *parse_userinfo(const char *p, cm_redis_url *out, char *err, size_t errlen)
+{
+    const char *at = strrchr(p, '@');
+    if (!at)
+        return p;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    const char *pw = colon ? colon + 1 : p;
+    size_t ulen = colon ? (size_t)(colon - p) : 0;
+    size_t n = (size_t)(at - pw);
+    if (n >= sizeof out->password || ulen >= sizeof out->user) {
+        snprintf(err, errlen, "REDIS_URL: user or password too long");
+        return NULL;
+    }
+    memcpy(out->user, p, ulen);
+    memcpy(out->password, pw, n);
+    return at + 1;
+}
+
+/* redis-cluster://[[user]:password@]host[:port][,host[:port]...]: url_in, with
+ * url (password masked) for the messages. */
+static int parse_cluster(const char *url, const char *url_in, cm_redis_url *out, char *err, size_t errlen)
+{
+    const char *p = parse_userinfo(url_in + 16, out, err, errlen);
+    if (!p)
+        return -1;
+    if (strpbrk(p, "/?")) {
+        snprintf(err, errlen, "REDIS_URL %s: a cluster URL takes host:port seeds only (no /db, no ?query)",
+                 url);
         return -1;
     }
-    memcpy(dst, s, n);
-    dst[n] = '\0';
+    out->cluster = true;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        if (out->nseeds == CM_REDIS_MAX_SEEDS) {
+            snprintf(err, errlen, "REDIS_URL %s: more than %d seed nodes", url, CM_REDIS_MAX_SEEDS);
+            return -1;
+        }
+        if (end == p) {
+            snprintf(err, errlen, "REDIS_URL %s: empty seed node (expected host:port[,host:port...])", url);
+            return -1;
+        }
+        cm_redis_seed *s = &out->seeds[out->nseeds];
+        s->port = 6379;
+        if (parse_hostport(url, p, end, s->host, sizeof s->host, &s->port, err, errlen) != 0)
+            return -1;
+        out->nseeds++;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    memcpy(out->host, out->seeds[0].host, sizeof out->host);
+    out->port = out->seeds[0].port;
     return 0;
 }
 
@@ -72,49 +161,21 @@ int cm_redis_url_parse(const char *url_in, cm_redis_url *out, char *err, size_t 
         }
         return 0;
     }
+    if (!strncmp(url_in, "redis-cluster://", 16))
+        return parse_cluster(url, url_in, out, err, errlen);
     if (strncmp(url_in, "redis://", 8) != 0) {
-        snprintf(err, errlen, "REDIS_URL %s: expected redis://host:port/db or unix:/path", url);
+        snprintf(err, errlen,
+                 "REDIS_URL %s: expected redis://host:port/db, unix:/path or redis-cluster://host:port,...",
+                 url);
         return -1;
     }
-    const char *p = url_in + 8;
-    const char *at = strrchr(p, '@');
-    if (at) {
-        /* user:password@, :password@ (no user), or password@ (the old form) */
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon && copy_part(out->user, sizeof out->user, p, colon, "user", err, errlen) != 0)
-            return -1;
-        if (copy_part(out->password, sizeof out->password, colon ? colon + 1 : p, at, "password", err,
-                      errlen) != 0)
-            return -1;
-        p = at + 1;
-    }
+    const char *p = parse_userinfo(url_in + 8, out, err, errlen);
+    if (!p)
+        return -1;
     const char *slash = strchr(p, '/');
     const char *hend = slash ? slash : p + strlen(p);
-    const char *colon = NULL;
-    if (*p == '[') {   /* [ipv6]:port */
-        const char *rb = memchr(p, ']', (size_t)(hend - p));
-        if (!rb) {
-            snprintf(err, errlen, "REDIS_URL %s: unterminated [ipv6] host", url);
-            return -1;
-        }
-        if ((size_t)(rb - p - 1) >= sizeof out->host) goto bad_host;
-        memcpy(out->host, p + 1, (size_t)(rb - p - 1));
-        colon = rb + 1 < hend && rb[1] == ':' ? rb + 1 : NULL;
-    } else {
-        colon = memchr(p, ':', (size_t)(hend - p));
-        const char *he = colon ? colon : hend;
-        if (he == p || (size_t)(he - p) >= sizeof out->host) goto bad_host;
-        memcpy(out->host, p, (size_t)(he - p));
-    }
-    if (colon) {
-        char *end;
-        long port = strtol(colon + 1, &end, 10);
-        if (end != hend || port < 1 || port > 65535) {
-            snprintf(err, errlen, "REDIS_URL %s: port must be 1..65535", url);
-            return -1;
-        }
-        out->port = (int)port;
-    }
+    if (parse_hostport(url, p, hend, out->host, sizeof out->host, &out->port, err, errlen) != 0)
+        return -1;
     if (slash && slash[1]) {
         char *end;
         long db = strtol(slash + 1, &end, 10);
@@ -125,9 +186,6 @@ int cm_redis_url_parse(const char *url_in, cm_redis_url *out, char *err, size_t 
         out->db = (int)db;
     }
     return 0;
-bad_host:
-    snprintf(err, errlen, "REDIS_URL %s: missing or too long host", url);
-    return -1;
 }
 
 bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen)
@@ -144,35 +202,34 @@ bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t err
     return false;
 }
 
-/* Runs one setup command (AUTH, SELECT) on a fresh connection; on failure
- * fills err naming the (masked) address and frees c. */
-static int setup_cmd(redisContext **cp, const char *masked, const char *what, char *err, size_t errlen, int argc,
-                     const char **argv)
+/* Sends AUTH [user] password, then SELECT db when not 0. */
+static int hello(redisContext *c, const cm_redis_url *u, char *err, size_t errlen)
 {
-    redisReply *r = redisCommandArgv(*cp, argc, argv, NULL);
-    char why[256];
-    if (cm_reply_failed(*cp, r, why, sizeof why)) {
-        snprintf(err, errlen, "%s at Redis %s failed: %s", what, masked, why);
-        redisFree(*cp);
-        *cp = NULL;
-        return -1;
+    if (u->password[0]) {
+        redisReply *r = u->user[0] ? redisCommand(c, "AUTH %s %s", u->user, u->password)
+                                   : redisCommand(c, "AUTH %s", u->password);
+        if (cm_reply_failed(c, r, err, errlen))
+            return -1;
+        freeReplyObject(r);
     }
-    freeReplyObject(r);
+    if (u->db) {
+        redisReply *r = redisCommand(c, "SELECT %d", u->db);
+        if (cm_reply_failed(c, r, err, errlen))
+            return -1;
+        freeReplyObject(r);
+    }
     return 0;
 }
 
-redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen)
+/* Connects to u; messages name it as where (never with a password). */
+static redisContext *connect_to(const cm_redis_url *u, const char *where, int timeout_ms, char *err,
+                                size_t errlen)
 {
-    cm_redis_url u;
-    if (cm_redis_url_parse(url, &u, err, errlen) != 0)
-        return NULL;
-    char masked[512];
-    cm_redis_url_mask(url, masked, sizeof masked);
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    redisContext *c = u.path[0] ? redisConnectUnixWithTimeout(u.path, tv)
-                                : redisConnectWithTimeout(u.host, u.port, tv);
+    redisContext *c = u->path[0] ? redisConnectUnixWithTimeout(u->path, tv)
+                                 : redisConnectWithTimeout(u->host, u->port, tv);
     if (!c || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis at %s: %s", masked, c ? c->errstr : "out of memory");
+        snprintf(err, errlen, "cannot connect to Redis at %s: %s", where, c ? c->errstr : "out of memory");
         redisFree(c);
         return NULL;
     }
@@ -181,21 +238,40 @@ redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_
         redisFree(c);
         return NULL;
     }
-    if (u.password[0]) {
-        /* AUTH user password (an ACL user) or AUTH password (the default user) */
-        const char *av[] = {"AUTH", u.user, u.password};
-        if (!u.user[0])
-            av[1] = u.password;
-        if (setup_cmd(&c, masked, "AUTH", err, errlen, u.user[0] ? 3 : 2, av) != 0)
-            return NULL;
-    }
-    if (u.db) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", u.db);
-        if (setup_cmd(&c, masked, "SELECT", err, errlen, 2, (const char *[]){"SELECT", db}) != 0)
-            return NULL;
+    char why[256];
+    if (hello(c, u, why, sizeof why) != 0) {
+        snprintf(err, errlen, "Redis at %s: %s", where, why);
+        redisFree(c);
+        return NULL;
     }
     return c;
+}
+
+redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    cm_redis_url u;
+    if (cm_redis_url_parse(url, &u, err, errlen) != 0)
+        return NULL;
+    if (u.cluster) {
+        snprintf(err, errlen, "REDIS_URL is a redis-cluster:// URL: this program needs a single Redis "
+                              "(redis:// or unix:)");
+        return NULL;
+    }
+    char masked[512];
+    cm_redis_url_mask(url, masked, sizeof masked);
+    return connect_to(&u, masked, timeout_ms, err, errlen);
+}
+
+redisContext *cm_redis_connect_url(const cm_redis_url *u, int timeout_ms, char *err, size_t errlen)
+{
+    char where[300];
+    if (u->path[0])
+        snprintf(where, sizeof where, "unix:%s", u->path);
+    else if (strchr(u->host, ':'))
+        snprintf(where, sizeof where, "[%s]:%d", u->host, u->port);
+    else
+        snprintf(where, sizeof where, "%s:%d", u->host, u->port);
+    return connect_to(u, where, timeout_ms, err, errlen);
 }
 
 void cm_argv_add(cm_argv *a, const char *s, size_t n)

@@ -1,8 +1,10 @@
 /* redis.h - Redis connection helpers over hiredis 0.14 (RESP2, sync API).
  *
- * REDIS_URL forms: redis://[[user]:password@]host[:port][/db] and
- * unix:/path/to/sock[?db=N] (also unix:///path). A user (Redis 6 ACL) makes
- * the connect send AUTH user password; a password alone AUTH password.
+ * REDIS_URL forms: redis://[[user]:password@]host[:port][/db],
+ * unix:/path/to/sock[?db=N] (also unix:///path), and for Redis Cluster
+ * redis-cluster://[[user]:password@]host[:port][,host[:port]...] (seed nodes;
+ * a cluster has db 0 only). A cluster URL is served by cm_cluster
+ * (common/cluster.h); cm_redis_connect refuses it.
  *
  * Secrets never leave the process: every message that names a URL names it
  * through cm_redis_url_mask, which keeps the user and hides the password. */
@@ -14,13 +16,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define CM_REDIS_MAX_SEEDS 16
+
+typedef struct cm_redis_seed {
+    char host[256];
+    int port;
+} cm_redis_seed;
+
 typedef struct cm_redis_url {
-    char host[256];      /* empty for unix sockets */
+    char host[256];      /* empty for unix sockets; the first seed of a cluster URL */
     int port;
     char path[256];      /* unix socket path, empty for TCP */
-    char user[256];      /* ACL user, empty when none (AUTH password only) */
+    char user[128];      /* ACL user, empty for the default user (AUTH <password>) */
     char password[256];  /* empty when none */
     int db;
+    bool cluster;        /* redis-cluster://: seeds[] lists the nodes to ask for the slot map */
+    int nseeds;          /* cluster URLs: 1..CM_REDIS_MAX_SEEDS; 0 otherwise */
+    cm_redis_seed seeds[CM_REDIS_MAX_SEEDS];
 } cm_redis_url;
 
 /* Parses url into out. Returns 0, or -1 with the reason in err. */
@@ -56,8 +68,13 @@ cm_redis_fault cm_redis_fault_of_error(const char *s, size_t n);
 
 /* Connects with a connect and command timeout of timeout_ms, authenticates and
  * selects the db. Returns a context the caller frees with redisFree, or NULL
- * with the reason (naming the address) in err. */
+ * with the reason (naming the address, never the password) in err. A
+ * redis-cluster:// URL is refused: use cm_cluster_open. */
 redisContext *cm_redis_connect(const char *url, int timeout_ms, char *err, size_t errlen);
+
+/* As cm_redis_connect, for a parsed URL's host/port or path (u->cluster and
+ * the seeds are ignored: this connects to exactly that one server). */
+redisContext *cm_redis_connect_url(const cm_redis_url *u, int timeout_ms, char *err, size_t errlen);
 
 /* Frees r (NULL ok). Returns true if r is NULL or an error reply, copying the
  * message (or the context's errstr) into err; false for a good reply, which the

@@ -97,8 +97,7 @@ static bool log_says_port_taken(const tf_redis *r, long from)
     return taken;
 }
 
-/* Copies the value of `field:` from an INFO reply into out ("" if absent). */
-static void info_field(const char *info, const char *field, char *out, size_t outlen)
+void tf_info_field(const char *info, const char *field, char *out, size_t outlen)
 {
     out[0] = '\0';
     size_t flen = strlen(field);
@@ -154,8 +153,8 @@ static enum probe probe_server(tf_redis *r)
     if (info && info->type == REDIS_REPLY_STRING) {
         char want[320], got[320], pid[32];
         conf_path(r, want, sizeof want);
-        info_field(info->str, "config_file", got, sizeof got);
-        info_field(info->str, "process_id", pid, sizeof pid);
+        tf_info_field(info->str, "config_file", got, sizeof got);
+        tf_info_field(info->str, "process_id", pid, sizeof pid);
         if (strcmp(want, got) != 0) {
             res = PROBE_FOREIGN;
         } else {

@@ -69,6 +69,10 @@ int tf_redis_restart(tf_redis *r) __attribute__((warn_unused_result));
  * The caller frees the context with redisFree. */
 redisContext *tf_redis_connect(const tf_redis *r);
 
+/* Copies the value of `field:` from an INFO-style reply ("field:value"
+ * lines, as INFO and CLUSTER INFO send) into out ("" if absent). */
+void tf_info_field(const char *info, const char *field, char *out, size_t outlen);
+
 /* Prints the server log to stderr (for a failing test's diagnostics). */
 void tf_redis_dump_log(const tf_redis *r);
 
