@@ -225,6 +225,8 @@ typedef struct api_redis {
  * Returns NULL when Redis cannot be reached; the reason is in *why (static
  * per-thread text). The object lives until the thread exits. */
 api_redis *api_redis_get(const char **why);
+/* api_redis_get for a handler: NULL after answering rq 503 with the reason. */
+api_redis *api_redis_for(api_req *rq);
 /* Checks reply r of a command on t: true when it is usable (caller still
  * frees it). A NULL reply or a broken connection drops the connection (the
  * next api_redis_get reconnects); an error reply is freed. Either way false,

@@ -44,12 +44,9 @@ static int cmp_str(const void *a, const void *b)
 
 api_flow api_h_products(api_req *rq)
 {
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     redisReply *ids = redisCommand(t->c, "SMEMBERS %s", CM_KEY_PRODUCTS);
     if (!api_redis_ok(t, ids)) {
         api_unavailable(rq, t->err);
@@ -102,12 +99,9 @@ api_flow api_h_product_get(api_req *rq)
         api_error(rq, 404, "unknown_product", "no product with that id (ids are 1..64 characters of [A-Za-z0-9_-])");
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     redisReply *r = redisCommand(t->c, "HMGET %s name price_cents available reserved sold",
                                  cm_key_product(rq->param).s);
     if (!api_redis_ok(t, r)) {

@@ -55,12 +55,9 @@ api_flow api_h_client_checkouts(api_req *rq)
         api_error(rq, 400, "invalid_request", "count must be an integer in 1..%d", CLIENT_LIST_MAX);
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     redisReply *ids = redisCommand(t->c, "ZREVRANGE %s 0 %lld", cm_key_rm_client_checkouts(client).s,
                                    (long long)count - 1);
     if (!api_redis_ok(t, ids)) {

@@ -43,12 +43,9 @@ static size_t ngroups(const redisReply *r)
 
 api_flow api_h_workers(api_req *rq)
 {
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     redisReply *r;
     if (groups_info(rq, t, &r) != 0)
         return API_DONE;
@@ -114,12 +111,9 @@ static void dead_letter_json(cm_buf *o, const char *group, const redisReply *e)
 
 api_flow api_h_dead_letters(api_req *rq)
 {
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     for (int g = 0; g < CM_W_COUNT; g++) {
         char dlq[512];
         es_dlq_stream(g_api.bus, cm_group_names[g], dlq, sizeof dlq);
@@ -197,12 +191,9 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         api_error(rq, 400, "invalid_request", "group must be one of the six consumer groups (choreo-...)");
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     for (int g = 0; g < CM_W_COUNT; g++) {
         char dlq[512];
         es_dlq_stream(g_api.bus, cm_group_names[g], dlq, sizeof dlq);
@@ -270,12 +261,9 @@ api_flow api_h_dead_letters_retry_bulk(api_req *rq)
         api_error(rq, 400, "invalid_request", "count must be an integer in 1..%d", DLQ_RETRY_MAX);
         goto out;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         goto out;
-    }
     /* one script call moves them all (event_store/lua/dlq_retry.lua) */
     long long n = es_dlq_retry_oldest(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(jc),
                                       t->err, sizeof t->err);

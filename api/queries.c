@@ -72,12 +72,9 @@ api_flow api_h_stream_events(api_req *rq)
         api_reply(rq, 200);
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     es_event **evs = NULL;
     size_t n = 0;
     char *next = NULL;
@@ -106,12 +103,9 @@ api_flow api_h_replay(api_req *rq)
         api_error(rq, 404, "not_found", "no such checkout (ids are 1..64 characters of [A-Za-z0-9_-])");
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", id);
     es_event **evs = NULL;
     size_t n = 0;
@@ -147,12 +141,9 @@ api_flow api_h_orders_by_client(api_req *rq)
         api_error(rq, 400, "invalid_request", "client_id must be 1..64 characters of [A-Za-z0-9_-]");
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     redisReply *r = redisCommand(t->c,
                                  "HMGET %s total_orders last_order_id "
                                  "last_checkout_id last_update_ts",

@@ -195,6 +195,15 @@ void api_redis_probe_stop(void)
 
 /* ---- per-thread connections ---- */
 
+api_redis *api_redis_for(api_req *rq)
+{
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t)
+        api_unavailable(rq, why);
+    return t;
+}
+
 api_redis *api_redis_get(const char **why)
 {
     api_redis *t = t_redis;

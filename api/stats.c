@@ -25,12 +25,9 @@ api_flow api_h_saga_stats(api_req *rq)
         api_error(rq, 400, "invalid_request", "window_s must be an integer in 1..%d", STATS_WINDOW_MAX);
         return API_DONE;
     }
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     cm_argv a = {0};
     cm_argv_adds(&a, g_api.bus);
     cm_argv_addll(&a, (long long)win);

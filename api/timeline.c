@@ -284,12 +284,9 @@ api_flow api_h_timeline(api_req *rq)
         return API_DONE;
     }
     snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", id);
-    const char *why = NULL;
-    api_redis *t = api_redis_get(&why);
-    if (!t) {
-        api_unavailable(rq, why);
+    api_redis *t = api_redis_for(rq);
+    if (!t)
         return API_DONE;
-    }
     es_event **evs = NULL;
     size_t n = 0;
     int rc = es_history_read(t->st, "checkout", id, &evs, &n);
