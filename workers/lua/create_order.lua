@@ -16,24 +16,12 @@ if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)
 local resv, order, started = KEYS[3], KEYS[4], KEYS[5]
-local flat = redis.call('HGETALL', resv)
-local state, lines = nil, {}
-for i = 1, #flat, 2 do
-  if flat[i] == 'state' then
-    state = flat[i + 1]
-  elseif string.sub(flat[i], 1, 2) == 'p:' then
-    lines[#lines + 1] = {string.sub(flat[i], 3), tonumber(flat[i + 1])}
-  end
-end
+local state, lines = resv_read(resv)
 if state ~= 'held' then return {'not_held', state or ''} end
 
 -- Every reserved product must have its key in KEYS (checked before writing).
-local m = tonumber(ARGV[j + 7])
-local key_of = {}
-for k = 1, m do key_of[ARGV[j + 7 + k]] = KEYS[5 + k] end
-for _, l in ipairs(lines) do
-  if not key_of[l[1]] then return {'mismatch', l[1]} end
-end
+local key_of, missing = resv_keys(lines, tonumber(ARGV[j + 7]), j + 8, 6)
+if not key_of then return {'mismatch', missing} end
 
 for _, l in ipairs(lines) do
   if l[2] then

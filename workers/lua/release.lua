@@ -16,25 +16,13 @@ if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)
 local resv, started = KEYS[3], KEYS[4]
-local flat = redis.call('HGETALL', resv)
-local state, lines = nil, {}
-for i = 1, #flat, 2 do
-  if flat[i] == 'state' then
-    state = flat[i + 1]
-  elseif string.sub(flat[i], 1, 2) == 'p:' then
-    lines[#lines + 1] = {string.sub(flat[i], 3), tonumber(flat[i + 1])}
-  end
-end
+local state, lines = resv_read(resv)
 local held = state == 'held'
 if held ~= (ARGV[j + 1] == '1') then return {'changed', state or ''} end
 
 if held then
-  local m = tonumber(ARGV[j + 3])
-  local key_of = {}
-  for k = 1, m do key_of[ARGV[j + 3 + k]] = KEYS[4 + k] end
-  for _, l in ipairs(lines) do
-    if not key_of[l[1]] then return {'mismatch', l[1]} end
-  end
+  local key_of, missing = resv_keys(lines, tonumber(ARGV[j + 3]), j + 4, 5)
+  if not key_of then return {'mismatch', missing} end
   for _, l in ipairs(lines) do
     if l[2] then
       redis.call('HINCRBY', key_of[l[1]], 'available', l[2])
