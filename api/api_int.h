@@ -67,7 +67,7 @@ typedef struct api_route {
     const char *tmpl;        /* "/api/checkouts/{id}": at most one {param} */
     api_handler_fn fn;
     unsigned flags;
-    int label;               /* index of tmpl in the metrics route labels */
+    const char *label;       /* metrics route label; NULL: tmpl */
 } api_route;
 
 /* Long-poll registration of one request (waiters.c). */
@@ -178,10 +178,13 @@ const char *api_header(api_req *rq, const char *name);
  * points to the {param} segment inside path (length *param_len). */
 const api_route *api_route_find(char *path, const char *method, char **param, size_t *param_len,
                                 int *label, char *allow, size_t allowlen);
-/* Route labels for metrics: api_route_labels[i], i < api_route_nlabels; the
- * last one is "unmatched". */
-extern const char *const api_route_labels[];
-extern const int api_route_nlabels;
+/* Route labels for metrics: api_route_labels[i], i < api_route_nlabels, the
+ * last one "unmatched"; filled by api_routes_init (once, at start, before the
+ * metrics and the first request). */
+#define API_MAX_ROUTE_LABELS 32
+extern const char *api_route_labels[API_MAX_ROUTE_LABELS];
+extern int api_route_nlabels;
+void api_routes_init(void);
 
 /* Handlers (one file per area). */
 api_flow api_h_checkout_post(api_req *rq);     /* intake.c */

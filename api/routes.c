@@ -16,55 +16,52 @@
 #define F_RX (API_F_REDIS | API_F_ASYNC)   /* needs Redis, runs on a Redis thread */
 
 static const api_route k_routes[] = {
-    {"POST", "/api/checkouts", api_h_checkout_post, API_F_JSON | API_F_IDEM | API_F_REDIS, 0},
-    {"GET", "/api/checkouts/{id}", api_h_checkout_get, F_RX, 1},
+    {"POST", "/api/checkouts", api_h_checkout_post, API_F_JSON | API_F_IDEM | API_F_REDIS, NULL},
+    {"GET", "/api/checkouts/{id}", api_h_checkout_get, F_RX, NULL},
     {"POST", "/api/commandes/clients/{client_id}/checkout/choreo", api_h_checkout_alias,
-     API_F_JSON | API_F_IDEM | API_F_REDIS, 2},
-    {"GET", "/api/event-store/streams/{stream}/events", api_h_stream_events, F_RX, 3},
-    {"GET", "/api/event-store/replay/checkout/{id}", api_h_replay, F_RX, 4},
-    {"GET", "/api/event-store/cqrs/orders-by-client/{client_id}", api_h_orders_by_client, F_RX, 5},
-    {"GET", "/api/products", api_h_products, F_RX, 6},
-    {"GET", "/api/products/{id}", api_h_product_get, F_RX, 7},
-    {"PUT", "/api/products/{id}", api_h_product_put, API_F_JSON | API_F_ADMIN | F_RX, 7},
-    {"GET", "/api/workers", api_h_workers, F_RX, 8},
-    {"GET", "/api/dead-letters", api_h_dead_letters, F_RX, 9},
-    {"POST", "/api/dead-letters/{id}/retry", api_h_dead_letter_retry, API_F_ADMIN | F_RX, 10},
-    {"POST", "/api/dead-letters/retry", api_h_dead_letters_retry_bulk, API_F_JSON | API_F_ADMIN | F_RX, 14},
-    {"GET", "/health", api_h_health, 0, 11},
-    {"GET", "/ready", api_h_ready, API_F_ASYNC, 12},
-    {"GET", "/metrics", api_h_metrics, 0, 13},
-    {"GET", "/api/checkouts/{id}/timeline", api_h_timeline, F_RX, 15},
-    {"GET", "/api/clients/{client_id}/checkouts", api_h_client_checkouts, F_RX, 16},
-    {"GET", "/api/stats/sagas", api_h_saga_stats, F_RX, 17},
-    {"GET", "/ui", api_h_ui_index, 0, 18},
-    {"GET", "/ui/{asset}", api_h_ui_asset, 0, 19},
+     API_F_JSON | API_F_IDEM | API_F_REDIS, "/api/commandes/clients/{client_id}/checkout/choreo/"},
+    {"GET", "/api/event-store/streams/{stream}/events", api_h_stream_events, F_RX, NULL},
+    {"GET", "/api/event-store/replay/checkout/{id}", api_h_replay, F_RX, NULL},
+    {"GET", "/api/event-store/cqrs/orders-by-client/{client_id}", api_h_orders_by_client, F_RX, NULL},
+    {"GET", "/api/products", api_h_products, F_RX, NULL},
+    {"GET", "/api/products/{id}", api_h_product_get, F_RX, NULL},
+    {"PUT", "/api/products/{id}", api_h_product_put, API_F_JSON | API_F_ADMIN | F_RX, NULL},
+    {"GET", "/api/workers", api_h_workers, F_RX, NULL},
+    {"GET", "/api/dead-letters", api_h_dead_letters, F_RX, NULL},
+    {"POST", "/api/dead-letters/{id}/retry", api_h_dead_letter_retry, API_F_ADMIN | F_RX, NULL},
+    {"POST", "/api/dead-letters/retry", api_h_dead_letters_retry_bulk, API_F_JSON | API_F_ADMIN | F_RX, NULL},
+    {"GET", "/health", api_h_health, 0, NULL},
+    {"GET", "/ready", api_h_ready, API_F_ASYNC, NULL},
+    {"GET", "/metrics", api_h_metrics, 0, NULL},
+    {"GET", "/api/checkouts/{id}/timeline", api_h_timeline, F_RX, NULL},
+    {"GET", "/api/clients/{client_id}/checkouts", api_h_client_checkouts, F_RX, NULL},
+    {"GET", "/api/stats/sagas", api_h_saga_stats, F_RX, NULL},
+    {"GET", "/ui", api_h_ui_index, 0, "/ui/"},
+    {"GET", "/ui/{asset}", api_h_ui_asset, 0, NULL},
 };
 #define NROUTES (sizeof k_routes / sizeof k_routes[0])
+_Static_assert(NROUTES < API_MAX_ROUTE_LABELS, "a label for every row and unmatched");
 
-const char *const api_route_labels[] = {
-    "/api/checkouts",
-    "/api/checkouts/{id}",
-    "/api/commandes/clients/{client_id}/checkout/choreo/",
-    "/api/event-store/streams/{stream}/events",
-    "/api/event-store/replay/checkout/{id}",
-    "/api/event-store/cqrs/orders-by-client/{client_id}",
-    "/api/products",
-    "/api/products/{id}",
-    "/api/workers",
-    "/api/dead-letters",
-    "/api/dead-letters/{id}/retry",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/api/dead-letters/retry",
-    "/api/checkouts/{id}/timeline",
-    "/api/clients/{client_id}/checkouts",
-    "/api/stats/sagas",
-    "/ui/",
-    "/ui/{asset}",
-    "unmatched",
-};
-const int api_route_nlabels = (int)(sizeof api_route_labels / sizeof api_route_labels[0]);
+/* Metrics route labels: each row's label (its template unless it names
+ * one), once each in table order, then "unmatched" (api_routes_init). */
+const char *api_route_labels[API_MAX_ROUTE_LABELS];
+int api_route_nlabels;
+static int k_label_of[NROUTES];   /* row -> index in api_route_labels */
+
+void api_routes_init(void)
+{
+    api_route_nlabels = 0;
+    for (size_t i = 0; i < NROUTES; i++) {
+        const char *l = k_routes[i].label ? k_routes[i].label : k_routes[i].tmpl;
+        int k = 0;
+        while (k < api_route_nlabels && strcmp(api_route_labels[k], l) != 0)
+            k++;
+        if (k == api_route_nlabels)
+            api_route_labels[api_route_nlabels++] = l;
+        k_label_of[i] = k;
+    }
+    api_route_labels[api_route_nlabels++] = "unmatched";
+}
 
 /* Matches path against tmpl; on success stores the {param} span. */
 static bool match(const char *tmpl, const char *path, size_t plen, char **param, size_t *param_len)
@@ -116,7 +113,7 @@ const api_route *api_route_find(char *path, const char *method, char **param, si
         size_t pl;
         if (!match(r->tmpl, path, plen, &pp, &pl))
             continue;
-        *label = r->label;
+        *label = k_label_of[i];
         if (!hit && method_is(r, method)) {
             hit = r;
             *param = pp;

@@ -60,7 +60,7 @@ static const char *const k_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", 
 #define NMETHODS ((int)(sizeof k_methods / sizeof k_methods[0]))
 static const int k_statuses[] = {200, 202, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 0};
 #define NSTATUSES ((int)(sizeof k_statuses / sizeof k_statuses[0]))
-#define MAX_LABELS 32
+#define MAX_LABELS API_MAX_ROUTE_LABELS
 
 static _Atomic(cm_series *) g_req_series[MAX_LABELS][NMETHODS][NSTATUSES];
 static cm_series *g_dur_series[MAX_LABELS];
@@ -103,6 +103,7 @@ static void count_request(const api_req *rq, int status, double seconds)
 
 static void metrics_init(void)
 {
+    api_routes_init();
     for (int i = 0; i < api_route_nlabels && i < MAX_LABELS; i++) {
         char labels[160];
         cm_metrics_labels(labels, sizeof labels, "route", api_route_labels[i], (char *)NULL);
