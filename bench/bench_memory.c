@@ -1,7 +1,8 @@
 /* bench_memory.c - chorus-bench-memory: what one saga leaves in Redis, by
  * key family.
  *
- * Starts a private redis-server (AOF everysec, as the e2e bench), a catalog
+ * Starts a private redis-server (AOF everysec and 16 KB stream nodes, as the
+ * e2e bench and `./chorus up`), a catalog
  * of three products, chorus-api and the six workers as real processes, and
  * posts BENCH_SAGAS (5,000) checkouts over HTTP from BENCH_CONNS (4)
  * keep-alive connections, each with an Idempotency-Key. The mix is the e2e
@@ -28,7 +29,8 @@
  * seconds (reservations, notification markers, audit marks, read models,
  * dead letters); the bench then waits for the expiring families to empty and
  * prints the steady state as memory.after_ttl_* lines. Idempotency records
- * keep their 24 h (the contract of DESIGN.md).
+ * keep their 24 h (the contract of DESIGN.md). BENCH_REDIS_CONF adds
+ * redis.conf lines (';' separates them), to try encodings.
  *
  * Binaries are found beside this one. Exits 1 when it could not run or a
  * saga did not end. */
@@ -398,7 +400,18 @@ int main(void)
     }
 
     tf_redis rs;
-    if (tf_redis_start(&rs, "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\n") != 0) {
+    char conf[1024];
+    const char *extra = getenv("BENCH_REDIS_CONF");   /* more redis.conf lines, ';' for newlines */
+    snprintf(conf, sizeof conf,
+             "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\n"
+             "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s\n",
+             extra ? extra : "");
+    for (char *p = conf; *p; p++)
+        if (*p == ';')
+            *p = '\n';
+    if (extra && *extra)
+        printf("  redis.conf adds: %s\n", extra);
+    if (tf_redis_start(&rs, conf) != 0) {
         fprintf(stderr, "bench memory: cannot start redis-server\n");
         return 1;
     }
