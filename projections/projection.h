@@ -20,7 +20,11 @@
  *                                  StockReleased
  *   chorus:rm:checkpoint     string highest bus entry id applied
  * Times are the events' emitted_at ("%.6f"), never the wall clock, so a
- * rebuild writes the same bytes.
+ * rebuild writes the same bytes. Lifetimes too (pj_projection_set_lifetime,
+ * READ_MODEL_TTL_S): a closed checkout's hash expires that long after its
+ * newest event, a client's checkouts zset after its newest checkout (EXPIREAT
+ * from emitted_at, so a rebuild sets the same); the client and stock hashes
+ * are aggregates and are kept.
  *
  * A batch is applied by one Lua script (projections/lua/apply.lua, called
  * through projections/apply_script.h) together with the checkpoint. Applying
