@@ -687,8 +687,9 @@ int main(void)
         fprintf(stderr, "bench e2e: BENCH_APPENDFSYNC must be always, everysec or no, not '%s'\n", fsync);
         return 1;
     }
-    char conf[200];
-    snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n%s", fsync,
+    char conf[300];
+    snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n"
+             "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s", fsync,
              env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
                                               : "auto-aof-rewrite-percentage 0\n");
     if (tf_redis_start(&rs, conf) != 0) {

@@ -9,6 +9,7 @@
  * 1-based KEYS index. */
 #include "projections/apply_script.h"
 #include "common/buf.h"
+#include "common/clock.h"
 #include "common/ids.h"
 #include "common/redis.h"
 #include "common/xmalloc.h"
@@ -20,7 +21,7 @@
 
 extern const char pj_lua_apply[];
 
-#define LAYOUT "2"   /* apply.lua's LAYOUT: bump both when the layout changes */
+#define LAYOUT "3"   /* apply.lua's LAYOUT: bump both when the layout changes */
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define CLIENT_KEEP STR(PJ_CLIENT_CHECKOUTS_MAX)
@@ -42,6 +43,8 @@ enum {
     A_NPRODUCTS,
     A_NCLIENTS,
     A_CLIENT_KEEP,  /* PJ_CLIENT_CHECKOUTS_MAX */
+    A_TTL,          /* lifetime of closed checkouts' read models and client indexes, s (0: kept) */
+    A_NOW,          /* the wall clock, unix seconds: a model already past its lifetime is not kept */
     A_COUNT
 };
 
@@ -55,6 +58,7 @@ enum { CL_ID, CL_KEY, CL_CHECKOUTS, CL_COUNT };
 struct pj_apply_call {
     cm_script script;
     enum pj_mode mode;
+    long long ttl_s;          /* A_TTL; kept across resets */
     char checkpoint[48];      /* greatest offered bus entry id, "" none */
     cm_argv keys;             /* KEYS in order */
     uint32_t *slots;          /* hash of keys: KEYS index (1-based), 0 empty */
@@ -99,6 +103,11 @@ void pj_apply_call_reset(pj_apply_call *call, enum pj_mode mode)
         memset(call->slots, 0, call->nslots * sizeof *call->slots);
     cm_argv_adds(&call->keys, CM_KEY_RM_CHECKPOINT);   /* K_CHECKPOINT */
     cm_argv_adds(&call->keys, CM_KEY_PJ_REBUILD);      /* K_LOCK */
+}
+
+void pj_apply_call_lifetime(pj_apply_call *call, long long ttl_s)
+{
+    call->ttl_s = ttl_s > 0 ? ttl_s : 0;
 }
 
 size_t pj_apply_call_nevents(const pj_apply_call *call) { return (size_t)call->events.n / EV_COUNT; }
@@ -345,7 +354,9 @@ int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply 
 {
     memset(out, 0, sizeof *out);
     out->e2e = call->e2e;
-    char counts[3][24];
+    char counts[3][24], ttl[24], now[24];
+    snprintf(ttl, sizeof ttl, "%lld", call->ttl_s);
+    snprintf(now, sizeof now, "%lld", (long long)cm_wall_s());
     snprintf(counts[0], sizeof counts[0], "%zu", pj_apply_call_nevents(call));
     snprintf(counts[1], sizeof counts[1], "%d", call->products.n / PR_COUNT);
     snprintf(counts[2], sizeof counts[2], "%d", call->clients.n / CL_COUNT);
@@ -362,6 +373,8 @@ int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply 
     h[A_NPRODUCTS] = counts[1];
     h[A_NCLIENTS] = counts[2];
     h[A_CLIENT_KEEP] = CLIENT_KEEP;
+    h[A_TTL] = ttl;
+    h[A_NOW] = now;
 
     /* KEYS, header, events, products, clients: a view over the parts (no
      * copy; cm_script_call only reads it) */

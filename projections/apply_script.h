@@ -66,6 +66,11 @@ void pj_apply_call_free(pj_apply_call *call);   /* NULL ok */
 /* Forgets events, keys and the checkpoint candidate; sets the mode. */
 void pj_apply_call_reset(pj_apply_call *call, enum pj_mode mode);
 
+/* Sets the lifetime (seconds, READ_MODEL_TTL_S; <= 0: kept, the default)
+ * of closed checkouts' read models and of client checkout indexes, counted
+ * from the events' times (apply.lua says how). Kept across resets. */
+void pj_apply_call_lifetime(pj_apply_call *call, long long ttl_s);
+
 /* Adds ev and the keys it names (its checkout, its client's pair, its items'
  * products). Returns PJ_OK, or PJ_EINVAL (nothing added) with err naming the
  * field that is not an id or out of range. */

@@ -59,6 +59,11 @@ void pj_projection_free(pj_projection *p)
     free(p);
 }
 
+void pj_projection_set_lifetime(pj_projection *p, long long ttl_s)
+{
+    pj_apply_call_lifetime(p->call, ttl_s);
+}
+
 static reserved_items *items_slot(pj_projection *p, const char *checkout_id)
 {
     uint32_t h = 2166136261u;

@@ -20,7 +20,11 @@
  *                                  StockReleased
  *   chorus:rm:checkpoint     string highest bus entry id applied
  * Times are the events' emitted_at ("%.6f"), never the wall clock, so a
- * rebuild writes the same bytes.
+ * rebuild writes the same bytes. Lifetimes too (pj_projection_set_lifetime,
+ * READ_MODEL_TTL_S): a closed checkout's hash expires that long after its
+ * newest event, a client's checkouts zset after its newest checkout (EXPIREAT
+ * from emitted_at, so a rebuild sets the same); the client and stock hashes
+ * are aggregates and are kept.
  *
  * A batch is applied by one Lua script (projections/lua/apply.lua, called
  * through projections/apply_script.h) together with the checkpoint. Applying
@@ -46,6 +50,10 @@
 #define PJ_CLIENT_CHECKOUTS_MAX 100   /* checkouts kept per client (apply.lua) */
 #define PJ_MAX_SEQ 4096   /* events of one checkout the read model tracks */
 #define PJ_CHECKOUT_AGGREGATE "checkout"   /* the aggregate the read models project */
+/* READ_MODEL_TTL_S's default: a closed checkout's read model and a client's
+ * checkout index live 7 days after their last event (then the API folds the
+ * history); the client and stock read models are aggregates and are kept. */
+#define PJ_READ_MODEL_TTL_DEFAULT "604800"
 
 enum pj_err {
     PJ_OK = 0,
@@ -74,6 +82,9 @@ typedef struct pj_projection pj_projection;
  * takes the caller's context). Free with pj_projection_free. */
 pj_projection *pj_projection_new(void);
 void pj_projection_free(pj_projection *p);   /* NULL ok */
+/* Sets the lifetime (seconds; <= 0: kept, the default) of closed checkouts'
+ * read models and of client checkout indexes (READ_MODEL_TTL_S). */
+void pj_projection_set_lifetime(pj_projection *p, long long ttl_s);
 
 typedef struct pj_apply_res {
     size_t applied;       /* events that changed the read models */
@@ -107,9 +118,11 @@ typedef struct pj_rebuild_stats {
 /* Rebuilds the read models from zero: takes the rebuild lock (live
  * projections pause), deletes every chorus:rm:* key, replays the bus from its
  * first retained entry through the same apply script, releases the lock.
- * The result covers what the bus retains (EVENT_RETENTION_DAYS trims it).
+ * ttl_s is READ_MODEL_TTL_S (as the live projection's, so the lifetimes
+ * come out the same; 0: kept). The result covers what the bus retains
+ * (EVENT_RETENTION_DAYS trims it), less what has outlived ttl_s.
  * Returns PJ_OK, PJ_EBUSY when another rebuild holds the lock, PJ_EREDIS. */
-int pj_projection_rebuild(redisContext *c, const char *bus, pj_rebuild_stats *stats, char *err,
+int pj_projection_rebuild(redisContext *c, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
                           size_t errlen) __attribute__((warn_unused_result));
 
 #endif

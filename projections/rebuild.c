@@ -81,10 +81,11 @@ static int lock_keep(redisContext *c, cm_script *s, const char *token, long long
 }
 
 /* Replays the bus page by page through the apply script. */
-static int replay(redisContext *c, es_store *store, const char *bus, cm_script *unlock, const char *token,
-                  pj_rebuild_stats *st, char *err, size_t errlen)
+static int replay(redisContext *c, es_store *store, const char *bus, long long ttl_s, cm_script *unlock,
+                  const char *token, pj_rebuild_stats *st, char *err, size_t errlen)
 {
     pj_projection *p = pj_projection_new();
+    pj_projection_set_lifetime(p, ttl_s);
     char *after = NULL;
     int rc = PJ_OK;
     for (;;) {
@@ -131,7 +132,8 @@ static int replay(redisContext *c, es_store *store, const char *bus, cm_script *
     return rc;
 }
 
-int pj_projection_rebuild(redisContext *c, const char *bus, pj_rebuild_stats *stats, char *err, size_t errlen)
+int pj_projection_rebuild(redisContext *c, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
+                          size_t errlen)
 {
     memset(stats, 0, sizeof *stats);
     if (!c || !bus)
@@ -151,7 +153,7 @@ int pj_projection_rebuild(redisContext *c, const char *bus, pj_rebuild_stats *st
     es_store *store = es_store_new(c, bus, err, errlen);
     int rc = store ? delete_read_models(c, &stats->deleted, err, errlen) : PJ_EREDIS;
     if (rc == PJ_OK)
-        rc = replay(c, store, bus, &unlock, token, stats, err, errlen);
+        rc = replay(c, store, bus, ttl_s, &unlock, token, stats, err, errlen);
     es_store_free(store);
     char uerr[256];
     if (lock_keep(c, &unlock, token, 0, uerr, sizeof uerr) < 0)

@@ -1,7 +1,7 @@
 /* rebuild_main.c - chorus-projection-rebuild: rebuilds the CQRS read models
  * from zero by replaying the bus (pj_projection_rebuild).
  *
- *   chorus-projection-rebuild [--redis-url=URL] [--bus=STREAM]
+ *   chorus-projection-rebuild [--redis-url=URL] [--bus=STREAM] [--read-model-ttl-s=N]
  *
  * Prints one JSON line with what it did; exits 0 on success, 1 when the
  * rebuild failed (the read models are then incomplete: run it again), 2 on
@@ -16,13 +16,15 @@
 #include <stdlib.h>
 
 static char *g_redis_url, *g_bus;
-static int64_t g_timeout_ms;
+static int64_t g_timeout_ms, g_ttl_s;
 
 static const cm_opt k_opts[] = {
     {"redis-url", "REDIS_URL", CM_OPT_STR, &g_redis_url, "redis://127.0.0.1:6379/0", 0, -1, "Redis to use"},
     {"bus", "BUS_STREAM", CM_OPT_STR, &g_bus, CM_BUS_STREAM_DEFAULT, 0, -1, "the bus stream"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "30000", 100, 600000,
      "connect/command timeout"},
+    {"read-model-ttl-s", "READ_MODEL_TTL_S", CM_OPT_INT, &g_ttl_s, PJ_READ_MODEL_TTL_DEFAULT, 0, 315360000,
+     "lifetime of closed checkouts' read models and of client checkout indexes (0: kept); as the projection's"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -44,7 +46,7 @@ int main(int argc, char **argv)
         goto out;
     }
     pj_rebuild_stats st;
-    int rc = pj_projection_rebuild(c, g_bus, &st, err, sizeof err);
+    int rc = pj_projection_rebuild(c, g_bus, g_ttl_s, &st, err, sizeof err);
     if (rc == PJ_OK) {
         printf("{\"rebuilt\":true,\"deleted_keys\":%lld,\"events\":%lld,\"applied\":%lld,\"undecodable\":%lld}\n",
                st.deleted, st.events, st.applied, st.undecodable);

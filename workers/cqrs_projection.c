@@ -18,6 +18,15 @@
 #define BUSY_POLL_MS 200    /* re-check of a rebuild's lock */
 #define TOUCH_EVERY_MS 1000
 
+static int64_t g_ttl_s;
+
+static const cm_opt k_opts[] = {
+    {"read-model-ttl-s", "READ_MODEL_TTL_S", CM_OPT_INT, &g_ttl_s, PJ_READ_MODEL_TTL_DEFAULT, 0, 315360000,
+     "lifetime of a closed checkout's read model and of a client's checkout index after their last event "
+     "(0: kept); chorus-projection-rebuild must be given the same"},
+    {0},
+};
+
 typedef struct cqrs_state {
     pj_projection *pj;
     cm_series *e2e;        /* checkout_e2e_seconds */
@@ -32,6 +41,7 @@ static int cqrs_init(wk_ctx *ctx, char *err, size_t errlen)
     (void)errlen;
     cqrs_state *st = cm_xcalloc(1, sizeof *st);
     st->pj = pj_projection_new();
+    pj_projection_set_lifetime(st->pj, g_ttl_s);
     st->e2e = cm_histogram("checkout_e2e_seconds", "checkout accept to terminal event (emitted_at difference)", "");
     st->applied = cm_counter("projection_events_applied_total", "events that changed the read models", "");
     st->dups = cm_counter("projection_events_duplicate_total", "redelivered events the read models already had", "");
@@ -115,4 +125,5 @@ const wk_def wk_cqrs_projection = {
     .batch = cqrs_batch,
     .init = cqrs_init,
     .fini = cqrs_fini,
+    .opts = k_opts,
 };

@@ -6,13 +6,15 @@
 -- KEYS[1] checkpoint (string)   KEYS[2] rebuild lock
 -- KEYS[3..] every read-model key of the batch, each once; ARGV refers to
 --           them by index (no key name is built here).
--- ARGV[1] layout version ("2"), checked against this script
+-- ARGV[1] layout version ("3"), checked against this script
 -- ARGV[2] mode: "live" (refuses while a rebuild holds the lock) or "rebuild"
 -- ARGV[3] checkpoint candidate: the greatest bus entry id of the call, or ""
 --         (events from a group's redelivery stream do not move it)
 -- ARGV[4] changed channel   ARGV[5..8] PENDING STOCK_RESERVED SUCCEEDED FAILED
 -- ARGV[9] events   ARGV[10] products   ARGV[11] clients
 -- ARGV[12] newest checkouts kept per client (client-checkouts zset)
+-- ARGV[13] lifetime of closed checkouts' read models and of client indexes,
+--          seconds (READ_MODEL_TTL_S; "0": kept)   ARGV[14] now, unix seconds
 -- then per event 8 fields (EV_*): type letter, checkout id, KEYS index of
 --   its checkout read model, seq, emitted_at ("%.6f"), client id (or ""),
 --   value (order id for O/S, reason for F, else ""), items
@@ -46,15 +48,25 @@
 -- NOTHING and answers {"need", kind, id, ...} (kind "product" or "client");
 -- the caller passes those keys and calls again.
 --
+-- Lifetimes (ARGV[13] > 0) are absolute and count from the events' own
+-- times, never from when the script runs, so a rebuild sets the same expiry
+-- as the live projection did and copies applying in any order agree: a
+-- checkout's read model expires at floor(updated_at) + lifetime once its
+-- status is SUCCEEDED or FAILED (an open saga keeps its model: `_items`
+-- is still needed); a client's checkout index at floor(newest score) +
+-- lifetime, moved on by each checkout it gains. A model whose expiry is
+-- already past (a late redelivery of a long-closed checkout, or a rebuild
+-- replaying old events) is deleted at once rather than resurrected.
+--
 -- Returns {"busy"}, {"need", ...} or {"ok", applied, duplicates,
 -- e2e_seconds...} where each e2e value (a string) is a terminal checkout's
 -- accept-to-terminal time, reported once: by the batch that completed the
 -- pair (initiated, terminal).
 
-local LAYOUT = '2'
+local LAYOUT = '3'
 local A_LAYOUT, A_MODE, A_CHECKPOINT, A_CHANNEL = 1, 2, 3, 4
 local A_PENDING, A_RESERVED, A_SUCCEEDED, A_FAILED = 5, 6, 7, 8
-local A_NEVENTS, A_NPRODUCTS, A_NCLIENTS, A_CLIENT_KEEP, A_FIRST = 9, 10, 11, 12, 13
+local A_NEVENTS, A_NPRODUCTS, A_NCLIENTS, A_CLIENT_KEEP, A_TTL, A_NOW, A_FIRST = 9, 10, 11, 12, 13, 14, 15
 local EV_TYPE, EV_ID, EV_KEY, EV_SEQ, EV_EMITTED, EV_CLIENT, EV_VALUE, EV_ITEMS, EV_N = 0, 1, 2, 3, 4, 5, 6, 7, 8
 local PR_ID, PR_KEY, PR_N = 0, 1, 2
 local CL_ID, CL_KEY, CL_CHECKOUTS, CL_N = 0, 1, 2, 3
@@ -69,6 +81,7 @@ local mode, chan = ARGV[A_MODE], ARGV[A_CHANNEL]
 local PENDING, RESERVED, SUCCEEDED, FAILED = ARGV[A_PENDING], ARGV[A_RESERVED], ARGV[A_SUCCEEDED], ARGV[A_FAILED]
 local nev, nprod, ncl = tonumber(ARGV[A_NEVENTS]), tonumber(ARGV[A_NPRODUCTS]), tonumber(ARGV[A_NCLIENTS])
 local client_keep = tonumber(ARGV[A_CLIENT_KEEP])
+local ttl, now = tonumber(ARGV[A_TTL]), tonumber(ARGV[A_NOW])
 
 if mode == 'live' and redis.call('EXISTS', KEYS[K_LOCK]) == 1 then
   return {'busy'}
@@ -327,6 +340,12 @@ for _, id in ipairs(co_order) do
     local status = fold_status(st.f[F_T])
     st.f[F_STATUS] = status
     write_checkout(st)
+    if ttl > 0 then
+      local at = math.floor(tonumber(st.f[F_UPDATED])) + ttl
+      if status == SUCCEEDED or status == FAILED or at <= now then
+        redis.call('EXPIREAT', st.key, at)
+      end
+    end
     -- the API's long-poll waits for terminal statuses only
     if status ~= st.old[F_STATUS] and (status == SUCCEEDED or status == FAILED) then
       redis.call('PUBLISH', chan, id)
@@ -370,6 +389,10 @@ for _, cid in ipairs(started_order) do
   local key = KEYS[cckey[cid]]
   redis.call('ZADD', key, unpack(started[cid]))
   redis.call('ZREMRANGEBYRANK', key, 0, -(client_keep + 1))
+  if ttl > 0 then
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    redis.call('EXPIREAT', key, math.floor(tonumber(newest[2])) + ttl)
+  end
 end
 
 -- Checkpoint: only ever forward (copies finish batches in any order). One

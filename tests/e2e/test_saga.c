@@ -32,6 +32,12 @@
  *                             items are parked in the dead-letter stream with
  *                             their reason; the worker goes on, and the saga of
  *                             the item-less checkout still ends (timed_out).
+ *   short_lifetimes_*         with 1 s lifetimes every transient key family
+ *                             (reservations, notification markers, audit marks,
+ *                             closed checkouts' read models, client indexes) is
+ *                             gone after the run; histories, orders, the client
+ *                             and stock aggregates stay; chorus-api still
+ *                             answers each checkout's status (from its history).
  * Concurrency, Redis crashes and the timeout racing a success are in
  * test_saga_faults.c. */
 #include <criterion/criterion.h>
@@ -40,11 +46,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "common/buf.h"
 #include "common/ids.h"
+#include "common/names.h"
 #include "event_store/deadletter.h"
 #include "tests/e2e/saga_env.h"
+#include "tests/support/http.h"
 #include "tests/support/proc.h"
 
 static sg_env E;
@@ -501,19 +510,79 @@ static bool transient_gone(void *ud)
 {
     (void)ud;
     return count_keys("chorus:resv:*") == 0 && count_keys("chorus:notify:*") == 1 /* the log */ &&
-           count_keys("chorus:{audit}:seen:*") == 0;
+           count_keys("chorus:{audit}:seen:*") == 0 && count_keys("chorus:rm:checkout:*") == 0 &&
+           count_keys(CM_KEY_CLIENT_CHECKOUTS "*") == 0;
+}
+
+static int g_api_port;
+
+static bool api_healthy(void *ud)
+{
+    (void)ud;
+    tf_http_resp r;
+    bool ok = tf_http_request(g_api_port, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200;
+    tf_http_resp_free(&r);
+    return ok;
+}
+
+/* Starts chorus-api (CHORUS_API_BIN) on a free port against the test's Redis;
+ * returns its pid (it gets SIGKILL if this test dies). */
+static pid_t start_api(void)
+{
+    const char *bin = getenv("CHORUS_API_BIN");
+    cr_assert(bin && *bin, "CHORUS_API_BIN is not set");
+    for (int attempt = 0; attempt < 5; attempt++) {
+        g_api_port = tf_free_port();
+        char port[32], url[340], log[400];
+        snprintf(port, sizeof port, "API_PORT=%d", g_api_port);
+        snprintf(url, sizeof url, "REDIS_URL=%s", E.r.url);
+        snprintf(log, sizeof log, "%s/api.log", E.r.dir);
+        const char *env[] = {port, url, "API_THREADS=2", "LOG_LEVEL=warn", "CHORUS_ADMIN_TOKEN=", NULL};
+        const char *argv[] = {bin, NULL};
+        pid_t pid = tf_spawn(argv, env, log);
+        cr_assert_gt(pid, 0, "cannot run %s", bin);
+        if (tf_wait_until(api_healthy, NULL, 15000))
+            return pid;
+        tf_kill(pid, SIGKILL);   /* port taken between probe and bind: another */
+        tf_wait_exit(pid, 5000, NULL);
+        tf_dump_file(log, "chorus-api log");
+    }
+    cr_assert_fail("chorus-api did not start");
+    return -1;
+}
+
+/* GET /api/checkouts/<id>: asserts 200 with that status (and reason). */
+static void expect_api_status(const char *id, const char *status, const char *reason)
+{
+    char path[128], want[64];
+    snprintf(path, sizeof path, "/api/checkouts/%s", id);
+    tf_http_resp r;
+    cr_assert_eq(tf_http_request(g_api_port, "GET", path, NULL, NULL, &r), 0, "GET %s: no answer", path);
+    cr_assert_eq(r.status, 200, "GET %s: %d %s", path, r.status, r.body);
+    snprintf(want, sizeof want, "\"status\":\"%s\"", status);
+    cr_expect(strstr(r.body, want), "%s: %s", id, r.body);
+    cr_expect(strstr(r.body, "\"client_id\":\"client-1\""), "%s: %s", id, r.body);
+    if (reason) {
+        snprintf(want, sizeof want, "\"reason\":\"%s\"", reason);
+        cr_expect(strstr(r.body, want), "%s: %s", id, r.body);
+    }
+    tf_http_resp_free(&r);
 }
 
 Test(saga, short_lifetimes_let_the_transient_families_shrink_back)
 {
-    /* every key family but histories, orders, the bus and the audit log has a
-     * lifetime; with 1 s lifetimes a run's marks, reservations and
-     * notification markers are gone shortly after its sagas end */
+    /* every key family but histories, orders, the bus, the audit log and
+     * the client and stock aggregates has a lifetime; with 1 s lifetimes a
+     * run's marks, reservations, notification markers, closed checkouts'
+     * read models and client indexes are gone shortly after its sagas end,
+     * and the API still answers each checkout's status from its history */
     sg_product(&E, "p1", 100);
-    const char *env[] = {"RESERVATION_TTL_S=1", "NOTIFY_TTL_S=1", "AUDIT_SEEN_TTL_S=1", NULL};
+    const char *env[] = {"RESERVATION_TTL_S=1", "NOTIFY_TTL_S=1", "AUDIT_SEEN_TTL_S=1", "READ_MODEL_TTL_S=1", NULL};
     sg_spawn_saga(&E, env);
     sg_spawn(&E, "notification", env);
     sg_spawn(&E, "audit", env);
+    sg_spawn(&E, "cqrs-projection", env);
+    pid_t api = start_api();
     char *ids[6];
     char names[6][16];
     for (int i = 0; i < 6; i++) {
@@ -524,9 +593,22 @@ Test(saga, short_lifetimes_let_the_transient_families_shrink_back)
     }
     wait_ended(ids, 6, 20000);
     cr_assert(tf_wait_until(transient_gone, NULL, 15000),
-              "left: %lld reservations, %lld notify keys (log included), %lld audit marks",
-              count_keys("chorus:resv:*"), count_keys("chorus:notify:*"), count_keys("chorus:{audit}:seen:*"));
+              "left: %lld reservations, %lld notify keys (log included), %lld audit marks, %lld checkout read "
+              "models, %lld client indexes",
+              count_keys("chorus:resv:*"), count_keys("chorus:notify:*"), count_keys("chorus:{audit}:seen:*"),
+              count_keys("chorus:rm:checkout:*"), count_keys(CM_KEY_CLIENT_CHECKOUTS "*"));
     cr_expect_eq(count_keys("chorus:h:checkout:co-life-*"), 6, "histories are kept");
     cr_expect_eq(count_keys("chorus:order:*"), 5, "orders are kept");
+    cr_expect_eq(sg_ll(&E, "EXISTS chorus:rm:client:client-1"), 1, "the client aggregate is kept");
+    cr_expect_eq(sg_ll(&E, "EXISTS chorus:rm:stock:p1"), 1, "the stock aggregate is kept");
+    cr_expect_eq(sg_ll(&E, "HGET chorus:rm:client:client-1 total_orders"), 5);
     expect_stock("p1", 95, 0, 5);
+    /* the read models are gone: the API folds the histories */
+    for (int i = 0; i < 5; i++)
+        expect_api_status(names[i], "SUCCEEDED", NULL);
+    expect_api_status(names[5], "FAILED", "insufficient_stock");
+    tf_kill(api, SIGTERM);
+    int st = -1;
+    cr_expect_eq(tf_wait_exit(api, 10000, &st), 0, "chorus-api did not stop");
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "chorus-api exit status %d", st);
 }

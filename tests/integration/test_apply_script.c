@@ -6,13 +6,16 @@
  * script touches was passed in KEYS (seen through MONITOR); duplicates
  * change nothing; a live call waits for a rebuild's lock, a rebuild call
  * does not; a batch from the redelivery stream leaves the checkpoint; the
- * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX. */
+ * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX; closed
+ * checkouts' read models and client indexes expire from their events' time
+ * (READ_MODEL_TTL_S), open ones and the aggregates are kept. */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/names.h"
 #include "common/redis.h"
 #include "projections/apply_script.h"
@@ -409,4 +412,65 @@ Test(apply_script, a_clients_checkout_index_keeps_the_newest_in_any_order)
     sx_dump_assert_eq(&a, &b);
     sx_dump_free(&a);
     sx_dump_free(&b);
+}
+
+/* EXPIRETIME of key: -1 kept, -2 absent. */
+static long long expiretime(const char *key)
+{
+    return ll("EXPIRETIME %s", key);
+}
+
+Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_kept)
+{
+    /* READ_MODEL_TTL_S: a closed checkout's read model expires floor(its
+     * newest event's time) + lifetime, whatever order or batches its events
+     * came in (a rebuild sets the same); an open one is kept (its _items
+     * are still needed); a client's index expires after its newest
+     * checkout; the client and stock aggregates are kept; events of a
+     * checkout already past its lifetime do not bring its model back */
+    const long long ttl = 3600;
+    double now = (double)(long long)cm_wall_s();
+    const char *done = CM_KEY_RM_PREFIX "checkout:co-done", *open = CM_KEY_RM_PREFIX "checkout:co-open";
+    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call_lifetime(call, ttl);
+    add(call, ev_init("co-done", "c1", now + 0.25));
+    add(call, ev_reserved("co-done", P1x2, 1, now + 1.5));
+    add(call, ev_init("co-open", "c1", now + 2.75));
+    add(call, ev_reserved("co-open", P1x2, 1, now + 3.5));
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(done), -1, "not closed yet: kept");
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c1"), (long long)now + 2 + ttl,
+                 "the index lives a lifetime past its newest checkout");
+
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_succeeded("co-done", "ord-co-done", now + 5.5));   /* before its OrderCreated */
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(done), (long long)now + 5 + ttl, "closed: a lifetime past its newest event");
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_order("co-done", "c1", "ord-co-done", now + 4.5));
+    cr_assert_eq(pj_apply_call_add_product(call, "p1"), PJ_OK);
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(done), (long long)now + 5 + ttl, "a late event of a lower seq moves nothing");
+    cr_assert_eq(expiretime(open), -1, "an open checkout is kept");
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client:c1"), -1, "the client aggregate is kept");
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "stock:p1"), -1, "the stock aggregate is kept");
+
+    /* a checkout that closed longer ago than the lifetime: nothing stays */
+    pj_apply_call_reset(call, PJ_LIVE);
+    whole_saga(call, "co-old", "c2", T0);
+    add(call, ev_reserved("co-stale", P1x2, 1, T0));   /* an open one, as old */
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-old"), -2, "expired at once");
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-stale"), -2, "a stale open model is not resurrected");
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c2"), -2);
+    cr_assert_eq(ll("HGET %s total_orders", CM_KEY_RM_PREFIX "client:c2"), 1, "the aggregate still counts it");
+
+    /* lifetime 0: kept */
+    pj_apply_call_lifetime(call, 0);
+    pj_apply_call_reset(call, PJ_LIVE);
+    whole_saga(call, "co-kept", "c3", T0);
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-kept"), -1);
+    cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c3"), -1);
+    pj_apply_call_free(call);
 }

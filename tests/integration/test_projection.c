@@ -306,9 +306,23 @@ Test(projection, rebuild_from_zero_reproduces_the_read_models_byte_for_byte)
                  "60 checkouts, 7 clients with orders, 7 client indexes, 3 products, the checkpoint");
     sg_ll(&E, "HSET " PJ_RM_PREFIX "checkout:stray status PENDING");   /* not in the store: must go */
 
+    /* lifetimes (READ_MODEL_TTL_S, 7 days by default) count from the
+     * events' times: the rebuild sets the same */
+    long long *exp = calloc(before.n, sizeof *exp);
+    size_t closed = 0;
+    for (size_t i = 0; i < before.n; i++) {
+        exp[i] = sg_ll(&E, "EXPIRETIME %s", before.keys[i]);
+        closed += exp[i] > 0 && !strncmp(before.keys[i], PJ_RM_PREFIX "checkout:", strlen(PJ_RM_PREFIX "checkout:"));
+    }
+    cr_assert_eq(closed, 60, "every closed checkout's read model has its lifetime");
+
     cr_assert_eq(run_rebuild(), 0, "chorus-projection-rebuild failed");
     sx_dump_take(E.c, PJ_RM_PREFIX "*", &after);
     sx_dump_assert_eq(&before, &after);
+    for (size_t i = 0; i < before.n; i++)
+        cr_expect_eq(sg_ll(&E, "EXPIRETIME %s", before.keys[i]), exp[i], "%s: the rebuild's lifetime differs",
+                     before.keys[i]);
+    free(exp);
     cr_assert_eq(sg_ll(&E, "EXISTS " PJ_REBUILD_LOCK_KEY), 0, "the rebuild released its lock");
     sx_dump_free(&before);
     sx_dump_free(&after);

@@ -32,7 +32,8 @@ end
 redis.call('HSET', resv, 'state', 'sold')
 local ttl = tonumber(ARGV[j + 6])
 if ttl > 0 then redis.call('EXPIRE', resv, ttl) end
-redis.call('HSET', order, 'order_id', ARGV[j + 1], 'checkout_id', ARGV[j], 'client_id', ARGV[j + 2],
+-- (the order id is the key's name: not stored again as a field)
+redis.call('HSET', order, 'checkout_id', ARGV[j], 'client_id', ARGV[j + 2],
   'total_cents', ARGV[j + 3], 'items', ARGV[j + 4], 'created_at', ARGV[j + 5])
 redis.call('ZREM', started, ARGV[j])
 return es_write(KEYS[1], KEYS[2], ARGV, 1, len)

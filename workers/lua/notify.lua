@@ -21,7 +21,9 @@ else
   id = redis.call('XADD', KEYS[2], '*', 'checkout_id', ARGV[1], 'status', ARGV[2], ARGV[3], ARGV[4],
     'event_id', ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'checkout_id', ARGV[1], 'status', ARGV[2], 'event_id', ARGV[5], 'log_id', id)
+-- the marker names the log entry; checkout and event ids are in the key's
+-- name and in that entry, not stored a third time
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'log_id', id)
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return {'new', ''}
