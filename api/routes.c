@@ -38,6 +38,7 @@ static const api_route k_routes[] = {
     {"GET", "/api/stats/sagas", api_h_saga_stats, F_RX, 17},
     {"GET", "/ui", api_h_ui_index, 0, 18},
     {"GET", "/ui/{asset}", api_h_ui_asset, 0, 19},
+    {"GET", "/api/event-store/streams", api_h_streams, F_RX, 20},
 };
 #define NROUTES (sizeof k_routes / sizeof k_routes[0])
 
@@ -62,6 +63,7 @@ const char *const api_route_labels[] = {
     "/api/stats/sagas",
     "/ui/",
     "/ui/{asset}",
+    "/api/event-store/streams",
     "unmatched",
 };
 const int api_route_nlabels = (int)(sizeof api_route_labels / sizeof api_route_labels[0]);

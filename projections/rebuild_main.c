@@ -12,17 +12,20 @@
 #include "projections/projection.h"
 
 #include <stdint.h>
+#include "common/names.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
 static char *g_redis_url, *g_bus;
-static int64_t g_timeout_ms;
+static int64_t g_timeout_ms, g_partitions;
 
 static const cm_opt k_opts[] = {
     {"redis-url", "REDIS_URL", CM_OPT_STR, &g_redis_url, "redis://127.0.0.1:6379/0", 0, -1, "Redis to use"},
     {"bus", "BUS_STREAM", CM_OPT_STR, &g_bus, CM_BUS_STREAM_DEFAULT, 0, -1, "the bus stream"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, &g_timeout_ms, "30000", 100, 600000,
      "connect/command timeout"},
+    {"partitions", "PARTITIONS", CM_OPT_INT, &g_partitions, "1", 1, CM_PARTITIONS_MAX, CM_PARTITIONS_HELP},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -38,6 +41,11 @@ int main(int argc, char **argv)
         return lr < 0 ? 2 : 0;
     }
     int code = 1;
+    if (cm_partitions_configure(g_partitions, g_bus, err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-projection-rebuild: %s\n", err);
+        code = 2;
+        goto out;
+    }
     redisContext *c = cm_redis_connect(g_redis_url, (int)g_timeout_ms, err, sizeof err);
     if (!c) {
         cm_log(CM_ERROR, "%s", err);

@@ -217,7 +217,7 @@ static int retry_stream(wk_ctx *ctx, int s, int *waiting)
 int wk_retry_due(wk_ctx *ctx)
 {
     int waiting = 0;
-    for (int s = 0; s < WK_NSTREAMS; s++)
+    for (int s = 0; s < ctx->nstreams; s++)
         if (retry_stream(ctx, s, &waiting) != 0)
             return -1;
     ctx->retry_waiting = waiting;
@@ -227,7 +227,7 @@ int wk_retry_due(wk_ctx *ctx)
 int wk_resume_own(wk_ctx *ctx)
 {
     long long resumed = 0, waiting = 0;
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         char start[80] = "-";
         cm_argv a = {0};
         for (;;) {
@@ -277,7 +277,7 @@ int wk_resume_own(wk_ctx *ctx)
 
 int wk_claim_idle(wk_ctx *ctx)
 {
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         redisReply *r = redisCommand(ctx->c, "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
                                      ctx->consumer, (long long)ctx->set.claim_idle_ms, ctx->claim_cursor[s],
                                      (long long)ctx->set.batch);
@@ -318,7 +318,7 @@ int wk_claim_idle(wk_ctx *ctx)
 
 int wk_prune_consumers(wk_ctx *ctx)
 {
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         redisReply *r = redisCommand(ctx->c, "XINFO CONSUMERS %s %s", ctx->streams[s], ctx->group);
         if (!r)
             return -1;
