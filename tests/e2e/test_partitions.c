@@ -1,0 +1,216 @@
+/* test_partitions.c - the checkout saga with PARTITIONS=4 on one
+ * redis-server: real `chorus-worker` processes reading all four partitions'
+ * bus streams (and their redelivery streams) in one XREADGROUP.
+ *
+ *   saga_outcomes_*  on every partition: a success (Initiated, Reserved,
+ *                    OrderCreated, Succeeded; sold), a stock failure
+ *                    (ReservationFailed, Failed; nothing held) and a
+ *                    compensation (order over ORDER_LIMIT_CENTS: the
+ *                    reservation released). The keys are the documented
+ *                    layout, spelled out here: history, reservation, order
+ *                    the timeout set and the bus carry "{p<p>}", the unpartitioned names are
+ *                    never written, each group exists on every partition's
+ *                    bus and has nothing pending, no dead letters.
+ *   sigkill_*        240 checkouts racing for 100 units over four
+ *                    partitions, two copies of each saga worker, one copy of
+ *                    each SIGKILLed once an eighth of the first half ended,
+ *                    the second half appended while they are down, then
+ *                    restarted: every checkout has
+ *                    exactly one terminal event (its last), exactly 100
+ *                    succeed, available + sold == 100 and reserved == 0. */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/ids.h"
+#include "common/names.h"
+#include "tests/e2e/saga_env.h"
+#include "tests/support/proc.h"
+
+#define NPART 4
+#define BUS "ecommerce.checkout.events"
+
+static sg_env E;
+
+static void setup(void)
+{
+    cr_assert_eq(cm_partitions_set(NPART), 0);   /* this test process names keys as the workers do */
+    sg_setup(&E, NULL);
+}
+
+static void teardown(void)
+{
+    sg_teardown(&E);
+}
+
+TestSuite(partitions, .init = setup, .fini = teardown, .timeout = 150);
+
+static const char *const k_env[] = {"PARTITIONS=4", "ORDER_LIMIT_CENTS=100000", NULL};
+
+static void wait_ended(char *const *ids, size_t n, int timeout_ms)
+{
+    if (!sg_wait_terminal(&E, ids, n, timeout_ms)) {
+        sg_dump_logs(&E);
+        cr_assert_fail("sagas did not end within %d ms", timeout_ms);
+    }
+}
+
+static void wait_quiet(void)
+{
+    if (!sg_wait_quiet(&E, 30000)) {
+        sg_dump_logs(&E);
+        cr_assert_fail("consumer groups did not become idle on every partition");
+    }
+}
+
+/* Writes into out the first id "<prefix>-<i>" in partition p. */
+static void id_in(const char *prefix, int p, char *out, size_t outlen)
+{
+    for (int i = 0;; i++) {
+        snprintf(out, outlen, "%s-%d", prefix, i);
+        if (cm_partition_of(out) == p)
+            return;
+    }
+}
+
+static void expect_types(const char *checkout, const char *want)
+{
+    char *got = sg_types(&E, checkout);
+    cr_expect_str_eq(got, want, "history of %s", checkout);
+    free(got);
+}
+
+Test(partitions, saga_outcomes_on_every_partition_with_tagged_keys)
+{
+    sg_product(&E, "p-ok", 100);
+    sg_product(&E, "p-short", 1);
+    sg_spawn_saga(&E, k_env);
+    char ok[NPART][32], short_[NPART][32], limit[NPART][32];
+    char *all[3 * NPART];
+    for (int p = 0; p < NPART; p++) {
+        id_in("ok", p, ok[p], sizeof ok[p]);
+        id_in("short", p, short_[p], sizeof short_[p]);
+        id_in("limit", p, limit[p], sizeof limit[p]);
+        sg_line good = {"p-ok", 1, 1000}, many = {"p-short", 5, 1000}, dear = {"p-ok", 1, 200000};
+        sg_checkout(&E, ok[p], "client-1", &good, 1);
+        sg_checkout(&E, short_[p], "client-2", &many, 1);
+        sg_checkout(&E, limit[p], "client-3", &dear, 1);
+        all[3 * p] = ok[p];
+        all[3 * p + 1] = short_[p];
+        all[3 * p + 2] = limit[p];
+    }
+    wait_ended(all, 3 * NPART, 30000);
+    wait_quiet();
+    for (int p = 0; p < NPART; p++) {
+        expect_types(ok[p], "CheckoutInitiated,StockReserved,OrderCreated,CheckoutSucceeded");
+        expect_types(short_[p], "CheckoutInitiated,StockReservationFailed,CheckoutFailed");
+        expect_types(limit[p], "CheckoutInitiated,StockReserved,OrderCreationFailed,StockReleased,CheckoutFailed");
+        /* the layout, spelled out (not built by names.c) */
+        cr_expect_eq(sg_ll(&E, "LLEN chorus:h:checkout:{p%d}:%s", p, ok[p]), 4);
+        cr_expect_eq(sg_ll(&E, "EXISTS chorus:h:checkout:%s", ok[p]), 0, "the unpartitioned history name");
+        char *st = sg_str(&E, "HGET chorus:resv:{p%d}:%s state", p, ok[p]);
+        cr_expect(st && !strcmp(st, "sold"), "reservation of %s: %s", ok[p], st ? st : "(none)");
+        free(st);
+        st = sg_str(&E, "HGET chorus:resv:{p%d}:%s state", p, limit[p]);
+        cr_expect(st && !strcmp(st, "released"), "reservation of %s: %s", limit[p], st ? st : "(none)");
+        free(st);
+        char order_id[CM_UUID_LEN + 1];
+        cm_uuid_derive(ok[p], "order", order_id);
+        cr_expect_eq(sg_ll(&E, "EXISTS chorus:order:{p%d}:%s", p, order_id), 1, "order of %s", ok[p]);
+        /* 4 + 3 + 5 events of this partition's three checkouts on its bus */
+        cr_expect_eq(sg_ll(&E, "XLEN " BUS ":{p%d}", p), 12, "bus of partition %d", p);
+        /* the timeout set of partition p holds only p's sagas (an ended saga
+         * may be recorded after its end; the tick drops it later) */
+        redisReply *z = redisCommand(E.c, "ZRANGE " CM_KEY_SAGA_STARTED ":{p%d} 0 -1", p);
+        cr_assert(z && z->type == REDIS_REPLY_ARRAY);
+        for (size_t i = 0; i < z->elements; i++)
+            cr_expect_eq(cm_partition_of(z->element[i]->str), p, "%s in the timeout set of %d", z->element[i]->str, p);
+        freeReplyObject(z);
+        for (int g = 0; g < 3; g++) {
+            redisReply *r = redisCommand(E.c, "XPENDING " BUS ":{p%d} %s", p, cm_group_names[g]);
+            cr_assert(r && r->type == REDIS_REPLY_ARRAY, "group %s on partition %d", cm_group_names[g], p);
+            cr_expect_eq(r->element[0]->integer, 0);
+            freeReplyObject(r);
+            r = redisCommand(E.c, "XPENDING " BUS ":{p%d}.retry.%s %s", p, cm_group_names[g], cm_group_names[g]);
+            cr_expect(r && r->type == REDIS_REPLY_ARRAY, "redelivery stream of %s on partition %d",
+                      cm_group_names[g], p);
+            freeReplyObject(r);
+        }
+    }
+    cr_expect_eq(sg_ll(&E, "EXISTS " BUS), 0, "the unpartitioned bus is never written");
+    cr_expect_eq(sg_ll(&E, "EXISTS " CM_KEY_SAGA_STARTED), 0);
+    long long a, r, s;
+    sg_stock(&E, "p-ok", &a, &r, &s);
+    cr_expect(a == 100 - NPART && r == 0 && s == NPART, "p-ok: available %lld reserved %lld sold %lld", a, r, s);
+    sg_stock(&E, "p-short", &a, &r, &s);
+    cr_expect(a == 1 && r == 0 && s == 0, "p-short: available %lld reserved %lld sold %lld", a, r, s);
+    for (int g = 0; g < 3; g++)
+        cr_expect_eq(sg_dlq_len(&E, cm_group_names[g]), 0, "dead letters of %s", cm_group_names[g]);
+    cr_expect_eq(sg_stop_workers(&E), 0, "workers drained and exited 0");
+}
+
+typedef struct at_least {
+    char **ids;
+    size_t n, want;
+} at_least;
+
+static bool terminal_at_least(void *ud)
+{
+    at_least *w = ud;
+    return sg_count_terminal(&E, w->ids, w->n) >= w->want;
+}
+
+Test(partitions, sigkill_midway_leaves_one_terminal_each_and_stock_conserved)
+{
+    enum { N = 240, STOCK = 100 };
+    sg_product(&E, "hot", STOCK);
+    int first = sg_spawn_saga(&E, k_env);
+    sg_spawn_saga(&E, k_env);
+    static char names[N][24];
+    static char *ids[N];
+    int per[NPART] = {0};
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "race-%d", i);
+        ids[i] = names[i];
+        per[cm_partition_of(ids[i])]++;
+    }
+    for (int p = 0; p < NPART; p++)
+        cr_assert_gt(per[p], N / NPART / 2, "partition %d has %d of the checkouts", p, per[p]);
+    sg_line l = {"hot", 1, 500};
+    for (int i = 0; i < N / 2; i++)
+        sg_checkout(&E, ids[i], "client-r", &l, 1);
+    at_least w = {ids, N / 2, N / 8};
+    cr_assert(tf_wait_until(terminal_at_least, &w, 30000), "an eighth of the sagas did not end");
+    for (int k = 0; k < 3; k++)
+        sg_kill9(&E, first + k);   /* one copy of each saga worker, mid-run */
+    for (int i = N / 2; i < N; i++)   /* the second half arrives while they are down */
+        sg_checkout(&E, ids[i], "client-r", &l, 1);
+    for (int k = 0; k < 3; k++)
+        sg_restart(&E, first + k);
+    wait_ended(ids, N, 60000);
+    wait_quiet();
+    size_t succeeded = 0, bad = 0;
+    for (int i = 0; i < N; i++) {
+        es_checkout_state st;
+        sg_fold(&E, ids[i], &st);
+        char *t = sg_types(&E, ids[i]);
+        size_t len = strlen(t);
+        bool last_terminal = (len >= 17 && !strcmp(t + len - 17, "CheckoutSucceeded")) ||
+                             (len >= 14 && !strcmp(t + len - 14, "CheckoutFailed"));
+        if (st.terminal_events != 1 || !last_terminal)
+            if (bad++ < 5)
+                fprintf(stderr, "%s: %d terminal events: %s\n", ids[i], st.terminal_events, t);
+        succeeded += !strcmp(st.status, "SUCCEEDED");
+        free(t);
+    }
+    cr_expect_eq(bad, 0, "%zu checkouts without exactly one (final) terminal event", bad);
+    cr_expect_eq(succeeded, (size_t)STOCK, "exactly the stock is sold");
+    long long a, r, s;
+    sg_stock(&E, "hot", &a, &r, &s);
+    cr_expect(a == 0 && r == 0 && s == STOCK, "hot: available %lld reserved %lld sold %lld", a, r, s);
+    for (int g = 0; g < 3; g++)
+        cr_expect_eq(sg_dlq_len(&E, cm_group_names[g]), 0, "dead letters of %s", cm_group_names[g]);
+    cr_expect_eq(sg_stop_workers(&E), 0, "workers drained and exited 0");
+}
