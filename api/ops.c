@@ -119,8 +119,7 @@ api_flow api_h_workers(api_req *rq)
         }
     cm_buf *o = &rq->out;
     cm_buf parts = {0};
-    cm_buf_puts(o, "{\"partitions\":");
-    cm_buf_printf(o, "%d,\"groups\":[", np);
+    cm_buf_puts(o, "{\"groups\":[");
     for (size_t k = 0; k < nn; k++) {
         long long consumers = 0, pending = 0, lag = 0;
         bool lag_known = true;

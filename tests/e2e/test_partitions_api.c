@@ -180,6 +180,25 @@ static bool all_succeeded(void *ud)
     return true;
 }
 
+/* True when /api/workers shows the four groups with nothing pending and no
+ * lag in total (every partition read to its end and acknowledged). */
+static bool groups_idle(void *ud)
+{
+    (void)ud;
+    tf_http_resp r;
+    ae_req(&E, "GET", "/api/workers", NULL, NULL, &r);
+    json_t *j = r.status == 200 ? json_loads(r.body, 0, NULL) : NULL;
+    tf_http_resp_free(&r);
+    json_t *gs = json_object_get(j, "groups"), *g;
+    size_t i;
+    bool idle = json_array_size(gs) == 4;
+    json_array_foreach(gs, i, g) {
+        idle = idle && json_is_integer(json_object_get(g, "lag")) && jint(g, "lag") == 0 && jint(g, "pending") == 0;
+    }
+    json_decref(j);
+    return idle;
+}
+
 Test(partitions_api, checkouts_end_and_every_route_answers)
 {
     spawn_workers();
@@ -219,6 +238,7 @@ Test(partitions_api, checkouts_end_and_every_route_answers)
     cr_expect_gt(used, 1, "checkouts spread over partitions");
     ids s = {co, N};
     cr_assert(tf_wait_until(all_succeeded, &s, 30000), "checkouts did not all succeed");
+    cr_assert(tf_wait_until(groups_idle, NULL, 30000), "the groups' totals did not reach 0 pending, 0 lag");
     for (int i = 0; i < N; i++) {
         char path[200];
         snprintf(path, sizeof path, "/api/event-store/replay/checkout/%s", co[i]);
