@@ -11,6 +11,14 @@
  *                    the timeout set and the bus carry "{p<p>}", the unpartitioned names are
  *                    never written, each group exists on every partition's
  *                    bus and has nothing pending, no dead letters.
+ *   other_workers_*  the projection, notification and audit workers on four
+ *                    partitions: each checkout's read model and notification
+ *                    marker carry its tag, one notification log per
+ *                    partition, one audit record per event;
+ *                    chorus-projection-rebuild (PARTITIONS=4) replays every
+ *                    partition's bus and restores the read models, and
+ *                    chorus-audit-verify --deep finds each record's event in
+ *                    its partitioned history.
  *   sigkill_*        240 checkouts racing for 100 units over four
  *                    partitions, two copies of each saga worker, one copy of
  *                    each SIGKILLed once an eighth of the first half ended,
@@ -20,9 +28,11 @@
  *                    succeed, available + sold == 100 and reserved == 0. */
 #include <criterion/criterion.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "common/ids.h"
 #include "common/names.h"
@@ -149,6 +159,84 @@ Test(partitions, saga_outcomes_on_every_partition_with_tagged_keys)
     for (int g = 0; g < 3; g++)
         cr_expect_eq(sg_dlq_len(&E, cm_group_names[g]), 0, "dead letters of %s", cm_group_names[g]);
     cr_expect_eq(sg_stop_workers(&E), 0, "workers drained and exited 0");
+}
+
+/* Runs bin (path from env var binvar) with flags and PARTITIONS=4; returns
+ * its exit status, its output in out. */
+static int run_tool(const char *binvar, const char *flag, char *out, size_t outlen)
+{
+    const char *bin = getenv(binvar);
+    cr_assert(bin && *bin, "%s is not set (run through meson test)", binvar);
+    char url[340], log[400];
+    snprintf(url, sizeof url, "REDIS_URL=%s", E.r.url);
+    snprintf(log, sizeof log, "%s/tool.log", E.r.dir);
+    remove(log);
+    const char *argv[] = {bin, flag, NULL};
+    const char *env[] = {url, "PARTITIONS=4", "LOG_LEVEL=warn", NULL};
+    pid_t pid = tf_spawn(argv, env, log);
+    cr_assert_gt(pid, 0);
+    int st = 0;
+    cr_assert_eq(tf_wait_exit(pid, 30000, &st), 0, "%s did not exit", bin);
+    FILE *f = fopen(log, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(out, 1, outlen - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *rm_status(const char *co, int p)
+{
+    return sg_str(&E, "HGET chorus:rm:checkout:{p%d}:%s status", p, co);
+}
+
+Test(partitions, other_workers_and_the_tools_use_every_partition)
+{
+    sg_product(&E, "p-ok", 100);
+    sg_spawn_saga(&E, k_env);
+    const char *more[] = {"cqrs-projection", "notification", "audit"};
+    for (int i = 0; i < 3; i++)
+        sg_spawn(&E, more[i], k_env);
+    char ok[NPART][32], limit[NPART][32];
+    char *all[2 * NPART];
+    for (int p = 0; p < NPART; p++) {
+        id_in("ok", p, ok[p], sizeof ok[p]);
+        id_in("limit", p, limit[p], sizeof limit[p]);
+        sg_line good = {"p-ok", 1, 1000}, dear = {"p-ok", 1, 200000};
+        sg_checkout(&E, ok[p], "client-1", &good, 1);
+        sg_checkout(&E, limit[p], "client-1", &dear, 1);
+        all[2 * p] = ok[p];
+        all[2 * p + 1] = limit[p];
+    }
+    wait_ended(all, 2 * NPART, 30000);
+    wait_quiet();
+    const long long events = NPART * (4 + 5);
+    for (int p = 0; p < NPART; p++) {
+        char *st = rm_status(ok[p], p);
+        cr_expect(st && !strcmp(st, "SUCCEEDED"), "read model of %s: %s", ok[p], st ? st : "(none)");
+        free(st);
+        st = rm_status(limit[p], p);
+        cr_expect(st && !strcmp(st, "FAILED"), "read model of %s: %s", limit[p], st ? st : "(none)");
+        free(st);
+        cr_expect_eq(sg_ll(&E, "EXISTS chorus:notify:{p%d}:%s", p, ok[p]), 1, "notification marker of %s", ok[p]);
+        cr_expect_eq(sg_ll(&E, "XLEN " CM_KEY_NOTIFY_LOG ":{p%d}", p), 2, "notification log of partition %d", p);
+    }
+    cr_expect_eq(sg_ll(&E, "EXISTS " CM_KEY_NOTIFY_LOG), 0);
+    cr_expect_eq(sg_ll(&E, "XLEN " CM_KEY_AUDIT_LOG), events, "one audit record per event");
+    cr_expect_eq(sg_stop_workers(&E), 0);
+
+    char out[4096];
+    cr_assert_eq(run_tool("CHORUS_AUDIT_VERIFY_BIN", "--deep", out, sizeof out), 0, "chorus-audit-verify: %s", out);
+    cr_expect(strstr(out, "\"intact\":true"), "%s", out);
+    cr_assert_eq(run_tool("CHORUS_REBUILD_BIN", NULL, out, sizeof out), 0, "chorus-projection-rebuild: %s", out);
+    char want[64];
+    snprintf(want, sizeof want, "\"events\":%lld", events);
+    cr_expect(strstr(out, want), "the rebuild replayed every partition's bus: %s", out);
+    for (int p = 0; p < NPART; p++) {
+        char *st = rm_status(ok[p], p);
+        cr_expect(st && !strcmp(st, "SUCCEEDED"), "rebuilt read model of %s: %s", ok[p], st ? st : "(none)");
+        free(st);
+    }
 }
 
 typedef struct at_least {
