@@ -19,6 +19,12 @@
  *                    partition's bus and restores the read models, and
  *                    chorus-audit-verify --deep finds each record's event in
  *                    its partitioned history.
+ *   retries_*        `chorus-worker test` on four partitions: an event that
+ *                    fails twice is retried on its own partition's bus until
+ *                    it succeeds; a refused one is parked in its partition's
+ *                    dead-letter stream (naming its source stream), and a
+ *                    retry through es_dlq_retry comes back via that
+ *                    partition's redelivery stream.
  *   sigkill_*        240 checkouts racing for 100 units over four
  *                    partitions, two copies of each saga worker, one copy of
  *                    each SIGKILLed once an eighth of the first half ended,
@@ -36,6 +42,7 @@
 
 #include "common/ids.h"
 #include "common/names.h"
+#include "event_store/deadletter.h"
 #include "tests/e2e/saga_env.h"
 #include "tests/support/proc.h"
 
@@ -237,6 +244,97 @@ Test(partitions, other_workers_and_the_tools_use_every_partition)
         cr_expect(st && !strcmp(st, "SUCCEEDED"), "rebuilt read model of %s: %s", ok[p], st ? st : "(none)");
         free(st);
     }
+}
+
+/* Appends one event with data {"mode": mode, "times": times} to aggregate
+ * "test" id; returns its event id in eid[37]. */
+static void test_event(const char *id, const char *mode, int times, char *eid)
+{
+    json_t *data = times ? json_pack("{s:s, s:i}", "mode", mode, "times", times) : json_pack("{s:s}", "mode", mode);
+    es_new_event ev = {.type = "TestEvent", .data = data};
+    es_append_req req = {.aggregate = "test", .aggregate_id = id, .producer = "test",
+                         .expected_version = ES_ANY_VERSION, .events = &ev, .n = 1};
+    es_append_res res;
+    cr_assert_eq(es_append(E.s, &req, &res), ES_OK, "%s", es_store_errstr(E.s));
+    json_decref(data);
+    snprintf(eid, 37, "%s", res.pos[0].event_id);
+}
+
+typedef struct handled_wait {
+    char (*eids)[37];
+    int n;
+} handled_wait;
+
+static bool all_handled(void *ud)
+{
+    handled_wait *w = ud;
+    for (int i = 0; i < w->n; i++) {
+        char *v = sg_str(&E, "HGET test:handled %s", w->eids[i]);
+        bool ok = v && !strcmp(v, "1");
+        free(v);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool parked_everywhere(void *ud)
+{
+    (void)ud;
+    for (int p = 0; p < NPART; p++)
+        if (sg_ll(&E, "XLEN " BUS ":{p%d}.dlq.test-group", p) < 1)
+            return false;
+    return true;
+}
+
+Test(partitions, retries_and_dead_letters_stay_in_their_partition)
+{
+    sg_spawn(&E, "test", (const char *const[]){"PARTITIONS=4", "RETRY_BASE_MS=20", "RETRY_MAX_MS=100", NULL});
+    char flaky[NPART][37], dead[NPART][37];
+    for (int p = 0; p < NPART; p++) {
+        char id[32];
+        id_in("flaky", p, id, sizeof id);
+        test_event(id, "fail", 2, flaky[p]);
+        id_in("dead", p, id, sizeof id);
+        test_event(id, "dead", 0, dead[p]);
+    }
+    handled_wait w = {flaky, NPART};
+    if (!tf_wait_until(all_handled, &w, 20000)) {
+        sg_dump_logs(&E);
+        cr_assert_fail("the failing events were not retried to success");
+    }
+    for (int p = 0; p < NPART; p++) {
+        char *a = sg_str(&E, "HGET test:attempts %s", flaky[p]);
+        cr_expect(a && !strcmp(a, "3"), "event of partition %d: %s attempts, want 3", p, a ? a : "no");
+        free(a);
+    }
+    cr_assert(tf_wait_until(parked_everywhere, NULL, 20000), "refused events not parked in each partition");
+    for (int p = 0; p < NPART; p++) {
+        char dlq[64], src[64];
+        snprintf(dlq, sizeof dlq, BUS ":{p%d}.dlq.test-group", p);
+        snprintf(src, sizeof src, BUS ":{p%d}", p);
+        redisReply *r = redisCommand(E.c, "XRANGE %s - +", dlq);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1, "one dead letter in %s", dlq);
+        const redisReply *f = r->element[0]->element[1];
+        bool src_ok = false;
+        for (size_t j = 0; j + 1 < f->elements; j += 2)
+            if (!strcmp(f->element[j]->str, "stream"))
+                src_ok = !strcmp(f->element[j + 1]->str, src);
+        cr_expect(src_ok, "dead letter of partition %d names its source %s", p, src);
+        /* re-delivered through this partition's redelivery stream: refused and parked again */
+        char err[256];
+        cr_assert_eq(es_dlq_retry(E.c, src, "test-group", r->element[0]->element[0]->str, err, sizeof err), ES_OK,
+                     "%s", err);
+        freeReplyObject(r);
+    }
+    cr_assert(tf_wait_until(parked_everywhere, NULL, 20000), "re-delivered events not parked again");
+    for (int p = 0; p < NPART; p++) {
+        char *a = sg_str(&E, "HGET test:attempts %s", dead[p]);
+        cr_expect(a && !strcmp(a, "2"), "refused event of partition %d seen %s times, want 2", p, a ? a : "no");
+        free(a);
+        cr_expect_eq(sg_ll(&E, "XLEN " BUS ":{p%d}.retry.test-group", p), 1, "redelivered on partition %d", p);
+    }
+    cr_expect_eq(sg_ll(&E, "EXISTS " BUS ".dlq.test-group"), 0);
 }
 
 typedef struct at_least {
