@@ -31,7 +31,8 @@
 typedef struct api_cfg {
     int64_t port;
     char *redis_url;
-    char *bus;
+    char *bus;                 /* base name: cm_key_bus gives each partition's */
+    int64_t partitions;        /* PARTITIONS */
     char *admin_token;         /* NULL or empty: admin routes answer 403 */
     int64_t threads;
     int64_t redis_timeout_ms;
@@ -190,7 +191,8 @@ void api_routes_init(void);
 api_flow api_h_checkout_post(api_req *rq);     /* intake.c */
 api_flow api_h_checkout_alias(api_req *rq);
 api_flow api_h_checkout_get(api_req *rq);      /* checkouts.c */
-api_flow api_h_stream_events(api_req *rq);     /* queries.c */
+api_flow api_h_stream_events(api_req *rq);
+api_flow api_h_streams(api_req *rq);   /* GET /api/event-store/streams */     /* queries.c */
 api_flow api_h_replay(api_req *rq);
 api_flow api_h_orders_by_client(api_req *rq);
 api_flow api_h_products(api_req *rq);          /* catalog.c */

@@ -171,7 +171,10 @@ static api_job *make_job(api_req *rq, json_t *root, const char *client, const li
 {
     api_job *j = cm_xcalloc(1, sizeof *j);
     j->conn = rq->conn;
-    cm_uuid7(j->checkout_id);
+    if (rq->idem_key[0])   /* the new checkout goes where its idempotency record is */
+        cm_partition_id(cm_partition_of_idem(client, rq->idem_key), j->checkout_id);
+    else
+        cm_uuid7(j->checkout_id);
     if (rq->idem_key[0])
         body_hash(root, j->hash);
     accepted_body(&j->body, j->checkout_id, alias);

@@ -25,6 +25,7 @@ static const cm_opt k_opts[] = {
     {"redis-url", "REDIS_URL", CM_OPT_STR, &g_api.redis_url, "redis://127.0.0.1:6379/0", 1, 0,
      "Redis to use"},
     {"bus-stream", "BUS_STREAM", CM_OPT_STR, &g_api.bus, CM_BUS_STREAM_DEFAULT, 1, 0, "the bus stream"},
+    {"partitions", "PARTITIONS", CM_OPT_INT, &g_api.partitions, "1", 1, CM_PARTITIONS_MAX, CM_PARTITIONS_HELP},
     {"admin-token", "CHORUS_ADMIN_TOKEN", CM_OPT_STR, &g_api.admin_token, NULL, 1, 0,
      "bearer token of the admin routes (unset: admin disabled)"},
     {"threads", "API_THREADS", CM_OPT_INT, &g_api.threads, "2", 1, 256,
@@ -71,6 +72,8 @@ static int check_settings(char *err, size_t errlen)
                  tok, API_ADMIN_TOKEN_MIN);
         return -1;
     }
+    if (cm_partitions_configure(g_api.partitions, g_api.bus, err, errlen) != 0)
+        return -1;
     cm_redis_url u;
     if (cm_redis_url_parse(g_api.redis_url, &u, err, errlen) != 0)
         return -1;   /* the message shows the URL masked */

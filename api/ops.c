@@ -9,31 +9,65 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/names.h"
+#include "common/xmalloc.h"
 #include "event_store/deadletter.h"
 
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DLQ_LIST_MAX 1000   /* dead letters listed per group (oldest first) */
 #define DLQ_RETRY_MAX ES_DLQ_RETRY_OLDEST_MAX  /* dead letters re-delivered by one bulk request */
 
-/* XINFO GROUPS <bus>. Returns 0 with *out (caller frees; NULL when the bus
- * does not exist yet), or -1 after answering 503. */
+/* XINFO GROUPS of every partition's bus, pipelined. Returns 0 with out[p]
+ * (caller frees each with free_groups; NULL where the bus does not exist
+ * yet), or -1 after answering 503. */
 static int groups_info(api_req *rq, api_redis *t, redisReply **out)
 {
-    *out = NULL;
-    redisReply *r = redisCommand(t->c, "XINFO GROUPS %s", g_api.bus);
-    if (r && !t->c->err && r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
-        freeReplyObject(r);
-        return 0;
+    int np = cm_partitions();
+    for (int p = 0; p < np; p++) {
+        out[p] = NULL;
+        redisAppendCommand(t->c, "XINFO GROUPS %s", cm_key_bus(g_api.bus, p).s);
     }
-    if (!api_redis_ok(t, r)) {
-        api_redis_fail(rq, t->fault, t->err);
-        return -1;
+    int rc = 0;
+    for (int p = 0; p < np; p++) {
+        redisReply *r = NULL;
+        if (redisGetReply(t->c, (void **)&r) != REDIS_OK)
+            r = NULL;
+        if (rc == 0 && r && !t->c->err && r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
+            freeReplyObject(r);
+            continue;
+        }
+        if (rc == 0 && !api_redis_ok(t, r)) {   /* frees r */
+            api_redis_fail(rq, t->fault, t->err);
+            rc = -1;
+            if (t->c == NULL || t->c->err)
+                break;   /* the connection is gone: no more replies */
+            continue;
+        }
+        if (rc != 0) {
+            if (r)
+                freeReplyObject(r);
+            continue;
+        }
+        out[p] = r;
     }
-    *out = r;
-    return 0;
+    if (rc != 0)
+        for (int p = 0; p < np; p++)
+            if (out[p]) {
+                freeReplyObject(out[p]);
+                out[p] = NULL;
+            }
+    return rc;
+}
+
+static void free_groups(redisReply **rs)
+{
+    for (int p = 0; p < cm_partitions(); p++)
+        if (rs[p])
+            freeReplyObject(rs[p]);
+    free(rs);
 }
 
 static size_t ngroups(const redisReply *r)
@@ -41,37 +75,102 @@ static size_t ngroups(const redisReply *r)
     return r && r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
 }
 
+/* The entry of group `name` in one XINFO GROUPS reply, or NULL. */
+static const redisReply *group_of(const redisReply *r, const char *name)
+{
+    for (size_t i = 0; i < ngroups(r); i++) {
+        const redisReply *n = api_kv_field(r->element[i], "name");
+        if (cm_reply_is_str(n) && !strcmp(n->str, name))
+            return r->element[i];
+    }
+    return NULL;
+}
+
+#define WORKERS_GROUPS_MAX 64   /* distinct group names listed */
+
+/* GET /api/workers: each group's totals over the partitions (consumers: the
+ * most on one partition; pending and lag: sums, lag null when a partition
+ * cannot tell; last_delivered_id: the greatest), and "partitions": the same
+ * per partition's bus. */
 api_flow api_h_workers(api_req *rq)
 {
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *r;
-    if (groups_info(rq, t, &r) != 0)
+    int np = cm_partitions();
+    redisReply **rs = cm_xcalloc((size_t)np, sizeof *rs);
+    if (groups_info(rq, t, rs) != 0) {
+        free(rs);
         return API_DONE;
+    }
+    const char *names[WORKERS_GROUPS_MAX];
+    size_t nn = 0;
+    for (int p = 0; p < np; p++)
+        for (size_t i = 0; i < ngroups(rs[p]) && nn < WORKERS_GROUPS_MAX; i++) {
+            const redisReply *name = api_kv_field(rs[p]->element[i], "name");
+            bool seen = !cm_reply_is_str(name);
+            for (size_t k = 0; k < nn && !seen; k++)
+                seen = !strcmp(names[k], name->str);
+            if (!seen)
+                names[nn++] = name->str;
+        }
     cm_buf *o = &rq->out;
+    cm_buf parts = {0};
     cm_buf_puts(o, "{\"groups\":[");
-    for (size_t i = 0; i < ngroups(r); i++) {
-        const redisReply *g = r->element[i];
-        const redisReply *name = api_kv_field(g, "name"), *last = api_kv_field(g, "last-delivered-id");
-        const redisReply *lag = api_kv_field(g, "lag");
-        if (i)
+    for (size_t k = 0; k < nn; k++) {
+        long long consumers = 0, pending = 0, lag = 0;
+        bool lag_known = true;
+        const char *last = NULL;
+        cm_buf_reset(&parts);
+        for (int p = 0; p < np; p++) {
+            const redisReply *g = group_of(rs[p], names[k]);
+            cm_key bus = cm_key_bus(g_api.bus, p);
+            if (p)
+                cm_buf_putc(&parts, ',');
+            cm_buf_printf(&parts, "{\"partition\":%d,\"stream\":", p);
+            cm_buf_put_json_str(&parts, bus.s, strlen(bus.s));
+            if (!g) {   /* the group is not on this partition's bus (yet) */
+                cm_buf_puts(&parts, ",\"consumers\":0,\"pending\":0,\"lag\":null,\"last_delivered_id\":null}");
+                lag_known = false;
+                continue;
+            }
+            const redisReply *lr = api_kv_field(g, "lag"), *ld = api_kv_field(g, "last-delivered-id");
+            long long c = cm_reply_ll(api_kv_field(g, "consumers"), 0), pd = cm_reply_ll(api_kv_field(g, "pending"), 0);
+            consumers = c > consumers ? c : consumers;
+            pending += pd;
+            cm_buf_printf(&parts, ",\"consumers\":%lld,\"pending\":%lld,\"lag\":", c, pd);
+            if (lr && lr->type == REDIS_REPLY_INTEGER) {
+                lag += lr->integer;
+                cm_buf_printf(&parts, "%lld", lr->integer);
+            } else {
+                lag_known = false;
+                cm_buf_puts(&parts, "null");   /* Redis cannot tell (entries were deleted) */
+            }
+            cm_buf_puts(&parts, ",\"last_delivered_id\":");
+            api_json_str_or_null(&parts, cm_reply_is_str(ld) ? ld->str : NULL, cm_reply_is_str(ld) ? ld->len : 0);
+            cm_buf_putc(&parts, '}');
+            if (cm_reply_is_str(ld) && api_stream_id_valid(ld->str) &&
+                (!last || api_stream_id_cmp(ld->str, last) > 0))
+                last = ld->str;
+        }
+        if (k)
             cm_buf_putc(o, ',');
         cm_buf_puts(o, "{\"group\":");
-        api_json_str_or_null(o, cm_reply_is_str(name) ? name->str : NULL, cm_reply_is_str(name) ? name->len : 0);
-        cm_buf_printf(o, ",\"consumers\":%lld,\"pending\":%lld,\"lag\":",
-                      cm_reply_ll(api_kv_field(g, "consumers"), 0), cm_reply_ll(api_kv_field(g, "pending"), 0));
-        if (lag && lag->type == REDIS_REPLY_INTEGER)
-            cm_buf_printf(o, "%lld", lag->integer);
+        cm_buf_put_json_str(o, names[k], strlen(names[k]));
+        cm_buf_printf(o, ",\"consumers\":%lld,\"pending\":%lld,\"lag\":", consumers, pending);
+        if (lag_known)
+            cm_buf_printf(o, "%lld", lag);
         else
-            cm_buf_puts(o, "null");   /* Redis cannot tell (entries were deleted) */
+            cm_buf_puts(o, "null");
         cm_buf_puts(o, ",\"last_delivered_id\":");
-        api_json_str_or_null(o, cm_reply_is_str(last) ? last->str : NULL, cm_reply_is_str(last) ? last->len : 0);
-        cm_buf_putc(o, '}');
+        api_json_str_or_null(o, last, last ? strlen(last) : 0);
+        cm_buf_puts(o, ",\"partitions\":[");
+        cm_buf_put(o, parts.data, parts.len);
+        cm_buf_puts(o, "]}");
     }
     cm_buf_puts(o, "]}");
-    if (r)
-        freeReplyObject(r);
+    cm_buf_free(&parts);
+    free_groups(rs);
     api_reply(rq, 200);
     return API_DONE;
 }
@@ -114,16 +213,20 @@ api_flow api_h_dead_letters(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    for (int g = 0; g < CM_W_COUNT; g++) {
-        char dlq[512];
-        es_dlq_stream(g_api.bus, cm_group_names[g], dlq, sizeof dlq);
-        redisAppendCommand(t->c, "XRANGE %s - + COUNT %d", dlq, DLQ_LIST_MAX);
-    }
+    /* each group's dead-letter stream on every partition (group-major) */
+    int np = cm_partitions();
+    for (int g = 0; g < CM_W_COUNT; g++)
+        for (int p = 0; p < np; p++) {
+            char dlq[512];
+            es_dlq_stream(cm_key_bus(g_api.bus, p).s, cm_group_names[g], dlq, sizeof dlq);
+            redisAppendCommand(t->c, "XRANGE %s - + COUNT %d", dlq, DLQ_LIST_MAX);
+        }
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"dead_letters\":[");
     bool first = true;
     int failed = 0;
-    for (int g = 0; g < CM_W_COUNT; g++) {
+    for (int gp = 0; gp < CM_W_COUNT * np; gp++) {
+        int g = gp / np;
         redisReply *r = NULL;
         if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
             snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
@@ -194,13 +297,16 @@ api_flow api_h_dead_letter_retry(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    for (int g = 0; g < CM_W_COUNT; g++) {
-        char dlq[512];
-        es_dlq_stream(g_api.bus, cm_group_names[g], dlq, sizeof dlq);
-        redisAppendCommand(t->c, "XRANGE %s %s %s COUNT 1", dlq, id, id);
-    }
-    int found = -1, failed = 0;
-    for (int g = 0; g < CM_W_COUNT; g++) {
+    int np = cm_partitions();
+    for (int g = 0; g < CM_W_COUNT; g++)
+        for (int p = 0; p < np; p++) {
+            char dlq[512];
+            es_dlq_stream(cm_key_bus(g_api.bus, p).s, cm_group_names[g], dlq, sizeof dlq);
+            redisAppendCommand(t->c, "XRANGE %s %s %s COUNT 1", dlq, id, id);
+        }
+    int found = -1, failed = 0;   /* group * np + partition */
+    for (int gp = 0; gp < CM_W_COUNT * np; gp++) {
+        int g = gp / np;
         redisReply *r = NULL;
         if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
             snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
@@ -212,7 +318,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
             snprintf(t->err, sizeof t->err, "redis: %s", r->str);
             failed = 1;
         } else if (found < 0 && (only < 0 || g == only) && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-            found = g;
+            found = gp;
         }
         freeReplyObject(r);
     }
@@ -220,8 +326,9 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
         return API_DONE;
     }
+    const char *group = found < 0 ? NULL : cm_group_names[found / np];
     int rc = found < 0 ? ES_ENOTFOUND
-                       : es_dlq_retry(t->c, g_api.bus, cm_group_names[found], id, t->err, sizeof t->err);
+                       : es_dlq_retry(t->c, cm_key_bus(g_api.bus, found % np).s, group, id, t->err, sizeof t->err);
     if (rc == ES_ENOTFOUND) {
         api_error(rq, 404, "not_found", "no dead letter %s", id);
     } else if (rc != ES_OK) {
@@ -230,11 +337,71 @@ api_flow api_h_dead_letter_retry(api_req *rq)
         cm_buf_puts(&rq->out, "{\"id\":");
         cm_buf_put_json_str(&rq->out, id, strlen(id));
         cm_buf_puts(&rq->out, ",\"group\":");
-        cm_buf_put_json_str(&rq->out, cm_group_names[found], strlen(cm_group_names[found]));
+        cm_buf_put_json_str(&rq->out, group, strlen(group));
         cm_buf_puts(&rq->out, ",\"retried\":true}");
         api_reply(rq, 200);
     }
     return API_DONE;
+}
+
+/* How many of each partition's dead letters of group are among the group's
+ * `want` oldest over all partitions (by entry id). Returns a new array of
+ * cm_partitions() counts, or NULL with t->err. With one partition: {want}. */
+static long long *oldest_shares(api_redis *t, const char *group, long long want)
+{
+    int np = cm_partitions();
+    long long *share = cm_xcalloc((size_t)np, sizeof *share);
+    if (np == 1) {
+        share[0] = want;
+        return share;
+    }
+    for (int p = 0; p < np; p++) {
+        char dlq[512];
+        es_dlq_stream(cm_key_bus(g_api.bus, p).s, group, dlq, sizeof dlq);
+        redisAppendCommand(t->c, "XRANGE %s - + COUNT %lld", dlq, want);
+    }
+    redisReply **rs = cm_xcalloc((size_t)np, sizeof *rs);
+    bool ok = true;
+    for (int p = 0; p < np; p++) {
+        if (redisGetReply(t->c, (void **)&rs[p]) != REDIS_OK) {
+            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
+            ok = false;
+            break;
+        }
+        if (rs[p]->type != REDIS_REPLY_ARRAY) {
+            snprintf(t->err, sizeof t->err, "redis: %s", rs[p]->type == REDIS_REPLY_ERROR ? rs[p]->str : "?");
+            ok = false;
+        }
+    }
+    /* merge: take the oldest head among the partitions, want times */
+    size_t *at = cm_xcalloc((size_t)np, sizeof *at);
+    for (long long k = 0; ok && k < want; k++) {
+        int best = -1;
+        const char *best_id = NULL;
+        for (int p = 0; p < np; p++) {
+            if (at[p] >= rs[p]->elements)
+                continue;
+            const redisReply *id = cm_reply_elem(rs[p]->element[at[p]], 0);
+            if (cm_reply_is_str(id) && (!best_id || api_stream_id_cmp(id->str, best_id) < 0)) {
+                best = p;
+                best_id = id->str;
+            }
+        }
+        if (best < 0)
+            break;
+        at[best]++;
+        share[best]++;
+    }
+    free(at);
+    for (int p = 0; p < np; p++)
+        if (rs[p])
+            freeReplyObject(rs[p]);
+    free(rs);
+    if (!ok) {
+        free(share);
+        return NULL;
+    }
+    return share;
 }
 
 /* POST /api/dead-letters/retry {"group", "count"}: the oldest count of a
@@ -264,13 +431,26 @@ api_flow api_h_dead_letters_retry_bulk(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         goto out;
-    /* one script call moves them all (event_store/lua/dlq_retry.lua) */
-    long long n = es_dlq_retry_oldest(t->c, g_api.bus, cm_group_names[g], (long long)json_integer_value(jc),
-                                      t->err, sizeof t->err);
-    if (n < 0) {
+    /* one script call per partition moves its share (event_store/lua/dlq_retry.lua) */
+    long long want = (long long)json_integer_value(jc), n = 0;
+    long long *share = oldest_shares(t, cm_group_names[g], want);
+    if (!share) {
         redis_call_failed(rq, t);
         goto out;
     }
+    for (int p = 0; p < cm_partitions(); p++) {
+        if (!share[p])
+            continue;
+        long long k = es_dlq_retry_oldest(t->c, cm_key_bus(g_api.bus, p).s, cm_group_names[g], share[p], t->err,
+                                          sizeof t->err);
+        if (k < 0) {
+            free(share);
+            redis_call_failed(rq, t);
+            goto out;
+        }
+        n += k;
+    }
+    free(share);
     cm_log(CM_INFO, "re-delivered %lld dead letter(s) of %s", n, cm_group_names[g]);
     cm_buf_printf(&rq->out, "{\"retried\":%lld}", n);
     api_reply(rq, 200);
@@ -301,18 +481,18 @@ api_flow api_h_ready(api_req *rq)
         api_error(rq, 503, "unavailable", "redis is not reachable: %s", why ? why : "?");
         return API_DONE;
     }
-    redisReply *r;
-    if (groups_info(rq, t, &r) != 0)
+    redisReply **rs = cm_xcalloc((size_t)cm_partitions(), sizeof *rs);
+    if (groups_info(rq, t, rs) != 0) {
+        free(rs);
         return API_DONE;
+    }
     cm_buf *o = &rq->out;
     bool ready = true;
     cm_buf_puts(o, "{\"redis\":\"ok\",\"missing_groups\":[");
     for (int g = 0, k = 0; g < CM_W_COUNT; g++) {
-        bool have = false;
-        for (size_t i = 0; i < ngroups(r) && !have; i++) {
-            const redisReply *name = api_kv_field(r->element[i], "name");
-            have = cm_reply_is_str(name) && !strcmp(name->str, cm_group_names[g]);
-        }
+        bool have = true;   /* on every partition's bus */
+        for (int p = 0; p < cm_partitions() && have; p++)
+            have = group_of(rs[p], cm_group_names[g]) != NULL;
         if (!have) {
             if (k++)
                 cm_buf_putc(o, ',');
@@ -320,8 +500,7 @@ api_flow api_h_ready(api_req *rq)
             ready = false;
         }
     }
-    if (r)
-        freeReplyObject(r);
+    free_groups(rs);
     if (ready) {
         cm_buf_puts(o, "],\"status\":\"ready\"}");
         api_reply(rq, 200);

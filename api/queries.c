@@ -1,8 +1,9 @@
 /* queries.c - event-store routes: pages of a platform stream, a checkout's
  * replay, and the orders-by-client read model.
  *
- * Only the platform's own streams can be read (the bus and the six groups'
- * dead-letter streams): a route never reads an arbitrary Redis key. */
+ * Only the platform's own streams can be read (each partition's bus and the
+ * six groups' dead-letter streams of it): a route never reads an arbitrary
+ * Redis key. GET /api/event-store/streams lists them. */
 #include "api/api_int.h"
 #include "common/config.h"
 #include "common/ids.h"
@@ -16,18 +17,80 @@
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
 
-/* True if name is the bus or one of the dead-letter streams. */
+/* The platform's streams in listing order: for each partition its bus, then
+ * the six groups' dead-letter streams of that bus. Index i: partition
+ * i / (1 + CM_W_COUNT); kind bus when i % (1 + CM_W_COUNT) == 0. */
+#define PER_PARTITION (1 + CM_W_COUNT)
+static void platform_stream_name(int i, char *out, size_t outlen)
+{
+    cm_key bus = cm_key_bus(g_api.bus, i / PER_PARTITION);
+    int k = i % PER_PARTITION;
+    if (k == 0)
+        snprintf(out, outlen, "%s", bus.s);
+    else
+        es_dlq_stream(bus.s, cm_group_names[k - 1], out, outlen);
+}
+
+/* True if name is a partition's bus or one of its dead-letter streams. */
 static bool platform_stream(const char *name)
 {
-    if (!strcmp(name, g_api.bus))
-        return true;
-    for (int i = 0; i < CM_W_COUNT; i++) {
-        char dlq[512];
-        es_dlq_stream(g_api.bus, cm_group_names[i], dlq, sizeof dlq);
-        if (!strcmp(name, dlq))
+    /* only names that start with the bus's base can be one */
+    if (strncmp(name, g_api.bus, strlen(g_api.bus)) != 0)
+        return false;
+    for (int i = 0; i < cm_partitions() * PER_PARTITION; i++) {
+        char s[512];
+        platform_stream_name(i, s, sizeof s);
+        if (!strcmp(name, s))
             return true;
     }
     return false;
+}
+
+/* GET /api/event-store/streams: every stream the stream route serves, with
+ * its kind and length (0 for a stream not created yet), one pipeline. */
+api_flow api_h_streams(api_req *rq)
+{
+    const char *why = NULL;
+    api_redis *t = api_redis_get(&why);
+    if (!t) {
+        api_unavailable(rq, why);
+        return API_DONE;
+    }
+    int n = cm_partitions() * PER_PARTITION;
+    for (int i = 0; i < n; i++) {
+        char s[512];
+        platform_stream_name(i, s, sizeof s);
+        redisAppendCommand(t->c, "XLEN %s", s);
+    }
+    cm_buf *o = &rq->out;
+    cm_buf_puts(o, "{\"streams\":[");
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(t->c, (void **)&r) != REDIS_OK)
+            r = NULL;
+        if (!r || r->type != REDIS_REPLY_INTEGER) {
+            /* a broken connection or an error (WRONGTYPE): the rest of the
+             * pipeline is drained by dropping the connection */
+            if (api_redis_ok(t, r))   /* never true here: frees r, sets t->err */
+                freeReplyObject(r);
+            if (t->c)
+                api_redis_drop(t);
+            api_redis_fail(rq, t->fault, t->err);
+            return API_DONE;
+        }
+        char s[512];
+        platform_stream_name(i, s, sizeof s);
+        if (i)
+            cm_buf_putc(o, ',');
+        cm_buf_puts(o, "{\"stream\":");
+        cm_buf_put_json_str(o, s, strlen(s));
+        cm_buf_printf(o, ",\"kind\":\"%s\",\"partition\":%d,\"length\":%lld}",
+                      i % PER_PARTITION ? "dead_letters" : "bus", i / PER_PARTITION, r->integer);
+        freeReplyObject(r);
+    }
+    cm_buf_puts(o, "]}");
+    api_reply(rq, 200);
+    return API_DONE;
 }
 
 /* Maps a failed store call to 503 (Redis) or 500 (undecodable data). */
@@ -48,7 +111,9 @@ api_flow api_h_stream_events(api_req *rq)
 {
     const char *stream = rq->param;
     if (!platform_stream(stream)) {
-        api_error(rq, 404, "unknown_stream", "no platform stream named %s (the bus, or <bus>.dlq.<group>)",
+        api_error(rq, 404, "unknown_stream",
+                  "no platform stream named %s (a partition's bus, or <bus>.dlq.<group>; "
+                  "GET /api/event-store/streams lists them)",
                   stream);
         return API_DONE;
     }

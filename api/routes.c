@@ -38,6 +38,7 @@ static const api_route k_routes[] = {
     {"GET", "/api/stats/sagas", api_h_saga_stats, F_RX, NULL},
     {"GET", "/ui", api_h_ui_index, 0, "/ui/"},
     {"GET", "/ui/{asset}", api_h_ui_asset, 0, NULL},
+    {"GET", "/api/event-store/streams", api_h_streams, F_RX, NULL},
 };
 #define NROUTES (sizeof k_routes / sizeof k_routes[0])
 _Static_assert(NROUTES < API_MAX_ROUTE_LABELS, "a label for every row and unmatched");

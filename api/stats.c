@@ -7,6 +7,8 @@
 #include "common/config.h"
 #include "common/names.h"
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,35 +30,54 @@ api_flow api_h_saga_stats(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    cm_argv a = {0};
-    cm_argv_adds(&a, g_api.bus);
-    cm_argv_addll(&a, (long long)win);
-    cm_argv_addll(&a, STATS_SCAN_MAX);
-    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_INITIATED]);
-    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_SUCCEEDED]);
-    cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_FAILED]);
-    redisReply *r = cm_script_call(t->c, &t_stats, 1, &a);
-    cm_argv_free(&a);
-    if (!api_redis_ok(t, r)) {
-        api_unavailable(rq, t->err);
-        return API_DONE;
+    /* one script call per partition's bus, the counts summed */
+    long long scanned = 0, counts[3] = {0, 0, 0};
+    bool truncated = false;
+    json_t *reasons = json_object();
+    for (int p = 0; p < cm_partitions(); p++) {
+        cm_argv a = {0};
+        cm_argv_adds(&a, cm_key_bus(g_api.bus, p).s);
+        cm_argv_addll(&a, (long long)win);
+        cm_argv_addll(&a, STATS_SCAN_MAX);
+        cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_INITIATED]);
+        cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_SUCCEEDED]);
+        cm_argv_adds(&a, cm_event_type_names[CM_EV_CHECKOUT_FAILED]);
+        redisReply *r = cm_script_call(t->c, &t_stats, 1, &a);
+        cm_argv_free(&a);
+        if (!api_redis_ok(t, r)) {
+            json_decref(reasons);
+            api_unavailable(rq, t->err);
+            return API_DONE;
+        }
+        long long sc = cm_reply_ll(cm_reply_elem(r, 0), 0);
+        scanned += sc;
+        truncated = truncated || sc >= STATS_SCAN_MAX;
+        for (int i = 0; i < 3; i++)
+            counts[i] += cm_reply_ll(cm_reply_elem(r, (size_t)i + 1), 0);
+        for (size_t i = 4; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+            const redisReply *k = r->element[i];
+            if (!cm_reply_is_str(k))
+                continue;
+            json_int_t prev = json_integer_value(json_object_get(reasons, k->str));
+            json_object_set_new(reasons, k->str, json_integer(prev + cm_reply_ll(r->element[i + 1], 0)));
+        }
+        freeReplyObject(r);
     }
-    long long scanned = cm_reply_ll(cm_reply_elem(r, 0), 0);
     cm_buf *o = &rq->out;
     cm_buf_printf(o, "{\"window_s\":%lld,\"started\":%lld,\"succeeded\":%lld,\"failed\":%lld,\"failed_by_reason\":{",
-                  (long long)win, cm_reply_ll(cm_reply_elem(r, 1), 0), cm_reply_ll(cm_reply_elem(r, 2), 0),
-                  cm_reply_ll(cm_reply_elem(r, 3), 0));
-    for (size_t i = 4; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
-        const redisReply *k = r->element[i];
-        if (!cm_reply_is_str(k))
-            continue;
-        if (i > 4)
+                  (long long)win, counts[0], counts[1], counts[2]);
+    const char *k;
+    json_t *v;
+    bool first = true;
+    json_object_foreach(reasons, k, v) {
+        if (!first)
             cm_buf_putc(o, ',');
-        cm_buf_put_json_str(o, k->str, k->len);
-        cm_buf_printf(o, ":%lld", cm_reply_ll(r->element[i + 1], 0));
+        first = false;
+        cm_buf_put_json_str(o, k, strlen(k));
+        cm_buf_printf(o, ":%lld", (long long)json_integer_value(v));
     }
-    cm_buf_printf(o, "},\"scanned\":%lld,\"truncated\":%s}", scanned, scanned >= STATS_SCAN_MAX ? "true" : "false");
-    freeReplyObject(r);
+    json_decref(reasons);
+    cm_buf_printf(o, "},\"scanned\":%lld,\"truncated\":%s}", scanned, truncated ? "true" : "false");
     api_reply(rq, 200);
     return API_DONE;
 }

@@ -187,13 +187,14 @@ static tl_state group_state(const es_event *ev, const char *last, const redisRep
 static int pipeline(api_redis *t, es_event *const *evs, size_t n, redisReply **r, size_t nr)
 {
     char dlq[512];
-    redisAppendCommand(t->c, "XINFO GROUPS %s", g_api.bus);
+    cm_key bus = cm_key_bus(g_api.bus, cm_partition_of(evs[0]->aggregate_id));   /* the checkout's partition */
+    redisAppendCommand(t->c, "XINFO GROUPS %s", bus.s);
     for (size_t i = 0; i < n; i++)
         for (int g = 0; g < CM_W_COUNT; g++)
-            redisAppendCommand(t->c, "XPENDING %s %s %s %s 1", g_api.bus, cm_group_names[g], evs[i]->entry_id,
+            redisAppendCommand(t->c, "XPENDING %s %s %s %s 1", bus.s, cm_group_names[g], evs[i]->entry_id,
                                evs[i]->entry_id);
     for (int g = 0; g < CM_W_COUNT; g++) {
-        es_dlq_stream(g_api.bus, cm_group_names[g], dlq, sizeof dlq);
+        es_dlq_stream(bus.s, cm_group_names[g], dlq, sizeof dlq);
         redisAppendCommand(t->c, "XREVRANGE %s + %s COUNT %d", dlq, evs[0]->entry_id, TL_DLQ_SCAN);
     }
     int rc = 0;

@@ -26,6 +26,23 @@
  *     (one hash tag: the audit script touches them together, one Cluster slot)
  *   <bus>.dlq.<group>           stream dead letters of a group
  *   <bus>.retry.<group>         stream entries re-delivered to one group
+ *
+ * Partitions (PARTITIONS, 1..1024, default 1): a checkout belongs to
+ * partition p = CRC16(checkout_id) mod PARTITIONS (cm_partition_of). With
+ * PARTITIONS=1 every name above is exactly as written. With N > 1 the bus of
+ * partition p is "<bus>:{p<p>}" and each key of a checkout carries the same
+ * hash tag right after its family, before any id (ids and idempotency keys
+ * can never supply the first '{'):
+ *   chorus:h:<aggregate>:{p<p>}:<id>   chorus:resv:{p<p>}:<checkout_id>
+ *   chorus:order:{p<p>}:<order_id>     chorus:notify:{p<p>}:<checkout_id>
+ *   chorus:rm:checkout:{p<p>}:<id>     chorus:idem:{p<p>}:<client>:<key>
+ *   chorus:saga:started:{p<p>}         chorus:notify:log:{p<p>}
+ *   <bus>:{p<p>}.dlq.<group>           <bus>:{p<p>}.retry.<group>
+ * The idempotency record is found by (client, key) before the checkout id
+ * is known, so its partition is CRC16("<client>\n<key>") mod N and the API
+ * draws the new checkout's id inside that partition (cm_partition_id).
+ * Products, client read models, the checkpoint and the audit keys keep their
+ * own names (other slots).
  */
 #ifndef CM_NAMES_H
 #define CM_NAMES_H
@@ -107,12 +124,40 @@ typedef struct cm_key {
 #define CM_KEY_PJ_REBUILD CM_KEY_PREFIX "pj:rebuild"  /* outside rm: so a rebuild does not delete it */
 #define CM_KEY_NOTIFY_LOG CM_KEY_PREFIX "notify:log"
 
+/* ---- Partitions ---- */
+#define CM_PARTITIONS_MAX 1024
+/* Sets the process-wide partition count (1..CM_PARTITIONS_MAX), once at
+ * start before any thread runs. Returns 0, or -1 when out of range. */
+int cm_partitions_set(long long n) __attribute__((warn_unused_result));
+/* The partition count (1 until cm_partitions_set). */
+int cm_partitions(void);
+/* The partition of an aggregate (checkout) id: CRC16-XMODEM(id) mod N. */
+int cm_partition_of(const char *id);
+/* The partition of an idempotency record: CRC16("<client>\n<key>") mod N. */
+int cm_partition_of_idem(const char *client_id, const char *idem_key);
+/* Writes a new UUIDv7 whose partition is p into out (N tries on average). */
+void cm_partition_id(int p, char out[37]);
+/* The bus of partition p: base itself when N == 1, else "<base>:{p<p>}". */
+cm_key cm_key_bus(const char *base, int p);
+/* Which partition's bus `stream` is (for base), or -1 when it is none. */
+int cm_bus_partition(const char *base, const char *stream);
+/* True when a bus base name can carry partition tags (no '{' or '}'). */
+int cm_bus_base_ok(const char *base);
+/* Applies PARTITIONS (n) for bus `base` at a daemon's start: 0, or -1 with
+ * err naming what is wrong (range; a BUS_STREAM with braces when n > 1). */
+int cm_partitions_configure(long long n, const char *base, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+#define CM_PARTITIONS_HELP \
+    "partitions of the bus and of the checkouts' keys (1..1024; keep it fixed for the data's lifetime)"
+
 cm_key cm_key_history(const char *aggregate, const char *id);
 cm_key cm_key_product(const char *product_id);
 cm_key cm_key_resv(const char *checkout_id);
-cm_key cm_key_order(const char *order_id);
+cm_key cm_key_order(const char *checkout_id, const char *order_id);   /* in the checkout's partition */
 cm_key cm_key_idem(const char *client_id, const char *idem_key);
 cm_key cm_key_notify(const char *checkout_id);
+cm_key cm_key_saga_started(int p);   /* CM_KEY_SAGA_STARTED when N == 1 */
+cm_key cm_key_notify_log(int p);     /* CM_KEY_NOTIFY_LOG when N == 1 */
 cm_key cm_key_rm_checkout(const char *checkout_id);
 cm_key cm_key_rm_client(const char *client_id);
 cm_key cm_key_rm_client_checkouts(const char *client_id);

@@ -56,7 +56,7 @@ void es_history_key(const char *aggregate, const char *aggregate_id, char *out, 
 void es_append_keys(const es_store *s, const char *aggregate, const char *aggregate_id, cm_argv *keys)
 {
     cm_argv_adds(keys, cm_key_history(aggregate, aggregate_id).s);
-    cm_argv_adds(keys, s->bus);
+    cm_argv_adds(keys, cm_key_bus(s->bus, cm_partition_of(aggregate_id)).s);   /* the aggregate's partition */
 }
 
 /* True if s is a non-empty string of at most max bytes. */
@@ -177,7 +177,12 @@ int es_append_batch_args(const es_store *s, const es_append_req *reqs, size_t n,
 {
     if (n < 1 || n > ES_MAX_APPEND_BATCH)
         return ES_EINVAL;
-    cm_argv_adds(a, s->bus);   /* KEYS: bus, then one history per request */
+    /* one bus per call: every aggregate of the batch in one partition */
+    int p = cm_partition_of(reqs[0].aggregate_id);
+    for (size_t i = 1; i < n; i++)
+        if (cm_partition_of(reqs[i].aggregate_id) != p)
+            return ES_EINVAL;
+    cm_argv_adds(a, cm_key_bus(s->bus, p).s);   /* KEYS: bus, then one history per request */
     for (size_t i = 0; i < n; i++)
         cm_argv_adds(a, cm_key_history(reqs[i].aggregate ? reqs[i].aggregate : "", reqs[i].aggregate_id ?
                                                                                         reqs[i].aggregate_id : "").s);
@@ -232,10 +237,13 @@ long long es_retention_trim(es_store *s, int64_t days)
     if (days <= 0 || days >= now / 86400000LL) /* nothing is that old (and no overflow) */
         return 0;
     int64_t cutoff = now - days * 86400000LL;
-    redisReply *r = redisCommand(s->c, "XTRIM %s MINID %lld-0", s->bus, (long long)cutoff);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
-        return ES_EREDIS;
-    long long n = cm_reply_ll(r, 0);
-    freeReplyObject(r);
+    long long n = 0;
+    for (int p = 0; p < cm_partitions(); p++) {   /* every partition's bus */
+        redisReply *r = redisCommand(s->c, "XTRIM %s MINID %lld-0", cm_key_bus(s->bus, p).s, (long long)cutoff);
+        if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+            return ES_EREDIS;
+        n += cm_reply_ll(r, 0);
+        freeReplyObject(r);
+    }
     return n;
 }

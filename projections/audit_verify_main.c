@@ -24,8 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/names.h"
+
 static char *g_redis_url, *g_key, *g_key_file, *g_head_file;
-static int64_t g_timeout_ms;
+static int64_t g_timeout_ms, g_partitions;
 static bool g_deep;
 
 static const cm_opt k_opts[] = {
@@ -37,6 +39,8 @@ static const cm_opt k_opts[] = {
     {"audit-key-file", "AUDIT_KEY_FILE", CM_OPT_STR, &g_key_file, NULL, 0, -1, "file holding the chain's key"},
     {"audit-head-file", "AUDIT_HEAD_FILE", CM_OPT_STR, &g_head_file, NULL, 0, -1,
      "the head file the audit workers append; the chain must reach and match its highest line"},
+    {"partitions", "PARTITIONS", CM_OPT_INT, &g_partitions, "1", 1, CM_PARTITIONS_MAX,
+     "partitions of the checkouts' keys (--deep reads histories)"},
     {"deep", NULL, CM_OPT_BOOL, &g_deep, "false", 0, -1, "also check each record against its stored event"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
@@ -56,6 +60,10 @@ int main(int argc, char **argv)
     redisContext *c = NULL;
     pj_audit_key key;
     pj_audit_anchor anchor = {0};
+    if (cm_partitions_set(g_partitions) != 0) {   /* the range is checked by the table */
+        fprintf(stderr, "chorus-audit-verify: PARTITIONS out of range\n");
+        goto out;
+    }
     if (pj_audit_key_load(g_key, g_key_file, &key, err, sizeof err) != 0) {
         fprintf(stderr, "chorus-audit-verify: %s\n", err);
         goto out;

@@ -152,8 +152,8 @@ int pj_projection_rebuild(redisContext *c, const char *bus, long long ttl_s, pj_
     cm_script unlock = {.src = pj_lua_unlock};
     es_store *store = es_store_new(c, bus, err, errlen);
     int rc = store ? delete_read_models(c, &stats->deleted, err, errlen) : PJ_EREDIS;
-    if (rc == PJ_OK)
-        rc = replay(c, store, bus, ttl_s, &unlock, token, stats, err, errlen);
+    for (int p = 0; rc == PJ_OK && p < cm_partitions(); p++)   /* each partition's bus in turn */
+        rc = replay(c, store, cm_key_bus(bus, p).s, ttl_s, &unlock, token, stats, err, errlen);
     es_store_free(store);
     char uerr[256];
     if (lock_keep(c, &unlock, token, 0, uerr, sizeof uerr) < 0)

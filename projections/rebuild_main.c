@@ -12,11 +12,13 @@
 #include "projections/projection.h"
 
 #include <stdint.h>
+#include "common/names.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
 static char *g_redis_url, *g_bus;
-static int64_t g_timeout_ms, g_ttl_s;
+static int64_t g_timeout_ms, g_ttl_s, g_partitions;
 
 static const cm_opt k_opts[] = {
     {"redis-url", "REDIS_URL", CM_OPT_STR, &g_redis_url, "redis://127.0.0.1:6379/0", 0, -1, "Redis to use"},
@@ -25,6 +27,7 @@ static const cm_opt k_opts[] = {
      "connect/command timeout"},
     {"read-model-ttl-s", "READ_MODEL_TTL_S", CM_OPT_INT, &g_ttl_s, PJ_READ_MODEL_TTL_DEFAULT, 0, 315360000,
      "lifetime of closed checkouts' read models and of client checkout indexes (0: kept); as the projection's"},
+    {"partitions", "PARTITIONS", CM_OPT_INT, &g_partitions, "1", 1, CM_PARTITIONS_MAX, CM_PARTITIONS_HELP},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -40,6 +43,11 @@ int main(int argc, char **argv)
         return lr < 0 ? 2 : 0;
     }
     int code = 1;
+    if (cm_partitions_configure(g_partitions, g_bus, err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-projection-rebuild: %s\n", err);
+        code = 2;
+        goto out;
+    }
     redisContext *c = cm_redis_connect(g_redis_url, (int)g_timeout_ms, err, sizeof err);
     if (!c) {
         cm_log(CM_ERROR, "%s", err);

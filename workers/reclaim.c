@@ -171,14 +171,20 @@ static void xclaim_start(wk_ctx *ctx, int s, cm_argv *a)
 
 enum { RETRY_PAGE = 100 };
 
-static int retry_stream(wk_ctx *ctx, int s, int *waiting)
+/* Appends stream s's XPENDING of our entries idle past half the first
+ * backoff, from the stream's retry cursor (read by retry_stream). */
+static void retry_ask(wk_ctx *ctx, int s)
+{
+    const char *cursor = ctx->retry_cursor[s];
+    redisAppendCommand(ctx->c, "XPENDING %s %s IDLE %lld %s + %d %s", ctx->streams[s], ctx->group,
+                       (long long)(ctx->set.retry_base_ms / 2), cursor[0] ? cursor : "-", RETRY_PAGE, ctx->consumer);
+}
+
+/* Claims and runs again stream s's entries whose backoff elapsed, from r
+ * (retry_ask's reply, freed here). */
+static int retry_stream(wk_ctx *ctx, int s, redisReply *r, int *waiting)
 {
     char *cursor = ctx->retry_cursor[s];
-    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s IDLE %lld %s + %d %s", ctx->streams[s], ctx->group,
-                                 (long long)(ctx->set.retry_base_ms / 2), cursor[0] ? cursor : "-", RETRY_PAGE,
-                                 ctx->consumer);
-    if (!r)
-        return -1;
     if (r->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(r);
         return 0;
@@ -216,18 +222,32 @@ static int retry_stream(wk_ctx *ctx, int s, int *waiting)
 
 int wk_retry_due(wk_ctx *ctx)
 {
-    int waiting = 0;
-    for (int s = 0; s < WK_NSTREAMS; s++)
-        if (retry_stream(ctx, s, &waiting) != 0)
-            return -1;
-    ctx->retry_waiting = waiting;
-    return 0;
+    /* one round trip asks every partition's streams, then each is handled */
+    for (int s = 0; s < ctx->nstreams; s++)
+        retry_ask(ctx, s);
+    redisReply **rs = cm_xcalloc((size_t)ctx->nstreams, sizeof *rs);
+    int rc = 0, waiting = 0;
+    for (int s = 0; s < ctx->nstreams && rc == 0; s++)
+        if (redisGetReply(ctx->c, (void **)&rs[s]) != REDIS_OK || !rs[s])
+            rc = -1;
+    for (int s = 0; s < ctx->nstreams && rc == 0; s++) {
+        redisReply *r = rs[s];
+        rs[s] = NULL;
+        rc = retry_stream(ctx, s, r, &waiting);
+    }
+    for (int s = 0; s < ctx->nstreams; s++)
+        if (rs[s])
+            freeReplyObject(rs[s]);
+    free(rs);
+    if (rc == 0)
+        ctx->retry_waiting = waiting;
+    return rc;
 }
 
 int wk_resume_own(wk_ctx *ctx)
 {
     long long resumed = 0, waiting = 0;
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         char start[80] = "-";
         cm_argv a = {0};
         for (;;) {
@@ -277,7 +297,7 @@ int wk_resume_own(wk_ctx *ctx)
 
 int wk_claim_idle(wk_ctx *ctx)
 {
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         redisReply *r = redisCommand(ctx->c, "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
                                      ctx->consumer, (long long)ctx->set.claim_idle_ms, ctx->claim_cursor[s],
                                      (long long)ctx->set.batch);
@@ -318,7 +338,7 @@ int wk_claim_idle(wk_ctx *ctx)
 
 int wk_prune_consumers(wk_ctx *ctx)
 {
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         redisReply *r = redisCommand(ctx->c, "XINFO CONSUMERS %s %s", ctx->streams[s], ctx->group);
         if (!r)
             return -1;

@@ -43,7 +43,7 @@ const char *wk_group(const wk_ctx *ctx) { return ctx->group; }
 void *wk_state(wk_ctx *ctx) { return ctx->state; }
 void wk_set_state(wk_ctx *ctx, void *state) { ctx->state = state; }
 bool wk_stopping(const wk_ctx *ctx) { (void)ctx; return wk_stop_flag != 0; }
-bool wk_batch_redelivered(const wk_ctx *ctx) { return ctx->cur_stream == WK_STREAM_RETRY; }
+bool wk_batch_redelivered(const wk_ctx *ctx) { return WK_STREAM_IS_RETRY(ctx->cur_stream); }
 
 void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...)
 {
@@ -100,10 +100,10 @@ static void count_consumed(wk_ctx *ctx, const es_event *ev)
     const char *tname = s == CM_EV_COUNT ? "other" : cm_event_type_names[s];
     if (!ctx->m_consumed[s]) {
         char l[512];
-        cm_metrics_labels(l, sizeof l, "topic", ctx->streams[WK_STREAM_BUS], "type", tname, "consumer",
+        cm_metrics_labels(l, sizeof l, "topic", ctx->set.bus, "type", tname, "consumer",
                           ctx->def->name ? ctx->def->name : cm_worker_names[ctx->def->id], NULL);
         ctx->m_consumed[s] = cm_counter("events_consumed_total", "events handled by this worker", l);
-        cm_metrics_labels(l, sizeof l, "topic", ctx->streams[WK_STREAM_BUS], "type", tname, NULL);
+        cm_metrics_labels(l, sizeof l, "topic", ctx->set.bus, "type", tname, NULL);
         ctx->m_latency[s] = cm_histogram("event_latency_seconds", "emit to consume latency", l);
         cm_metrics_labels(l, sizeof l, "group", ctx->group, "type", tname, NULL);
         ctx->m_errors[s] = cm_counter("worker_handler_errors_total", "handler failures (retry or dead)", l);
@@ -116,7 +116,7 @@ int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason
 {
     char err[256];
     const redisReply *id = cm_reply_elem(entry, 0);
-    if (es_dlq_park(ctx->c, ctx->streams[WK_STREAM_BUS], ctx->streams[stream], ctx->group, entry, reason,
+    if (es_dlq_park(ctx->c, ctx->streams[WK_STREAM_BUS_OF(stream)], ctx->streams[stream], ctx->group, entry, reason,
                     attempts, err, sizeof err) != 0) {
         cm_log(CM_ERROR, "cannot park entry %s: %s", cm_reply_is_str(id) ? id->str : "?", err);
         return -1;
@@ -364,7 +364,7 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 static int append_acks(wk_ctx *ctx)
 {
     int sent = 0;
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         cm_argv *ids = &ctx->acks[s];
         if (!ids->n)
             continue;
@@ -412,7 +412,7 @@ static int flush_acks(wk_ctx *ctx)
 
 static int create_groups(wk_ctx *ctx)
 {
-    for (int s = 0; s < WK_NSTREAMS; s++) {
+    for (int s = 0; s < ctx->nstreams; s++) {
         /* from the start of the stream: a new worker catches up on history */
         redisReply *r = redisCommand(ctx->c, "XGROUP CREATE %s %s 0 MKSTREAM", ctx->streams[s], ctx->group);
         if (!r)
@@ -434,7 +434,7 @@ static void disconnect(wk_ctx *ctx)
     if (ctx->c)
         redisFree(ctx->c);
     ctx->c = NULL;
-    for (int s = 0; s < WK_NSTREAMS; s++)
+    for (int s = 0; s < ctx->nstreams; s++)
         cm_argv_reset(&ctx->acks[s]);   /* unacked entries stay pending: redelivered */
 }
 
@@ -487,32 +487,35 @@ static int job_retention(wk_ctx *ctx)
     long long minid = (long long)(cm_wall_ms() - ctx->set.dead_letter_ttl_s * 1000);
     if (minid <= 0)
         return 0;
-    cm_key side[2] = {cm_key_dlq(ctx->streams[WK_STREAM_BUS], ctx->group),
-                      cm_key_retry(ctx->streams[WK_STREAM_BUS], ctx->group)};
-    for (int i = 0; i < 2; i++) {
-        redisReply *r = redisCommand(ctx->c, "XTRIM %s MINID %lld-0", side[i].s, minid);
+    for (int i = 0; i < ctx->nstreams; i++) {   /* each partition's dead letters and redeliveries */
+        const char *bus = ctx->streams[WK_STREAM_BUS_OF(i)];
+        cm_key side[2] = {cm_key_dlq(bus, ctx->group), cm_key_retry(bus, ctx->group)};
+        int k = WK_STREAM_IS_RETRY(i);
+        redisReply *r = redisCommand(ctx->c, "XTRIM %s MINID %lld-0", side[k].s, minid);
         char err[256];
         if (cm_reply_failed(ctx->c, r, err, sizeof err)) {
-            cm_log(CM_WARN, "retention: XTRIM %s: %s", side[i].s, err);
+            cm_log(CM_WARN, "retention: XTRIM %s: %s", side[k].s, err);
             return ctx->c->err ? -1 : 0;
         }
         if (r->integer > 0)
-            cm_log(CM_INFO, "retention: trimmed %lld entries of %s older than %lld s", r->integer, side[i].s,
+            cm_log(CM_INFO, "retention: trimmed %lld entries of %s older than %lld s", r->integer, side[k].s,
                    (long long)ctx->set.dead_letter_ttl_s);
         freeReplyObject(r);
     }
     return 0;
 }
 
-static int job_lag(wk_ctx *ctx)
+/* The group's lag and pending count on one bus stream (-1 when unknown). */
+static int group_info(wk_ctx *ctx, const char *bus, long long *lag, long long *pending)
 {
-    redisReply *r = redisCommand(ctx->c, "XINFO GROUPS %s", ctx->streams[WK_STREAM_BUS]);
+    *lag = *pending = -1;
+    redisReply *r = redisCommand(ctx->c, "XINFO GROUPS %s", bus);
     if (!r)
         return -1;
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
         const redisReply *g = r->element[i];
         const char *name = NULL;
-        long long lag = -1, pending = -1;
+        long long lg = -1, pd = -1;
         for (size_t j = 0; g->type == REDIS_REPLY_ARRAY && j + 1 < g->elements; j += 2) {
             const redisReply *k = g->element[j], *v = g->element[j + 1];
             if (!cm_reply_is_str(k))
@@ -520,18 +523,37 @@ static int job_lag(wk_ctx *ctx)
             if (!strcmp(k->str, "name") && cm_reply_is_str(v))
                 name = v->str;
             else if (!strcmp(k->str, "lag"))
-                lag = cm_reply_ll(v, -1);
+                lg = cm_reply_ll(v, -1);
             else if (!strcmp(k->str, "pending"))
-                pending = cm_reply_ll(v, -1);
+                pd = cm_reply_ll(v, -1);
         }
         if (name && !strcmp(name, ctx->group)) {
-            if (lag >= 0)
-                cm_series_set(ctx->m_lag, (double)lag);
-            if (pending >= 0)
-                cm_series_set(ctx->m_pending, (double)pending);
+            *lag = lg;
+            *pending = pd;
         }
     }
     freeReplyObject(r);
+    return 0;
+}
+
+/* worker_lag and worker_pending: the sums over every partition's bus. */
+static int job_lag(wk_ctx *ctx)
+{
+    long long lag = 0, pending = 0;
+    bool lag_known = true, pending_known = true;
+    for (int s = 0; s < ctx->nstreams; s += 2) {
+        long long l, p;
+        if (group_info(ctx, ctx->streams[s], &l, &p) != 0)
+            return -1;
+        lag_known = lag_known && l >= 0;
+        pending_known = pending_known && p >= 0;
+        lag += l;
+        pending += p;
+    }
+    if (lag_known)
+        cm_series_set(ctx->m_lag, (double)lag);
+    if (pending_known)
+        cm_series_set(ctx->m_pending, (double)pending);
     return 0;
 }
 
@@ -574,9 +596,17 @@ static int read_round(wk_ctx *ctx, int64_t block_ms)
     char cnt[24], blk[24];
     snprintf(cnt, sizeof cnt, "%lld", (long long)ctx->set.batch);
     snprintf(blk, sizeof blk, "%lld", (long long)block_ms);
-    const char *argv[] = {"XREADGROUP", "GROUP", ctx->group, ctx->consumer, "COUNT", cnt, "BLOCK", blk,
-                          "STREAMS", ctx->streams[WK_STREAM_BUS], ctx->streams[WK_STREAM_RETRY], ">", ">"};
-    redisAppendCommandArgv(ctx->c, 13, argv, NULL);
+    /* every partition's bus and redelivery stream in one blocking read */
+    int argc = 9 + 2 * ctx->nstreams;
+    const char **argv = cm_xcalloc((size_t)argc, sizeof *argv);
+    const char *head[] = {"XREADGROUP", "GROUP", ctx->group, ctx->consumer, "COUNT", cnt, "BLOCK", blk, "STREAMS"};
+    memcpy(argv, head, sizeof head);
+    for (int s = 0; s < ctx->nstreams; s++) {
+        argv[9 + s] = ctx->streams[s];
+        argv[9 + ctx->nstreams + s] = ">";
+    }
+    redisAppendCommandArgv(ctx->c, argc, argv, NULL);
+    free(argv);
     if (read_acks(ctx, nacks) != 0)
         return -1;
     redisReply *r = NULL;
@@ -594,8 +624,14 @@ static int read_round(wk_ctx *ctx, int64_t block_ms)
         for (size_t i = 0; i < r->elements && rc == 0; i++) {
             const redisReply *sr = r->element[i];
             const redisReply *name = cm_reply_elem(sr, 0);
-            int s = cm_reply_is_str(name) && !strcmp(name->str, ctx->streams[WK_STREAM_RETRY]) ? WK_STREAM_RETRY
-                                                                                            : WK_STREAM_BUS;
+            int s = -1;
+            for (int k = 0; cm_reply_is_str(name) && k < ctx->nstreams && s < 0; k++)
+                if (!strcmp(name->str, ctx->streams[k]))
+                    s = k;
+            if (s < 0) {
+                cm_log(CM_ERROR, "XREADGROUP answered for a stream not asked for");
+                continue;
+            }
             rc = wk_process(ctx, s, cm_reply_elem(sr, 1), NULL);
         }
     }
@@ -666,6 +702,7 @@ static cm_opt k_opts[] = {
     {"dead-letter-ttl-s", "DEAD_LETTER_TTL_S", CM_OPT_INT, NULL, "2592000", 0, 3153600000.0,
      "lifetime of this group's dead-letter and redelivery stream entries, 0 = forever"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, NULL, "5000", 100, 600000, "connect/command timeout"},
+    {"partitions", "PARTITIONS", CM_OPT_INT, NULL, "1", 1, CM_PARTITIONS_MAX, CM_PARTITIONS_HELP},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -678,7 +715,7 @@ static cm_opt *settings_table(wk_ctx *ctx)
                     &ctx->set.metrics_port,  &ctx->set.batch,         &ctx->set.block_ms,
                     &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
                     &ctx->set.retry_max_ms,  &ctx->set.retry_budget_ms, &ctx->set.retention_days,
-                    &ctx->set.dead_letter_ttl_s, &ctx->set.redis_timeout_ms};
+                    &ctx->set.dead_letter_ttl_s, &ctx->set.redis_timeout_ms, &ctx->set.partitions};
     _Static_assert(sizeof ptrs / sizeof ptrs[0] == sizeof k_opts / sizeof k_opts[0] - 1,
                    "one settings pointer per k_opts row");
     size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;
@@ -735,9 +772,23 @@ int wk_run(const wk_def *def, int argc, char **argv)
         free(opts);
         return 2;
     }
-    snprintf(ctx->streams[WK_STREAM_BUS], sizeof ctx->streams[0], "%s", ctx->set.bus);
-    es_retry_stream(ctx->set.bus, ctx->group, ctx->streams[WK_STREAM_RETRY], sizeof ctx->streams[0]);
-    for (int s = 0; s < WK_NSTREAMS; s++)
+    if (cm_partitions_configure(ctx->set.partitions, ctx->set.bus, err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-worker %s: %s\n", argv[0], err);
+        cm_config_free(opts);
+        free(opts);
+        return 2;
+    }
+    ctx->nstreams = 2 * cm_partitions();
+    ctx->streams = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->streams);
+    ctx->acks = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->acks);
+    ctx->claim_cursor = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->claim_cursor);
+    ctx->retry_cursor = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->retry_cursor);
+    for (int p = 0; p < cm_partitions(); p++) {
+        snprintf(ctx->streams[2 * p + WK_STREAM_BUS], sizeof ctx->streams[0], "%s", cm_key_bus(ctx->set.bus, p).s);
+        es_retry_stream(ctx->streams[2 * p], ctx->group, ctx->streams[2 * p + WK_STREAM_RETRY],
+                        sizeof ctx->streams[0]);
+    }
+    for (int s = 0; s < ctx->nstreams; s++)
         snprintf(ctx->claim_cursor[s], sizeof ctx->claim_cursor[s], "0-0");
     init_metrics(ctx);
 
@@ -817,8 +868,12 @@ int wk_run(const wk_def *def, int argc, char **argv)
     cm_log(CM_INFO, "stopped");
 out:
     disconnect(ctx);
-    for (int s = 0; s < WK_NSTREAMS; s++)
+    for (int s = 0; ctx->acks && s < ctx->nstreams; s++)
         cm_argv_free(&ctx->acks[s]);
+    free(ctx->acks);
+    free(ctx->streams);
+    free(ctx->claim_cursor);
+    free(ctx->retry_cursor);
     cm_metrics_server_free(ms);
     cm_config_free(opts);
     free(opts);

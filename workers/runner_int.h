@@ -26,20 +26,26 @@ typedef struct wk_settings {
     int64_t retention_days;
     int64_t dead_letter_ttl_s;        /* DEAD_LETTER_TTL_S: dlq/retry stream entries' lifetime */
     int64_t redis_timeout_ms;
+    int64_t partitions;       /* PARTITIONS */
 } wk_settings;
 
-enum { WK_STREAM_BUS, WK_STREAM_RETRY, WK_NSTREAMS };
+/* The streams a group reads: for each partition p its bus (index 2p) and
+ * this group's redelivery stream of that bus (2p + 1). */
+enum { WK_STREAM_BUS, WK_STREAM_RETRY };
+#define WK_STREAM_IS_RETRY(s) (((s) & 1) == WK_STREAM_RETRY)
+#define WK_STREAM_BUS_OF(s) ((s) & ~1)     /* the bus stream of s's partition */
 
 struct wk_ctx {
     const wk_def *def;
     wk_settings set;
     const char *group;
     char consumer[160];
-    char streams[WK_NSTREAMS][512];   /* the bus and this group's redelivery stream */
+    int nstreams;                     /* 2 * PARTITIONS */
+    char (*streams)[512];             /* [nstreams]: each partition's bus and redelivery stream */
     redisContext *c;                  /* NULL while disconnected */
     es_store *store;
     void *state;
-    cm_argv acks[WK_NSTREAMS];        /* ids handled, acknowledged with the next read */
+    cm_argv *acks;                    /* [nstreams] ids handled, acknowledged with the next read */
     /* the batch in hand, for wk_touch */
     int cur_stream;
     const char **inflight;
@@ -47,8 +53,8 @@ struct wk_ctx {
     int64_t batch_started_ms, last_touch_ms;
     char reason[256];                 /* why the current event failed */
     int retry_waiting;                /* own entries pending a retry */
-    char claim_cursor[WK_NSTREAMS][64];
-    char retry_cursor[WK_NSTREAMS][64];   /* where the retry scan of our pending list goes on */
+    char (*claim_cursor)[64];         /* [nstreams] */
+    char (*retry_cursor)[64];         /* [nstreams] where the retry scan of our pending list goes on */
     char budget_def[24];              /* RETRY_BUDGET_MS default of this worker, as text */
     int64_t last_ok_ms;               /* last successful Redis round trip (health) */
     /* metrics */

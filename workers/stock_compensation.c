@@ -64,12 +64,18 @@ static bool recordable(const es_event *ev)
 static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
     wk_prefetch_clear();
+    /* a batch comes from one partition's stream: one ZADD to its set (an
+     * event of another partition is left to its handler) */
+    int part = -1;
+    for (size_t i = 0; i < n && part < 0; i++)
+        if (recordable(evs[i]))
+            part = cm_partition_of(evs[i]->aggregate_id);
     cm_argv a = {0};
     cm_argv_adds(&a, "ZADD");
-    cm_argv_adds(&a, CM_KEY_SAGA_STARTED);
+    cm_argv_adds(&a, cm_key_saga_started(part < 0 ? 0 : part).s);
     cm_argv_adds(&a, "NX");
     for (size_t i = 0; i < n; i++) {
-        if (!recordable(evs[i]))
+        if (!recordable(evs[i]) || cm_partition_of(evs[i]->aggregate_id) != part)
             continue;   /* its handler decides, alone */
         cm_argv_addll(&a, (long long)(evs[i]->emitted_at * 1000.0));
         cm_argv_adds(&a, evs[i]->aggregate_id);
@@ -81,7 +87,7 @@ static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
         if (!cm_reply_failed(c, r, err, sizeof err)) {   /* on failure each handler tries alone */
             freeReplyObject(r);
             for (size_t i = 0; i < n; i++)
-                if (recordable(evs[i]))
+                if (recordable(evs[i]) && cm_partition_of(evs[i]->aggregate_id) == part)
                     wk_prefetch_note(evs[i], &k_recorded, NULL);
         }
     }
@@ -96,7 +102,7 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     if (!checkout)
         return WK_DEAD;
     redisContext *c = wk_redis(ctx);
-    redisReply *r = redisCommand(c, "ZADD %s NX %lld %s", CM_KEY_SAGA_STARTED,
+    redisReply *r = redisCommand(c, "ZADD %s NX %lld %s", cm_key_saga_started(cm_partition_of(checkout)).s,
                                  (long long)(ev->emitted_at * 1000.0), checkout);
     char err[256];
     if (cm_reply_failed(c, r, err, sizeof err)) {
@@ -247,11 +253,13 @@ static bool timeout_one(wk_ctx *ctx, const char *checkout, int64_t age_ms)
     return done;
 }
 
-static void timeout_tick(wk_ctx *ctx)
+/* The expired sagas of partition p's timeout set. */
+static void timeout_partition(wk_ctx *ctx, int p)
 {
     redisContext *c = wk_redis(ctx);
     int64_t now = cm_wall_ms();
-    redisReply *r = redisCommand(c, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", CM_KEY_SAGA_STARTED,
+    cm_key started_key = cm_key_saga_started(p);
+    redisReply *r = redisCommand(c, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
                                  (long long)(now - g_timeout_ms), TICK_BATCH);
     char err[256];
     if (cm_reply_failed(c, r, err, sizeof err)) {
@@ -260,7 +268,7 @@ static void timeout_tick(wk_ctx *ctx)
     }
     cm_argv done = {0};
     cm_argv_adds(&done, "ZREM");
-    cm_argv_adds(&done, CM_KEY_SAGA_STARTED);
+    cm_argv_adds(&done, started_key.s);
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && !wk_stopping(ctx); i += 2) {
         const redisReply *id = r->element[i];
         if (!cm_reply_is_str(id))
@@ -278,6 +286,12 @@ static void timeout_tick(wk_ctx *ctx)
             freeReplyObject(z);
     }
     cm_argv_free(&done);
+}
+
+static void timeout_tick(wk_ctx *ctx)
+{
+    for (int p = 0; p < cm_partitions() && !wk_stopping(ctx); p++)
+        timeout_partition(ctx, p);
 }
 
 static const wk_handler k_handlers[] = {

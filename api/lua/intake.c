@@ -92,7 +92,7 @@ int api_intake_build(const api_intake_call *in, cm_argv *a, int *nkeys)
     /* KEYS: idempotency record, history, bus, one product hash per line */
     cm_argv_adds(a, cm_key_idem(in->client_id, has_key ? in->idem_key : "-").s);
     cm_argv_adds(a, cm_key_history("checkout", in->checkout_id).s);
-    cm_argv_adds(a, in->bus);
+    cm_argv_adds(a, cm_key_bus(in->bus, cm_partition_of(in->checkout_id)).s);
     for (size_t i = 0; i < in->n; i++)
         cm_argv_adds(a, cm_key_product(in->lines[i].product_id).s);
     *nkeys = a->n;

@@ -321,7 +321,7 @@ static bool all_terminal(void *ud)
     terminal_wait *w = ud;
     size_t from = w->done;
     for (size_t i = from; i < w->n; i++)
-        redisAppendCommand(w->e->c, "LINDEX chorus:h:checkout:%s -1", w->ids[i]);
+        redisAppendCommand(w->e->c, "LINDEX %s -1", cm_key_history("checkout", w->ids[i]).s);
     bool all = true;
     for (size_t i = from; i < w->n; i++) {
         redisReply *r = NULL;
@@ -339,7 +339,7 @@ static bool all_terminal(void *ud)
 size_t sg_count_terminal(sg_env *e, char *const *ids, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        redisAppendCommand(e->c, "LINDEX chorus:h:checkout:%s -1", ids[i]);
+        redisAppendCommand(e->c, "LINDEX %s -1", cm_key_history("checkout", ids[i]).s);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         redisReply *r = NULL;
@@ -384,13 +384,12 @@ static bool groups_exist(sg_env *e, const redisReply *groups)
     return true;
 }
 
-/* True when the group of every running worker exists, and every group of the
- * bus has read to the end and acknowledged all. */
-static bool quiet(void *ud)
+/* True when the group of every running worker exists, and every group of
+ * one partition's bus has read to the end and acknowledged all. */
+static bool quiet_partition(sg_env *e, const char *bus)
 {
-    sg_env *e = ud;
-    redisReply *last = redisCommand(e->c, "XREVRANGE %s + - COUNT 1", es_store_bus(e->s));
-    redisReply *r = redisCommand(e->c, "XINFO GROUPS %s", es_store_bus(e->s));
+    redisReply *last = redisCommand(e->c, "XREVRANGE %s + - COUNT 1", bus);
+    redisReply *r = redisCommand(e->c, "XINFO GROUPS %s", bus);
     bool ok = last && r && r->type == REDIS_REPLY_ARRAY && last->type == REDIS_REPLY_ARRAY;
     ok = ok && groups_exist(e, r);
     const char *last_id = ok && last->elements ? last->element[0]->element[0]->str : "0-0";
@@ -412,6 +411,16 @@ static bool quiet(void *ud)
     return ok;
 }
 
+/* quiet_partition on every partition's bus (cm_partitions()). */
+static bool quiet(void *ud)
+{
+    sg_env *e = ud;
+    bool ok = true;
+    for (int p = 0; ok && p < cm_partitions(); p++)
+        ok = quiet_partition(e, cm_key_bus(es_store_bus(e->s), p).s);
+    return ok;
+}
+
 bool sg_wait_quiet(sg_env *e, int timeout_ms)
 {
     return tf_wait_until(quiet, e, timeout_ms);
@@ -419,7 +428,11 @@ bool sg_wait_quiet(sg_env *e, int timeout_ms)
 
 long long sg_dlq_len(sg_env *e, const char *group)
 {
-    char k[512];
-    es_dlq_stream(es_store_bus(e->s), group, k, sizeof k);
-    return sg_ll(e, "XLEN %s", k);
+    long long n = 0;
+    for (int p = 0; p < cm_partitions(); p++) {   /* every partition's dead letters */
+        char k[512];
+        es_dlq_stream(cm_key_bus(es_store_bus(e->s), p).s, group, k, sizeof k);
+        n += sg_ll(e, "XLEN %s", k);
+    }
+    return n;
 }

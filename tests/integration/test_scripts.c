@@ -223,7 +223,7 @@ Test(scripts, create_order_sells_the_held_lines_once)
     free(st);
     long long ttl = num("TTL %s", cm_key_resv("co-o").s);
     cr_expect(ttl > 0 && ttl <= 60, "the sold reservation expires (ttl %lld)", ttl);
-    char *total = str("HGET %s total_cents", cm_key_order("o1").s);
+    char *total = str("HGET %s total_cents", cm_key_order("co-o", "o1").s);
     cr_expect_str_eq(total, "300");
     free(total);
     cr_expect_eq(hist_len("co-o"), 4);
@@ -246,7 +246,7 @@ Test(scripts, create_order_refuses_what_is_not_held)
     cr_expect_eq(create_order(sr[0], &both, &o), WK_OUT_NOT_HELD);
     cr_expect_str_eq(o.arg, "released");
     expect_stock("p1", 9, 1, 0);
-    cr_expect_eq(num("EXISTS %s", cm_key_order("o1").s), 0);
+    cr_expect_eq(num("EXISTS %s", cm_key_order("co-m", "o1").s), 0);
     cr_expect_eq(hist_len("co-m"), 2);
     es_events_free(sr, 1);
 }

@@ -15,8 +15,8 @@ static const wk_refusal k_refusals[] = {
 static void build(const wk_order_in *in, cm_argv *keys, cm_argv *args)
 {
     cm_argv_adds(keys, cm_key_resv(in->checkout_id).s);   /* KEYS: resv, order, started, product... */
-    cm_argv_adds(keys, cm_key_order(in->order_id).s);
-    cm_argv_adds(keys, CM_KEY_SAGA_STARTED);
+    cm_argv_adds(keys, cm_key_order(in->checkout_id, in->order_id).s);
+    cm_argv_adds(keys, cm_key_saga_started(cm_partition_of(in->checkout_id)).s);
     wk_lines_keys(in->lines, keys);
     cm_argv_adds(args, in->checkout_id);                  /* ARGV: in the .lua's order */
     cm_argv_adds(args, in->order_id);

@@ -14,7 +14,7 @@ int wk_script_notify(redisContext *c, const wk_notify_in *in, wk_notify_out *out
     memset(out, 0, sizeof *out);
     cm_argv a = {0};
     cm_argv_adds(&a, cm_key_notify(in->checkout_id).s);   /* KEYS: marker, log */
-    cm_argv_adds(&a, CM_KEY_NOTIFY_LOG);
+    cm_argv_adds(&a, cm_key_notify_log(cm_partition_of(in->checkout_id)).s);
     cm_argv_adds(&a, in->checkout_id);                     /* ARGV: in the .lua's order */
     cm_argv_adds(&a, in->status);
     cm_argv_adds(&a, in->field);

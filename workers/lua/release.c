@@ -16,7 +16,7 @@ wk_outcome wk_script_release(wk_ctx *ctx, wk_step *s, const char *checkout, bool
 {
     cm_argv keys = {0}, args = {0};
     cm_argv_adds(&keys, cm_key_resv(checkout).s);   /* KEYS: resv, started, product... (held only) */
-    cm_argv_adds(&keys, CM_KEY_SAGA_STARTED);
+    cm_argv_adds(&keys, cm_key_saga_started(cm_partition_of(checkout)).s);
     if (held)
         wk_lines_keys(lines, &keys);
     cm_argv_adds(&args, checkout);                  /* ARGV: checkout, held, ttl, m, product... */
