@@ -405,8 +405,81 @@ def up_refuses_an_explicit_busy_redis_port_in_one_line():
         holder.close()
 
 
+def redis_cli(port, *args):
+    out = subprocess.run(["redis-cli", "-p", str(port), "--raw"] + list(args), capture_output=True, timeout=10)
+    return out.stdout.decode().split("\n")
+
+
+def up_restarts_a_killed_worker_under_its_name_and_it_resumes_at_once():
+    """Issue 13 row 6: a SIGKILLed saga worker comes back under the same
+    consumer name and finishes the sagas it held at once, not after
+    CLAIM_IDLE_MS (30 s under up) as a new name would."""
+    env = private_ports()
+    env["REDIS_PORT"] = str(free_port())
+    env["FAULT_ORDER_DELAY_MS"] = "100"   # order-creation holds its batch a while
+    up = Up(env)
+    try:
+        up.wait_banner()
+        api, rport = int(env["API_PORT"]), int(env["REDIS_PORT"])
+        c = Client(api)
+        st, body = c.call("PUT", "/api/products/" + PRODUCT,
+                          {"name": "up test", "price_cents": 100, "available": 1000000},
+                          {"Authorization": "Bearer " + ADMIN_TOKEN})
+        if st != 200:
+            fail("PUT product: %s %s" % (st, body))
+        ids = []
+        for i in range(20):
+            st, body = c.call("POST", "/api/checkouts",
+                              {"client_id": "up-kill", "items": [{"product_id": PRODUCT, "quantity": 1}]})
+            if st != 202:
+                fail("POST /api/checkouts: %s %s" % (st, body))
+            ids.append(body["checkout_id"])
+
+        def held():
+            r = redis_cli(rport, "XPENDING", "ecommerce.checkout.events", "choreo-order")
+            return int(r[0]) if r and r[0].isdigit() else 0
+        wait_until("order-creation holding entries", lambda: held() > 0, 30)
+        old = up.processes().get("order-creation")
+        if not old or old == "-":
+            fail("no order-creation pid in %s/processes" % up.dir)
+        holding = held()
+        os.kill(int(old), signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until("order-creation restarted", lambda: up.processes().get("order-creation", "-") not in ("-", old), 30)
+        restarted = time.monotonic()
+
+        def all_ended():
+            for cid in ids:
+                st, got = c.call("GET", "/api/checkouts/%s" % cid)
+                if st != 200 or got.get("status") not in ("SUCCEEDED", "FAILED"):
+                    return False
+            return True
+        wait_until("every checkout ended", all_ended, 60)
+        ended = time.monotonic()
+        consumers = [l for l in redis_cli(rport, "XINFO", "CONSUMERS", "ecommerce.checkout.events", "choreo-order")
+                     if l.startswith("order-creation")]
+        if consumers != ["order-creation-1"]:
+            fail("choreo-order consumers %r, expected only order-creation-1 (a stable name)" % consumers)
+        # 20 sagas at 100 ms each is ~2 s of work; a takeover would wait 30 s
+        bound = 1.0 + 2.0 + 3.0
+        print("killed order-creation holding %d entries; restarted after %.2f s; all 20 sagas ended %.2f s "
+              "after the restart (bound %.1f s; CLAIM_IDLE_MS 30 s)"
+              % (holding, restarted - killed, ended - restarted, bound))
+        if ended - restarted > bound:
+            fail("the held sagas took %.1f s after the restart (bound %.1f s)" % (ended - restarted, bound))
+        if up.stop() != 143:
+            fail("chorus up exited %d on SIGTERM, expected 143" % up.proc.returncode)
+        up.check_sanitizers()
+    except AssertionError:
+        print(up.output(), file=sys.stderr)
+        raise
+    finally:
+        up.cleanup()
+
+
 CASES = [up_refuses_an_explicit_busy_redis_port_in_one_line,
          up_takes_a_free_redis_port_when_the_default_is_busy,
+         up_restarts_a_killed_worker_under_its_name_and_it_resumes_at_once,
          up_survives_redis_sigkill_without_losing_accepted_checkouts]
 
 
