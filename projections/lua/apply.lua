@@ -296,6 +296,18 @@ if #need > 0 then
   return out
 end
 
+-- The aggregates' current values, read before the first write: a key of a
+-- foreign type fails the script here, while nothing is written yet (Redis
+-- does not roll a script back), so a retried batch starts clean.
+local stock_cur, client_cur = {}, {}
+for _, pid in ipairs(stock_order) do
+  stock_cur[pid] = redis.call('HMGET', KEYS[pkey[pid]], 'reserved', 'sold', 'released')
+end
+for _, cid in ipairs(orders_order) do
+  client_cur[cid] = redis.call('HMGET', KEYS[ckey[cid]], 'total_orders', 'last_order_id', 'last_checkout_id',
+    'last_update_ts')
+end
+
 -- ---- writes (nothing above wrote) ----
 
 -- Writes one checkout: only what changed (HSET, HDEL) when that keeps the
@@ -356,7 +368,7 @@ end
 for _, pid in ipairs(stock_order) do
   local s = stock[pid]
   local key = KEYS[pkey[pid]]
-  local cur = redis.call('HMGET', key, 'reserved', 'sold', 'released')
+  local cur = stock_cur[pid]
   if cur[1] and cur[2] and cur[3] then
     -- all three stored: add to the counters that moved (order kept)
     local a = {}
@@ -374,7 +386,7 @@ end
 for _, cid in ipairs(orders_order) do
   local o = orders[cid]
   local key = KEYS[ckey[cid]]
-  local cur = redis.call('HMGET', key, 'total_orders', 'last_order_id', 'last_checkout_id', 'last_update_ts')
+  local cur = client_cur[cid]
   local total = (tonumber(cur[1]) or 0) + o.n
   if newer(o.em, o.checkout, cur[4], cur[3]) then
     redis.call('HSET', key, 'total_orders', total, 'last_order_id', o.order, 'last_checkout_id', o.checkout,
