@@ -247,6 +247,9 @@ void api_redis_drop(api_redis *t);
  * thread (a PING every g_api.probe_ms on its own connection) gets an answer
  * and clears it. The probe also finds a hung Redis when no request does. */
 bool api_redis_reachable(void);
+/* Counts the recoveries of the shared Redis state: a connection made before
+ * the latest one may be dead without knowing it (Redis restarted). */
+long api_redis_epoch(void);
 /* Marks Redis unreachable for reason why (masked text; copied). */
 void api_redis_mark_down(const char *why);
 /* Copies why Redis is unreachable ("" when it is reachable) into out. */

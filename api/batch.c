@@ -117,8 +117,16 @@ static int roundtrip(redisContext *c, cm_script *sc, api_job **jobs, size_t n, c
 /* Runs one batch: every job ends with a reply or an err. */
 static void run_batch(redisContext **cp, cm_script *sc, int64_t *retry_at, api_job **jobs, size_t n)
 {
+    static long conn_epoch;   /* the recovery count when *cp was made (this thread only) */
     char err[256];
+    if (*cp && conn_epoch != api_redis_epoch()) {
+        /* Redis recovered since this connection was made: it may be dead
+         * without knowing it, and the batch would get a 503 for nothing */
+        redisFree(*cp);
+        *cp = NULL;
+    }
     if (!*cp && cm_mono_ms() >= *retry_at) {
+        conn_epoch = api_redis_epoch();
         *cp = cm_redis_connect(g_api.redis_url, (int)g_api.redis_timeout_ms, err, sizeof err);
         if (*cp && cm_script_load(*cp, sc, err, sizeof err) != 0) {
             redisFree(*cp);

@@ -87,6 +87,11 @@ static struct {
 
 static __thread char t_why[256];   /* api_redis_get's answer while down */
 
+long api_redis_epoch(void)
+{
+    return atomic_load(&g_state.epoch);
+}
+
 bool api_redis_reachable(void)
 {
     return !atomic_load_explicit(&g_state.down, memory_order_acquire);

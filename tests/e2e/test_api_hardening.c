@@ -513,6 +513,8 @@ Test(redis_outage, a_paused_redis_gets_fast_503s_fast_health_and_the_api_recover
 
 Test(redis_outage, a_stopped_then_killed_redis_gets_fast_503s_and_the_api_recovers)
 {
+    char id[80];
+    ae_checkout(&E, "c-outage", "p1", 1, id);   /* the intake batcher has its connection now */
     load l1;
     load_start(&l1, "/api/products/p1");
     cr_assert_gt(E.r.server_pid, 0);
@@ -530,6 +532,13 @@ Test(redis_outage, a_stopped_then_killed_redis_gets_fast_503s_and_the_api_recove
     long long back = until_status("/api/products/p1", 200, 10000);
     printf("redis killed: back to 200 %lld ms after the restart\n", back);
     cr_assert_geq(back, 0, "no recovery after the restart");
+    /* the batcher's connection died with the old server: once the API is
+     * back, the first checkout must not be spent finding that out */
+    tf_http_resp r;
+    ae_post_checkout(&E, "{\"client_id\":\"c-outage\",\"items\":[{\"product_id\":\"p1\",\"quantity\":1}]}", NULL,
+                     &r);
+    cr_expect_eq(r.status, 202, "first checkout after the recovery: %d %s", r.status, r.body);
+    tf_http_resp_free(&r);
     load_stop(&l1);
     redisFree(E.c);
     E.c = tf_redis_connect(&E.r);
