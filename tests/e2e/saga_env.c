@@ -199,6 +199,20 @@ static redisReply *vcmd(sg_env *e, const char *fmt, va_list ap)
     return r;
 }
 
+long long sg_count_keys(sg_env *e, const char *pattern)
+{
+    long long n = 0;
+    char cursor[32] = "0";
+    do {
+        redisReply *r = redisCommand(e->c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2, "SCAN failed");
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        n += (long long)r->element[1]->elements;
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
 long long sg_ll(sg_env *e, const char *fmt, ...)
 {
     va_list ap;

@@ -92,6 +92,8 @@ bool sg_wait_quiet(sg_env *e, int timeout_ms);
 long long sg_dlq_len(sg_env *e, const char *group);
 /* Integer reply of a command (asserts success). */
 long long sg_ll(sg_env *e, const char *fmt, ...);
+/* How many keys match pattern (SCAN over the whole keyspace). */
+long long sg_count_keys(sg_env *e, const char *pattern);
 /* String reply of a command (caller frees; NULL for nil). */
 char *sg_str(sg_env *e, const char *fmt, ...);
 

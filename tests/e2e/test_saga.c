@@ -491,27 +491,12 @@ Test(saga, poison_entries_are_parked_with_their_reason_and_the_worker_goes_on)
     stop_clean();
 }
 
-/* Keys matching pattern (SCAN, whole keyspace). */
-static long long count_keys(const char *pattern)
-{
-    long long n = 0;
-    char cursor[32] = "0";
-    do {
-        redisReply *r = redisCommand(E.c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        n += (long long)r->element[1]->elements;
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0") != 0);
-    return n;
-}
-
 static bool transient_gone(void *ud)
 {
     (void)ud;
-    return count_keys("chorus:resv:*") == 0 && count_keys("chorus:notify:*") == 1 /* the log */ &&
-           count_keys("chorus:{audit}:seen:*") == 0 && count_keys("chorus:rm:checkout:*") == 0 &&
-           count_keys(CM_KEY_CLIENT_CHECKOUTS "*") == 0;
+    return sg_count_keys(&E, "chorus:resv:*") == 0 && sg_count_keys(&E, "chorus:notify:*") == 1 /* the log */ &&
+           sg_count_keys(&E, "chorus:{audit}:seen:*") == 0 && sg_count_keys(&E, "chorus:rm:checkout:*") == 0 &&
+           sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*") == 0;
 }
 
 static int g_api_port;
@@ -595,10 +580,10 @@ Test(saga, short_lifetimes_let_the_transient_families_shrink_back)
     cr_assert(tf_wait_until(transient_gone, NULL, 15000),
               "left: %lld reservations, %lld notify keys (log included), %lld audit marks, %lld checkout read "
               "models, %lld client indexes",
-              count_keys("chorus:resv:*"), count_keys("chorus:notify:*"), count_keys("chorus:{audit}:seen:*"),
-              count_keys("chorus:rm:checkout:*"), count_keys(CM_KEY_CLIENT_CHECKOUTS "*"));
-    cr_expect_eq(count_keys("chorus:h:checkout:co-life-*"), 6, "histories are kept");
-    cr_expect_eq(count_keys("chorus:order:*"), 5, "orders are kept");
+              sg_count_keys(&E, "chorus:resv:*"), sg_count_keys(&E, "chorus:notify:*"), sg_count_keys(&E, "chorus:{audit}:seen:*"),
+              sg_count_keys(&E, "chorus:rm:checkout:*"), sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*"));
+    cr_expect_eq(sg_count_keys(&E, "chorus:h:checkout:co-life-*"), 6, "histories are kept");
+    cr_expect_eq(sg_count_keys(&E, "chorus:order:*"), 5, "orders are kept");
     cr_expect_eq(sg_ll(&E, "EXISTS chorus:rm:client:client-1"), 1, "the client aggregate is kept");
     cr_expect_eq(sg_ll(&E, "EXISTS chorus:rm:stock:p1"), 1, "the stock aggregate is kept");
     cr_expect_eq(sg_ll(&E, "HGET chorus:rm:client:client-1 total_orders"), 5);

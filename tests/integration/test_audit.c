@@ -624,25 +624,10 @@ Test(audit, event_edited_in_its_history_is_found_by_deep)
     cr_assert(strstr(rep.problem, "missing"), "%s", rep.problem);
 }
 
-/* Keys matching pattern (SCAN). */
-static long long count_keys(const char *pattern)
-{
-    long long n = 0;
-    char cursor[32] = "0";
-    do {
-        redisReply *r = redisCommand(E.c, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        n += (long long)r->element[1]->elements;
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0") != 0);
-    return n;
-}
-
 static bool no_seen_marks(void *ud)
 {
     (void)ud;
-    return count_keys(PJ_AUDIT_SEEN_PREFIX "*") == 0;
+    return sg_count_keys(&E, PJ_AUDIT_SEEN_PREFIX "*") == 0;
 }
 
 Test(audit, seen_marks_expire_and_a_later_redelivery_is_audited_again)
@@ -651,7 +636,7 @@ Test(audit, seen_marks_expire_and_a_later_redelivery_is_audited_again)
     long long events = append_sagas(8);
     wait_audited(events);
     cr_assert(tf_wait_until(no_seen_marks, NULL, 15000), "the seen marks did not expire");
-    cr_assert_eq(count_keys(CM_KEY_PREFIX "audit:seen*"), 0, "no dedupe hash of the old layout either");
+    cr_assert_eq(sg_count_keys(&E, CM_KEY_PREFIX "audit:seen*"), 0, "no dedupe hash of the old layout either");
 
     /* the decided behaviour: an event delivered after its marks expired gets
      * a second record, and the chain stays one verifiable chain */
