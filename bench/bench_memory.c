@@ -250,6 +250,18 @@ static void stop_all(void)
         }
 }
 
+/* What start_api runs the API with. */
+typedef struct api_start_args {
+    const char *bin, *url, *log;
+} api_start_args;
+
+static pid_t start_api(void *ud)
+{
+    const api_start_args *a = ud;
+    const char *av[] = {a->bin, NULL};
+    return spawn(av, a->url, a->log);
+}
+
 static bool api_ready(void *ud)
 {
     (void)ud;
@@ -433,19 +445,12 @@ int main(void)
         }
     }
     snprintf(log, sizeof log, "%s/api.log", rs.dir);
-    for (int attempt = 0; attempt < 5 && !g_pids[0]; attempt++) {
-        g_port = tf_free_port();
-        const char *av[] = {api_bin, NULL};
-        if ((g_pids[0] = spawn(av, rs.url, log)) <= 0) {
-            fprintf(stderr, "bench memory: cannot run %s: %s\n", api_bin, strerror(errno));
-            g_pids[0] = 0;
-            goto out;
-        }
-        if (!tf_wait_until(api_ready, NULL, 10000)) {
-            tf_kill(g_pids[0], SIGKILL);
-            tf_wait_exit(g_pids[0], 5000, NULL);
-            g_pids[0] = 0;
-        }
+    api_start_args sa = {api_bin, rs.url, log};
+    g_pids[0] = bu_start_api(&g_port, start_api, api_ready, &sa, 10000);
+    if (g_pids[0] < 0) {
+        fprintf(stderr, "bench memory: cannot run %s: %s\n", api_bin, strerror(errno));
+        g_pids[0] = 0;
+        goto out;
     }
     if (!g_pids[0]) {
         tf_dump_file(log, "chorus-api log");

@@ -1,8 +1,10 @@
 /* benchutil.c - /proc readings and sibling-binary paths for the benchmarks. */
 #include "bench/benchutil.h"
+#include "tests/support/proc.h"
 
 #include <libgen.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,4 +60,19 @@ int bu_bin_path(const char *rel, char *out, size_t outlen)
     self[n] = '\0';
     snprintf(out, outlen, "%s/%s", dirname(self), rel);
     return access(out, X_OK);
+}
+
+pid_t bu_start_api(int *port, pid_t (*start)(void *ud), bool (*ready)(void *ud), void *ud, int timeout_ms)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        *port = tf_free_port();
+        pid_t pid = start(ud);
+        if (pid <= 0)
+            return -1;
+        if (tf_wait_until(ready, ud, timeout_ms))
+            return pid;
+        tf_kill(pid, SIGKILL);
+        tf_wait_exit(pid, 5000, NULL);
+    }
+    return 0;
 }

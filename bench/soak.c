@@ -376,6 +376,12 @@ static pid_t spawn_proc(int i)
     return tf_spawn(i == 0 ? api_av : wk_av, env, g_logs[i]);
 }
 
+static pid_t start_api(void *ud)
+{
+    (void)ud;
+    return spawn_proc(0);
+}
+
 static bool api_ready(void *ud)
 {
     (void)ud;
@@ -512,18 +518,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "soak: cannot run %s: %s\n", g_wk_bin, strerror(errno));
             goto out;
         }
-    for (int attempt = 0; attempt < 5 && !g_pids[0]; attempt++) {
-        g_port = tf_free_port();
-        if ((g_pids[0] = spawn_proc(0)) <= 0) {
-            fprintf(stderr, "soak: cannot run %s: %s\n", g_api_bin, strerror(errno));
-            g_pids[0] = 0;
-            goto out;
-        }
-        if (!tf_wait_until(api_ready, NULL, 15000)) {
-            tf_kill(g_pids[0], SIGKILL);
-            tf_wait_exit(g_pids[0], 5000, NULL);
-            g_pids[0] = 0;
-        }
+    g_pids[0] = bu_start_api(&g_port, start_api, api_ready, NULL, 15000);
+    if (g_pids[0] < 0) {
+        fprintf(stderr, "soak: cannot run %s: %s\n", g_api_bin, strerror(errno));
+        g_pids[0] = 0;
+        goto out;
     }
     if (!g_pids[0]) {
         tf_dump_file(g_logs[0], "chorus-api");
