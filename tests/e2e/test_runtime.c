@@ -657,6 +657,23 @@ Test(runtime, poison_parked_after_max_deliveries_then_redelivered)
     check(xlen(DLQ) == 0, "parked again");
 }
 
+/* A dead letter that can never be re-delivered (parked undecodable, no type
+ * or payload) stays put, and the bulk retry reads past it to the ones that
+ * can: it used to answer 0 forever. */
+Test(runtime, bulk_retry_reads_past_an_entry_it_cannot_redeliver)
+{
+    freeReplyObject(cmd("XADD %s * reason undecodable attempts 1", DLQ));
+    freeReplyObject(cmd("XADD %s * type CheckoutInitiated payload {} ts 1 entry_id 1-0 reason r", DLQ));
+    freeReplyObject(cmd("XADD %s * type CheckoutInitiated payload {} ts 2 entry_id 2-0 reason r", DLQ));
+    char err[256] = "";
+    cr_assert_eq(es_dlq_retry_oldest(C, BUS, GROUP, 1, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(xlen(RETRY), 1);
+    cr_assert_eq(es_dlq_retry_all(C, BUS, GROUP, 100, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(xlen(RETRY), 2);
+    cr_assert_eq(xlen(DLQ), 1, "the entry that cannot be re-delivered stays parked");
+    cr_assert_eq(es_dlq_retry_all(C, BUS, GROUP, 100, err, sizeof err), 0, "%s", err);
+}
+
 /* 1,000 refused entries parked at once; es_dlq_retry_all moves them all back
  * with chunks of at most 100 per script call, and the group sees each again. */
 Test(runtime, dlq_retry_all_moves_a_large_dead_letter_stream_in_bounded_chunks)
