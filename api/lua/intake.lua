@@ -41,8 +41,8 @@ for i = 1, n do
     -- stored data is broken: a permanent failure (500), not a client error
     return redis.error_reply('ERR corrupt price_cents of ' .. KEYS[3 + i])
   end
-  prices[i] = p
-  if p ~= ARGV[5 + i] then stale = true end
+  prices[i] = tostring(price)   -- canonical: "0100" is 100, as the API reads it
+  if price ~= tonumber(ARGV[5 + i]) then stale = true end
 end
 if stale then
   return {'prices', unpack(prices)}
