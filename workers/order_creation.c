@@ -229,8 +229,14 @@ static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
     if (g_delay_ms > 0)
         return;
     for (size_t i = 0; i < n; i++) {
+        /* an event without its total needs a history read (a blocking round
+         * trip): never once calls are queued on the connection; its handler
+         * plans it alone */
+        if (evs[i]->kind != CM_EV_STOCK_RESERVED || !json_is_integer(json_object_get(evs[i]->data, "total_cents")) ||
+            !es_event_data_str(evs[i], "client_id"))
+            continue;
         plan *p = cm_xcalloc(1, sizeof *p);
-        if (evs[i]->kind != CM_EV_STOCK_RESERVED || plan_make(ctx, evs[i], p) != 1) {
+        if (plan_make(ctx, evs[i], p) != 1) {
             free(p);   /* the handler decides again, alone */
             continue;
         }
