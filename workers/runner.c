@@ -53,10 +53,45 @@ void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...)
     va_end(ap);
 }
 
+/* XCLAIM JUSTID of the entries ids (an array of [id, fields]) of stream,
+ * to this consumer: they look alive again. */
+static void touch_entries(wk_ctx *ctx, const char *stream, const redisReply *entries)
+{
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0)
+        return;
+    cm_argv a = {0};
+    cm_argv_adds(&a, "XCLAIM");
+    cm_argv_adds(&a, stream);
+    cm_argv_adds(&a, ctx->group);
+    cm_argv_adds(&a, ctx->consumer);
+    cm_argv_adds(&a, "0");
+    for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *id = cm_reply_elem(entries->element[i], 0);
+        if (cm_reply_is_str(id))
+            cm_argv_adds(&a, id->str);
+    }
+    cm_argv_adds(&a, "JUSTID");
+    redisReply *r = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+    char err[256];
+    if (!cm_reply_failed(ctx->c, r, err, sizeof err))
+        freeReplyObject(r);
+    else
+        cm_log(CM_WARN, "touch of in-flight entries of %s failed: %s", stream, err);
+    cm_argv_free(&a);
+}
+
 void wk_touch(wk_ctx *ctx)
 {
     if (!ctx->c || !ctx->ninflight)
         return;
+    /* the round's later streams wait while this one is handled: keep them
+     * fresh too, or a peer would take them over as a dead consumer's */
+    for (size_t i = ctx->round_at + 1; ctx->round && i < ctx->round->elements; i++) {
+        const redisReply *sr = ctx->round->element[i];
+        const redisReply *name = cm_reply_elem(sr, 0);
+        if (cm_reply_is_str(name))
+            touch_entries(ctx, name->str, cm_reply_elem(sr, 1));
+    }
     cm_argv a = {0};
     cm_argv_adds(&a, "XCLAIM");
     cm_argv_adds(&a, ctx->streams[ctx->cur_stream]);
@@ -594,7 +629,11 @@ static int read_round(wk_ctx *ctx, int64_t block_ms)
 {
     int nacks = append_acks(ctx);
     char cnt[24], blk[24];
-    snprintf(cnt, sizeof cnt, "%lld", (long long)ctx->set.batch);
+    /* COUNT is per stream: each partition's share of BATCH_SIZE, so one read
+     * never hands over more than about twice a batch (redeliveries aside),
+     * all of which wk_touch keeps fresh while it is handled */
+    long long per = ctx->set.batch / cm_partitions();
+    snprintf(cnt, sizeof cnt, "%lld", per > 0 ? per : 1LL);
     snprintf(blk, sizeof blk, "%lld", (long long)block_ms);
     /* every partition's bus and redelivery stream in one blocking read */
     int argc = 9 + 2 * ctx->nstreams;
@@ -632,9 +671,12 @@ static int read_round(wk_ctx *ctx, int64_t block_ms)
                 cm_log(CM_ERROR, "XREADGROUP answered for a stream not asked for");
                 continue;
             }
+            ctx->round = r;
+            ctx->round_at = i;
             rc = wk_process(ctx, s, cm_reply_elem(sr, 1), NULL);
         }
     }
+    ctx->round = NULL;
     freeReplyObject(r);
     return rc;
 }

@@ -49,6 +49,8 @@ struct wk_ctx {
     /* the batch in hand, for wk_touch */
     int cur_stream;
     const char **inflight;
+    const redisReply *round;          /* the XREADGROUP reply being handled (every stream's entries) */
+    size_t round_at;                  /* its element (stream) being handled now */
     size_t ninflight;
     int64_t batch_started_ms, last_touch_ms;
     char reason[256];                 /* why the current event failed */
