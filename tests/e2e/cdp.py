@@ -228,10 +228,19 @@ class Chromium:
             time.sleep(0.05)
         raise CdpError("timed out after %d s waiting in the page for %s" % (deadline_s, what))
 
-    def navigate(self, url):
+    def navigate(self, url, deadline_s=30):
+        """Loads url and returns once its load event fired."""
+        seen = len(self.events)
         r = self.call("Page.navigate", url=url)
         if r.get("errorText"):
             raise CdpError("navigating to %s: %s" % (url, r["errorText"]))
+        end = time.monotonic() + deadline_s
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events[seen:]):
+            if time.monotonic() > end:
+                raise CdpError("%s did not load within %d s" % (url, deadline_s))
+            msg = json.loads(self.ws.recv_text())
+            if "method" in msg:
+                self._event(msg)
 
     def node(self, selector):
         """The DOM node id of the first match of a CSS selector (fails on none)."""

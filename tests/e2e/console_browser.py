@@ -478,12 +478,13 @@ def retry_by_page(br, pf, parked_id, ok_id, succeeded_type):
         if kept[:3] != ["", 0, 0] or TOKEN in kept[3]:
             fail("the admin token left the page's memory: cookie/localStorage/sessionStorage/href %s" % kept)
         b.click(row + " button.dl-retry")
-        said = b.wait("the page to report the retry and drop the row",
-                      "(function () { var m = document.getElementById('dl-message');"
-                      " return m.dataset.result === 'ok' && !document.querySelector('%s')"
-                      " && document.querySelectorAll('tr.dl-row').length === 2 && m.textContent; })()" % row)
+        said = b.wait("the page to report the retry's outcome",
+                      "(function () { var t = document.getElementById('dl-message').textContent;"
+                      " return /^retr(ied|y failed)/.test(t) && t; })()")
         if not said.startswith("retried: ") or json.loads(said[len("retried: "):]).get("group") != "choreo-notification":
             fail("the page's retry message: %r" % said)
+        b.wait("the page to drop the retried row", "document.getElementById('dl-message').dataset.result === 'ok'"
+               " && !document.querySelector('%s') && document.querySelectorAll('tr.dl-row').length === 2" % row)
         # the event's group cell in the timeline, in the same page
         b.eval("location.hash = '#/checkout/%s'" % ok_id)
         cell = ('#timeline .tl-row[data-type="%s"] .tl-group[data-group="choreo-notification"]'
