@@ -455,9 +455,10 @@ def retry_by_page(br, pf, parked_id, ok_id, succeeded_type):
     """The dead-letter page in a browser driven over CDP: the admin token
     typed into its password field, the parked entry's Retry button clicked
     with the mouse. Waits for the page to report the retry and drop the row,
-    then follows the row's checkout to its timeline and waits for the
-    notification group's cell of the event to turn done. Any JavaScript
-    exception or console error in the page fails the test."""
+    then opens the event's checkout timeline in the same page (a hash
+    change: the token stays in memory) and waits for the notification
+    group's cell of the event to turn done. Any JavaScript exception or
+    console error in the page fails the test."""
     row = 'tr.dl-row[data-id="%s"][data-group="choreo-notification"]' % parked_id
     t0 = time.monotonic()
     b = br.cdp()
