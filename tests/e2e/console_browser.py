@@ -11,10 +11,15 @@ from the DOM: the rows and their causal order, their causal depth, the
 compensation branch (class branch-compensation), status and reason, and the
 six group cells (every one done once the groups are through). A real event
 parked by hand in one group's dead-letter stream shows as `parked` in that
-cell and on the dead-letter page; retrying it through the route the page
-calls re-delivers it, the group takes it, and nothing new is parked. The
-overview lists the six groups and the saga counts; a client's page lists its
-checkouts. Every page must leave #js-errors empty.
+cell and on the dead-letter page. That page is then used as a person would,
+in a Chromium driven over the DevTools protocol (cdp.py beside this file):
+the admin token typed into its password field, the entry's Retry button
+clicked with the mouse; the page reports the retry, the group takes the
+event (its timeline cell turns done, seen in the same page), the entry
+leaves the dead-letter stream and nothing new is parked. The overview lists
+the six groups and the saga counts; a client's page lists its checkouts.
+Every page must leave #js-errors empty, and the CDP session also fails on
+any uncaught exception or console error it sees.
 
 Screenshots of each page go to CHORUS_SCREENSHOT_DIR (set by meson to
 <build>/console-screenshots). Chromium is required: without it the test
@@ -35,6 +40,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+import cdp
 
 TOKEN = "console-test-token"
 BUS = "ecommerce.checkout.events"
@@ -250,6 +257,10 @@ class Browser:
             fail("%s: the page never got its data (data-ready=%s)" % (url, page.attrs.get("data-ready")))
         return doc
 
+    def cdp(self):
+        """A browser of its own, driven over the DevTools protocol."""
+        return cdp.Chromium(self.bin, self.tmp)
+
     def screenshot(self, url, name, budget_ms=4000, size="1400,1000"):
         """Starts a screenshot of url; screenshots_done waits for them all
         (they overlap with the rest of the test)."""
@@ -440,6 +451,60 @@ def states(rows):
     return {(r.attrs.get("data-type"), c.attrs.get("data-group")): c for r in rows for c in r.by_class("tl-group")}
 
 
+def retry_by_page(br, pf, parked_id, ok_id, succeeded_type):
+    """The dead-letter page in a browser driven over CDP: the admin token
+    typed into its password field, the parked entry's Retry button clicked
+    with the mouse. Waits for the page to report the retry and drop the row,
+    then opens the event's checkout timeline in the same page (a hash
+    change: the token stays in memory) and waits for the notification
+    group's cell of the event to turn done. Any JavaScript exception or
+    console error in the page fails the test."""
+    row = 'tr.dl-row[data-id="%s"][data-group="choreo-notification"]' % parked_id
+    t0 = time.monotonic()
+    b = br.cdp()
+    try:
+        b.navigate("%s/ui/#/dead-letters" % pf.base)
+        b.wait("the dead-letter page with the parked entry",
+               "document.getElementById('page').dataset.page === 'dead-letters' && "
+               "document.getElementById('page').dataset.ready === '1' && !!document.querySelector('%s')" % row)
+        if b.eval("document.querySelectorAll('tr.dl-row').length") != 3:
+            fail("the dead-letter page in the CDP session does not list 3 entries")
+        # without the token the page refuses and says so (no request sent)
+        b.click(row + " button.dl-retry")
+        b.wait("the page asking for the token", "(function () { var m = document.getElementById('dl-message');"
+               " return m.dataset.result === 'error' && m.textContent.indexOf('admin token') >= 0; })()")
+        b.type_into("#admin-token", TOKEN)
+        if b.eval("document.getElementById('admin-token').value") != TOKEN:
+            fail("the admin token typed into #admin-token did not land in the field")
+        kept = b.eval("[document.cookie, localStorage.length, sessionStorage.length, location.href]")
+        if kept[:3] != ["", 0, 0] or TOKEN in kept[3]:
+            fail("the admin token left the page's memory: cookie/localStorage/sessionStorage/href %s" % kept)
+        b.click(row + " button.dl-retry")
+        said = b.wait("the page to report the retry's outcome",
+                      "(function () { var t = document.getElementById('dl-message').textContent;"
+                      " return /^retr(ied|y failed)/.test(t) && t; })()")
+        if not said.startswith("retried: ") or json.loads(said[len("retried: "):]).get("group") != "choreo-notification":
+            fail("the page's retry message: %r" % said)
+        b.wait("the page to drop the retried row", "document.getElementById('dl-message').dataset.result === 'ok'"
+               " && !document.querySelector('%s') && document.querySelectorAll('tr.dl-row').length === 2" % row)
+        # the event's group cell in the timeline, in the same page
+        b.eval("location.hash = '#/checkout/%s'" % ok_id)
+        cell = ('#timeline .tl-row[data-type="%s"] .tl-group[data-group="choreo-notification"]'
+                % succeeded_type)
+        b.wait("the retried event done in choreo-notification on the timeline",
+               "document.getElementById('page').dataset.page === 'checkout' && "
+               "(function () { var c = document.querySelector('%s');"
+               " return !!c && c.dataset.state === 'done'; })()" % cell)
+        if b.eval("document.getElementById('js-errors').textContent.trim()"):
+            fail("JavaScript errors in #js-errors: %s" % b.eval("document.getElementById('js-errors').textContent"))
+        b.eval("new Promise(function (r) { setTimeout(r, 100); })")   # let late console events arrive
+        if b.errors:
+            fail("JavaScript errors in the CDP session: %s" % b.errors)
+    finally:
+        b.close()
+    print("retry through the page over CDP: %.1f s" % (time.monotonic() - t0), flush=True)
+
+
 def main():
     for var in ("CHORUS_API_BIN", "CHORUS_WORKER_BIN"):
         if not os.environ.get(var):
@@ -586,12 +651,12 @@ def main():
             fail("no retry buttons")
         br.screenshot("%s/ui/#/dead-letters" % base, "dead-letters.png")
 
-        # Retry the parked one through the page's route: the group takes it
+        # Retry the parked one through the page itself, over CDP: type the
+        # token into the password field, click the row's Retry button with
+        # the mouse, wait for the page to say it worked. The group takes it
         # (notification already sent: acknowledged), nothing new is parked.
         before = {g: pf.r.cmd("XLEN", "%s.dlq.%s" % (BUS, g)) for g in GROUPS}
-        st, body = http_json(base, "POST", "/api/dead-letters/%s/retry" % parked_id, headers=admin())
-        if st != 200 or body.get("group") != "choreo-notification":
-            fail("retry: %d %s" % (st, body))
+        retry_by_page(br, pf, parked_id, ok_id, S)
         retry_stream = "%s.retry.choreo-notification" % BUS
 
         def consumed():
@@ -602,6 +667,10 @@ def main():
         want = dict(before, **{"choreo-notification": before["choreo-notification"] - 1})
         if after != want:
             fail("dead letters after the retry: %s, expected %s" % (after, want))
+        st, body = http_json(base, "GET", "/api/dead-letters")
+        listed = [(d["id"], d["group"]) for d in body.get("dead_letters", [])]
+        if st != 200 or len(listed) != 2 or parked in listed:
+            fail("GET /api/dead-letters after the retry: %d %s" % (st, listed))
         doc = br.dom("%s/ui/#/dead-letters" % base)
         ids = [(r.attrs.get("data-id"), r.attrs.get("data-group")) for r in doc.by_class("dl-row")]
         if len(ids) != 2 or parked in ids:
@@ -624,6 +693,6 @@ def main():
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except AssertionError as e:
+    except (AssertionError, cdp.CdpError) as e:
         print("FAIL: %s" % e, file=sys.stderr)
         sys.exit(1)
