@@ -109,8 +109,12 @@ typedef struct api_job {
                                       * -1: not confirmed (error, broken link); unused when off */
 } api_job;
 
-/* Reads the reply of a `WAIT <REDIS_WAIT_REPLICAS> <timeout>` sent on c and
- * returns how many replicas acknowledged, or -1 (no reply, an error). */
+/* Appends to c's pipeline the confirmation of REDIS_WAIT_REPLICAS: a
+ * PUBLISH on CM_WAIT_MARK_CHANNEL (replicated, so the WAIT covers every
+ * write the master made before it, whoever made it), then `WAIT N timeout`. */
+void api_wait_append(redisContext *c);
+/* Reads the replies of api_wait_append and returns how many replicas
+ * acknowledged, or -1 (no reply, an error). */
 long long api_wait_read(redisContext *c);
 
 struct api_req {

@@ -241,12 +241,7 @@ static void run_here(api_job *j)
     }
     j->reply = r;
     if (g_api.wait_replicas > 0) {   /* the same confirmation as the batcher's */
-        if (redisAppendCommand(t->c, "WAIT %lld %lld", (long long)g_api.wait_replicas,
-                               (long long)g_api.wait_timeout_ms) != REDIS_OK) {
-            j->replicas = -1;
-            api_redis_drop(t);
-            return;
-        }
+        api_wait_append(t->c);
         j->replicas = api_wait_read(t->c);
         if (t->c->err)
             api_redis_drop(t);

@@ -376,9 +376,18 @@ static bool acks_replicated(wk_ctx *ctx)
         held += ctx->acks[s].n;
     if (!held)
         return true;
-    redisReply *r = redisCommand(ctx->c, "WAIT %lld %lld", (long long)ctx->set.wait_replicas,
-                                 (long long)ctx->set.wait_timeout_ms);
-    if (!r)
+    /* the PUBLISH is replicated: the WAIT then covers every write the master
+     * made before it, also effects another consumer wrote that a
+     * redelivered entry's handler found already done */
+    redisAppendCommand(ctx->c, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+    redisAppendCommand(ctx->c, "WAIT %lld %lld", (long long)ctx->set.wait_replicas,
+                       (long long)ctx->set.wait_timeout_ms);
+    redisReply *r = NULL;
+    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
+        return false;
+    freeReplyObject(r);
+    r = NULL;
+    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
         return false;
     long long got = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     if (r->type == REDIS_REPLY_ERROR)

@@ -149,6 +149,15 @@ static int post(const char *key, char *id)
     return st;
 }
 
+/* One checkout while the replica is well: warms the API's price cache, so
+ * the next intake is one script (a cold cache costs a re-price round, and
+ * each round its own WAIT). */
+static void warm(void)
+{
+    char id[80];
+    cr_assert_eq(post(NULL, id), 202);
+}
+
 static const char *const k_wait_env[] = {"REDIS_WAIT_REPLICAS=1", "REDIS_WAIT_TIMEOUT_MS=300", NULL};
 
 Test(replica_wait, accepted_checkouts_are_on_the_replica_when_202_arrives)
@@ -189,6 +198,7 @@ Test(replica_wait, held_202_is_answered_once_the_replica_thaws)
 {
     const char *env[] = {"REDIS_WAIT_REPLICAS=1", "REDIS_WAIT_TIMEOUT_MS=4000", "REDIS_TIMEOUT_MS=8000", NULL};
     start(env);
+    warm();
     replica_freeze();
     held_post h = {.port = E.port};
     pthread_t t;
@@ -204,17 +214,21 @@ Test(replica_wait, held_202_is_answered_once_the_replica_thaws)
     long long thawed = tf_now_ms();
     replica_thaw();
     pthread_join(t, NULL);
-    cr_assert(written, "the intake script did not run within 3 s");
-    cr_assert(!early, "answered %d while the replica was frozen", h.resp.status);
-    cr_assert_eq(h.rc, 0);
-    cr_assert_eq(h.resp.status, 202, "%d %s", h.resp.status, h.resp.body);
-    cr_assert_geq(h.answered_ms, thawed, "the 202 came while the replica was frozen");
-    json_t *j = ae_json(&h.resp);
-    const char *id = json_string_value(json_object_get(j, "checkout_id"));
-    cr_assert_not_null(id);
-    cr_assert_eq(replica_llen(cm_key_history("checkout", id).s), 1);
-    json_decref(j);
+    int status = h.resp.status;
+    char id[80] = "";
+    if (h.rc == 0 && status == 202) {
+        json_t *j = ae_json(&h.resp);
+        snprintf(id, sizeof id, "%s", json_string_value(json_object_get(j, "checkout_id")) ?: "");
+        json_decref(j);
+    }
     tf_http_resp_free(&h.resp);
+    cr_assert(written, "the intake script did not run within 3 s");
+    cr_assert(!early, "answered %d while the replica was frozen", status);
+    cr_assert_eq(h.rc, 0);
+    cr_assert_eq(status, 202);
+    cr_assert_geq(h.answered_ms, thawed, "the 202 came while the replica was frozen");
+    cr_assert(id[0]);
+    cr_assert_eq(replica_llen(cm_key_history("checkout", id).s), 1);
 }
 
 /* The checkout id the master's idempotency record of key holds. */
@@ -234,6 +248,7 @@ static void record_id(const char *key, char *id)
 Test(replica_wait, frozen_replica_gets_503_then_the_retry_answers_the_same_checkout)
 {
     start(k_wait_env);
+    warm();
     replica_freeze();
     char id[80] = "";
     long long t0 = tf_now_ms();
