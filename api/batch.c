@@ -104,6 +104,8 @@ long long api_wait_read(redisContext *c)
     redisReply *r = NULL;
     if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)   /* PUBLISH: a count of subscribers */
         return -1;
+    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
+        cm_log_limited(CM_ERROR, "intake-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
     freeReplyObject(r);
     r = NULL;
     if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)

@@ -359,8 +359,8 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 
 #define WK_HELD_ACKS_MAX 65536   /* held past this, the ids are dropped: the entries stay pending */
 
-/* With REDIS_WAIT_REPLICAS=N: true once N replicas have every write this
- * connection made (the handlers' effects and follow-ups), asked with one
+/* With REDIS_WAIT_REPLICAS=N: true once N replicas have every write made
+ * so far (the handlers' effects and follow-ups), asked with one PUBLISH +
  * WAIT before the acks go out. Short of N the ids are held and asked again
  * next round (the entries stay pending meanwhile: a failover to a replica
  * that missed the effects redelivers them and the idempotent handlers redo
@@ -385,6 +385,8 @@ static bool acks_replicated(wk_ctx *ctx)
     redisReply *r = NULL;
     if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
         return false;
+    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
+        cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
     freeReplyObject(r);
     r = NULL;
     if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
