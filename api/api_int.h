@@ -42,6 +42,8 @@ typedef struct api_cfg {
     int64_t request_timeout_s;   /* a request's headers and body must be in by then */
     int64_t long_polls_max;      /* long-polls waiting at once; more answer at once */
     int64_t probe_ms;            /* Redis probe period */
+    int64_t wait_replicas;       /* REDIS_WAIT_REPLICAS: a 202 waits for this many replicas; 0 = off */
+    int64_t wait_timeout_ms;     /* REDIS_WAIT_TIMEOUT_MS: the WAIT's timeout */
 } api_cfg;
 
 #define API_ADMIN_TOKEN_MIN 16   /* shorter CHORUS_ADMIN_TOKEN: the API refuses to start */
@@ -103,7 +105,17 @@ typedef struct api_job {
         long long qty, price;
     } lines[100];
     int reprices;                    /* times the script answered "prices" */
+    long long replicas;              /* replicas that confirmed the script's writes (WAIT);
+                                      * -1: not confirmed (error, broken link); unused when off */
 } api_job;
+
+/* Appends to c's pipeline the confirmation of REDIS_WAIT_REPLICAS: a
+ * PUBLISH on CM_WAIT_MARK_CHANNEL (replicated, so the WAIT covers every
+ * write the master made before it, whoever made it), then `WAIT N timeout`. */
+void api_wait_append(redisContext *c);
+/* Reads the replies of api_wait_append and returns how many replicas
+ * acknowledged, or -1 (no reply, an error). */
+long long api_wait_read(redisContext *c);
 
 struct api_req {
     struct MHD_Connection *conn;

@@ -25,6 +25,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/names.h"
 #include "common/xmalloc.h"
 
 #include <errno.h>
@@ -92,13 +93,44 @@ static void fail_all(api_job **jobs, size_t n, size_t from, const char *why)
             snprintf(jobs[i]->err, sizeof jobs[i]->err, "%s", why);
 }
 
+void api_wait_append(redisContext *c)
+{
+    redisAppendCommand(c, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+    redisAppendCommand(c, "WAIT %lld %lld", (long long)g_api.wait_replicas, (long long)g_api.wait_timeout_ms);
+}
+
+long long api_wait_read(redisContext *c)
+{
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)   /* PUBLISH: a count of subscribers */
+        return -1;
+    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
+        cm_log_limited(CM_ERROR, "intake-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
+    freeReplyObject(r);
+    r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)
+        return -1;
+    long long n = -1;
+    if (r->type == REDIS_REPLY_INTEGER)
+        n = r->integer;
+    else
+        cm_log_limited(CM_WARN, "intake-wait", "WAIT: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    return n;
+}
+
 /* Sends jobs[from..n) marked in want (or all when want is NULL) and reads
- * their replies. Returns -1 when the connection broke. */
+ * their replies; with REDIS_WAIT_REPLICAS a WAIT follows the scripts in the
+ * same pipeline and its answer is recorded in each job sent (the WAIT
+ * covers every write the master made before it). Returns -1 when the
+ * connection broke. */
 static int roundtrip(redisContext *c, cm_script *sc, api_job **jobs, size_t n, const bool *want)
 {
     for (size_t i = 0; i < n; i++)
         if (!want || want[i])
             cm_script_append(c, sc, jobs[i]->nkeys, &jobs[i]->argv);
+    if (g_api.wait_replicas > 0)
+        api_wait_append(c);
     for (size_t i = 0; i < n; i++) {
         if (want && !want[i])
             continue;
@@ -110,6 +142,14 @@ static int roundtrip(redisContext *c, cm_script *sc, api_job **jobs, size_t n, c
             return -1;
         }
         jobs[i]->reply = r;
+    }
+    if (g_api.wait_replicas > 0) {
+        long long acked = api_wait_read(c);
+        for (size_t i = 0; i < n; i++)
+            if (!want || want[i])
+                jobs[i]->replicas = acked;
+        if (acked < 0 && c->err)
+            return -1;
     }
     return 0;
 }

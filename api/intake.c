@@ -13,8 +13,9 @@
  * carries a stale price) and appends CheckoutInitiated with the key's record,
  * atomically. With a warm cache that is one round trip per intake. Only the
  * script's success is answered 202, so a 202 always means the event is in
- * Redis; when Redis cannot take it the answer is 503 and the client retries
- * with the same key. */
+ * Redis (and, with REDIS_WAIT_REPLICAS=N, confirmed by N replicas: see
+ * unconfirmed()); when Redis cannot take it the answer is 503 and the client
+ * retries with the same key. */
 #include "api/api_int.h"
 #include "api/lua/intake.h"
 #include "common/ids.h"
@@ -36,6 +37,7 @@
 static cm_series *g_published;   /* events_published_total{topic=bus,type=CheckoutInitiated} */
 static cm_series *g_accepted;    /* checkouts_accepted_total */
 static cm_series *g_replayed;    /* checkout_idempotent_replays_total */
+static cm_series *g_wait_short;  /* intake_replica_waits_short_total */
 
 void api_intake_metrics_init(void)
 {
@@ -46,6 +48,29 @@ void api_intake_metrics_init(void)
     g_accepted = cm_counter("checkouts_accepted_total", "checkouts accepted (202, new saga)", NULL);
     g_replayed = cm_counter("checkout_idempotent_replays_total",
                             "checkouts answered from an idempotency record (no new saga)", NULL);
+    g_wait_short = cm_counter("intake_replica_waits_short_total",
+                              "intakes answered 503 because fewer than REDIS_WAIT_REPLICAS replicas confirmed "
+                              "them in time (the record is written: a retry with the key answers it)", NULL);
+}
+
+/* With REDIS_WAIT_REPLICAS: true after answering 503 when fewer replicas
+ * than asked confirmed the job's writes. The checkout is in the master, so
+ * a retry with the same Idempotency-Key answers the same checkout (and
+ * waits for the replicas again). */
+static bool unconfirmed(api_req *rq, const api_job *j)
+{
+    if (g_api.wait_replicas <= 0 || j->replicas >= g_api.wait_replicas)
+        return false;
+    cm_series_inc(g_wait_short);
+    cm_log_limited(CM_WARN, "intake-wait-short",
+                   "intake: %lld of %lld replicas confirmed checkout %s within %lld ms; answered 503",
+                   j->replicas < 0 ? 0 : j->replicas, (long long)g_api.wait_replicas, j->checkout_id,
+                   (long long)g_api.wait_timeout_ms);
+    api_error(rq, 503, "unavailable",
+              "the checkout is stored but was not confirmed on %lld replica(s) within %lld ms; retry with the same "
+              "Idempotency-Key",
+              (long long)g_api.wait_replicas, (long long)g_api.wait_timeout_ms);
+    return true;
 }
 
 typedef struct line {
@@ -128,8 +153,9 @@ static void body_hash(json_t *root, char hex[65])
 }
 
 /* Answers from a stored record "<hash>\n<checkout_id>\n<body>". */
-static void replay(api_req *rq, const redisReply *rec, const char *hash)
+static void replay(api_req *rq, const redisReply *rec, const api_job *j)
 {
+    const char *hash = j->hash;
     const char *s = rec->str, *end = rec->str + rec->len;
     const char *nl1 = memchr(s, '\n', rec->len);
     const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', (size_t)(end - nl1 - 1)) : NULL;
@@ -142,6 +168,8 @@ static void replay(api_req *rq, const redisReply *rec, const char *hash)
                   "this Idempotency-Key was used with a different body in the last 24 h");
         return;
     }
+    if (unconfirmed(rq, j))   /* the record may be one a 503 left behind */
+        return;
     memcpy(rq->checkout_id, nl1 + 1, (size_t)(nl2 - nl1 - 1));
     rq->checkout_id[nl2 - nl1 - 1] = '\0';
     snprintf(rq->location, sizeof rq->location, "/api/checkouts/%s", rq->checkout_id);
@@ -212,6 +240,12 @@ static void run_here(api_job *j)
         return;
     }
     j->reply = r;
+    if (g_api.wait_replicas > 0) {   /* the same confirmation as the batcher's */
+        api_wait_append(t->c);
+        j->replicas = api_wait_read(t->c);
+        if (t->c->err)
+            api_redis_drop(t);
+    }
 }
 
 /* Answers from the script's reply: 202 (new or replayed), 409, 422, 503;
@@ -238,7 +272,7 @@ static api_flow finish(api_req *rq, api_job *j)
     switch (v.verdict) {
     case API_INTAKE_REPLAY: {
         redisReply rec = {.type = REDIS_REPLY_STRING, .str = (char *)v.record, .len = v.record_len};
-        replay(rq, &rec, j->hash);
+        replay(rq, &rec, j);
         return API_DONE;
     }
     case API_INTAKE_UNKNOWN:
@@ -266,6 +300,8 @@ static api_flow finish(api_req *rq, api_job *j)
         cm_log(CM_ERROR, "intake: %s", v.err);
         return API_DONE;
     }
+    if (unconfirmed(rq, j))
+        return API_DONE;
     snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", j->checkout_id);
     snprintf(rq->location, sizeof rq->location, "/api/checkouts/%s", j->checkout_id);
     cm_buf_free(&rq->out);

@@ -44,6 +44,10 @@ static const cm_opt k_opts[] = {
      "concurrent connections of one client address (0: no limit; set it above your proxy's pool)"},
     {"long-polls-max", "API_LONG_POLLS_MAX", CM_OPT_INT, &g_api.long_polls_max, "1024", 0, 1000000,
      "long-polls (?wait_ms) waiting at once; more are answered at once with the current state"},
+    {"redis-wait-replicas", "REDIS_WAIT_REPLICAS", CM_OPT_INT, &g_api.wait_replicas, "0", 0, 16,
+     "a 202 waits until this many replicas have the checkout (WAIT); 0 = off (README \"Durability\")"},
+    {"redis-wait-timeout-ms", "REDIS_WAIT_TIMEOUT_MS", CM_OPT_INT, &g_api.wait_timeout_ms, "500", 1, 600000,
+     "how long a WAIT may take; replicas short of REDIS_WAIT_REPLICAS by then: 503 (below REDIS_TIMEOUT_MS)"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -77,6 +81,12 @@ static int check_settings(char *err, size_t errlen)
     cm_redis_url u;
     if (cm_redis_url_parse(g_api.redis_url, &u, err, errlen) != 0)
         return -1;   /* the message shows the URL masked */
+    if (g_api.wait_replicas > 0 && g_api.wait_timeout_ms >= g_api.redis_timeout_ms) {
+        snprintf(err, errlen, "REDIS_WAIT_TIMEOUT_MS (%lld) must be below REDIS_TIMEOUT_MS (%lld): a WAIT "
+                 "blocks the connection that long", (long long)g_api.wait_timeout_ms,
+                 (long long)g_api.redis_timeout_ms);
+        return -1;
+    }
     if (g_api.max_conns_per_ip > g_api.max_conns) {
         snprintf(err, errlen, "API_MAX_CONNS_PER_IP (%lld) is above API_MAX_CONNS (%lld)",
                  (long long)g_api.max_conns_per_ip, (long long)g_api.max_conns);

@@ -22,6 +22,11 @@
  *      and intake.vs_raw
  *      (accepted_per_s / raw_per_s).
  *
+ * BENCH_REPLICA=1 adds a replica (`replicaof` the bench's server, AOF
+ * everysec as well) before the run; with REDIS_WAIT_REPLICAS=1 in the
+ * environment (it reaches the API) every batch of 202s then waits for it:
+ * the cost of README "Durability".
+ *
  * The API binary is found beside this one (../api/chorus-api) or named by
  * CHORUS_API_BIN. Exits non-zero only when it could not run. */
 #include <errno.h>
@@ -308,6 +313,30 @@ int main(int argc, char **argv)
     int rc = 1;
     pid_t api = 0;
     redisContext *c = tf_redis_connect(&rs);
+    tf_redis replica = {0};
+    if (env_long("BENCH_REPLICA", 0) > 0) {
+        char conf[160];
+        snprintf(conf, sizeof conf, "replicaof 127.0.0.1 %d\nappendonly yes\nappendfsync everysec\n", rs.port);
+        if (tf_redis_start(&replica, conf) != 0) {
+            fprintf(stderr, "bench intake: cannot start the replica\n");
+            goto out;
+        }
+        int64_t until = cm_mono_ms() + 10000;
+        bool online = false;
+        while (!online && cm_mono_ms() < until) {
+            redisReply *ir = redisCommand(c, "INFO replication");
+            online = ir && ir->type == REDIS_REPLY_STRING && strstr(ir->str, "state=online");
+            freeReplyObject(ir);
+            if (!online)
+                cm_sleep_ms(20);
+        }
+        if (!online) {
+            fprintf(stderr, "bench intake: the replica did not come online\n");
+            goto out;
+        }
+        printf("  replica %s online; REDIS_WAIT_REPLICAS=%s\n", replica.url,
+               getenv("REDIS_WAIT_REPLICAS") ? getenv("REDIS_WAIT_REPLICAS") : "0 (unset)");
+    }
     for (int i = 0; i < NPRODUCTS; i++) {
         redisReply *r = redisCommand(c, "HSET " CM_KEY_PREFIX "product:p%d name p%d price_cents %d available "
                                         "1000000000 reserved 0 sold 0", i, i, 100 + i);
@@ -422,6 +451,7 @@ out:
         }
     }
     redisFree(c);
+    tf_redis_stop(&replica);
     tf_redis_stop(&rs);
     return rc;
 }

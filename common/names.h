@@ -52,6 +52,10 @@
 #define CM_BUS_STREAM_DEFAULT "ecommerce.checkout.events"
 #define CM_KEY_PREFIX "chorus:"
 #define CM_RM_CHANGED_CHANNEL "chorus:rm:checkout-changed"
+/* PUBLISHed (no subscriber) before each intake WAIT: a PUBLISH is replicated,
+ * so the WAIT then covers every write the master made before it, including
+ * an idempotency record written by another connection or API process */
+#define CM_WAIT_MARK_CHANNEL "chorus:wait-mark"
 #define CM_KEY_SAGA_STARTED "chorus:saga:started"  /* sagas not yet ended (timeout) */
 #define CM_KEY_AUDIT_LOG "chorus:{audit}:log"
 #define CM_KEY_AUDIT_HEAD "chorus:{audit}:head"

@@ -392,6 +392,57 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
     return rc;
 }
 
+#define WK_HELD_ACKS_MAX 65536   /* held past this, the ids are dropped: the entries stay pending */
+
+/* With REDIS_WAIT_REPLICAS=N: true once N replicas have every write made
+ * so far (the handlers' effects and follow-ups), asked with one PUBLISH +
+ * WAIT before the acks go out. Short of N the ids are held and asked again
+ * next round (the entries stay pending meanwhile: a failover to a replica
+ * that missed the effects redelivers them and the idempotent handlers redo
+ * them); past WK_HELD_ACKS_MAX held ids they are dropped and the retry scan
+ * re-handles those entries later. A broken connection: false, the next
+ * read notices. */
+static bool acks_replicated(wk_ctx *ctx)
+{
+    if (ctx->set.wait_replicas <= 0)
+        return true;
+    int64_t held = 0;
+    for (int s = 0; s < ctx->nstreams; s++)
+        held += ctx->acks[s].n;
+    if (!held)
+        return true;
+    /* the PUBLISH is replicated: the WAIT then covers every write the master
+     * made before it, also effects another consumer wrote that a
+     * redelivered entry's handler found already done */
+    redisAppendCommand(ctx->c, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+    redisAppendCommand(ctx->c, "WAIT %lld %lld", (long long)ctx->set.wait_replicas,
+                       (long long)ctx->set.wait_timeout_ms);
+    redisReply *r = NULL;
+    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
+        return false;
+    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
+        cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
+    freeReplyObject(r);
+    r = NULL;
+    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
+        return false;
+    long long got = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r->type == REDIS_REPLY_ERROR)
+        cm_log_limited(CM_ERROR, "wk-wait", "WAIT: %s", r->str);
+    freeReplyObject(r);
+    if (got >= ctx->set.wait_replicas)
+        return true;
+    cm_series_inc(ctx->m_wait_short);
+    cm_log_limited(CM_WARN, "wk-wait-short",
+                   "%lld of %lld replicas confirmed within %lld ms; %lld acks held (entries stay pending)",
+                   got < 0 ? 0 : got, (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms,
+                   (long long)held);
+    if (held > WK_HELD_ACKS_MAX)
+        for (int s = 0; s < ctx->nstreams; s++)
+            cm_argv_reset(&ctx->acks[s]);
+    return false;
+}
+
 /* Appends XACK of the collected ids for each stream; returns how many
  * commands were appended (their replies are read by read_acks). The ids are
  * passed to hiredis as they are (no second copy per id: this runs for every
@@ -399,6 +450,8 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 static int append_acks(wk_ctx *ctx)
 {
     int sent = 0;
+    if (!acks_replicated(ctx))
+        return 0;
     for (int s = 0; s < ctx->nstreams; s++) {
         cm_argv *ids = &ctx->acks[s];
         if (!ids->n)
@@ -621,6 +674,9 @@ static void init_metrics(wk_ctx *ctx)
     ctx->m_lag = cm_gauge("worker_lag", "entries of the bus not yet delivered to the group", l);
     ctx->m_pending = cm_gauge("worker_pending", "entries delivered and not yet acknowledged", l);
     ctx->m_claimed = cm_counter("worker_claimed_total", "entries taken over from idle consumers", l);
+    ctx->m_wait_short = cm_counter("worker_replica_waits_short_total",
+                                   "WAITs before acking that found fewer than REDIS_WAIT_REPLICAS replicas "
+                                   "(the acks were held)", l);
     ctx->m_trimmed = cm_counter("worker_trimmed_pending_total", "pending entries whose stream entry was trimmed", l);
 }
 
@@ -745,6 +801,10 @@ static cm_opt k_opts[] = {
      "lifetime of this group's dead-letter and redelivery stream entries, 0 = forever"},
     {"redis-timeout-ms", "REDIS_TIMEOUT_MS", CM_OPT_INT, NULL, "5000", 100, 600000, "connect/command timeout"},
     {"partitions", "PARTITIONS", CM_OPT_INT, NULL, "1", 1, CM_PARTITIONS_MAX, CM_PARTITIONS_HELP},
+    {"redis-wait-replicas", "REDIS_WAIT_REPLICAS", CM_OPT_INT, NULL, "0", 0, 16,
+     "entries are acked only once this many replicas have their effects (WAIT); 0 = off"},
+    {"redis-wait-timeout-ms", "REDIS_WAIT_TIMEOUT_MS", CM_OPT_INT, NULL, "500", 1, 600000,
+     "how long a WAIT may take (below REDIS_TIMEOUT_MS); short of replicas: the acks are held"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -757,7 +817,8 @@ static cm_opt *settings_table(wk_ctx *ctx)
                     &ctx->set.metrics_port,  &ctx->set.batch,         &ctx->set.block_ms,
                     &ctx->set.max_deliveries, &ctx->set.claim_idle_ms, &ctx->set.retry_base_ms,
                     &ctx->set.retry_max_ms,  &ctx->set.retry_budget_ms, &ctx->set.retention_days,
-                    &ctx->set.dead_letter_ttl_s, &ctx->set.redis_timeout_ms, &ctx->set.partitions};
+                    &ctx->set.dead_letter_ttl_s, &ctx->set.redis_timeout_ms, &ctx->set.partitions,
+                    &ctx->set.wait_replicas, &ctx->set.wait_timeout_ms};
     _Static_assert(sizeof ptrs / sizeof ptrs[0] == sizeof k_opts / sizeof k_opts[0] - 1,
                    "one settings pointer per k_opts row");
     size_t nown = sizeof k_opts / sizeof k_opts[0] - 1, nextra = 0;
@@ -803,6 +864,14 @@ int wk_run(const wk_def *def, int argc, char **argv)
         cm_config_free(opts);
         free(opts);
         return lr < 0 ? 2 : 0;
+    }
+    if (ctx->set.wait_replicas > 0 && ctx->set.wait_timeout_ms >= ctx->set.redis_timeout_ms) {
+        fprintf(stderr, "chorus-worker %s: REDIS_WAIT_TIMEOUT_MS (%lld) must be below REDIS_TIMEOUT_MS (%lld): "
+                "a WAIT blocks the connection that long\n", argv[0], (long long)ctx->set.wait_timeout_ms,
+                (long long)ctx->set.redis_timeout_ms);
+        cm_config_free(opts);
+        free(opts);
+        return 2;
     }
     if (ctx->set.retry_max_ms > ctx->set.claim_idle_ms / 2)   /* a backing-off entry is not a dead one */
         ctx->set.retry_max_ms = ctx->set.claim_idle_ms / 2;

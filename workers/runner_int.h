@@ -27,6 +27,8 @@ typedef struct wk_settings {
     int64_t dead_letter_ttl_s;        /* DEAD_LETTER_TTL_S: dlq/retry stream entries' lifetime */
     int64_t redis_timeout_ms;
     int64_t partitions;       /* PARTITIONS */
+    int64_t wait_replicas;    /* REDIS_WAIT_REPLICAS: acks wait for this many replicas; 0 = off */
+    int64_t wait_timeout_ms;  /* REDIS_WAIT_TIMEOUT_MS */
 } wk_settings;
 
 /* The streams a group reads: for each partition p its bus (index 2p) and
@@ -62,7 +64,7 @@ struct wk_ctx {
     /* metrics */
     cm_series *m_consumed[CM_EV_COUNT + 1], *m_latency[CM_EV_COUNT + 1], *m_errors[CM_EV_COUNT + 1];
     cm_series *m_skipped, *m_retries, *m_dead, *m_batches, *m_batch_entries, *m_batch_size, *m_lag,
-        *m_pending, *m_claimed, *m_trimmed;
+        *m_pending, *m_claimed, *m_trimmed, *m_wait_short;
 };
 
 extern volatile sig_atomic_t wk_stop_flag;
