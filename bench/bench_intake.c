@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "bench/benchutil.h"
+#include "api/lua/intake.h"
 #include "bench/httpload.h"
 #include "common/clock.h"
 #include "common/ids.h"
@@ -188,38 +189,36 @@ static int load(const char *tag, int port, int conns, double rate, hl_result *re
 /* ---- the raw ceiling ---- */
 
 /* Formats one intake's Redis work (the intake script's EVALSHA with the
- * arguments the API sends) into *out (caller frees). Returns its length, or
- * -1. */
-static long format_raw(es_store *st, const char *sha, uint64_t seq, char **out)
+ * arguments the API sends, built by the same module: api/lua/intake.c) into
+ * *out (caller frees). Returns its length, or -1. */
+static long format_raw(const char *sha, uint64_t seq, char **out)
 {
-    char pid[16], id[CM_UUID_LEN + 1], eid[CM_UUID_LEN + 1];
+    char pid[16], id[CM_UUID_LEN + 1], client[32], key[32];
     snprintf(pid, sizeof pid, "p%llu", (unsigned long long)(seq % NPRODUCTS));
+    snprintf(client, sizeof client, "bench-%llu", (unsigned long long)(seq % 1000));
+    snprintf(key, sizeof key, "raw-%llu", (unsigned long long)seq);
     cm_uuid7(id);
-    cm_uuid_derive(id, cm_event_type_names[CM_EV_CHECKOUT_INITIATED], eid);
-    es_new_event ev = {.event_id = eid, .type = cm_event_type_names[CM_EV_CHECKOUT_INITIATED]};
-    es_append_req req = {.aggregate = "checkout", .aggregate_id = id, .producer = "api", .expected_version = 0,
-                         .events = &ev, .n = 1};
-    cm_argv a = {0};
-    cm_argv_adds(&a, "EVALSHA");
-    cm_argv_adds(&a, sha);
-    cm_argv_adds(&a, "4");
-    cm_argv_addf(&a, CM_KEY_PREFIX "idem:raw-%llu", (unsigned long long)seq);
-    es_append_keys(st, "checkout", id, &a);
-    cm_argv_addf(&a, CM_KEY_PREFIX "product:%s", pid);
-    cm_argv_adds(&a, "1");
-    cm_argv_adds(&a, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
-    cm_argv_addf(&a, "%s\n{\"checkout_id\":\"%s\",\"status\":\"PENDING\",\"links\":{\"self\":\"/api/checkouts/%s\","
-                     "\"events\":\"/api/event-store/replay/checkout/%s\"}}", id, id, id, id);
-    cm_argv_addll(&a, 86400);
-    cm_argv_addf(&a, "bench-%llu", (unsigned long long)(seq % 1000));
-    cm_argv_adds(&a, "1");
-    cm_argv_adds(&a, pid);
-    cm_argv_addll(&a, (long long)(1 + seq % 3));
+    char answer[400];
+    snprintf(answer, sizeof answer,
+             "{\"checkout_id\":\"%s\",\"status\":\"PENDING\",\"links\":{\"self\":\"/api/checkouts/%s\","
+             "\"events\":\"/api/event-store/replay/checkout/%s\"}}", id, id, id);
+    api_intake_line line = {pid, (long long)(1 + seq % 3), 100 + (long long)(seq % NPRODUCTS)};
+    api_intake_call call = {.checkout_id = id, .client_id = client, .idem_key = key,
+                            .body_hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                            .answer = answer, .idem_ttl_s = 86400, .bus = CM_BUS_STREAM_DEFAULT,
+                            .lines = &line, .n = 1};
+    cm_argv args = {0}, a = {0};
+    int nkeys = 0;
     long len = -1;
-    if (es_append_args(&req, &a) == ES_OK) {
-        a.len[a.n - 1] -= 3;   /* the script writes the data: drop "{}}" as the API does */
+    if (api_intake_build(&call, &args, &nkeys) == 0) {
+        cm_argv_adds(&a, "EVALSHA");
+        cm_argv_adds(&a, sha);
+        cm_argv_addll(&a, nkeys);
+        for (int i = 0; i < args.n; i++)
+            cm_argv_add(&a, args.v[i], args.len[i]);
         len = redisFormatCommandArgv(out, a.n, (const char **)a.v, a.len);
     }
+    cm_argv_free(&args);
     cm_argv_free(&a);
     return len;
 }
@@ -250,16 +249,15 @@ static double raw_rate(const tf_redis *rs)
         return -1;
     }
     double rate = -1;
-    es_store *st = es_store_new(c, CM_BUS_STREAM_DEFAULT, err, sizeof err);
     cm_script sc = {.src = api_lua_intake};
     char **cmds = calloc(RAW_N, sizeof *cmds);
     long *lens = calloc(RAW_N, sizeof *lens);
-    if (!st || !cmds || !lens || cm_script_load(c, &sc, err, sizeof err) != 0) {
+    if (!cmds || !lens || cm_script_load(c, &sc, err, sizeof err) != 0) {
         fprintf(stderr, "bench intake: %s\n", err);
         goto out;
     }
     for (size_t i = 0; i < RAW_N; i++)
-        if ((lens[i] = format_raw(st, sc.sha, i, &cmds[i])) < 0)
+        if ((lens[i] = format_raw(sc.sha, i, &cmds[i])) < 0)
             goto out;
     double cpu0 = bu_cpu_seconds(rs->server_pid);
     int64_t t0 = cm_mono_ns();
@@ -283,7 +281,6 @@ out:
         redisFreeCommand(cmds[i]);
     free(cmds);
     free(lens);
-    es_store_free(st);
     redisFree(c);
     return rate;
 }
