@@ -241,11 +241,11 @@ Test(partitions_api, checkouts_end_and_every_route_answers)
     cr_assert(tf_wait_until(groups_idle, NULL, 30000), "the groups' totals did not reach 0 pending, 0 lag");
     for (int i = 0; i < N; i++) {
         char path[200];
-        snprintf(path, sizeof path, "/api/event-store/replay/checkout/%s", co[i]);
+        snprintf(path, sizeof path, "/api/event-store/replay/checkout/%.79s", co[i]);
         json_t *j = get_json(path, 200);
         cr_expect_eq(json_array_size(json_object_get(j, "events")), 4);
         json_decref(j);
-        snprintf(path, sizeof path, "/api/checkouts/%s/timeline", co[i]);
+        snprintf(path, sizeof path, "/api/checkouts/%.79s/timeline", co[i]);
         j = get_json(path, 200);
         json_t *evs = json_object_get(j, "events"), *ev;
         size_t k;
