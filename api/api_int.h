@@ -94,6 +94,7 @@ typedef struct api_job {
     bool done;                       /* the batcher is through with it */
     struct api_job *next;            /* batcher's stack */
     char checkout_id[40];            /* the id the 202 will carry */
+    bool alias;                      /* came by the seed route (its 202 body differs) */
     char hash[65];                   /* body hash ("" without a key) */
     cm_buf body;                     /* the 202 body */
     /* what the call is built from (intake.c), kept to re-price and resend */

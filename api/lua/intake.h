@@ -26,7 +26,8 @@ typedef struct api_intake_call {
     const char *client_id;
     const char *idem_key;     /* "" without an Idempotency-Key */
     const char *body_hash;    /* hex, "" without a key */
-    const char *answer;       /* the 202 body stored with the key */
+    const char *answer;       /* kept in the record after the id: the route ("c" checkouts, "a" the
+                                 seed alias), from which a replay rebuilds the same 202 body */
     long long idem_ttl_s;
     const char *bus;
     api_intake_line *lines;

@@ -6,12 +6,12 @@
 --
 -- KEYS: idempotency record (a dummy when the request had none), the
 --       checkout's history, the bus, then the n lines' product hashes.
--- ARGV: has_key ("1"/"0"), body hash, stored response
---       ("<checkout_id>\n<body>"), record TTL in seconds, n, the n unit
+-- ARGV: has_key ("1"/"0"), body hash, what the record keeps
+--       ("<checkout_id>\n<route letter>"), record TTL in seconds, n, the n unit
 --       prices the event was priced with, then the append arguments.
 --
 -- Returns, writing nothing:
---   {"replay", "<hash>\n<checkout_id>\n<body>"} when the key is recorded
+--   {"replay", "<hash>\n<checkout_id>\n<route letter>"} when the key is recorded
 --     (the caller compares hashes: same body replays, another is 409);
 --   {"unknown", line index (1-based)} when a line's product has no price;
 --   {"prices", p1, ..., pn} when a price differs from the catalog's (the
