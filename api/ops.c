@@ -208,19 +208,29 @@ static void dead_letter_json(cm_buf *o, const char *group, const redisReply *e)
 #undef STR
 }
 
-api_flow api_h_dead_letters(api_req *rq)
+/* Queues XRANGE start end COUNT count on each group's dead-letter stream of
+ * every partition, group-major (reply k is group k / np, partition k % np);
+ * returns np. */
+static int append_dlq_ranges(api_redis *t, const char *start, const char *end, const char *count)
 {
-    api_redis *t = api_redis_for(rq);
-    if (!t)
-        return API_DONE;
-    /* each group's dead-letter stream on every partition (group-major) */
     int np = cm_partitions();
     for (int g = 0; g < CM_W_COUNT; g++)
         for (int p = 0; p < np; p++) {
             char dlq[512];
             es_dlq_stream(cm_key_bus(g_api.bus, p).s, cm_group_names[g], dlq, sizeof dlq);
-            redisAppendCommand(t->c, "XRANGE %s - + COUNT %d", dlq, DLQ_LIST_MAX);
+            redisAppendCommand(t->c, "XRANGE %s %s %s COUNT %s", dlq, start, end, count);
         }
+    return np;
+}
+
+api_flow api_h_dead_letters(api_req *rq)
+{
+    api_redis *t = api_redis_for(rq);
+    if (!t)
+        return API_DONE;
+    char count[16];
+    snprintf(count, sizeof count, "%d", DLQ_LIST_MAX);
+    int np = append_dlq_ranges(t, "-", "+", count);
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"dead_letters\":[");
     bool first = true;
@@ -297,13 +307,7 @@ api_flow api_h_dead_letter_retry(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    int np = cm_partitions();
-    for (int g = 0; g < CM_W_COUNT; g++)
-        for (int p = 0; p < np; p++) {
-            char dlq[512];
-            es_dlq_stream(cm_key_bus(g_api.bus, p).s, cm_group_names[g], dlq, sizeof dlq);
-            redisAppendCommand(t->c, "XRANGE %s %s %s COUNT 1", dlq, id, id);
-        }
+    int np = append_dlq_ranges(t, id, id, "1");
     int found = -1, failed = 0;   /* group * np + partition */
     for (int gp = 0; gp < CM_W_COUNT * np; gp++) {
         int g = gp / np;
