@@ -117,6 +117,8 @@ void cm_cluster_node_drop(cm_cluster *cc, int i)
         return;
     cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s:%d: %s", n->host, n->port,
                        n->c->errstr[0] ? n->c->errstr : "connection lost");
+    if (cc->borrowed)
+        return;   /* the owner reconnects; every later call fails until then */
     redisFree(n->c);
     n->c = NULL;
     if (cc->url.cluster)
@@ -284,11 +286,23 @@ fail:
     return NULL;
 }
 
+cm_cluster *cm_cluster_borrow(redisContext *c)
+{
+    cm_cluster *cc = cm_xcalloc(1, sizeof *cc);
+    cc->borrowed = true;
+    cc->timeout_ms = 0;
+    cc->retry_ms = 0;
+    cm_cluster_node_get(cc, "borrowed", strlen("borrowed"), 0);
+    cc->nodes[0].c = c;
+    memset(cc->owner, 0, sizeof cc->owner);
+    return cc;
+}
+
 void cm_cluster_free(cm_cluster *cc)
 {
     if (!cc)
         return;
-    for (int i = 0; i < cc->nnodes; i++)
+    for (int i = 0; i < cc->nnodes && !cc->borrowed; i++)
         redisFree(cc->nodes[i].c);
     free(cc->nodes);
     free(cc);

@@ -70,7 +70,14 @@ int cm_argv_slot(const cm_argv *a, int i);
  * err (never the password). */
 cm_cluster *cm_cluster_open(const char *url, int timeout_ms, char *err, size_t errlen);
 
-/* Closes every connection and frees cc (NULL ok). */
+/* A single-server client over the caller's open connection c, which it
+ * neither closes nor reopens (no retries: an I/O error is reported at once
+ * and every later call on a broken c fails the same way). Lets code holding
+ * a redisContext call functions written against cm_cluster. Free with
+ * cm_cluster_free (c stays open). */
+cm_cluster *cm_cluster_borrow(redisContext *c);
+
+/* Closes every connection (not a borrowed one) and frees cc (NULL ok). */
 void cm_cluster_free(cm_cluster *cc);
 
 /* Sets how long one call keeps retrying transient failures (0: no retry;

@@ -19,6 +19,7 @@ struct cm_cluster {
     int nnodes, capnodes;
     int16_t owner[CM_CLUSTER_SLOTS];    /* node index per slot, -1 unknown */
     bool map_stale;                     /* re-read CLUSTER SLOTS before the next round */
+    bool borrowed;                      /* cm_cluster_borrow: node 0's connection is the caller's */
     int err;                            /* last failure, a cm_cluster_err */
     char errstr[512];
 };

@@ -37,6 +37,7 @@ static void on_signal(int sig)
 }
 
 redisContext *wk_redis(wk_ctx *ctx) { return ctx->c; }
+cm_cluster *wk_cluster(wk_ctx *ctx) { return ctx->cc; }
 es_store *wk_store(wk_ctx *ctx) { return ctx->store; }
 const char *wk_consumer(const wk_ctx *ctx) { return ctx->consumer; }
 const char *wk_group(const wk_ctx *ctx) { return ctx->group; }
@@ -519,6 +520,8 @@ static void disconnect(wk_ctx *ctx)
 {
     es_store_free(ctx->store);
     ctx->store = NULL;
+    cm_cluster_free(ctx->cc);
+    ctx->cc = NULL;
     if (ctx->c)
         redisFree(ctx->c);
     ctx->c = NULL;
@@ -536,6 +539,8 @@ static int connect_redis(wk_ctx *ctx)
         int timeout = (int)(ctx->set.redis_timeout_ms > ctx->set.block_ms + 1000 ? ctx->set.redis_timeout_ms
                                                                                  : ctx->set.block_ms + 1000);
         ctx->c = cm_redis_connect(ctx->set.redis_url, timeout, err, sizeof err);
+        if (ctx->c)
+            ctx->cc = cm_cluster_borrow(ctx->c);
         if (ctx->c && create_groups(ctx) == 0 &&
             (ctx->store = es_store_new(ctx->c, ctx->set.bus, err, sizeof err)) != NULL) {
             ctx->last_ok_ms = cm_mono_ms();

@@ -45,6 +45,7 @@ struct wk_ctx {
     int nstreams;                     /* 2 * PARTITIONS */
     char (*streams)[512];             /* [nstreams]: each partition's bus and redelivery stream */
     redisContext *c;                  /* NULL while disconnected */
+    cm_cluster *cc;                   /* wk_cluster: over c while connected (cm_cluster_borrow) */
     es_store *store;
     void *state;
     cm_argv *acks;                    /* [nstreams] ids handled, acknowledged with the next read */

@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "common/cluster.h"
 #include "common/config.h"
 #include "common/names.h"
 #include "event_store/event.h"
@@ -37,6 +38,9 @@ typedef struct wk_ctx wk_ctx;
 
 /* Accessors valid inside handlers, tick, init and fini. */
 redisContext *wk_redis(wk_ctx *ctx);      /* the worker's connection (sync hiredis) */
+/* The same connection as a slot-routing client (common/cluster.h): code
+ * written against it runs unchanged once workers run on a cluster. */
+cm_cluster *wk_cluster(wk_ctx *ctx);
 es_store *wk_store(wk_ctx *ctx);          /* event store on that connection */
 const char *wk_consumer(const wk_ctx *ctx);
 const char *wk_group(const wk_ctx *ctx);

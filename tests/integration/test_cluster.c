@@ -514,6 +514,50 @@ Test(single, restarted_server_is_reconnected_within_the_deadline)
     tf_redis_stop(&rs);
 }
 
+Test(single, borrowed_connection_serves_calls_and_stays_the_callers)
+{
+    tf_redis rs;
+    cr_assert_eq(tf_redis_start(&rs, NULL), 0);
+    redisContext *c = tf_redis_connect(&rs);
+    cm_cluster *cc = cm_cluster_borrow(c);
+    cr_assert_not(cm_cluster_is_cluster(cc));
+    cm_script s = {.src = k_where_src};
+    cm_argv a = {0};
+    cm_argv_adds(&a, "{x}a");
+    cm_argv_adds(&a, "{y}b");
+    cm_argv_adds(&a, "z");
+    redisReply *r = cm_cluster_script(cc, &s, 2, &a);
+    cr_assert(r && r->type == REDIS_REPLY_INTEGER && r->integer == rs.port, "%s", cm_cluster_errstr(cc));
+    freeReplyObject(r);
+    cm_argv_free(&a);
+    cm_pipe *p = cm_pipe_new(cc);
+    cm_pipe_command(p, slot_of("k1"), "SET k1 v1");
+    cm_pipe_command(p, slot_of("k2"), "INCR k2");
+    cr_assert_eq(cm_pipe_exec(p), 0);
+    r = cm_pipe_take(p, 1);
+    cr_assert(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1);
+    freeReplyObject(r);
+    cm_pipe_free(p);
+    cm_cluster_free(cc);
+    /* Freeing the client left the caller's connection open. */
+    r = redisCommand(c, "GET k1");
+    cr_assert(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "v1"));
+    freeReplyObject(r);
+
+    /* A broken borrowed connection fails at once, without reconnecting. */
+    cc = cm_cluster_borrow(c);
+    cr_assert_eq(tf_redis_kill9(&rs), 0);
+    r = cm_cluster_command(cc, CM_SLOT_ANY, "GET k1");
+    cr_assert_null(r, "a dead server answered");
+    cr_assert_eq(cm_cluster_err(cc), CM_CLUSTER_EUNAVAIL);
+    cr_assert_eq(tf_redis_restart(&rs), 0);
+    r = cm_cluster_command(cc, CM_SLOT_ANY, "GET k1");
+    cr_assert_null(r, "the borrowed connection was reopened");
+    cm_cluster_free(cc);
+    redisFree(c);
+    tf_redis_stop(&rs);
+}
+
 Test(single, cluster_url_on_a_plain_server_is_refused_with_the_reason)
 {
     tf_redis rs;
