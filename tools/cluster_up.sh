@@ -9,6 +9,7 @@
 #                                               until it is whole, print its REDIS_URL
 #   tools/cluster_up.sh stop DIR                stop the servers started by `start` (by PID)
 #   tools/cluster_up.sh conf DIR PORT           write DIR/node-PORT/redis.conf, print its path
+#                                               (AOF fsync CLUSTER_FSYNC: everysec by default)
 #                                               (for a supervisor: redis-server "$(... conf ...)")
 #   tools/cluster_up.sh create DIR [BASE_PORT]  with the 6 servers running: create the cluster
 #                                               unless they already form one (a restart keeps
@@ -37,6 +38,10 @@ check_base() {   # check_base BASE: the ports and their bus ports (+10000) fit
 
 conf() {   # conf DIR PORT: writes the node's redis.conf, prints its path
     local dir=$1 port=$2
+    case ${CLUSTER_FSYNC:-everysec} in
+        always | everysec | no) ;;
+        *) die "CLUSTER_FSYNC must be always, everysec or no, not '$CLUSTER_FSYNC'" ;;
+    esac
     local nd="$dir/node-$port"
     mkdir -p "$nd"
     nd=$(cd "$nd" && pwd)
@@ -52,7 +57,10 @@ cluster-enabled yes
 cluster-config-file nodes.conf
 cluster-node-timeout $NODE_TIMEOUT_MS
 appendonly yes
-appendfsync everysec
+appendfsync ${CLUSTER_FSYNC:-everysec}
+auto-aof-rewrite-min-size 512mb
+stream-node-max-bytes 16384
+stream-node-max-entries 1000
 save ""
 repl-diskless-sync-delay 0
 EOF

@@ -11,7 +11,9 @@ image (prometheus, grafana: monitoring, exercised by prometheus_scrape.py) are
 not started. Then a saga runs through it: one product seeded through the admin
 PUT, one checkout posted, SUCCEEDED awaited. Every process is stopped with
 SIGTERM and must exit 0. First, the compose file must refuse to start
-without CHORUS_ADMIN_TOKEN (no default token).
+without CHORUS_ADMIN_TOKEN (no default token), and the Redis Cluster
+override (docker-compose.cluster.yml) must merge into a valid cluster
+topology (`docker-compose config`).
 
 start_platform() / Platform are shared with prometheus_scrape.py (imported
 from this directory).
@@ -242,6 +244,59 @@ def check_admin_token_required(compose_file, compose):
     print("compose requires CHORUS_ADMIN_TOKEN (no default)", flush=True)
 
 
+def check_cluster_override(compose_file):
+    """compose/docker-compose.cluster.yml over the base file: docker-compose
+    merges them into six cluster-enabled Redis nodes, a cluster-init that
+    waits for all of them, and every chorus service on a redis-cluster://
+    URL naming all six nodes, started after cluster-init, with one
+    PARTITIONS for all (the caller's PARTITIONS passes through). Needs
+    docker-compose (the merge rules are its own); skipped without it."""
+    override = os.path.join(os.path.dirname(compose_file), "docker-compose.cluster.yml")
+    dc = shutil.which("docker-compose")
+    if not dc:
+        print("docker-compose not installed: cluster override not checked", flush=True)
+        return
+    env = dict(os.environ, CHORUS_ADMIN_TOKEN=ADMIN_TOKEN, PARTITIONS="12")
+    p = subprocess.run([dc, "-f", compose_file, "-f", override, "config"], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        fail("docker-compose config with the cluster override: exit %d: %s" % (p.returncode, p.stderr[-800:]))
+    merged = yaml.safe_load(p.stdout)["services"]
+    nodes = sorted(n for n, svc in merged.items()
+                   if "--cluster-enabled" in (svc.get("command") or []))
+    if nodes != ["redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6"]:
+        fail("cluster-enabled nodes: %s, expected redis and redis-2..6" % nodes)
+    for n in nodes:
+        cmd = merged[n]["command"]
+        if cmd[cmd.index("--appendonly") + 1] != "yes":
+            fail("cluster node %s runs without AOF: %s" % (n, cmd))
+    init = merged.get("cluster-init")
+    if not init or sorted((init.get("depends_on") or {}).keys()) != nodes:
+        fail("cluster-init must wait for every node: %r" % (init and init.get("depends_on")))
+    script = init["command"][0]
+    if "--cluster create" not in script or "--cluster-replicas 1" not in script:
+        fail("cluster-init does not create a cluster with one replica per master: %r" % script)
+    sh = subprocess.run(["sh", "-n"], input=script, text=True, stderr=subprocess.PIPE)
+    if sh.returncode != 0:
+        fail("cluster-init's script does not parse: %s" % sh.stderr)
+    chorus = [n for n, svc in merged.items() if str(svc.get("image", "")).startswith("chorus")]
+    if len(chorus) != 7:
+        fail("expected the API and six workers on the chorus image, got %s" % chorus)
+    for n in chorus:
+        e = merged[n].get("environment") or {}
+        url = e.get("REDIS_URL", "")
+        hosts = sorted(h.split(":")[0] for h in url[len("redis-cluster://"):].split(","))
+        if not url.startswith("redis-cluster://") or hosts != nodes:
+            fail("service %s: REDIS_URL %r must be redis-cluster:// naming every node" % (n, url))
+        if str(e.get("PARTITIONS")) != "12":
+            fail("service %s: PARTITIONS %r, expected the caller's 12" % (n, e.get("PARTITIONS")))
+        dep = (merged[n].get("depends_on") or {}).get("cluster-init") or {}
+        if dep.get("condition") != "service_completed_successfully":
+            fail("service %s does not wait for cluster-init to complete: %r" % (n, dep))
+    print("cluster override: 6 nodes, cluster-init, %d chorus services on redis-cluster:// with PARTITIONS"
+          % len(chorus), flush=True)
+
+
 def main():
     compose_file = os.environ["CHORUS_COMPOSE_FILE"]
     bins = {"chorus-api": os.environ["CHORUS_API_BIN"],
@@ -253,6 +308,7 @@ def main():
     with open(compose_file) as f:
         compose = yaml.safe_load(f)
     check_admin_token_required(compose_file, compose)
+    check_cluster_override(compose_file)
 
     pf = start_platform(compose, bins, ADMIN_TOKEN, redis_bin)
     try:
