@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from testlib import fail, free_port, wait_until  # noqa: E402
 
 try:
     import yaml
@@ -48,17 +49,6 @@ DEADLINE_S = 30
 SCRUB_ENV = {"REDIS_URL", "API_PORT", "METRICS_PORT", "CHORUS_ADMIN_TOKEN", "ORDER_LIMIT_CENTS",
              "SAGA_TIMEOUT_MS", "FAULT_ORDER_FAIL_RATE", "NOTIFY_WEBHOOK_URL", "MAX_DELIVERIES",
              "CLAIM_IDLE_MS", "EVENT_RETENTION_DAYS"}
-
-
-def fail(msg):
-    raise AssertionError(msg)
-
-
-def free_port():
-    """A port the kernel just gave out on 127.0.0.1 (bind-probed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def interpolate(value, env):
@@ -95,18 +85,6 @@ def http(method, url, body=None, headers=None, timeout=10):
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-
-
-def wait_until(what, cond, deadline_s=DEADLINE_S):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
 
 
 def redis_ping(port):

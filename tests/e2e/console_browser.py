@@ -42,6 +42,7 @@ import urllib.error
 import urllib.request
 
 import cdp
+from testlib import fail, free_port, wait_until  # noqa: E402
 
 TOKEN = "console-test-token"
 BUS = "ecommerce.checkout.events"
@@ -52,29 +53,6 @@ WORKERS = ["stock-reservation", "order-creation", "stock-compensation",
 ORDER_LIMIT_CENTS = 100000
 DEADLINE_S = 60   # generous: the machine may be shared and the build sanitized
 CHROMIUM_CANDIDATES = ["chromium", "chromium-browser", "google-chrome"]
-
-
-def fail(msg):
-    raise AssertionError(msg)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what, cond, deadline_s=DEADLINE_S):
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        try:
-            if cond():
-                return
-        except (OSError, ValueError, KeyError) as e:
-            last = e
-        time.sleep(0.05)
-    fail("timed out after %d s waiting for %s%s" % (deadline_s, what, " (last error: %s)" % last if last else ""))
 
 
 # ---- Redis over a plain socket (RESP), no client library needed -----------
@@ -300,7 +278,7 @@ class Platform:
                 return r.cmd("PING") == "PONG"
             finally:
                 r.close()
-        wait_until("redis-server PING", redis_up)
+        wait_until("redis-server PING", redis_up, DEADLINE_S)
         self.r = Redis(rport)
         self.api_port = free_port()
         base_env = {k: v for k, v in os.environ.items()
@@ -319,7 +297,7 @@ class Platform:
                 if p.poll() is not None:
                     fail("%s exited early with %d (log %s)" % (n, p.returncode, self._log(n)))
             return http(self.base, "GET", "/ready", timeout=2)[0] == 200
-        wait_until("/ready (API up, six groups created)", ready)
+        wait_until("/ready (API up, six groups created)", ready, DEADLINE_S)
 
     def _log(self, name):
         return os.path.join(self.tmp, name + ".log")
@@ -390,7 +368,7 @@ def settled(pf, cid):
         st, tl = http_json(pf.base, "GET", "/api/checkouts/%s/timeline" % cid)
         out["tl"] = tl
         return st == 200 and all(g["state"] in ("done", "parked") for e in tl["events"] for g in e["groups"])
-    wait_until("every group done with checkout %s" % cid, through)
+    wait_until("every group done with checkout %s" % cid, through, DEADLINE_S)
     return out["tl"]
 
 
@@ -565,7 +543,7 @@ def main():
         # cqrs) cannot decode it and park it at once; the others skip its type.
         pf.r.cmd("XADD", BUS, "*", "type", "NotAChorusEvent", "payload", "<not json>", "ts", "1")
         wait_until("the foreign entry parked by choreo-audit and choreo-cqrs",
-                   lambda: [pf.r.cmd("XLEN", "%s.dlq.%s" % (BUS, g)) for g in GROUPS] == [0, 0, 0, 1, 1, 1])
+                   lambda: [pf.r.cmd("XLEN", "%s.dlq.%s" % (BUS, g)) for g in GROUPS] == [0, 0, 0, 1, 1, 1], DEADLINE_S)
 
         I, R, X, O, Y, L, S, F = ("CheckoutInitiated", "StockReserved", "StockReservationFailed", "OrderCreated",
                                   "OrderCreationFailed", "StockReleased", "CheckoutSucceeded", "CheckoutFailed")
@@ -576,10 +554,10 @@ def main():
         oc.send_signal(signal.SIGSTOP)
         live_id = checkout(pf, "live-client", "sku-mug", 1)
         wait_until("the live checkout at STOCK_RESERVED", lambda: http_json(
-            base, "GET", "/api/checkouts/" + live_id)[1].get("status") == "STOCK_RESERVED")
+            base, "GET", "/api/checkouts/" + live_id)[1].get("status") == "STOCK_RESERVED", DEADLINE_S)
         waiting0 = long_polls(pf)
         run = br.dom_start("%s/ui/#/checkout/%s" % (base, live_id), budget_ms=8000)
-        wait_until("the page's long-poll to wait in the API", lambda: long_polls(pf) > waiting0)
+        wait_until("the page's long-poll to wait in the API", lambda: long_polls(pf) > waiting0, DEADLINE_S)
         if http_json(base, "GET", "/api/checkouts/" + live_id)[1].get("status") != "STOCK_RESERVED":
             fail("the live checkout moved while order-creation was stopped")
         oc.send_signal(signal.SIGCONT)
@@ -662,7 +640,7 @@ def main():
         def consumed():
             info = [fields(g) for g in pf.r.cmd("XINFO", "GROUPS", retry_stream)]
             return info and all(g["pending"] == 0 and g["lag"] == 0 for g in info)
-        wait_until("the retried entry taken and acknowledged by choreo-notification", consumed)
+        wait_until("the retried entry taken and acknowledged by choreo-notification", consumed, DEADLINE_S)
         after = {g: pf.r.cmd("XLEN", "%s.dlq.%s" % (BUS, g)) for g in GROUPS}
         want = dict(before, **{"choreo-notification": before["choreo-notification"] - 1})
         if after != want:

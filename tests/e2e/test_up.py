@@ -28,7 +28,6 @@ without redis-server or curl, 1 on a failure (with the output of `up`).
 import http.client
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -38,47 +37,10 @@ import sys
 import tempfile
 import threading
 import time
+from testlib import fail, free_port, free_range, wait_until  # noqa: E402
 
 ADMIN_TOKEN = "test-up-admin-token-0123456789"
 PRODUCT = "up-test-item"
-
-
-def fail(msg):
-    raise AssertionError(msg)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_range(n):
-    """The first of n consecutive ports that are free now (bind-probed)."""
-    for _ in range(200):
-        base = random.randint(20000, 30000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    fail("no %d consecutive free ports" % n)
-
-
-def wait_until(what, cond, deadline_s):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    fail("timed out after %.0f s waiting for %s" % (deadline_s, what))
 
 
 class Client:
