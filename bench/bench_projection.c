@@ -219,13 +219,14 @@ int main(void)
         }
         freeReplyObject(redisCommand(c, "CONFIG RESETSTAT"));
         pj_projection *p = pj_projection_new();
+        cm_cluster *cc = cm_cluster_borrow(c);
         double r0 = bu_cpu_seconds(rs.server_pid), s0 = bu_self_cpu();
         for (size_t k = 0; k < nb && rc == 0; k++) {
             if (!bs[k].n)
                 continue;
             pj_apply_res res;
             char err[256];
-            if (pj_projection_apply(p, c, CM_BUS_STREAM_DEFAULT, bs[k].evs, bs[k].n, PJ_LIVE, NULL, &res, err,
+            if (pj_projection_apply(p, cc, CM_BUS_STREAM_DEFAULT, bs[k].evs, bs[k].n, PJ_LIVE, NULL, &res, err,
                                     sizeof err) != PJ_OK) {
                 fprintf(stderr, "bench projection: apply: %s\n", err);
                 rc = 1;
@@ -235,6 +236,7 @@ int main(void)
         double ecalls, eusec;
         evalsha_stats(c, &ecalls, &eusec);
         pj_projection_free(p);
+        cm_cluster_free(cc);
         per_call[round] = ecalls ? eusec / ecalls : 0;
         per_saga[round] = eusec / (double)nsagas;
         calls_saga[round] = ecalls / (double)nsagas;

@@ -24,15 +24,18 @@
 
 static tf_redis R;
 static redisContext *C;
+static cm_cluster *CC;   /* C as the slot-routing client the projection takes */
 
 static void setup(void)
 {
     cr_assert_eq(tf_redis_start(&R, NULL), 0);
     C = tf_redis_connect(&R);
+    CC = cm_cluster_borrow(C);
 }
 
 static void teardown(void)
 {
+    cm_cluster_free(CC);
     redisFree(C);
     tf_redis_stop(&R);
 }
@@ -75,7 +78,7 @@ static pj_apply_reply run_once(pj_apply_call *call)
 {
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run_once(call, C, &r, err, sizeof err), PJ_OK, "run: %s", err);
+    cr_assert_eq(pj_apply_call_run_once(call, CC, &r, err, sizeof err), PJ_OK, "run: %s", err);
     return r;
 }
 
@@ -101,7 +104,7 @@ static void whole_saga(pj_apply_call *call, const char *co, const char *client, 
 
 Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "5-0"), PJ_OK);
     cr_assert_eq(pj_apply_call_checkpoint(call, "12-3"), PJ_OK);
@@ -134,7 +137,7 @@ Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
 /* Applies I and R of co-1 (products p1, p2) in a first batch. */
 static void reserve_first(void)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_init("co-1", "c1", T0));
     add(call, ev_reserved("co-1", P1x2_P2x1, 2, T0 + 1));
     cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
@@ -148,7 +151,7 @@ Test(apply_script, an_order_whose_stock_keys_were_not_given_writes_nothing_and_a
     sx_dump_take(C, CM_KEY_PREFIX "*", &before);
 
     /* OrderCreated alone: the call does not know what co-1 reserved */
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
     size_t nkeys = pj_apply_call_nkeys(call);
     pj_apply_reply r = run_once(call);
@@ -172,11 +175,11 @@ Test(apply_script, an_order_whose_stock_keys_were_not_given_writes_nothing_and_a
 Test(apply_script, run_adds_the_asked_keys_and_calls_once_more)
 {
     reserve_first();
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_apply_call_run(call, CC, &r, err, sizeof err), PJ_OK, "%s", err);
     cr_assert_eq(r.verdict, PJ_APPLY_DONE);
     cr_assert_eq(r.needed, 2);
     cr_assert_eq(r.applied, 1);
@@ -268,14 +271,14 @@ Test(apply_script, every_key_the_script_touches_is_passed_in_keys)
     freeReplyObject(ok);
 
     reserve_first();
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));   /* takes the 'need' path */
     add(call, ev_succeeded("co-1", "ord-1", T0 + 3));
     whole_saga(call, "co-2", "c2", T0 + 5);
     cr_assert_eq(pj_apply_call_checkpoint(call, "7-0"), PJ_OK);
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_apply_call_run(call, CC, &r, err, sizeof err), PJ_OK, "%s", err);
     cr_assert_eq(r.verdict, PJ_APPLY_DONE);
     cr_assert_eq(r.needed, 1, "p2 (p1 came with co-2's reservation)");
     freeReplyObject(redisCommand(C, "PING keys-marker"));
@@ -286,7 +289,7 @@ Test(apply_script, every_key_the_script_touches_is_passed_in_keys)
 
 Test(apply_script, the_same_events_again_are_duplicates_and_change_nothing)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
     cr_assert_eq(run_once(call).applied, 4);
@@ -307,7 +310,7 @@ Test(apply_script, the_same_events_again_are_duplicates_and_change_nothing)
 Test(apply_script, a_live_call_waits_for_the_rebuild_lock_and_a_rebuild_call_does_not)
 {
     freeReplyObject(redisCommand(C, "SET %s someone PX 60000", CM_KEY_PJ_REBUILD));
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
     pj_apply_reply r = run_once(call);
@@ -329,7 +332,7 @@ Test(apply_script, a_live_call_waits_for_the_rebuild_lock_and_a_rebuild_call_doe
 
 Test(apply_script, the_checkpoint_only_moves_forward_and_only_when_offered)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_init("co-1", "c1", T0));
     cr_assert_eq(pj_apply_call_checkpoint(call, "20-0"), PJ_OK);
     run_once(call);
@@ -352,7 +355,7 @@ Test(apply_script, the_checkpoint_only_moves_forward_and_only_when_offered)
 
 Test(apply_script, bad_ids_are_refused_before_any_key_is_named)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     size_t nkeys = pj_apply_call_nkeys(call);
     char err[256];
     pj_apply_event ev = ev_init("co:1", "c1", T0);
@@ -375,7 +378,7 @@ Test(apply_script, bad_ids_are_refused_before_any_key_is_named)
 /* Applies CheckoutInitiated of co-<i> for client c1 for every i in order[]. */
 static void init_many(const int *order, int n, int per_call)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     for (int k = 0; k < n; k++) {
         char co[32];
         snprintf(co, sizeof co, "co-%03d", order[k]);
@@ -431,7 +434,7 @@ Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_
     const long long ttl = 3600;
     double now = (double)(long long)cm_wall_s();
     const char *done = CM_KEY_RM_PREFIX "checkout:co-done", *open = CM_KEY_RM_PREFIX "checkout:co-open";
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     pj_apply_call_lifetime(call, ttl);
     add(call, ev_init("co-done", "c1", now + 0.25));
     add(call, ev_reserved("co-done", P1x2, 1, now + 1.5));

@@ -32,6 +32,19 @@
 #define WAIT_MS 20000
 
 static sg_env E;
+static cm_cluster *E_CC;            /* E.c as the slot-routing client the projection takes */
+static redisContext *E_CC_OF;       /* the connection E_CC borrows */
+
+/* E.c as a cm_cluster (borrowed again when E.c was reconnected). */
+static cm_cluster *ecc(void)
+{
+    if (E_CC_OF != E.c) {
+        cm_cluster_free(E_CC);
+        E_CC = cm_cluster_borrow(E.c);
+        E_CC_OF = E.c;
+    }
+    return E_CC;
+}
 
 static void setup(void)
 {
@@ -40,6 +53,9 @@ static void setup(void)
 
 static void teardown(void)
 {
+    cm_cluster_free(E_CC);
+    E_CC = NULL;
+    E_CC_OF = NULL;
     sg_teardown(&E);
 }
 
@@ -205,7 +221,7 @@ static void apply_each(pj_projection *p, es_event **evs, const int *perm, int n)
     for (int i = 0; i < n; i++) {
         pj_apply_res res;
         char err[256];
-        int rc = pj_projection_apply(p, E.c, BUS, &evs[perm[i]], 1, PJ_LIVE, NULL, &res, err, sizeof err);
+        int rc = pj_projection_apply(p, ecc(), BUS, &evs[perm[i]], 1, PJ_LIVE, NULL, &res, err, sizeof err);
         cr_assert_eq(rc, PJ_OK, "apply: %s", err);
     }
 }
@@ -476,12 +492,12 @@ Test(projection, client_index_keeps_each_clients_newest_checkouts)
     for (int i = N - 1; i >= 0; i--) {   /* newest first: the oldest arrive after the trim */
         pj_apply_res res;
         char err[256];
-        cr_assert_eq(pj_projection_apply(p, E.c, BUS, evs[i], 1, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
+        cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs[i], 1, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
                      "%s", err);
     }
     pj_apply_res res;
     char err[256];
-    cr_assert_eq(pj_projection_apply(p, E.c, BUS, other, n_other, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK);
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, other, n_other, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK);
     pj_projection_free(p);
 
     cr_assert_eq(sg_ll(&E, "ZCARD " CM_KEY_CLIENT_CHECKOUTS "c-many"), CM_CLIENT_CHECKOUTS_KEEP);
@@ -509,7 +525,7 @@ static pj_apply_res apply_range(pj_projection *p, es_event **evs, size_t from, s
 {
     pj_apply_res res;
     char err[256];
-    int rc = pj_projection_apply_from(p, E.c, evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
+    int rc = pj_projection_apply_from(p, ecc(), evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
     cr_assert_eq(rc, PJ_OK, "apply: %s", err);
     return res;
 }
@@ -573,12 +589,12 @@ Test(projection, a_foreign_key_in_the_way_fails_the_batch_before_any_write)
     pj_projection *p = pj_projection_new();
     pj_apply_res res;
     char err[256];
-    cr_assert_neq(pj_projection_apply(p, E.c, BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
+    cr_assert_neq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
                   "a WRONGTYPE must fail the batch");
     cr_expect_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "checkout:co-x"), 0, "the checkout was written before the error");
     cr_expect_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "client:c1"), 0, "the client was written before the error");
     freeReplyObject(redisCommand(E.c, "DEL " PJ_RM_PREFIX "stock:p1"));
-    cr_assert_eq(pj_projection_apply(p, E.c, BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
     cr_expect_eq(res.duplicates, 0, "the failed attempt left nothing behind");
     cr_expect_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:p1 sold"), 2);
     cr_expect_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c1 total_orders"), 1);
