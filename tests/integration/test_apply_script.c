@@ -8,7 +8,14 @@
  * does not; a batch from the redelivery stream leaves the checkpoint; the
  * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX; closed
  * checkouts' read models and client indexes expire from their events' time
- * (READ_MODEL_TTL_S), open ones and the aggregates are kept. */
+ * (READ_MODEL_TTL_S), open ones and the aggregates are kept.
+ * With PARTITIONS=4 (suite apply_script4): a call's keys are all in its
+ * partition's slot and it refuses another partition's checkout; the client
+ * index merged over partitions is the unpartitioned one, ties included.
+ * Suite apply_cluster: the projection through a real Redis Cluster (3
+ * masters + 3 replicas) writes the same bytes as on one server, reads back
+ * the same views, and a layout whose keys span slots (PARTITIONS=1) is
+ * refused before anything is sent. */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
@@ -18,8 +25,12 @@
 #include "common/clock.h"
 #include "common/names.h"
 #include "common/redis.h"
+#include "common/cluster.h"
+#include "common/ids.h"
 #include "projections/apply_script.h"
+#include "projections/read.h"
 #include "tests/integration/saga_events.h"
+#include "tests/support/cluster_fixture.h"
 #include "tests/support/redis_fixture.h"
 
 static tf_redis R;
@@ -476,4 +487,269 @@ Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-kept"), -1);
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c3"), -1);
     pj_apply_call_free(call);
+}
+
+/* ---- PARTITIONS=4 ---- */
+
+#define NPART 4
+
+static void setup4(void)
+{
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+    setup();
+}
+
+TestSuite(apply_script4, .init = setup4, .fini = teardown, .timeout = 60);
+
+static int slot_of(const cm_key *k)
+{
+    return cm_key_slot(k->s, strlen(k->s));
+}
+
+Test(apply_script4, a_partitions_keys_share_its_bus_slot_and_other_partitions_are_refused)
+{
+    for (int p = 0; p < NPART; p++) {
+        char co[CM_UUID_LEN + 1];
+        cm_partition_id(p, co);
+        cm_key bus = cm_key_bus(CM_BUS_STREAM_DEFAULT, p);
+        cm_key keys[] = {cm_key_rm_checkout(co),         cm_key_rm_stock(p, "p1"),  cm_key_rm_client(p, "c1"),
+                         cm_key_rm_client_checkouts(p, "c1"), cm_key_rm_checkpoint(p), cm_key_pj_rebuild(p)};
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+            cr_assert_eq(slot_of(&keys[k]), slot_of(&bus), "%s is not in the slot of %s", keys[k].s, bus.s);
+
+        pj_apply_call *call = pj_apply_call_new(p);
+        cr_assert_eq(pj_apply_call_partition(call), p);
+        char other[CM_UUID_LEN + 1], err[256];
+        cm_partition_id((p + 1) % NPART, other);
+        pj_apply_event ev = ev_init(other, "c1", T0);
+        cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+        cr_assert(strstr(err, "partition"), "%s", err);
+        cr_assert_eq(pj_apply_call_nevents(call), 0, "nothing added");
+        add(call, ev_init(co, "c1", T0));
+        add(call, ev_reserved(co, P1x2, 1, T0 + 1));
+        pj_apply_reply r = run_once(call);
+        cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+        cr_assert_eq(ll("HGET %s reserved", cm_key_rm_stock(p, "p1").s), 2, "partition %d's stock", p);
+        pj_apply_call_free(call);
+    }
+    pj_stock_view v;
+    char err[256];
+    cr_assert_eq(pj_read_stock(CC, "p1", &v, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(v.reserved, 2 * NPART, "summed over the partitions");
+    cr_assert_eq(ll("EXISTS %s", CM_KEY_RM_PREFIX "stock:p1"), 0, "no unpartitioned stock key");
+}
+
+/* Applies init events of client c1 for ids[0..n) at times t[i]: with
+ * PARTITIONS=4 one call per partition, else one call. */
+static void init_all(char (*ids)[16], const double *t, int n)
+{
+    int np = cm_partitions();
+    pj_apply_call *calls[NPART];
+    for (int p = 0; p < np; p++)
+        calls[p] = pj_apply_call_new(p);
+    for (int i = 0; i < n; i++)
+        add(calls[cm_partition_of(ids[i])], ev_init(ids[i], "c1", t[i]));
+    for (int p = 0; p < np; p++) {
+        if (pj_apply_call_nevents(calls[p]))
+            cr_assert_eq(run_once(calls[p]).verdict, PJ_APPLY_DONE);
+        pj_apply_call_free(calls[p]);
+    }
+}
+
+Test(apply_script4, client_index_merged_over_partitions_is_the_unpartitioned_index_ties_included)
+{
+    enum { N = PJ_CLIENT_CHECKOUTS_MAX + 40 };
+    char ids[N][16];
+    double t[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "co-%03d", (i * 37) % N);
+        t[i] = T0 + (double)(i / 3);   /* three checkouts per second: ties, split between partitions */
+    }
+    init_all(ids, t, N);
+    cr_assert_eq(cm_partitions_set(1), 0);   /* the reference: one zset, untagged name */
+    init_all(ids, t, N);
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+
+    int split = 0;
+    for (int p = 0; p < NPART; p++) {
+        long long card = ll("ZCARD %s", cm_key_rm_client_checkouts(p, "c1").s);
+        cr_assert_leq(card, PJ_CLIENT_CHECKOUTS_MAX);
+        split += card > 0;
+    }
+    cr_assert_geq(split, 3, "the client's checkouts are in several partitions");
+    size_t counts[] = {PJ_CLIENT_CHECKOUTS_MAX, 7, 1};
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        pj_checkout_ref *refs;
+        size_t n;
+        char err[256];
+        cr_assert_eq(pj_read_client_checkouts(CC, "c1", counts[c], &refs, &n, err, sizeof err), PJ_OK, "%s", err);
+        redisReply *z = redisCommand(C, "ZREVRANGE %s 0 %lld WITHSCORES", CM_KEY_CLIENT_CHECKOUTS "c1",
+                                    (long long)counts[c] - 1);
+        cr_assert(z && z->type == REDIS_REPLY_ARRAY);
+        cr_assert_eq(n, counts[c]);
+        cr_assert_eq(n, z->elements / 2);
+        for (size_t i = 0; i < n; i++) {
+            cr_assert_str_eq(refs[i].id, z->element[2 * i]->str, "count %zu, position %zu", counts[c], i);
+            cr_assert_eq(refs[i].initiated_at, strtod(z->element[2 * i + 1]->str, NULL));
+        }
+        freeReplyObject(z);
+        free(refs);
+    }
+    pj_checkout_ref *refs;
+    size_t n;
+    char err[256];
+    cr_assert_eq(pj_read_client_checkouts(CC, "nobody", 10, &refs, &n, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert(n == 0 && refs == NULL);
+    cr_assert_eq(pj_read_client_checkouts(CC, "c1", 0, &refs, &n, err, sizeof err), PJ_EINVAL);
+    cr_assert_eq(pj_read_client_checkouts(CC, "bad id", 5, &refs, &n, err, sizeof err), PJ_EINVAL);
+}
+
+/* ---- a real Redis Cluster ---- */
+
+TestSuite(apply_cluster, .timeout = 120);
+
+/* DUMP of key through the cluster client; NULL when the key does not exist
+ * (caller frees). *len gets its length. */
+static char *cluster_dump(cm_cluster *cc, const char *key, size_t *len)
+{
+    redisReply *r = cm_cluster_command(cc, cm_key_slot(key, strlen(key)), "DUMP %s", key);
+    cr_assert(r && r->type != REDIS_REPLY_ERROR, "DUMP %s: %s", key, r ? r->str : cm_cluster_errstr(cc));
+    char *out = NULL;
+    if (r->type == REDIS_REPLY_STRING) {
+        out = malloc(r->len);
+        memcpy(out, r->str, r->len);
+        *len = r->len;
+    }
+    freeReplyObject(r);
+    return out;
+}
+
+/* Applies evs[0..n) through cc in batches of 5 (each mixing partitions). */
+static pj_apply_res apply_through(pj_projection *p, cm_cluster *cc, es_event **evs, size_t n)
+{
+    pj_apply_res total = {0};
+    for (size_t i = 0; i < n; i += 5) {
+        pj_apply_res res;
+        char err[256];
+        int rc = pj_projection_apply(p, cc, CM_BUS_STREAM_DEFAULT, evs + i, n - i < 5 ? n - i : 5, PJ_LIVE, NULL,
+                                     &res, err, sizeof err);
+        cr_assert_eq(rc, PJ_OK, "apply: %s", err);
+        total.applied += res.applied;
+        total.duplicates += res.duplicates;
+    }
+    return total;
+}
+
+Test(apply_cluster, projection_on_a_cluster_writes_the_bytes_of_one_server_and_never_spans_slots)
+{
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+    tf_cluster cl;
+    cr_assert_eq(tf_cluster_start(&cl, NULL), 0, "cannot start the cluster");
+    char err[256];
+    cm_cluster *cc = cm_cluster_open(cl.url, 2000, err, sizeof err);
+    cr_assert_not_null(cc, "%s", err);
+    /* the partitions live on more than one master: the pipeline really splits */
+    int masters[NPART], distinct = 0;
+    for (int p = 0; p < NPART; p++) {
+        cm_key bus = cm_key_bus(CM_BUS_STREAM_DEFAULT, p);
+        masters[p] = tf_cluster_master_of(&cl, slot_of(&bus));
+        bool seen = false;
+        for (int q = 0; q < p; q++)
+            seen |= masters[q] == masters[p];
+        distinct += !seen;
+    }
+    cr_assert_geq(distinct, 2, "every partition on one master");
+
+    /* the events: sagas appended to a single server's store (as the workers would) */
+    setup();
+    es_store *store = es_store_new(C, CM_BUS_STREAM_DEFAULT, err, sizeof err);
+    cr_assert_not_null(store, "%s", err);
+    static const enum sx_shape shapes[] = {SX_SUCCESS, SX_NO_STOCK, SX_ORDER_LIMIT, SX_TIMEOUT};
+    es_event **evs = NULL;
+    size_t n = 0;
+    for (int i = 0; i < 16; i++) {
+        char id[16], client[8], product[8];
+        snprintf(id, sizeof id, "co-%02d", i);
+        snprintf(client, sizeof client, "c%d", i % 3);
+        snprintf(product, sizeof product, "p%d", i % 2);
+        sx_saga(store, shapes[i % 4], id, client, product, 1 + i % 3);
+        size_t m;
+        es_event **h = sx_history(store, id, &m);
+        evs = realloc(evs, (n + m) * sizeof *evs);
+        memcpy(evs + n, h, m * sizeof *h);
+        n += m;
+        free(h);
+    }
+
+    pj_projection *on_cluster = pj_projection_new(), *on_server = pj_projection_new();
+    pj_apply_res rc = apply_through(on_cluster, cc, evs, n);
+    cr_assert_eq(rc.applied, n);
+    rc = apply_through(on_cluster, cc, evs, n);
+    cr_assert_eq(rc.applied, 0, "a redelivery changes nothing");
+    cr_assert_eq(rc.duplicates, n);
+    cr_assert_eq(apply_through(on_server, CC, evs, n).applied, n);
+
+    /* every read model on the one server, byte for byte on the cluster, and
+     * no other read model there */
+    sx_dump ref;
+    sx_dump_take(C, CM_KEY_RM_PREFIX "*", &ref);
+    cr_assert_gt(ref.n, 16 + NPART);
+    for (size_t i = 0; i < ref.n; i++) {
+        size_t len = 0;
+        char *v = cluster_dump(cc, ref.keys[i], &len);
+        cr_assert_not_null(v, "%s is missing on the cluster", ref.keys[i]);
+        cr_assert(len == ref.lens[i] && !memcmp(v, ref.vals[i], len), "%s differs on the cluster", ref.keys[i]);
+        free(v);
+    }
+    size_t on_nodes = 0;
+    for (int i = 0; i < TF_CLUSTER_NODES; i++) {
+        if (!tf_cluster_is_master(&cl, i))
+            continue;
+        redisContext *nc = tf_redis_connect(&cl.node[i]);
+        sx_dump d;
+        sx_dump_take(nc, CM_KEY_RM_PREFIX "*", &d);
+        on_nodes += d.n;
+        sx_dump_free(&d);
+        redisFree(nc);
+    }
+    cr_assert_eq(on_nodes, ref.n, "the cluster holds read models the single server does not");
+
+    /* the read side through the cluster gives the single server's views */
+    for (int k = 0; k < 2; k++) {
+        char pid[8];
+        snprintf(pid, sizeof pid, "p%d", k);
+        pj_stock_view a, b;
+        cr_assert_eq(pj_read_stock(cc, pid, &a, err, sizeof err), PJ_OK, "%s", err);
+        cr_assert_eq(pj_read_stock(CC, pid, &b, err, sizeof err), PJ_OK, "%s", err);
+        cr_assert(a.found && a.reserved == b.reserved && a.sold == b.sold && a.released == b.released, "%s", pid);
+    }
+    pj_client_view a, b;
+    cr_assert_eq(pj_read_client(cc, "c0", &a, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_read_client(CC, "c0", &b, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert(a.found && a.total_orders == b.total_orders && a.total_orders > 0);
+    cr_assert_str_eq(a.last_checkout_id, b.last_checkout_id);
+    char cpa[48], cpb[48];
+    cr_assert_eq(pj_read_checkpoint(cc, cpa, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_read_checkpoint(CC, cpb, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert(cpa[0]);
+    cr_assert_str_eq(cpa, cpb);
+
+    /* PARTITIONS=1: the batch's keys span slots, and nothing is sent */
+    cr_assert_eq(cm_partitions_set(1), 0);
+    pj_projection *flat = pj_projection_new();
+    pj_apply_res res;
+    cr_assert_eq(pj_projection_apply(flat, cc, CM_BUS_STREAM_DEFAULT, evs, 4, PJ_LIVE, NULL, &res, err, sizeof err),
+                 PJ_EREDIS, "a cross-slot apply went through");
+    cr_assert(strstr(err, "span"), "%s", err);
+    pj_projection_free(flat);
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+
+    pj_projection_free(on_cluster);
+    pj_projection_free(on_server);
+    es_events_free(evs, n);
+    sx_dump_free(&ref);
+    es_store_free(store);
+    cm_cluster_free(cc);
+    teardown();
+    tf_cluster_stop(&cl);
 }
