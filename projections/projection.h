@@ -126,15 +126,15 @@ typedef struct pj_rebuild_stats {
     long long undecodable;/* bus entries that could not be decoded (skipped) */
 } pj_rebuild_stats;
 
-/* Rebuilds the read models from zero on one server: takes every
- * partition's rebuild lock (live projections pause), deletes every
- * chorus:rm:* key, replays the bus from its
+/* Rebuilds the read models from zero through cc (one server or a cluster):
+ * takes every partition's rebuild lock (live projections pause), deletes
+ * every chorus:rm:* key, replays the bus from its
  * first retained entry through the same apply script, releases the lock.
  * ttl_s is READ_MODEL_TTL_S (as the live projection's, so the lifetimes
  * come out the same; 0: kept). The result covers what the bus retains
  * (EVENT_RETENTION_DAYS trims it), less what has outlived ttl_s.
  * Returns PJ_OK, PJ_EBUSY when another rebuild holds the lock, PJ_EREDIS. */
-int pj_projection_rebuild(redisContext *c, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
+int pj_projection_rebuild(cm_cluster *cc, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
                           size_t errlen) __attribute__((warn_unused_result));
 
 #endif

@@ -5,8 +5,10 @@
  * master, and write exactly the bytes they write on a single server (every
  * read-model key compared by DUMP); a redelivery changes nothing; the
  * summed and merged views (projections/read.h) read through the cluster
- * equal the single server's; and with PARTITIONS=1, whose keys span slots,
- * the call is refused before anything is sent. A projection that built a
+ * equal the single server's; chorus-projection-rebuild pointed at the
+ * cluster (CHORUS_REBUILD_BIN) reproduces them byte for byte; and with
+ * PARTITIONS=1, whose keys span slots, the call is refused before anything
+ * is sent. A projection that built a
  * cross-slot script call would fail here. */
 #include <criterion/criterion.h>
 
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "common/cluster.h"
 #include "common/names.h"
@@ -22,6 +25,7 @@
 #include "projections/read.h"
 #include "tests/integration/saga_events.h"
 #include "tests/support/cluster_fixture.h"
+#include "tests/support/proc.h"
 #include "tests/support/redis_fixture.h"
 
 #define NPART 4
@@ -47,6 +51,75 @@ static char *cluster_dump(cm_cluster *cc, const char *key, size_t *len)
     }
     freeReplyObject(r);
     return out;
+}
+
+/* Asserts the cluster holds exactly the read models of ref (the single
+ * server's), byte for byte. */
+static void assert_same_models(const tf_cluster *cl, cm_cluster *cc, const sx_dump *ref)
+{
+    for (size_t i = 0; i < ref->n; i++) {
+        size_t len = 0;
+        char *v = cluster_dump(cc, ref->keys[i], &len);
+        cr_assert_not_null(v, "%s is missing on the cluster", ref->keys[i]);
+        cr_assert(len == ref->lens[i] && !memcmp(v, ref->vals[i], len), "%s differs on the cluster", ref->keys[i]);
+        free(v);
+    }
+    size_t on_nodes = 0;
+    for (int i = 0; i < TF_CLUSTER_NODES; i++) {
+        if (!tf_cluster_is_master(cl, i))
+            continue;
+        redisContext *nc = tf_redis_connect(&cl->node[i]);
+        sx_dump d;
+        sx_dump_take(nc, CM_KEY_RM_PREFIX "*", &d);
+        on_nodes += d.n;
+        sx_dump_free(&d);
+        redisFree(nc);
+    }
+    cr_assert_eq(on_nodes, ref->n, "the cluster holds read models the single server does not");
+}
+
+/* Copies every partition's bus from the single server c to the cluster
+ * (same entry ids and fields), as if the workers had appended there. */
+static void copy_buses(redisContext *c, cm_cluster *cc)
+{
+    for (int p = 0; p < NPART; p++) {
+        cm_key bus = cm_key_bus(CM_BUS_STREAM_DEFAULT, p);
+        redisReply *r = redisCommand(c, "XRANGE %s - +", bus.s);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY);
+        for (size_t i = 0; i < r->elements; i++) {
+            const redisReply *e = r->element[i], *f = e->element[1];
+            cm_argv a = {0};
+            cm_argv_adds(&a, "XADD");
+            cm_argv_adds(&a, bus.s);
+            cm_argv_add(&a, e->element[0]->str, e->element[0]->len);
+            for (size_t j = 0; j < f->elements; j++)
+                cm_argv_add(&a, f->element[j]->str, f->element[j]->len);
+            redisReply *x = cm_cluster_argv(cc, slot_of(&bus), &a);
+            cr_assert(x && x->type == REDIS_REPLY_STRING, "XADD %s: %s", bus.s, x ? x->str : cm_cluster_errstr(cc));
+            freeReplyObject(x);
+            cm_argv_free(&a);
+        }
+        freeReplyObject(r);
+    }
+}
+
+/* Runs chorus-projection-rebuild on url with PARTITIONS=4; returns its exit code. */
+static int run_rebuild(const char *url, const char *logdir)
+{
+    const char *bin = getenv("CHORUS_REBUILD_BIN");
+    cr_assert(bin && *bin, "CHORUS_REBUILD_BIN is not set (run through meson test)");
+    char u[400], log[400];
+    snprintf(u, sizeof u, "REDIS_URL=%s", url);
+    snprintf(log, sizeof log, "%s/rebuild.log", logdir);
+    const char *argv[] = {bin, NULL};
+    const char *env[] = {u, "PARTITIONS=4", "READ_MODEL_TTL_S=0", "LOG_LEVEL=warn", NULL};
+    pid_t pid = tf_spawn(argv, env, log);
+    cr_assert_gt(pid, 0);
+    int st = 0;
+    cr_assert_eq(tf_wait_exit(pid, 60000, &st), 0, "the rebuild did not finish");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        tf_dump_file(log, "rebuild");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Applies evs[0..n) through cc in batches of 5 (each mixing partitions). */
@@ -122,25 +195,7 @@ Test(projection_cluster, projection_on_a_cluster_writes_the_bytes_of_one_server_
     sx_dump ref;
     sx_dump_take(C, CM_KEY_RM_PREFIX "*", &ref);
     cr_assert_gt(ref.n, 16 + NPART);
-    for (size_t i = 0; i < ref.n; i++) {
-        size_t len = 0;
-        char *v = cluster_dump(cc, ref.keys[i], &len);
-        cr_assert_not_null(v, "%s is missing on the cluster", ref.keys[i]);
-        cr_assert(len == ref.lens[i] && !memcmp(v, ref.vals[i], len), "%s differs on the cluster", ref.keys[i]);
-        free(v);
-    }
-    size_t on_nodes = 0;
-    for (int i = 0; i < TF_CLUSTER_NODES; i++) {
-        if (!tf_cluster_is_master(&cl, i))
-            continue;
-        redisContext *nc = tf_redis_connect(&cl.node[i]);
-        sx_dump d;
-        sx_dump_take(nc, CM_KEY_RM_PREFIX "*", &d);
-        on_nodes += d.n;
-        sx_dump_free(&d);
-        redisFree(nc);
-    }
-    cr_assert_eq(on_nodes, ref.n, "the cluster holds read models the single server does not");
+    assert_same_models(&cl, cc, &ref);
 
     /* the read side through the cluster gives the single server's views */
     for (int k = 0; k < 2; k++) {
@@ -171,6 +226,23 @@ Test(projection_cluster, projection_on_a_cluster_writes_the_bytes_of_one_server_
     cr_assert(strstr(err, "span"), "%s", err);
     pj_projection_free(flat);
     cr_assert_eq(cm_partitions_set(NPART), 0);
+
+    /* chorus-projection-rebuild on the cluster (redis-cluster:// URL): every
+     * master's read models deleted, each partition's bus replayed on its
+     * master, the same bytes again */
+    copy_buses(C, cc);
+    cm_key stray = cm_key_rm_checkout("stray");
+    redisReply *h = cm_cluster_command(cc, slot_of(&stray), "HSET %s status PENDING", stray.s);
+    cr_assert(h && h->type == REDIS_REPLY_INTEGER);
+    freeReplyObject(h);
+    cr_assert_eq(run_rebuild(cl.url, R.dir), 0, "chorus-projection-rebuild failed on the cluster");
+    assert_same_models(&cl, cc, &ref);
+    for (int p = 0; p < NPART; p++) {
+        cm_key lock = cm_key_pj_rebuild(p);
+        redisReply *e = cm_cluster_command(cc, slot_of(&lock), "EXISTS %s", lock.s);
+        cr_assert(e && e->type == REDIS_REPLY_INTEGER && e->integer == 0, "the rebuild kept %s", lock.s);
+        freeReplyObject(e);
+    }
 
     pj_projection_free(on_cluster);
     pj_projection_free(on_server);
