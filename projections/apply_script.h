@@ -69,6 +69,7 @@ typedef struct pj_apply_call pj_apply_call;
  * mode PJ_LIVE with no events. It keeps the script's SHA across resets:
  * reuse one per partition. Free with pj_apply_call_free. */
 pj_apply_call *pj_apply_call_new(int partition);
+/* The partition the call was made for. */
 int pj_apply_call_partition(const pj_apply_call *call);
 void pj_apply_call_free(pj_apply_call *call);   /* NULL ok */
 /* Forgets events, keys and the checkpoint candidate; sets the mode. */

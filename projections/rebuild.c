@@ -77,11 +77,12 @@ static int delete_read_models(cm_cluster *cc, long long *deleted, char *err, siz
     for (int m = 0; m < nm; m++) {
         char cursor[32] = "0";
         do {
-            redisReply *r = cm_cluster_command(cc, slots[m], "SCAN %s MATCH %s* COUNT 1000", cursor, CM_KEY_RM_PREFIX);
+            redisReply *r =
+                cm_cluster_command(cc, slots[m], "SCAN %s MATCH %s* COUNT 1000", cursor, CM_KEY_RM_PREFIX);
             const redisReply *cur = cm_reply_elem(r, 0), *keys = cm_reply_elem(r, 1);
             if (!r || !cm_reply_is_str(cur) || !keys || keys->type != REDIS_REPLY_ARRAY) {
-                snprintf(err, errlen, "SCAN: %s", !r ? cm_cluster_errstr(cc) : r->type == REDIS_REPLY_ERROR ? r->str
-                                                                                                    : "unexpected reply");
+                const char *why = !r ? cm_cluster_errstr(cc) : r->type == REDIS_REPLY_ERROR ? r->str : "not a reply";
+                snprintf(err, errlen, "SCAN: %s", why);
                 freeReplyObject(r);
                 return PJ_EREDIS;
             }
@@ -107,10 +108,11 @@ static int bus_page(cm_cluster *cc, const char *bus, const char *after, es_event
     *next = NULL;
     char start[80];
     snprintf(start, sizeof start, "%s%s", after ? "(" : "-", after ? after : "");
-    redisReply *r = cm_cluster_command(cc, cm_key_slot(bus, strlen(bus)), "XRANGE %s %s + COUNT %d", bus, start, PAGE);
+    redisReply *r =
+        cm_cluster_command(cc, cm_key_slot(bus, strlen(bus)), "XRANGE %s %s + COUNT %d", bus, start, PAGE);
     if (!r || r->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "reading the bus %.200s: %s", bus,
-                 !r ? cm_cluster_errstr(cc) : r->type == REDIS_REPLY_ERROR ? r->str : "not a stream reply");
+        const char *why = !r ? cm_cluster_errstr(cc) : r->type == REDIS_REPLY_ERROR ? r->str : "not a stream reply";
+        snprintf(err, errlen, "reading the bus %.200s: %s", bus, why);
         freeReplyObject(r);
         return PJ_EREDIS;
     }

@@ -898,3 +898,17 @@ Test(projection4, a_rebuild_lock_pauses_its_partition)
     pj_projection_free(p);
     es_events_free(evs, n);
 }
+
+/* A rebuild that finds one partition's lock held by another rebuild exits 3
+ * and gives back the locks it took before it: no partition stays paused. */
+Test(projection4, a_rebuild_finding_one_partition_locked_holds_no_lock)
+{
+    sg_ll(&E, "SET %s someone-else PX 60000", cm_key_pj_rebuild(2).s);
+    cr_assert_eq(run_rebuild_env("PARTITIONS=4"), 3, "another rebuild holds partition 2");
+    for (int p = 0; p < NPART; p++)
+        if (p != 2)
+            cr_assert_eq(sg_ll(&E, "EXISTS %s", cm_key_pj_rebuild(p).s), 0, "partition %d's lock was kept", p);
+    char *owner = sg_str(&E, "GET %s", cm_key_pj_rebuild(2).s);
+    cr_assert_str_eq(owner, "someone-else");
+    free(owner);
+}
