@@ -253,6 +253,11 @@ api_redis *api_redis_for(api_req *rq);
 bool api_redis_ok(api_redis *t, redisReply *r);
 /* Drops t's connection (after an I/O error found by other means). */
 void api_redis_drop(api_redis *t);
+/* Answers rq for a failed read of t through a cm_cluster borrowing t->c
+ * (err as the reader put it: "redis: <error reply>" or an I/O error): a
+ * broken connection is dropped and answered 503, an error reply as
+ * api_redis_fail classifies it. */
+void api_redis_read_failed(api_req *rq, api_redis *t, const char *err);
 
 /* The shared Redis state: one flag for every thread. A call that finds Redis
  * unreachable sets it (api_redis_mark_down); from then on requests needing

@@ -1,16 +1,19 @@
 /* clients.c - GET /api/clients/{client_id}/checkouts?count=n: a client's
  * most recent checkouts, newest first, with their status.
  *
- * The projection keeps, per client, the zset cm_key_rm_client_checkouts(client)
- * of checkout ids scored by their CheckoutInitiated emitted_at, trimmed to
- * the newest CM_CLIENT_CHECKOUTS_KEEP (projections/lua/apply.lua). Two round
- * trips: ZREVRANGE for the ids, then one pipeline of HMGETs of their read
- * models. A checkout whose read model is gone (expired) is left out. */
+ * The projection keeps, per client and partition, the zset
+ * cm_key_rm_client_checkouts(p, client) of checkout ids scored by their
+ * CheckoutInitiated emitted_at, trimmed to the newest CM_CLIENT_CHECKOUTS_KEEP
+ * (projections/lua/apply.lua). Two round trips: the ids merged newest first
+ * over the partitions (pj_read_client_checkouts, one pipeline), then one
+ * pipeline of HMGETs of their read models. A checkout whose read model is
+ * gone (expired) is left out. */
 #include "api/api_int.h"
 #include "common/config.h"
 #include "common/ids.h"
 #include "common/names.h"
 #include "common/xmalloc.h"
+#include "projections/read.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +24,7 @@
 
 /* Appends {"checkout_id","status","reason"?,"updated_at"} from an HMGET
  * status reason updated_at reply; false (nothing written) without a status. */
-static bool checkout_json(cm_buf *o, const redisReply *id, const redisReply *hm, bool comma)
+static bool checkout_json(cm_buf *o, const char *id, const redisReply *hm, bool comma)
 {
     const redisReply *status = cm_reply_elem(hm, 0), *reason = cm_reply_elem(hm, 1), *upd = cm_reply_elem(hm, 2);
     if (!cm_reply_is_str(status))
@@ -29,7 +32,7 @@ static bool checkout_json(cm_buf *o, const redisReply *id, const redisReply *hm,
     if (comma)
         cm_buf_putc(o, ',');
     cm_buf_puts(o, "{\"checkout_id\":");
-    cm_buf_put_json_str(o, id->str, id->len);
+    cm_buf_put_json_str(o, id, strlen(id));
     cm_buf_puts(o, ",\"status\":");
     cm_buf_put_json_str(o, status->str, status->len);
     if (cm_reply_is_str(reason) && reason->len) {
@@ -58,17 +61,18 @@ api_flow api_h_client_checkouts(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *ids = redisCommand(t->c, "ZREVRANGE %s 0 %lld", cm_key_rm_client_checkouts(client).s,
-                                   (long long)count - 1);
-    if (!api_redis_ok(t, ids)) {
-        api_unavailable(rq, t->err);
+    pj_checkout_ref *ids;
+    size_t n;
+    char err[256];
+    cm_cluster *cc = cm_cluster_borrow(t->c);
+    int rc = pj_read_client_checkouts(cc, client, (size_t)count, &ids, &n, err, sizeof err);
+    cm_cluster_free(cc);
+    if (rc != PJ_OK) {
+        api_redis_read_failed(rq, t, err);
         return API_DONE;
     }
-    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
-    for (size_t i = 0; i < n; i++) {
-        const redisReply *id = ids->element[i];
-        redisAppendCommand(t->c, "HMGET %s status reason updated_at", cm_key_rm_checkout(id->str).s);
-    }
+    for (size_t i = 0; i < n; i++)
+        redisAppendCommand(t->c, "HMGET %s status reason updated_at", cm_key_rm_checkout(ids[i].id).s);
     redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
     bool failed = false;
     for (size_t i = 0; i < n; i++) {
@@ -92,7 +96,7 @@ api_flow api_h_client_checkouts(api_req *rq)
         cm_buf_puts(o, ",\"checkouts\":[");
         bool any = false;
         for (size_t i = 0; i < n; i++)
-            if (cm_reply_is_str(ids->element[i]) && checkout_json(o, ids->element[i], hm[i], any))
+            if (checkout_json(o, ids[i].id, hm[i], any))
                 any = true;
         cm_buf_puts(o, "]}");
         api_reply(rq, 200);
@@ -101,6 +105,6 @@ api_flow api_h_client_checkouts(api_req *rq)
         if (hm[i])
             freeReplyObject(hm[i]);
     free(hm);
-    freeReplyObject(ids);
+    free(ids);
     return API_DONE;
 }

@@ -9,6 +9,7 @@
 #include "common/ids.h"
 #include "common/names.h"
 #include "event_store/deadletter.h"
+#include "projections/read.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,31 +210,26 @@ api_flow api_h_orders_by_client(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *r = redisCommand(t->c,
-                                 "HMGET %s total_orders last_order_id "
-                                 "last_checkout_id last_update_ts",
-                                 cm_key_rm_client(id).s);
-    if (!api_redis_ok(t, r)) {
-        api_unavailable(rq, t->err);
+    /* the client's orders, summed over the partitions (projections/read.h) */
+    pj_client_view v;
+    char err[256];
+    cm_cluster *cc = cm_cluster_borrow(t->c);
+    int rc = pj_read_client(cc, id, &v, err, sizeof err);
+    cm_cluster_free(cc);
+    if (rc != PJ_OK) {
+        api_redis_read_failed(rq, t, err);
         return API_DONE;
-    }
-    const redisReply *f[4];
-    for (int i = 0; i < 4; i++) {
-        f[i] = cm_reply_elem(r, (size_t)i);
-        if (f[i] && (f[i]->type != REDIS_REPLY_STRING || !f[i]->len))
-            f[i] = NULL;
     }
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"client_id\":");
     cm_buf_put_json_str(o, id, strlen(id));
-    cm_buf_printf(o, ",\"total_orders\":%lld,\"last_order_id\":", cm_reply_ll(f[0], 0));
-    api_json_str_or_null(o, f[1] ? f[1]->str : NULL, f[1] ? f[1]->len : 0);
+    cm_buf_printf(o, ",\"total_orders\":%lld,\"last_order_id\":", v.total_orders);
+    api_json_str_or_null(o, v.last_order_id[0] ? v.last_order_id : NULL, strlen(v.last_order_id));
     cm_buf_puts(o, ",\"last_checkout_id\":");
-    api_json_str_or_null(o, f[2] ? f[2]->str : NULL, f[2] ? f[2]->len : 0);
+    api_json_str_or_null(o, v.last_checkout_id[0] ? v.last_checkout_id : NULL, strlen(v.last_checkout_id));
     cm_buf_puts(o, ",\"last_update_ts\":");
-    api_json_num_or_str(o, f[3] ? f[3]->str : NULL, f[3] ? f[3]->len : 0);
+    api_json_num_or_str(o, v.last_update_ts[0] ? v.last_update_ts : NULL, strlen(v.last_update_ts));
     cm_buf_putc(o, '}');
-    freeReplyObject(r);
     api_reply(rq, 200);
     return API_DONE;
 }

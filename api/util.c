@@ -1,6 +1,7 @@
 /* util.c - small validation and JSON helpers shared by the handlers. */
 #include "api/api_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,4 +72,17 @@ int api_stream_id_cmp(const char *a, const char *b)
     if (am != bm)
         return am < bm ? -1 : 1;
     return as < bs ? -1 : as > bs;
+}
+
+void api_redis_read_failed(api_req *rq, api_redis *t, const char *err)
+{
+    if (!t->c || t->c->err) {   /* the connection broke: drop it, mark Redis down */
+        if (t->c)
+            (void)api_redis_ok(t, NULL);   /* t->err says why */
+        else
+            snprintf(t->err, sizeof t->err, "%s", err);
+        api_unavailable(rq, t->err);
+        return;
+    }
+    api_redis_fail(rq, cm_redis_fault_of_error(err, strlen(err)), err);
 }

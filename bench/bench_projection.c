@@ -15,6 +15,9 @@
  * checkouts at different stages (what the e2e bench's closed loop gives the
  * worker), and every OrderCreated comes in a later batch than its
  * StockReserved. The entries are on the bus stream too (ids "<n>-0").
+ * BENCH_PARTITIONS (1) sets PARTITIONS: a batch then goes out as one apply
+ * script per partition it touches (one pipeline), so calls per saga grow
+ * and each call is smaller.
  *
  * Figures (each the median of BENCH_ROUNDS (5) rounds of BENCH_SAGAS (4,000)
  * sagas on fresh read models):
@@ -182,7 +185,11 @@ static double median(double *v, size_t n)
 int main(void)
 {
     long nsagas = env_long("BENCH_SAGAS", 4000), group = env_long("BENCH_GROUP", 2);
-    long rounds = env_long("BENCH_ROUNDS", 5);
+    long rounds = env_long("BENCH_ROUNDS", 5), parts = env_long("BENCH_PARTITIONS", 1);
+    if (cm_partitions_set(parts) != 0) {
+        fprintf(stderr, "bench projection: BENCH_PARTITIONS must be 1..%d\n", CM_PARTITIONS_MAX);
+        return 1;
+    }
     tf_redis rs;
     if (tf_redis_start(&rs, "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-percentage 0\n") != 0) {
         fprintf(stderr, "bench projection: cannot start redis-server\n");
@@ -194,8 +201,8 @@ int main(void)
     size_t nev = 0;
     for (size_t k = 0; k < nb; k++)
         nev += bs[k].n;
-    printf("  %ld sagas, %zu events in %zu batches (%.1f events per batch), %ld rounds\n", nsagas, nev, nb,
-           (double)nev / (double)nb, rounds);
+    printf("  %ld sagas, %zu events in %zu batches (%.1f events per batch), %ld rounds, %ld partition(s)\n", nsagas,
+           nev, nb, (double)nev / (double)nb, rounds, parts);
     double *per_call = cm_xcalloc((size_t)rounds, sizeof *per_call);
     double *per_saga = cm_xcalloc((size_t)rounds, sizeof *per_saga);
     double *calls_saga = cm_xcalloc((size_t)rounds, sizeof *calls_saga), *cpu = cm_xcalloc((size_t)rounds, sizeof *cpu);
@@ -219,13 +226,14 @@ int main(void)
         }
         freeReplyObject(redisCommand(c, "CONFIG RESETSTAT"));
         pj_projection *p = pj_projection_new();
+        cm_cluster *cc = cm_cluster_borrow(c);
         double r0 = bu_cpu_seconds(rs.server_pid), s0 = bu_self_cpu();
         for (size_t k = 0; k < nb && rc == 0; k++) {
             if (!bs[k].n)
                 continue;
             pj_apply_res res;
             char err[256];
-            if (pj_projection_apply(p, c, CM_BUS_STREAM_DEFAULT, bs[k].evs, bs[k].n, PJ_LIVE, NULL, &res, err,
+            if (pj_projection_apply(p, cc, CM_BUS_STREAM_DEFAULT, bs[k].evs, bs[k].n, PJ_LIVE, NULL, &res, err,
                                     sizeof err) != PJ_OK) {
                 fprintf(stderr, "bench projection: apply: %s\n", err);
                 rc = 1;
@@ -235,6 +243,7 @@ int main(void)
         double ecalls, eusec;
         evalsha_stats(c, &ecalls, &eusec);
         pj_projection_free(p);
+        cm_cluster_free(cc);
         per_call[round] = ecalls ? eusec / ecalls : 0;
         per_saga[round] = eusec / (double)nsagas;
         calls_saga[round] = ecalls / (double)nsagas;

@@ -178,12 +178,26 @@ cm_key cm_key_rm_checkout(const char *checkout_id)
 {
     return keyf(CM_KEY_RM_PREFIX "checkout:%s%s", tag_of(cm_partition_of(checkout_id)).s, checkout_id);
 }
-cm_key cm_key_rm_client(const char *client_id) { return keyf(CM_KEY_RM_PREFIX "client:%s", client_id); }
-cm_key cm_key_rm_client_checkouts(const char *client_id)
+cm_key cm_key_rm_client(int p, const char *client_id)
 {
-    return keyf(CM_KEY_CLIENT_CHECKOUTS "%s", client_id);
+    return keyf(CM_KEY_RM_PREFIX "client:%s%s", tag_of(p).s, client_id);
 }
-cm_key cm_key_rm_stock(const char *product_id) { return keyf(CM_KEY_RM_PREFIX "stock:%s", product_id); }
+cm_key cm_key_rm_client_checkouts(int p, const char *client_id)
+{
+    return keyf(CM_KEY_CLIENT_CHECKOUTS "%s%s", tag_of(p).s, client_id);
+}
+cm_key cm_key_rm_stock(int p, const char *product_id)
+{
+    return keyf(CM_KEY_RM_PREFIX "stock:%s%s", tag_of(p).s, product_id);
+}
+cm_key cm_key_rm_checkpoint(int p)
+{
+    return g_partitions == 1 ? keyf("%s", CM_KEY_RM_CHECKPOINT) : keyf("%s:{p%d}", CM_KEY_RM_CHECKPOINT, p);
+}
+cm_key cm_key_pj_rebuild(int p)
+{
+    return g_partitions == 1 ? keyf("%s", CM_KEY_PJ_REBUILD) : keyf("%s:{p%d}", CM_KEY_PJ_REBUILD, p);
+}
 cm_key cm_key_dlq(const char *bus, const char *group) { return keyf("%s.dlq.%s", bus, group); }
 cm_key cm_key_retry(const char *bus, const char *group) { return keyf("%s.retry.%s", bus, group); }
 

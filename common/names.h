@@ -37,12 +37,17 @@
  *   chorus:order:{p<p>}:<order_id>     chorus:notify:{p<p>}:<checkout_id>
  *   chorus:rm:checkout:{p<p>}:<id>     chorus:idem:{p<p>}:<client>:<key>
  *   chorus:saga:started:{p<p>}         chorus:notify:log:{p<p>}
+ *   chorus:rm:stock:{p<p>}:<product>   chorus:rm:client:{p<p>}:<client>
+ *   chorus:rm:client-checkouts:{p<p>}:<client>
+ *   chorus:rm:checkpoint:{p<p>}        chorus:pj:rebuild:{p<p>}
  *   <bus>:{p<p>}.dlq.<group>           <bus>:{p<p>}.retry.<group>
  * The idempotency record is found by (client, key) before the checkout id
  * is known, so its partition is CRC16("<client>\n<key>") mod N and the API
  * draws the new checkout's id inside that partition (cm_partition_id).
- * Products, client read models, the checkpoint and the audit keys keep their
- * own names (other slots).
+ * The stock, client and checkpoint read models are kept per partition (a
+ * product's or client's counts from that partition's checkouts) so the
+ * projection's apply script stays in one slot. Products and the audit keys
+ * keep their own names (other slots).
  */
 #ifndef CM_NAMES_H
 #define CM_NAMES_H
@@ -163,9 +168,15 @@ cm_key cm_key_notify(const char *checkout_id);
 cm_key cm_key_saga_started(int p);   /* CM_KEY_SAGA_STARTED when N == 1 */
 cm_key cm_key_notify_log(int p);     /* CM_KEY_NOTIFY_LOG when N == 1 */
 cm_key cm_key_rm_checkout(const char *checkout_id);
-cm_key cm_key_rm_client(const char *client_id);
-cm_key cm_key_rm_client_checkouts(const char *client_id);
-cm_key cm_key_rm_stock(const char *product_id);
+/* The projection's per-client and per-product models and its checkpoint
+ * live in each partition p (the partition of the checkouts they count), so
+ * one apply script touches one slot; readers sum or merge over partitions
+ * (projections/read.h). */
+cm_key cm_key_rm_client(int p, const char *client_id);
+cm_key cm_key_rm_client_checkouts(int p, const char *client_id);
+cm_key cm_key_rm_stock(int p, const char *product_id);
+cm_key cm_key_rm_checkpoint(int p);   /* CM_KEY_RM_CHECKPOINT when N == 1 */
+cm_key cm_key_pj_rebuild(int p);      /* CM_KEY_PJ_REBUILD when N == 1 */
 cm_key cm_key_dlq(const char *bus, const char *group);     /* <bus>.dlq.<group> */
 cm_key cm_key_retry(const char *bus, const char *group);   /* <bus>.retry.<group> */
 /* True when k was built whole (not truncated). */

@@ -6,10 +6,16 @@
  * Keys are collected while events are added: each key name (from
  * common/names.h) enters KEYS once, found again through a small open-
  * addressing table, and events, products and clients refer to it by its
- * 1-based KEYS index. */
+ * 1-based KEYS index.
+ *
+ * A call belongs to one partition: its checkouts are that partition's, and
+ * the stock, client and checkpoint keys it names are that partition's
+ * copies (cm_key_rm_*(p, ...)), so with PARTITIONS > 1 every key carries the
+ * partition's hash tag and the script is one Redis Cluster slot. */
 #include "projections/apply_script.h"
 #include "common/buf.h"
 #include "common/clock.h"
+#include "common/cluster.h"
 #include "common/ids.h"
 #include "common/redis.h"
 #include "common/xmalloc.h"
@@ -57,6 +63,7 @@ enum { CL_ID, CL_KEY, CL_CHECKOUTS, CL_COUNT };
 
 struct pj_apply_call {
     cm_script script;
+    int partition;            /* every key is this partition's */
     enum pj_mode mode;
     long long ttl_s;          /* A_TTL; kept across resets */
     char checkpoint[48];      /* greatest offered bus entry id, "" none */
@@ -70,10 +77,11 @@ struct pj_apply_call {
     size_t e2e_cap;
 };
 
-pj_apply_call *pj_apply_call_new(void)
+pj_apply_call *pj_apply_call_new(int partition)
 {
     pj_apply_call *call = cm_xcalloc(1, sizeof *call);
     call->script.src = pj_lua_apply;
+    call->partition = partition >= 0 && partition < cm_partitions() ? partition : 0;
     pj_apply_call_reset(call, PJ_LIVE);
     return call;
 }
@@ -101,9 +109,11 @@ void pj_apply_call_reset(pj_apply_call *call, enum pj_mode mode)
     cm_argv_reset(&call->clients);
     if (call->slots)
         memset(call->slots, 0, call->nslots * sizeof *call->slots);
-    cm_argv_adds(&call->keys, CM_KEY_RM_CHECKPOINT);   /* K_CHECKPOINT */
-    cm_argv_adds(&call->keys, CM_KEY_PJ_REBUILD);      /* K_LOCK */
+    cm_argv_adds(&call->keys, cm_key_rm_checkpoint(call->partition).s);   /* K_CHECKPOINT */
+    cm_argv_adds(&call->keys, cm_key_pj_rebuild(call->partition).s);      /* K_LOCK */
 }
+
+int pj_apply_call_partition(const pj_apply_call *call) { return call->partition; }
 
 void pj_apply_call_lifetime(pj_apply_call *call, long long ttl_s)
 {
@@ -167,7 +177,7 @@ int pj_apply_call_add_product(pj_apply_call *call, const char *product_id)
 {
     if (!is_id(product_id))
         return PJ_EINVAL;
-    cm_key k = cm_key_rm_stock(product_id);
+    cm_key k = cm_key_rm_stock(call->partition, product_id);
     bool added;
     uint32_t idx = key_index(call, &k, &added);
     if (added) {
@@ -186,7 +196,8 @@ int pj_apply_call_add_client(pj_apply_call *call, const char *client_id)
 {
     if (!is_id(client_id))
         return PJ_EINVAL;
-    cm_key k = cm_key_rm_client(client_id), kc = cm_key_rm_client_checkouts(client_id);
+    cm_key k = cm_key_rm_client(call->partition, client_id),
+           kc = cm_key_rm_client_checkouts(call->partition, client_id);
     bool added, added2;
     uint32_t idx = key_index(call, &k, &added);
     if (added) {
@@ -250,6 +261,11 @@ int pj_apply_call_add_event(pj_apply_call *call, const pj_apply_event *ev, char 
     bool has_client = ev->client_id && ev->client_id[0];
     if (!is_id(ev->checkout_id)) {
         snprintf(err, errlen, "checkout id is not an id");
+        return PJ_EINVAL;
+    }
+    if (cm_partition_of(ev->checkout_id) != call->partition) {
+        snprintf(err, errlen, "checkout %.64s is in partition %d, the call in %d", ev->checkout_id,
+                 cm_partition_of(ev->checkout_id), call->partition);
         return PJ_EINVAL;
     }
     if (ev->seq < 1 || ev->seq > PJ_MAX_SEQ) {
@@ -350,10 +366,10 @@ static int parse_ok(pj_apply_call *call, const redisReply *r, pj_apply_reply *ou
     return PJ_OK;
 }
 
-int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply *out, char *err, size_t errlen)
+/* Calls fn(view) with the script's KEYS and ARGV: a view over the parts
+ * (no copy; the header lives on this frame). */
+static int with_view(pj_apply_call *call, int (*fn)(pj_apply_call *, const cm_argv *, void *), void *arg)
 {
-    memset(out, 0, sizeof *out);
-    out->e2e = call->e2e;
     char counts[3][24], ttl[24], now[24];
     snprintf(ttl, sizeof ttl, "%lld", call->ttl_s);
     snprintf(now, sizeof now, "%lld", (long long)cm_wall_s());
@@ -376,8 +392,7 @@ int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply 
     h[A_TTL] = ttl;
     h[A_NOW] = now;
 
-    /* KEYS, header, events, products, clients: a view over the parts (no
-     * copy; cm_script_call only reads it) */
+    /* KEYS, header, events, products, clients */
     const cm_argv *parts[] = {&call->events, &call->products, &call->clients};
     int n = call->keys.n + A_COUNT;
     for (size_t p = 0; p < 3; p++)
@@ -390,12 +405,40 @@ int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply 
     for (size_t p = 0; p < 3; p++)
         for (int i = 0; i < parts[p]->n; i++, view.n++)
             view.v[view.n] = parts[p]->v[i], view.len[view.n] = parts[p]->len[i];
-    redisReply *r = cm_script_call(c, &call->script, call->keys.n, &view);
+    int rc = fn(call, &view, arg);
     free(view.v);
     free(view.len);
-    if (cm_reply_failed(c, r, err, errlen))
-        return PJ_EREDIS;
+    return rc;
+}
 
+static int queue_view(pj_apply_call *call, const cm_argv *view, void *pipe)
+{
+    return cm_pipe_script(pipe, &call->script, call->keys.n, view);
+}
+
+int pj_apply_call_queue(pj_apply_call *call, cm_pipe *pipe, char *err, size_t errlen)
+{
+    if (with_view(call, queue_view, pipe) != 0) {
+        snprintf(err, errlen, "apply.lua (partition %d): its keys span cluster slots (a cluster needs PARTITIONS > 1)",
+                 call->partition);
+        return PJ_EREDIS;
+    }
+    return PJ_OK;
+}
+
+int pj_apply_call_parse(pj_apply_call *call, redisReply *r, pj_apply_reply *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->e2e = call->e2e;
+    if (!r) {
+        snprintf(err, errlen, "apply.lua (partition %d): no reply", call->partition);
+        return PJ_EREDIS;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
+        freeReplyObject(r);
+        return PJ_EREDIS;
+    }
     int rc = PJ_OK;
     const redisReply *st = cm_reply_elem(r, 0);
     if (!cm_reply_is_str(st)) {
@@ -418,13 +461,38 @@ int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply 
     return rc;
 }
 
-int pj_apply_call_run(pj_apply_call *call, redisContext *c, pj_apply_reply *out, char *err, size_t errlen)
+typedef struct send_arg {
+    cm_cluster *cc;
+    redisReply *reply;
+} send_arg;
+
+static int send_view(pj_apply_call *call, const cm_argv *view, void *arg)
 {
-    int rc = pj_apply_call_run_once(call, c, out, err, errlen);
+    send_arg *a = arg;
+    a->reply = cm_cluster_script(a->cc, &call->script, call->keys.n, view);
+    return 0;
+}
+
+int pj_apply_call_run_once(pj_apply_call *call, cm_cluster *cc, pj_apply_reply *out, char *err, size_t errlen)
+{
+    send_arg a = {.cc = cc};
+    (void)with_view(call, send_view, &a);
+    if (!a.reply) {
+        memset(out, 0, sizeof *out);
+        out->e2e = call->e2e;
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+        return PJ_EREDIS;
+    }
+    return pj_apply_call_parse(call, a.reply, out, err, errlen);
+}
+
+int pj_apply_call_run(pj_apply_call *call, cm_cluster *cc, pj_apply_reply *out, char *err, size_t errlen)
+{
+    int rc = pj_apply_call_run_once(call, cc, out, err, errlen);
     if (rc != PJ_OK || out->verdict != PJ_APPLY_NEED)
         return rc;
     size_t needed = out->needed;
-    rc = pj_apply_call_run_once(call, c, out, err, errlen);
+    rc = pj_apply_call_run_once(call, cc, out, err, errlen);
     out->needed += needed;
     if (rc == PJ_OK && out->verdict == PJ_APPLY_NEED) {
         snprintf(err, errlen, "apply.lua still lacked %zu key(s) on its second call", out->needed - needed);

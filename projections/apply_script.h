@@ -13,13 +13,19 @@
  * checkout's read model. The caller passes those products with
  * pj_apply_call_add_product when it knows them; when it does not, the script
  * writes nothing and asks for them (PJ_APPLY_NEED), and pj_apply_call_run
- * adds them and calls once more. */
+ * adds them and calls once more.
+ *
+ * A call belongs to one partition (PARTITIONS, common/names.h): it takes
+ * only that partition's checkouts and names that partition's copies of the
+ * stock, client and checkpoint models and of the rebuild lock, so with
+ * PARTITIONS > 1 all its KEYS share one hash tag (one Redis Cluster slot). */
 #ifndef PJ_APPLY_SCRIPT_H
 #define PJ_APPLY_SCRIPT_H
 
 #include <hiredis/hiredis.h>
 #include <stddef.h>
 
+#include "common/cluster.h"
 #include "common/names.h"
 #include "projections/projection.h"
 
@@ -59,9 +65,12 @@ typedef struct pj_apply_reply {
 
 typedef struct pj_apply_call pj_apply_call;
 
-/* A call builder in mode PJ_LIVE with no events. It keeps the script's SHA
- * across resets: reuse one per connection. Free with pj_apply_call_free. */
-pj_apply_call *pj_apply_call_new(void);
+/* A call builder for partition (0..cm_partitions()-1; out of range: 0) in
+ * mode PJ_LIVE with no events. It keeps the script's SHA across resets:
+ * reuse one per partition. Free with pj_apply_call_free. */
+pj_apply_call *pj_apply_call_new(int partition);
+/* The partition the call was made for. */
+int pj_apply_call_partition(const pj_apply_call *call);
 void pj_apply_call_free(pj_apply_call *call);   /* NULL ok */
 /* Forgets events, keys and the checkpoint candidate; sets the mode. */
 void pj_apply_call_reset(pj_apply_call *call, enum pj_mode mode);
@@ -73,7 +82,8 @@ void pj_apply_call_lifetime(pj_apply_call *call, long long ttl_s);
 
 /* Adds ev and the keys it names (its checkout, its client's pair, its items'
  * products). Returns PJ_OK, or PJ_EINVAL (nothing added) with err naming the
- * field that is not an id or out of range. */
+ * field that is not an id or out of range, or a checkout of another
+ * partition. */
 int pj_apply_call_add_event(pj_apply_call *call, const pj_apply_event *ev, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Passes a product's stock view (one an OrderCreated may sell). PJ_EINVAL
@@ -88,16 +98,27 @@ int pj_apply_call_checkpoint(pj_apply_call *call, const char *entry_id) __attrib
 size_t pj_apply_call_nevents(const pj_apply_call *call);
 size_t pj_apply_call_nkeys(const pj_apply_call *call);   /* KEYS passed, fixed ones included */
 
-/* Runs the script once on c. On PJ_APPLY_NEED the missing keys are added to
- * the call (run it again). Returns PJ_OK with *out filled, PJ_EREDIS with
- * err (I/O, script error, a reply of the wrong shape). */
-int pj_apply_call_run_once(pj_apply_call *call, redisContext *c, pj_apply_reply *out, char *err, size_t errlen)
+/* Queues the script call on pipe (cm_pipe_exec sends it to its slot's
+ * master; hand the reply to pj_apply_call_parse). PJ_EREDIS with err when
+ * the keys span cluster slots (PARTITIONS=1 on a cluster): nothing queued. */
+int pj_apply_call_queue(pj_apply_call *call, cm_pipe *pipe, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* Reads the script's reply r (taken: freed here; NULL = no reply). On
+ * PJ_APPLY_NEED the missing keys are added to the call (queue it again).
+ * Returns PJ_OK with *out filled, PJ_EREDIS with err (an error reply, a
+ * reply of the wrong shape). */
+int pj_apply_call_parse(pj_apply_call *call, redisReply *r, pj_apply_reply *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* Runs the script once through cc (queue, send, parse in one). Returns as
+ * pj_apply_call_parse; PJ_EREDIS with err also for I/O and a call whose
+ * keys span cluster slots. */
+int pj_apply_call_run_once(pj_apply_call *call, cm_cluster *cc, pj_apply_reply *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Runs the script; on PJ_APPLY_NEED adds the keys and runs it once more.
  * Returns PJ_OK with verdict DONE or BUSY, PJ_EREDIS (also when it still
  * lacks keys the second time: another copy moved the checkout in between,
  * retry the batch). */
-int pj_apply_call_run(pj_apply_call *call, redisContext *c, pj_apply_reply *out, char *err, size_t errlen)
+int pj_apply_call_run(pj_apply_call *call, cm_cluster *cc, pj_apply_reply *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
 #endif

@@ -10,9 +10,20 @@
  * entries: bounded, a collision just forgets the older checkout) and passes
  * them with the OrderCreated. A checkout it does not remember (another copy
  * applied the reservation, a restart, a collision) costs one more script
- * call: the script asks for the keys and writes nothing the first time. */
+ * call: the script asks for the keys and writes nothing the first time.
+ *
+ * The partition is the unit of atomicity: a batch's events are grouped by
+ * their checkout's partition, one apply call per partition, and the calls
+ * go out in one pipeline (cm_pipe: on a cluster each to its slot's master,
+ * on one server all in one write). Every read model a call writes is that
+ * partition's (the stock and client models and the checkpoint are kept per
+ * partition; projections/read.h sums and merges them), so one code path
+ * serves a single server and a cluster. A partition's call that fails or
+ * finds a rebuild running fails the batch; the others may have applied,
+ * which the batch's retry finds as duplicates. */
 #include "projections/projection.h"
 #include "common/buf.h"
+#include "common/cluster.h"
 #include "common/ids.h"
 #include "common/xmalloc.h"
 #include "projections/apply_script.h"
@@ -31,7 +42,9 @@ typedef struct reserved_items {
 } reserved_items;
 
 struct pj_projection {
-    pj_apply_call *call;
+    pj_apply_call **calls;  /* one per partition, made on first use */
+    int ncalls;             /* cm_partitions() at creation */
+    long long ttl_s;        /* READ_MODEL_TTL_S for calls made later */
     reserved_items *items;  /* ITEMS_SLOTS */
     double *e2e;            /* result buffer handed out in pj_apply_res */
     size_t e2e_cap;
@@ -40,7 +53,8 @@ struct pj_projection {
 pj_projection *pj_projection_new(void)
 {
     pj_projection *p = cm_xcalloc(1, sizeof *p);
-    p->call = pj_apply_call_new();
+    p->ncalls = cm_partitions();
+    p->calls = cm_xcalloc((size_t)p->ncalls, sizeof *p->calls);
     p->items = cm_xcalloc(ITEMS_SLOTS, sizeof *p->items);
     return p;
 }
@@ -54,14 +68,38 @@ void pj_projection_free(pj_projection *p)
         free(p->items[i].products);
     }
     free(p->items);
-    pj_apply_call_free(p->call);
+    for (int i = 0; i < p->ncalls; i++)
+        pj_apply_call_free(p->calls[i]);
+    free(p->calls);
     free(p->e2e);
     free(p);
 }
 
 void pj_projection_set_lifetime(pj_projection *p, long long ttl_s)
 {
-    pj_apply_call_lifetime(p->call, ttl_s);
+    p->ttl_s = ttl_s;
+    for (int i = 0; i < p->ncalls; i++)
+        if (p->calls[i])
+            pj_apply_call_lifetime(p->calls[i], ttl_s);
+}
+
+/* The call of partition part, made on first use (in mode, no events). */
+static pj_apply_call *call_of(pj_projection *p, int part, enum pj_mode mode)
+{
+    if (!p->calls[part]) {
+        p->calls[part] = pj_apply_call_new(part);
+        pj_apply_call_lifetime(p->calls[part], p->ttl_s);
+        pj_apply_call_reset(p->calls[part], mode);
+    }
+    return p->calls[part];
+}
+
+/* Forgets every call's events (keeps the calls and their scripts' SHAs). */
+static void reset_all(pj_projection *p, enum pj_mode mode)
+{
+    for (int i = 0; i < p->ncalls; i++)
+        if (p->calls[i])
+            pj_apply_call_reset(p->calls[i], mode);
 }
 
 static reserved_items *items_slot(pj_projection *p, const char *checkout_id)
@@ -86,14 +124,14 @@ static void items_remember(pj_projection *p, const char *checkout_id, const pj_a
 }
 
 /* Passes the products remembered for checkout_id (none when forgotten). */
-static void items_pass(pj_projection *p, const char *checkout_id)
+static void items_pass(pj_projection *p, pj_apply_call *call, const char *checkout_id)
 {
     const reserved_items *slot = items_slot(p, checkout_id);
     if (!slot->checkout_id || strcmp(slot->checkout_id, checkout_id) != 0)
         return;
     char *list = cm_xstrdup(slot->products), *save = NULL;
     for (char *pid = strtok_r(list, ",", &save); pid; pid = strtok_r(NULL, ",", &save))
-        if (pj_apply_call_add_product(p->call, pid) != PJ_OK)
+        if (pj_apply_call_add_product(call, pid) != PJ_OK)
             break;   /* remembered ids were validated: cannot happen */
     free(list);
 }
@@ -125,7 +163,7 @@ static size_t event_items(const es_event *ev, pj_apply_item **out)
 }
 
 /* Adds ev to the call, with the keys it will need. */
-static int add_event(pj_projection *p, const es_event *ev, char *err, size_t errlen)
+static int add_event(pj_projection *p, pj_apply_call *call, const es_event *ev, char *err, size_t errlen)
 {
     pj_apply_event a = {
         .type = ev->kind,
@@ -138,7 +176,7 @@ static int add_event(pj_projection *p, const es_event *ev, char *err, size_t err
     switch (ev->kind) {
     case CM_EV_ORDER_CREATED:
         a.value = data_id(ev, "order_id");
-        items_pass(p, ev->aggregate_id);
+        items_pass(p, call, ev->aggregate_id);
         break;
     case CM_EV_CHECKOUT_SUCCEEDED:
         a.value = data_id(ev, "order_id");
@@ -156,32 +194,82 @@ static int add_event(pj_projection *p, const es_event *ev, char *err, size_t err
     default:
         break;
     }
-    int rc = pj_apply_call_add_event(p->call, &a, err, errlen);
+    int rc = pj_apply_call_add_event(call, &a, err, errlen);
     free(items);
     return rc;
 }
 
-/* Runs the call; accumulates into res. */
-static int call(pj_projection *p, redisContext *c, pj_apply_res *res, char *err, size_t errlen)
+/* Adds one call's DONE reply to res. */
+static void accumulate(pj_projection *p, const pj_apply_reply *r, pj_apply_res *res)
 {
-    pj_apply_reply r;
-    int rc = pj_apply_call_run(p->call, c, &r, err, errlen);
-    res->key_misses += r.needed;
-    if (rc != PJ_OK)
-        return rc;
-    if (r.verdict == PJ_APPLY_BUSY)
-        return PJ_EBUSY;
-    res->applied += (size_t)r.applied;
-    res->duplicates += (size_t)r.duplicates;
-    for (size_t i = 0; i < r.ne2e; i++) {
+    res->applied += (size_t)r->applied;
+    res->duplicates += (size_t)r->duplicates;
+    for (size_t i = 0; i < r->ne2e; i++) {
         if (p->e2e_cap == res->ne2e) {
             p->e2e_cap = p->e2e_cap ? p->e2e_cap * 2 : 64;
             p->e2e = cm_xrealloc(p->e2e, p->e2e_cap * sizeof *p->e2e);
         }
-        p->e2e[res->ne2e++] = r.e2e[i];
+        p->e2e[res->ne2e++] = r->e2e[i];
     }
     res->e2e = p->e2e;
-    return PJ_OK;
+}
+
+/* Sends every partition's call that has events, in one pipeline; the calls
+ * that answered "need" (their keys now added) go once more. Accumulates into
+ * res. Returns PJ_OK, PJ_EBUSY (a rebuild holds a partition's lock),
+ * PJ_EREDIS with err (the first failure). */
+static int flush(pj_projection *p, cm_cluster *cc, pj_apply_res *res, char *err, size_t errlen)
+{
+    int *todo = cm_xmalloc(sizeof *todo * (size_t)p->ncalls), n = 0;
+    for (int i = 0; i < p->ncalls; i++)
+        if (p->calls[i] && pj_apply_call_nevents(p->calls[i]))
+            todo[n++] = i;
+    cm_pipe *pipe = cm_pipe_new(cc);
+    int rc = PJ_OK;
+    bool busy = false;
+    for (int round = 0; n > 0 && rc == PJ_OK; round++) {
+        cm_pipe_reset(pipe);
+        for (int k = 0; k < n && rc == PJ_OK; k++)
+            rc = pj_apply_call_queue(p->calls[todo[k]], pipe, err, errlen);
+        if (rc != PJ_OK)
+            break;
+        if (cm_pipe_exec(pipe) != 0) {
+            snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+            rc = PJ_EREDIS;
+            break;
+        }
+        int again = 0;
+        for (int k = 0; k < n; k++) {
+            pj_apply_reply r;
+            char e[256];
+            int prc = pj_apply_call_parse(p->calls[todo[k]], cm_pipe_take(pipe, (size_t)k), &r, e, sizeof e);
+            res->key_misses += r.needed;
+            if (prc == PJ_OK && r.verdict == PJ_APPLY_NEED && round > 0) {
+                snprintf(e, sizeof e, "apply.lua (partition %d) still lacked %zu key(s) on its second call",
+                         todo[k], r.needed);
+                prc = PJ_EREDIS;
+            }
+            if (prc != PJ_OK) {
+                if (rc == PJ_OK)
+                    snprintf(err, errlen, "%s", e);
+                rc = PJ_EREDIS;
+            } else if (r.verdict == PJ_APPLY_BUSY) {
+                busy = true;
+            } else if (r.verdict == PJ_APPLY_NEED) {
+                todo[again++] = todo[k];
+            } else {
+                accumulate(p, &r, res);
+            }
+        }
+        n = again;
+    }
+    cm_pipe_free(pipe);
+    free(todo);
+    if (rc == PJ_OK && busy) {
+        snprintf(err, errlen, "a read-model rebuild is running");
+        rc = PJ_EBUSY;
+    }
+    return rc;
 }
 
 /* The event's verdict before any Redis work. */
@@ -196,18 +284,22 @@ static unsigned char screen(const es_event *ev)
     return PJ_APPLIED;
 }
 
-int pj_projection_apply_from(pj_projection *p, redisContext *c, es_event *const *evs, size_t n, enum pj_mode mode,
+int pj_projection_apply_from(pj_projection *p, cm_cluster *cc, es_event *const *evs, size_t n, enum pj_mode mode,
                              enum pj_source source, unsigned char *verdicts, pj_apply_res *res, char *err,
                              size_t errlen)
 {
     memset(res, 0, sizeof *res);
     res->e2e = p->e2e;
-    if (!c)
+    if (!cc)
         return PJ_EINVAL;
+    if (p->ncalls != cm_partitions()) {
+        snprintf(err, errlen, "PARTITIONS changed after the projection was made");
+        return PJ_EINVAL;
+    }
     /* a rebuild replays the bus: its ids always count */
     bool checkpoint = source == PJ_FROM_BUS || mode == PJ_REBUILD;
     int rc = PJ_OK;
-    pj_apply_call_reset(p->call, mode);
+    reset_all(p, mode);
     for (size_t i = 0; i < n && rc == PJ_OK; i++) {
         const es_event *ev = evs[i];
         unsigned char v = screen(ev);
@@ -215,22 +307,24 @@ int pj_projection_apply_from(pj_projection *p, redisContext *c, es_event *const 
             verdicts[i] = v;
         if (v != PJ_APPLIED)
             continue;
-        rc = add_event(p, ev, err, errlen);
-        if (rc == PJ_OK && checkpoint && pj_apply_call_checkpoint(p->call, ev->entry_id) != PJ_OK) {
+        pj_apply_call *call = call_of(p, cm_partition_of(ev->aggregate_id), mode);
+        rc = add_event(p, call, ev, err, errlen);
+        /* a partition's events come from its own bus: its checkpoint */
+        if (rc == PJ_OK && checkpoint && pj_apply_call_checkpoint(call, ev->entry_id) != PJ_OK) {
             snprintf(err, errlen, "entry id %.64s is not a stream entry id", ev->entry_id);
             rc = PJ_EINVAL;
         }
-        if (rc == PJ_OK && pj_apply_call_nevents(p->call) == CHUNK) {
-            rc = call(p, c, res, err, errlen);
-            pj_apply_call_reset(p->call, mode);
+        if (rc == PJ_OK && pj_apply_call_nevents(call) == CHUNK) {
+            rc = flush(p, cc, res, err, errlen);
+            reset_all(p, mode);
         }
     }
-    if (rc == PJ_OK && pj_apply_call_nevents(p->call))
-        rc = call(p, c, res, err, errlen);
+    if (rc == PJ_OK)
+        rc = flush(p, cc, res, err, errlen);
     return rc;
 }
 
-int pj_projection_apply(pj_projection *p, redisContext *c, const char *bus, es_event *const *evs, size_t n,
+int pj_projection_apply(pj_projection *p, cm_cluster *cc, const char *bus, es_event *const *evs, size_t n,
                         enum pj_mode mode, unsigned char *verdicts, pj_apply_res *res, char *err,
                         size_t errlen)
 {
@@ -239,5 +333,5 @@ int pj_projection_apply(pj_projection *p, redisContext *c, const char *bus, es_e
         res->e2e = p->e2e;
         return PJ_EINVAL;
     }
-    return pj_projection_apply_from(p, c, evs, n, mode, PJ_FROM_BUS, verdicts, res, err, errlen);
+    return pj_projection_apply_from(p, cc, evs, n, mode, PJ_FROM_BUS, verdicts, res, err, errlen);
 }

@@ -19,6 +19,12 @@
  *                                  its checkout's StockReserved held) and
  *                                  StockReleased
  *   chorus:rm:checkpoint     string highest bus entry id applied
+ * With PARTITIONS > 1 the checkout model carries its checkout's partition
+ * tag, and the client, client-checkouts, stock and checkpoint models are
+ * kept per partition (cm_key_rm_*(p, ...): counts, newest checkouts and the
+ * highest entry id of that partition's checkouts and bus); the readers in
+ * projections/read.h sum and merge them, so every apply script call stays
+ * in one partition's slot (Redis Cluster).
  * Times are the events' emitted_at ("%.6f"), never the wall clock, so a
  * rebuild writes the same bytes. Lifetimes too (pj_projection_set_lifetime,
  * READ_MODEL_TTL_S): a closed checkout's hash expires that long after its
@@ -32,7 +38,8 @@
  * redeliveries and several projection copies all converge on the same keys.
  * A checkout reaching SUCCEEDED or FAILED is published on
  * CM_RM_CHANGED_CHANNEL (the API's long-poll waits for those only). While a
- * rebuild runs it holds CM_KEY_PJ_REBUILD and live applies answer PJ_EBUSY. */
+ * rebuild runs it holds every partition's cm_key_pj_rebuild(p) and live
+ * applies answer PJ_EBUSY. */
 #ifndef PJ_PROJECTION_H
 #define PJ_PROJECTION_H
 
@@ -40,6 +47,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "common/cluster.h"
 #include "common/names.h"
 #include "event_store/event.h"
 
@@ -95,16 +103,19 @@ typedef struct pj_apply_res {
                              of StockReserved items did not have them */
 } pj_apply_res;
 
-/* Applies evs (in stream order, read from source) on c in one script call
- * (more for batches over 1,024 events), checkpoint included. verdicts (may
- * be NULL) gets one pj_verdict per event. Returns PJ_OK, PJ_EBUSY (live mode
- * during a rebuild: nothing written), PJ_EREDIS with the reason in err. */
-int pj_projection_apply_from(pj_projection *p, redisContext *c, es_event *const *evs, size_t n, enum pj_mode mode,
+/* Applies evs (in stream order, read from source) through cc: one script
+ * call per partition the batch touches (more for a partition with over
+ * 1,024 events), all in one pipeline, each with its partition's checkpoint.
+ * verdicts (may be NULL) gets one pj_verdict per event. Returns PJ_OK,
+ * PJ_EBUSY (live mode during a rebuild: that partition wrote nothing),
+ * PJ_EREDIS with the reason in err (other partitions may have applied: run
+ * the batch again). A single server: cm_cluster_borrow(c). */
+int pj_projection_apply_from(pj_projection *p, cm_cluster *cc, es_event *const *evs, size_t n, enum pj_mode mode,
                              enum pj_source source, unsigned char *verdicts, pj_apply_res *res, char *err,
                              size_t errlen) __attribute__((warn_unused_result));
 /* pj_projection_apply_from for a batch read from the bus (bus must not be
  * NULL; it names the stream the events came from). */
-int pj_projection_apply(pj_projection *p, redisContext *c, const char *bus, es_event *const *evs, size_t n,
+int pj_projection_apply(pj_projection *p, cm_cluster *cc, const char *bus, es_event *const *evs, size_t n,
                         enum pj_mode mode, unsigned char *verdicts, pj_apply_res *res, char *err,
                         size_t errlen) __attribute__((warn_unused_result));
 
@@ -115,14 +126,15 @@ typedef struct pj_rebuild_stats {
     long long undecodable;/* bus entries that could not be decoded (skipped) */
 } pj_rebuild_stats;
 
-/* Rebuilds the read models from zero: takes the rebuild lock (live
- * projections pause), deletes every chorus:rm:* key, replays the bus from its
+/* Rebuilds the read models from zero through cc (one server or a cluster):
+ * takes every partition's rebuild lock (live projections pause), deletes
+ * every chorus:rm:* key, replays the bus from its
  * first retained entry through the same apply script, releases the lock.
  * ttl_s is READ_MODEL_TTL_S (as the live projection's, so the lifetimes
  * come out the same; 0: kept). The result covers what the bus retains
  * (EVENT_RETENTION_DAYS trims it), less what has outlived ttl_s.
  * Returns PJ_OK, PJ_EBUSY when another rebuild holds the lock, PJ_EREDIS. */
-int pj_projection_rebuild(redisContext *c, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
+int pj_projection_rebuild(cm_cluster *cc, const char *bus, long long ttl_s, pj_rebuild_stats *stats, char *err,
                           size_t errlen) __attribute__((warn_unused_result));
 
 #endif

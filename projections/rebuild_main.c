@@ -6,6 +6,7 @@
  * Prints one JSON line with what it did; exits 0 on success, 1 when the
  * rebuild failed (the read models are then incomplete: run it again), 2 on
  * bad settings, 3 when another rebuild is running. */
+#include "common/cluster.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/redis.h"
@@ -48,13 +49,13 @@ int main(int argc, char **argv)
         code = 2;
         goto out;
     }
-    redisContext *c = cm_redis_connect(g_redis_url, (int)g_timeout_ms, err, sizeof err);
-    if (!c) {
+    cm_cluster *cc = cm_cluster_open(g_redis_url, (int)g_timeout_ms, err, sizeof err);   /* redis:// or redis-cluster:// */
+    if (!cc) {
         cm_log(CM_ERROR, "%s", err);
         goto out;
     }
     pj_rebuild_stats st;
-    int rc = pj_projection_rebuild(c, g_bus, g_ttl_s, &st, err, sizeof err);
+    int rc = pj_projection_rebuild(cc, g_bus, g_ttl_s, &st, err, sizeof err);
     if (rc == PJ_OK) {
         printf("{\"rebuilt\":true,\"deleted_keys\":%lld,\"events\":%lld,\"applied\":%lld,\"undecodable\":%lld}\n",
                st.deleted, st.events, st.applied, st.undecodable);
@@ -63,7 +64,7 @@ int main(int argc, char **argv)
         cm_log(CM_ERROR, "rebuild failed after %lld events: %s", st.events, err);
         code = rc == PJ_EBUSY ? 3 : 1;
     }
-    redisFree(c);
+    cm_cluster_free(cc);
 out:
     cm_config_free(k_opts);
     return code;

@@ -2,9 +2,11 @@
  * into the read models (projections/projection.h), one script per batch.
  *
  * The read models, their checkpoint and the notification of a checkout
- * reaching a terminal status are written by one Lua script per batch, so a crash between the script and the
- * acknowledgement only leads to a redelivery, which the script recognises per
- * (checkout, seq) and skips. While a rebuild (chorus-projection-rebuild)
+ * reaching a terminal status are written by one Lua script per partition
+ * the batch touches (sent together through wk_cluster: one slot each, so a
+ * Redis Cluster takes them), so a crash between the scripts and the
+ * acknowledgement only leads to a redelivery, which the scripts recognise per
+ * (checkout, seq) and skip. While a rebuild (chorus-projection-rebuild)
  * holds its lock the worker waits, keeping its batch claimed. */
 #include "workers/wk.h"
 #include "common/clock.h"
@@ -68,7 +70,7 @@ static int apply_waiting(wk_ctx *ctx, cqrs_state *st, es_event *const *evs, size
     int64_t touched = cm_mono_ms();
     bool said = false;
     for (;;) {
-        int rc = pj_projection_apply_from(st->pj, wk_redis(ctx), evs, n, PJ_LIVE,
+        int rc = pj_projection_apply_from(st->pj, wk_cluster(ctx), evs, n, PJ_LIVE,
                                           wk_batch_redelivered(ctx) ? PJ_FROM_REDELIVERY : PJ_FROM_BUS, verdicts,
                                           res, err, errlen);
         if (rc != PJ_EBUSY || wk_stopping(ctx))

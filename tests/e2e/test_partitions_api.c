@@ -264,6 +264,19 @@ Test(partitions_api, checkouts_end_and_every_route_answers)
     }
     json_t *j = get_json("/api/clients/client-0/checkouts?count=100", 200);
     cr_expect_eq(json_array_size(json_object_get(j, "checkouts")), 6, "client-0 posted 6 of the 16");
+    /* merged newest first over the partitions' indexes (posted one after another) */
+    for (int k = 0; k < 6 && k < (int)json_array_size(json_object_get(j, "checkouts")); k++)
+        cr_expect_str_eq(jstr(json_array_get(json_object_get(j, "checkouts"), (size_t)k), "checkout_id"),
+                         co[15 - 3 * k], "position %d of client-0's checkouts", k);
+    json_decref(j);
+    /* the client's orders, counted per partition, summed */
+    j = get_json("/api/event-store/cqrs/orders-by-client/client-0", 200);
+    cr_expect_eq(jint(j, "total_orders"), 6, "client-0's orders summed over the partitions");
+    const char *last = jstr(j, "last_checkout_id");
+    bool known = false;
+    for (int k = 0; k < N && last; k += 3)
+        known |= !strcmp(last, co[k]);
+    cr_expect(known, "last_checkout_id %s is not one of client-0's", last ? last : "(none)");
     json_decref(j);
     j = get_json("/api/stats/sagas?window_s=600", 200);
     cr_expect_eq(jint(j, "started"), N);

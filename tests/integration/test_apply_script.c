@@ -8,7 +8,11 @@
  * does not; a batch from the redelivery stream leaves the checkpoint; the
  * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX; closed
  * checkouts' read models and client indexes expire from their events' time
- * (READ_MODEL_TTL_S), open ones and the aggregates are kept. */
+ * (READ_MODEL_TTL_S), open ones and the aggregates are kept.
+ * With PARTITIONS=4 (suite apply_script4): a call's keys are all in its
+ * partition's slot and it refuses another partition's checkout; the client
+ * index merged over partitions is the unpartitioned one, ties included.
+ * (The projection on a real cluster: test_projection_cluster.c.) */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
@@ -18,21 +22,27 @@
 #include "common/clock.h"
 #include "common/names.h"
 #include "common/redis.h"
+#include "common/cluster.h"
+#include "common/ids.h"
 #include "projections/apply_script.h"
+#include "projections/read.h"
 #include "tests/integration/saga_events.h"
 #include "tests/support/redis_fixture.h"
 
 static tf_redis R;
 static redisContext *C;
+static cm_cluster *CC;   /* C as the slot-routing client the projection takes */
 
 static void setup(void)
 {
     cr_assert_eq(tf_redis_start(&R, NULL), 0);
     C = tf_redis_connect(&R);
+    CC = cm_cluster_borrow(C);
 }
 
 static void teardown(void)
 {
+    cm_cluster_free(CC);
     redisFree(C);
     tf_redis_stop(&R);
 }
@@ -75,7 +85,7 @@ static pj_apply_reply run_once(pj_apply_call *call)
 {
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run_once(call, C, &r, err, sizeof err), PJ_OK, "run: %s", err);
+    cr_assert_eq(pj_apply_call_run_once(call, CC, &r, err, sizeof err), PJ_OK, "run: %s", err);
     return r;
 }
 
@@ -101,7 +111,7 @@ static void whole_saga(pj_apply_call *call, const char *co, const char *client, 
 
 Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "5-0"), PJ_OK);
     cr_assert_eq(pj_apply_call_checkpoint(call, "12-3"), PJ_OK);
@@ -134,7 +144,7 @@ Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
 /* Applies I and R of co-1 (products p1, p2) in a first batch. */
 static void reserve_first(void)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_init("co-1", "c1", T0));
     add(call, ev_reserved("co-1", P1x2_P2x1, 2, T0 + 1));
     cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
@@ -148,7 +158,7 @@ Test(apply_script, an_order_whose_stock_keys_were_not_given_writes_nothing_and_a
     sx_dump_take(C, CM_KEY_PREFIX "*", &before);
 
     /* OrderCreated alone: the call does not know what co-1 reserved */
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
     size_t nkeys = pj_apply_call_nkeys(call);
     pj_apply_reply r = run_once(call);
@@ -172,11 +182,11 @@ Test(apply_script, an_order_whose_stock_keys_were_not_given_writes_nothing_and_a
 Test(apply_script, run_adds_the_asked_keys_and_calls_once_more)
 {
     reserve_first();
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_apply_call_run(call, CC, &r, err, sizeof err), PJ_OK, "%s", err);
     cr_assert_eq(r.verdict, PJ_APPLY_DONE);
     cr_assert_eq(r.needed, 2);
     cr_assert_eq(r.applied, 1);
@@ -268,14 +278,14 @@ Test(apply_script, every_key_the_script_touches_is_passed_in_keys)
     freeReplyObject(ok);
 
     reserve_first();
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_order("co-1", "c1", "ord-1", T0 + 2));   /* takes the 'need' path */
     add(call, ev_succeeded("co-1", "ord-1", T0 + 3));
     whole_saga(call, "co-2", "c2", T0 + 5);
     cr_assert_eq(pj_apply_call_checkpoint(call, "7-0"), PJ_OK);
     pj_apply_reply r;
     char err[256];
-    cr_assert_eq(pj_apply_call_run(call, C, &r, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_apply_call_run(call, CC, &r, err, sizeof err), PJ_OK, "%s", err);
     cr_assert_eq(r.verdict, PJ_APPLY_DONE);
     cr_assert_eq(r.needed, 1, "p2 (p1 came with co-2's reservation)");
     freeReplyObject(redisCommand(C, "PING keys-marker"));
@@ -286,7 +296,7 @@ Test(apply_script, every_key_the_script_touches_is_passed_in_keys)
 
 Test(apply_script, the_same_events_again_are_duplicates_and_change_nothing)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
     cr_assert_eq(run_once(call).applied, 4);
@@ -307,7 +317,7 @@ Test(apply_script, the_same_events_again_are_duplicates_and_change_nothing)
 Test(apply_script, a_live_call_waits_for_the_rebuild_lock_and_a_rebuild_call_does_not)
 {
     freeReplyObject(redisCommand(C, "SET %s someone PX 60000", CM_KEY_PJ_REBUILD));
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     whole_saga(call, "co-1", "c1", T0);
     cr_assert_eq(pj_apply_call_checkpoint(call, "4-0"), PJ_OK);
     pj_apply_reply r = run_once(call);
@@ -329,7 +339,7 @@ Test(apply_script, a_live_call_waits_for_the_rebuild_lock_and_a_rebuild_call_doe
 
 Test(apply_script, the_checkpoint_only_moves_forward_and_only_when_offered)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     add(call, ev_init("co-1", "c1", T0));
     cr_assert_eq(pj_apply_call_checkpoint(call, "20-0"), PJ_OK);
     run_once(call);
@@ -352,7 +362,7 @@ Test(apply_script, the_checkpoint_only_moves_forward_and_only_when_offered)
 
 Test(apply_script, bad_ids_are_refused_before_any_key_is_named)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     size_t nkeys = pj_apply_call_nkeys(call);
     char err[256];
     pj_apply_event ev = ev_init("co:1", "c1", T0);
@@ -375,7 +385,7 @@ Test(apply_script, bad_ids_are_refused_before_any_key_is_named)
 /* Applies CheckoutInitiated of co-<i> for client c1 for every i in order[]. */
 static void init_many(const int *order, int n, int per_call)
 {
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     for (int k = 0; k < n; k++) {
         char co[32];
         snprintf(co, sizeof co, "co-%03d", order[k]);
@@ -431,7 +441,7 @@ Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_
     const long long ttl = 3600;
     double now = (double)(long long)cm_wall_s();
     const char *done = CM_KEY_RM_PREFIX "checkout:co-done", *open = CM_KEY_RM_PREFIX "checkout:co-open";
-    pj_apply_call *call = pj_apply_call_new();
+    pj_apply_call *call = pj_apply_call_new(0);
     pj_apply_call_lifetime(call, ttl);
     add(call, ev_init("co-done", "c1", now + 0.25));
     add(call, ev_reserved("co-done", P1x2, 1, now + 1.5));
@@ -473,4 +483,119 @@ Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-kept"), -1);
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c3"), -1);
     pj_apply_call_free(call);
+}
+
+/* ---- PARTITIONS=4 ---- */
+
+#define NPART 4
+
+static void setup4(void)
+{
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+    setup();
+}
+
+TestSuite(apply_script4, .init = setup4, .fini = teardown, .timeout = 60);
+
+static int slot_of(const cm_key *k)
+{
+    return cm_key_slot(k->s, strlen(k->s));
+}
+
+Test(apply_script4, a_partitions_keys_share_its_bus_slot_and_other_partitions_are_refused)
+{
+    for (int p = 0; p < NPART; p++) {
+        char co[CM_UUID_LEN + 1];
+        cm_partition_id(p, co);
+        cm_key bus = cm_key_bus(CM_BUS_STREAM_DEFAULT, p);
+        cm_key keys[] = {cm_key_rm_checkout(co),         cm_key_rm_stock(p, "p1"),  cm_key_rm_client(p, "c1"),
+                         cm_key_rm_client_checkouts(p, "c1"), cm_key_rm_checkpoint(p), cm_key_pj_rebuild(p)};
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+            cr_assert_eq(slot_of(&keys[k]), slot_of(&bus), "%s is not in the slot of %s", keys[k].s, bus.s);
+
+        pj_apply_call *call = pj_apply_call_new(p);
+        cr_assert_eq(pj_apply_call_partition(call), p);
+        char other[CM_UUID_LEN + 1], err[256];
+        cm_partition_id((p + 1) % NPART, other);
+        pj_apply_event ev = ev_init(other, "c1", T0);
+        cr_assert_eq(pj_apply_call_add_event(call, &ev, err, sizeof err), PJ_EINVAL);
+        cr_assert(strstr(err, "partition"), "%s", err);
+        cr_assert_eq(pj_apply_call_nevents(call), 0, "nothing added");
+        add(call, ev_init(co, "c1", T0));
+        add(call, ev_reserved(co, P1x2, 1, T0 + 1));
+        pj_apply_reply r = run_once(call);
+        cr_assert_eq(r.verdict, PJ_APPLY_DONE);
+        cr_assert_eq(ll("HGET %s reserved", cm_key_rm_stock(p, "p1").s), 2, "partition %d's stock", p);
+        pj_apply_call_free(call);
+    }
+    pj_stock_view v;
+    char err[256];
+    cr_assert_eq(pj_read_stock(CC, "p1", &v, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(v.reserved, 2 * NPART, "summed over the partitions");
+    cr_assert_eq(ll("EXISTS %s", CM_KEY_RM_PREFIX "stock:p1"), 0, "no unpartitioned stock key");
+}
+
+/* Applies init events of client c1 for ids[0..n) at times t[i]: with
+ * PARTITIONS=4 one call per partition, else one call. */
+static void init_all(char (*ids)[16], const double *t, int n)
+{
+    int np = cm_partitions();
+    pj_apply_call *calls[NPART];
+    for (int p = 0; p < np; p++)
+        calls[p] = pj_apply_call_new(p);
+    for (int i = 0; i < n; i++)
+        add(calls[cm_partition_of(ids[i])], ev_init(ids[i], "c1", t[i]));
+    for (int p = 0; p < np; p++) {
+        if (pj_apply_call_nevents(calls[p]))
+            cr_assert_eq(run_once(calls[p]).verdict, PJ_APPLY_DONE);
+        pj_apply_call_free(calls[p]);
+    }
+}
+
+Test(apply_script4, client_index_merged_over_partitions_is_the_unpartitioned_index_ties_included)
+{
+    enum { N = PJ_CLIENT_CHECKOUTS_MAX + 40 };
+    char ids[N][16];
+    double t[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "co-%03d", (i * 37) % N);
+        t[i] = T0 + (double)(i / 3);   /* three checkouts per second: ties, split between partitions */
+    }
+    init_all(ids, t, N);
+    cr_assert_eq(cm_partitions_set(1), 0);   /* the reference: one zset, untagged name */
+    init_all(ids, t, N);
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+
+    int split = 0;
+    for (int p = 0; p < NPART; p++) {
+        long long card = ll("ZCARD %s", cm_key_rm_client_checkouts(p, "c1").s);
+        cr_assert_leq(card, PJ_CLIENT_CHECKOUTS_MAX);
+        split += card > 0;
+    }
+    cr_assert_geq(split, 3, "the client's checkouts are in several partitions");
+    size_t counts[] = {PJ_CLIENT_CHECKOUTS_MAX, 7, 1};
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        pj_checkout_ref *refs;
+        size_t n;
+        char err[256];
+        cr_assert_eq(pj_read_client_checkouts(CC, "c1", counts[c], &refs, &n, err, sizeof err), PJ_OK, "%s", err);
+        redisReply *z = redisCommand(C, "ZREVRANGE %s 0 %lld WITHSCORES", CM_KEY_CLIENT_CHECKOUTS "c1",
+                                    (long long)counts[c] - 1);
+        cr_assert(z && z->type == REDIS_REPLY_ARRAY);
+        cr_assert_eq(n, counts[c]);
+        cr_assert_eq(n, z->elements / 2);
+        for (size_t i = 0; i < n; i++) {
+            cr_assert_str_eq(refs[i].id, z->element[2 * i]->str, "count %zu, position %zu", counts[c], i);
+            cr_assert_eq(refs[i].initiated_at, strtod(z->element[2 * i + 1]->str, NULL));
+        }
+        freeReplyObject(z);
+        free(refs);
+    }
+    pj_checkout_ref *refs;
+    size_t n;
+    char err[256];
+    cr_assert_eq(pj_read_client_checkouts(CC, "nobody", 10, &refs, &n, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert(n == 0 && refs == NULL);
+    cr_assert_eq(pj_read_client_checkouts(CC, "c1", 0, &refs, &n, err, sizeof err), PJ_EINVAL);
+    cr_assert_eq(pj_read_client_checkouts(CC, "bad id", 5, &refs, &n, err, sizeof err), PJ_EINVAL);
 }

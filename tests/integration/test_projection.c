@@ -8,7 +8,10 @@
  * change nothing; events applied in any order (several projection copies)
  * give the same bytes; a rebuild from zero reproduces the read models byte
  * for byte; a live projection waits while a rebuild runs; terminal statuses
- * are published for the API's long-poll.
+ * are published for the API's long-poll. With PARTITIONS=4 (suite
+ * projection4): batches mixing partitions in any order give the same bytes,
+ * the summed and merged views equal the unpartitioned models, the rebuild
+ * reproduces the partitioned models, a lock pauses its partition only.
  *
  * CHORUS_WORKER_BIN and CHORUS_REBUILD_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
@@ -23,6 +26,7 @@
 #include "common/names.h"
 #include "common/redis.h"
 #include "projections/projection.h"
+#include "projections/read.h"
 #include "tests/e2e/saga_env.h"
 #include "tests/integration/saga_events.h"
 #include "tests/support/proc.h"
@@ -32,6 +36,19 @@
 #define WAIT_MS 20000
 
 static sg_env E;
+static cm_cluster *E_CC;            /* E.c as the slot-routing client the projection takes */
+static redisContext *E_CC_OF;       /* the connection E_CC borrows */
+
+/* E.c as a cm_cluster (borrowed again when E.c was reconnected). */
+static cm_cluster *ecc(void)
+{
+    if (E_CC_OF != E.c) {
+        cm_cluster_free(E_CC);
+        E_CC = cm_cluster_borrow(E.c);
+        E_CC_OF = E.c;
+    }
+    return E_CC;
+}
 
 static void setup(void)
 {
@@ -40,6 +57,9 @@ static void setup(void)
 
 static void teardown(void)
 {
+    cm_cluster_free(E_CC);
+    E_CC = NULL;
+    E_CC_OF = NULL;
     sg_teardown(&E);
 }
 
@@ -205,7 +225,7 @@ static void apply_each(pj_projection *p, es_event **evs, const int *perm, int n)
     for (int i = 0; i < n; i++) {
         pj_apply_res res;
         char err[256];
-        int rc = pj_projection_apply(p, E.c, BUS, &evs[perm[i]], 1, PJ_LIVE, NULL, &res, err, sizeof err);
+        int rc = pj_projection_apply(p, ecc(), BUS, &evs[perm[i]], 1, PJ_LIVE, NULL, &res, err, sizeof err);
         cr_assert_eq(rc, PJ_OK, "apply: %s", err);
     }
 }
@@ -267,8 +287,9 @@ Test(projection, events_applied_in_any_order_give_identical_bytes)
     pj_projection_free(p);
 }
 
-/* Runs chorus-projection-rebuild against the test's Redis; returns its exit code. */
-static int run_rebuild(void)
+/* Runs chorus-projection-rebuild against the test's Redis with one extra
+ * "K=V" (or NULL); returns its exit code. */
+static int run_rebuild_env(const char *extra)
 {
     const char *bin = getenv("CHORUS_REBUILD_BIN");
     cr_assert(bin && *bin, "CHORUS_REBUILD_BIN is not set (run through meson test)");
@@ -276,7 +297,7 @@ static int run_rebuild(void)
     snprintf(url, sizeof url, "REDIS_URL=%s", E.r.url);
     snprintf(log, sizeof log, "%s/rebuild.log", E.r.dir);
     const char *argv[] = {bin, NULL};
-    const char *env[] = {url, "LOG_LEVEL=warn", NULL};
+    const char *env[] = {url, "LOG_LEVEL=warn", extra, NULL};
     pid_t pid = tf_spawn(argv, env, log);
     cr_assert_gt(pid, 0);
     int st = 0;
@@ -284,6 +305,11 @@ static int run_rebuild(void)
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         tf_dump_file(log, "rebuild");
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_rebuild(void)
+{
+    return run_rebuild_env(NULL);
 }
 
 Test(projection, rebuild_from_zero_reproduces_the_read_models_byte_for_byte)
@@ -476,12 +502,12 @@ Test(projection, client_index_keeps_each_clients_newest_checkouts)
     for (int i = N - 1; i >= 0; i--) {   /* newest first: the oldest arrive after the trim */
         pj_apply_res res;
         char err[256];
-        cr_assert_eq(pj_projection_apply(p, E.c, BUS, evs[i], 1, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
+        cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs[i], 1, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
                      "%s", err);
     }
     pj_apply_res res;
     char err[256];
-    cr_assert_eq(pj_projection_apply(p, E.c, BUS, other, n_other, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK);
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, other, n_other, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK);
     pj_projection_free(p);
 
     cr_assert_eq(sg_ll(&E, "ZCARD " CM_KEY_CLIENT_CHECKOUTS "c-many"), CM_CLIENT_CHECKOUTS_KEEP);
@@ -509,7 +535,7 @@ static pj_apply_res apply_range(pj_projection *p, es_event **evs, size_t from, s
 {
     pj_apply_res res;
     char err[256];
-    int rc = pj_projection_apply_from(p, E.c, evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
+    int rc = pj_projection_apply_from(p, ecc(), evs + from, to - from, PJ_LIVE, src, NULL, &res, err, sizeof err);
     cr_assert_eq(rc, PJ_OK, "apply: %s", err);
     return res;
 }
@@ -573,15 +599,316 @@ Test(projection, a_foreign_key_in_the_way_fails_the_batch_before_any_write)
     pj_projection *p = pj_projection_new();
     pj_apply_res res;
     char err[256];
-    cr_assert_neq(pj_projection_apply(p, E.c, BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
+    cr_assert_neq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK,
                   "a WRONGTYPE must fail the batch");
     cr_expect_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "checkout:co-x"), 0, "the checkout was written before the error");
     cr_expect_eq(sg_ll(&E, "EXISTS " PJ_RM_PREFIX "client:c1"), 0, "the client was written before the error");
     freeReplyObject(redisCommand(E.c, "DEL " PJ_RM_PREFIX "stock:p1"));
-    cr_assert_eq(pj_projection_apply(p, E.c, BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
     cr_expect_eq(res.duplicates, 0, "the failed attempt left nothing behind");
     cr_expect_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:p1 sold"), 2);
     cr_expect_eq(sg_ll(&E, "HGET " PJ_RM_PREFIX "client:c1 total_orders"), 1);
     pj_projection_free(p);
     es_events_free(evs, n);
+}
+
+/* ---- PARTITIONS=4: the partition is the unit of atomicity ----
+ * The stock, client, client-index and checkpoint models are kept per
+ * partition (projection.h) and read back summed and merged
+ * (projections/read.h). These tests run the test process and the workers
+ * with PARTITIONS=4, so checkouts, clients and products spread over four
+ * partitions' keys. */
+
+#define NPART 4
+
+static void setup4(void)
+{
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+    sg_setup(&E, NULL);
+}
+
+TestSuite(projection4, .init = setup4, .fini = teardown, .timeout = 120);
+
+/* Appends n sagas (shapes cycling) of clients c0..c3 and products p0..p2
+ * and returns all their events (*count; free with es_events_free). Asserts
+ * they cover every partition. */
+static es_event **many_sagas(int n, size_t *count)
+{
+    static const enum sx_shape shapes[] = {SX_SUCCESS, SX_NO_STOCK, SX_ORDER_LIMIT, SX_TIMEOUT, SX_SUCCESS};
+    size_t cap = (size_t)n * 5, k = 0;
+    es_event **all = calloc(cap, sizeof *all);
+    bool seen[NPART] = {false};
+    for (int i = 0; i < n; i++) {
+        char id[32], client[16], product[16];
+        snprintf(id, sizeof id, "co-%02d", i);
+        snprintf(client, sizeof client, "c%d", i % 4);
+        snprintf(product, sizeof product, "p%d", i % 3);
+        sx_saga(E.s, shapes[i % 5], id, client, product, 1 + i % 4);
+        seen[cm_partition_of(id)] = true;
+        size_t m;
+        es_event **evs = sx_history(E.s, id, &m);
+        cr_assert_leq(k + m, cap);
+        for (size_t j = 0; j < m; j++)
+            all[k++] = evs[j];
+        free(evs);
+    }
+    for (int p = 0; p < NPART; p++)
+        cr_assert(seen[p], "no checkout of partition %d: pick other ids", p);
+    *count = k;
+    return all;
+}
+
+static void shuffle(es_event **evs, size_t n, unsigned *seed)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)rand_r(seed) % i;
+        es_event *t = evs[i - 1];
+        evs[i - 1] = evs[j];
+        evs[j] = t;
+    }
+}
+
+/* Applies evs in batches of 1..7 events (sizes drawn from seed). */
+static void apply_batches(pj_projection *p, es_event **evs, size_t n, unsigned *seed)
+{
+    for (size_t i = 0; i < n;) {
+        size_t b = 1 + (size_t)rand_r(seed) % 7;
+        if (b > n - i)
+            b = n - i;
+        pj_apply_res res;
+        char err[256];
+        int rc = pj_projection_apply(p, ecc(), BUS, evs + i, b, PJ_LIVE, NULL, &res, err, sizeof err);
+        cr_assert_eq(rc, PJ_OK, "apply: %s", err);
+        i += b;
+    }
+}
+
+/* Number of partitions whose copy of a family's key for id exists. */
+static int partitions_with(cm_key (*key)(int, const char *), const char *id)
+{
+    int k = 0;
+    for (int p = 0; p < NPART; p++)
+        k += sg_ll(&E, "EXISTS %s", key(p, id).s) == 1;
+    return k;
+}
+
+Test(projection4, batches_mixing_partitions_in_any_order_with_duplicates_give_identical_models)
+{
+    size_t n;
+    es_event **evs = many_sagas(24, &n);
+    pj_projection *p = pj_projection_new();
+    pj_apply_res res;
+    char err[256];
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(res.applied, n);
+    sx_dump ref;
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &ref);
+    /* the aggregates really are split: a product's and a client's counts
+     * live in several partitions, and each partition has its checkpoint */
+    cr_assert_geq(partitions_with(cm_key_rm_stock, "p0"), 2, "p0's stock is in one partition only");
+    cr_assert_geq(partitions_with(cm_key_rm_client_checkouts, "c0"), 2, "c0's index is in one partition only");
+    for (int q = 0; q < NPART; q++)
+        cr_assert_eq(sg_ll(&E, "EXISTS %s", cm_key_rm_checkpoint(q).s), 1, "partition %d has no checkpoint", q);
+    cr_assert_eq(sg_ll(&E, "EXISTS " PJ_CHECKPOINT_KEY), 0, "the unpartitioned checkpoint is not written");
+
+    unsigned seed = 7;
+    for (int round = 0; round < 6; round++) {
+        drop_read_models();
+        /* a fresh projection every other round: it remembers no reservation,
+         * so an OrderCreated's stock keys come through the 'need' protocol */
+        pj_projection *q = round % 2 ? pj_projection_new() : p;
+        shuffle(evs, n, &seed);
+        apply_batches(q, evs, n, &seed);
+        shuffle(evs, n, &seed);
+        apply_batches(q, evs, n, &seed);   /* every event again, in another order */
+        if (q != p)
+            pj_projection_free(q);
+        sx_dump d;
+        sx_dump_take(E.c, PJ_RM_PREFIX "*", &d);
+        sx_dump_assert_eq(&ref, &d);
+        sx_dump_free(&d);
+    }
+    sx_dump_free(&ref);
+    pj_projection_free(p);
+    es_events_free(evs, n);
+}
+
+/* The summed and merged views of the partitioned models equal what the
+ * unpartitioned projection (PARTITIONS=1, whose keys carry no tag and so
+ * live beside the partitioned ones) makes of the same events. */
+Test(projection4, summed_and_merged_views_equal_the_unpartitioned_models)
+{
+    size_t n;
+    es_event **evs = many_sagas(20, &n);
+    /* a client with more checkouts than its index keeps, over every partition */
+    enum { MANY = PJ_CLIENT_CHECKOUTS_MAX + 20 };
+    evs = realloc(evs, (n + MANY) * sizeof *evs);
+    for (int i = 0; i < MANY; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "cm-%03d", i);
+        sx_event(E.s, id, "CheckoutInitiated",
+                 json_pack("{s:s, s:[], s:i}", "client_id", "c-many", "items", "total_cents", 0));
+        size_t m;
+        es_event **h = sx_history(E.s, id, &m);
+        evs[n++] = h[0];
+        free(h);
+    }
+    char err[256];
+    pj_apply_res res;
+    pj_projection *p = pj_projection_new();
+    for (size_t i = 0; i < n; i += 50)
+        cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs + i, n - i < 50 ? n - i : 50, PJ_LIVE, NULL, &res, err,
+                                         sizeof err),
+                     PJ_OK, "%s", err);
+    pj_projection_free(p);
+    cr_assert_eq(cm_partitions_set(1), 0);   /* the reference: one partition, historical names */
+    p = pj_projection_new();
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
+    pj_projection_free(p);
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+
+    for (int k = 0; k < 3; k++) {
+        char pid[8];
+        snprintf(pid, sizeof pid, "p%d", k);
+        pj_stock_view v;
+        cr_assert_eq(pj_read_stock(ecc(), pid, &v, err, sizeof err), PJ_OK, "%s", err);
+        cr_assert(v.found);
+        cr_expect_eq(v.reserved, sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s reserved", pid), "%s reserved", pid);
+        cr_expect_eq(v.sold, sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s sold", pid), "%s sold", pid);
+        cr_expect_eq(v.released, sg_ll(&E, "HGET " PJ_RM_PREFIX "stock:%s released", pid), "%s released", pid);
+        cr_expect_gt(v.reserved, 0);
+    }
+    pj_stock_view none;
+    cr_assert_eq(pj_read_stock(ecc(), "p-unknown", &none, err, sizeof err), PJ_OK, "%s", err);
+    cr_expect(!none.found && none.reserved == 0 && none.sold == 0 && none.released == 0);
+
+    int with_orders = 0;
+    for (int k = 0; k < 5; k++) {
+        char cid[16];
+        snprintf(cid, sizeof cid, k < 4 ? "c%d" : "c-many", k);
+        pj_client_view v;
+        cr_assert_eq(pj_read_client(ecc(), cid, &v, err, sizeof err), PJ_OK, "%s", err);
+        redisReply *r = redisCommand(E.c, "HMGET " PJ_RM_PREFIX "client:%s total_orders last_order_id "
+                                          "last_checkout_id last_update_ts", cid);
+        cr_assert(r && r->type == REDIS_REPLY_ARRAY && r->elements == 4);
+        cr_expect_eq(v.found, r->element[0]->type == REDIS_REPLY_STRING, "%s", cid);
+        if (v.found) {
+            with_orders++;
+            cr_expect_eq(v.total_orders, atoll(r->element[0]->str), "%s total_orders", cid);
+            cr_expect_str_eq(v.last_order_id, r->element[1]->str, "%s", cid);
+            cr_expect_str_eq(v.last_checkout_id, r->element[2]->str, "%s", cid);
+            cr_expect_str_eq(v.last_update_ts, r->element[3]->str, "%s", cid);
+        }
+        freeReplyObject(r);
+    }
+    cr_expect_eq(with_orders, 4, "c0..c3 ordered, c-many did not");
+
+    /* the client index: each partition keeps its newest, the merge the newest overall */
+    cr_assert_geq(partitions_with(cm_key_rm_client_checkouts, "c-many"), 3);
+    pj_checkout_ref *refs;
+    size_t nref;
+    cr_assert_eq(pj_read_client_checkouts(ecc(), "c-many", PJ_CLIENT_CHECKOUTS_MAX, &refs, &nref, err, sizeof err),
+                 PJ_OK, "%s", err);
+    redisReply *z = redisCommand(E.c, "ZREVRANGE " CM_KEY_CLIENT_CHECKOUTS "c-many 0 -1 WITHSCORES");
+    cr_assert(z && z->type == REDIS_REPLY_ARRAY);
+    cr_assert_eq(nref, z->elements / 2);
+    cr_assert_eq(nref, PJ_CLIENT_CHECKOUTS_MAX);
+    for (size_t i = 0; i < nref; i++) {
+        cr_assert_str_eq(refs[i].id, z->element[2 * i]->str, "position %zu", i);
+        cr_assert_eq(refs[i].initiated_at, strtod(z->element[2 * i + 1]->str, NULL));
+        if (i)
+            cr_assert_geq(refs[i - 1].initiated_at, refs[i].initiated_at, "not newest first");
+    }
+    freeReplyObject(z);
+    free(refs);
+    cr_assert_eq(pj_read_client_checkouts(ecc(), "c1", 3, &refs, &nref, err, sizeof err), PJ_OK, "%s", err);
+    cr_expect_eq(nref, 3, "count is honoured");
+    free(refs);
+
+    char cp[48];
+    cr_assert_eq(pj_read_checkpoint(ecc(), cp, err, sizeof err), PJ_OK, "%s", err);
+    char *want = sg_str(&E, "GET " PJ_CHECKPOINT_KEY);
+    cr_expect_str_eq(cp, want, "the greatest partition checkpoint");
+    free(want);
+    es_events_free(evs, n);
+}
+
+/* Waits until every partition's checkpoint reached its bus's last entry and
+ * the group has nothing pending on any partition. */
+static void wait_projected4(void)
+{
+    for (int p = 0; p < NPART; p++) {
+        cm_key bus = cm_key_bus(BUS, p), cp = cm_key_rm_checkpoint(p);
+        char last[64];
+        snprintf(last, sizeof last, "%s", sx_last_id(E.c, bus.s));
+        bool ok = !last[0] || (sx_wait_str(E.c, cp.s, last, WAIT_MS) && sx_wait_group_idle(E.c, bus.s, GROUP, WAIT_MS));
+        if (!ok)
+            sg_dump_logs(&E);
+        cr_assert(ok, "partition %d: the projection did not reach %s", p, last);
+    }
+}
+
+Test(projection4, rebuild_from_zero_reproduces_the_partitioned_models_byte_for_byte)
+{
+    const char *const env[] = {"PARTITIONS=4", "BATCH_SIZE=3", NULL};
+    sg_spawn(&E, "cqrs-projection", env);
+    sg_spawn(&E, "cqrs-projection", env);
+    size_t n;
+    es_event **evs = many_sagas(40, &n);
+    es_events_free(evs, n);
+    wait_projected4();
+    sx_dump before, after;
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &before);
+    cr_assert_gt(before.n, 40 + NPART, "40 checkouts, the partitions' checkpoints and their aggregates");
+    long long *exp = calloc(before.n, sizeof *exp);
+    for (size_t i = 0; i < before.n; i++)
+        exp[i] = sg_ll(&E, "EXPIRETIME %s", before.keys[i]);
+
+    cr_assert_eq(run_rebuild_env("PARTITIONS=4"), 0, "chorus-projection-rebuild failed");
+    sx_dump_take(E.c, PJ_RM_PREFIX "*", &after);
+    sx_dump_assert_eq(&before, &after);
+    for (size_t i = 0; i < before.n; i++)
+        cr_expect_eq(sg_ll(&E, "EXPIRETIME %s", before.keys[i]), exp[i], "%s: the rebuild's lifetime differs",
+                     before.keys[i]);
+    free(exp);
+    for (int p = 0; p < NPART; p++)
+        cr_assert_eq(sg_ll(&E, "EXISTS %s", cm_key_pj_rebuild(p).s), 0, "partition %d's lock was kept", p);
+    sx_dump_free(&before);
+    sx_dump_free(&after);
+}
+
+/* A rebuild holding one partition's lock pauses that partition's writes
+ * only; the batch answers PJ_EBUSY and applies in full once it is gone. */
+Test(projection4, a_rebuild_lock_pauses_its_partition)
+{
+    sx_saga(E.s, SX_SUCCESS, "co-l", "c1", "p1", 1);
+    size_t n;
+    es_event **evs = sx_history(E.s, "co-l", &n);
+    int q = cm_partition_of("co-l");
+    sg_ll(&E, "SET %s someone-else PX 60000", cm_key_pj_rebuild(q).s);
+    pj_projection *p = pj_projection_new();
+    pj_apply_res res;
+    char err[256];
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_EBUSY);
+    cr_assert_eq(sg_ll(&E, "EXISTS %s", cm_key_rm_checkout("co-l").s), 0, "written while its partition was locked");
+    sg_ll(&E, "SET %s someone-else PX 60000", cm_key_pj_rebuild((q + 1) % NPART).s);
+    sg_ll(&E, "DEL %s", cm_key_pj_rebuild(q).s);
+    cr_assert_eq(pj_projection_apply(p, ecc(), BUS, evs, n, PJ_LIVE, NULL, &res, err, sizeof err), PJ_OK, "%s", err);
+    cr_assert_eq(res.applied, n, "another partition's lock does not hold this one");
+    pj_projection_free(p);
+    es_events_free(evs, n);
+}
+
+/* A rebuild that finds one partition's lock held by another rebuild exits 3
+ * and gives back the locks it took before it: no partition stays paused. */
+Test(projection4, a_rebuild_finding_one_partition_locked_holds_no_lock)
+{
+    sg_ll(&E, "SET %s someone-else PX 60000", cm_key_pj_rebuild(2).s);
+    cr_assert_eq(run_rebuild_env("PARTITIONS=4"), 3, "another rebuild holds partition 2");
+    for (int p = 0; p < NPART; p++)
+        if (p != 2)
+            cr_assert_eq(sg_ll(&E, "EXISTS %s", cm_key_pj_rebuild(p).s), 0, "partition %d's lock was kept", p);
+    char *owner = sg_str(&E, "GET %s", cm_key_pj_rebuild(2).s);
+    cr_assert_str_eq(owner, "someone-else");
+    free(owner);
 }
