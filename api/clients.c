@@ -5,7 +5,7 @@
  * of checkout ids scored by their CheckoutInitiated emitted_at, trimmed to
  * the newest CM_CLIENT_CHECKOUTS_KEEP (projections/lua/apply.lua). Two round
  * trips: ZREVRANGE for the ids, then one pipeline of HMGETs of their read
- * models. A checkout whose read model is gone (expired) is left out. */
+ * models (split per node on a cluster: each checkout's in its partition). A checkout whose read model is gone (expired) is left out. */
 #include "api/api_int.h"
 #include "common/config.h"
 #include "common/ids.h"
@@ -58,33 +58,31 @@ api_flow api_h_client_checkouts(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *ids = redisCommand(t->c, "ZREVRANGE %s 0 %lld", cm_key_rm_client_checkouts(client).s,
-                                   (long long)count - 1);
+    cm_key zkey = cm_key_rm_client_checkouts(client);
+    redisReply *ids = cm_cluster_command(t->cc, api_slot(zkey.s), "ZREVRANGE %s 0 %lld", zkey.s, (long long)count - 1);
     if (!api_redis_ok(t, ids)) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
         return API_DONE;
     }
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    cm_pipe *p = cm_pipe_new(t->cc);
     for (size_t i = 0; i < n; i++) {
         const redisReply *id = ids->element[i];
-        redisAppendCommand(t->c, "HMGET %s status reason updated_at", cm_key_rm_checkout(id->str).s);
+        cm_key key = cm_key_rm_checkout(cm_reply_is_str(id) ? id->str : "");
+        cm_pipe_command(p, api_slot(key.s), "HMGET %s status reason updated_at", key.s);
     }
     redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
-    bool failed = false;
-    for (size_t i = 0; i < n; i++) {
-        if (redisGetReply(t->c, (void **)&hm[i]) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            api_redis_drop(t);
+    bool failed = !api_pipe_run(t, p);
+    for (size_t i = 0; !failed && i < n; i++) {
+        hm[i] = cm_pipe_take(p, i);
+        if (!api_redis_ok(t, hm[i])) {   /* frees it */
+            hm[i] = NULL;
             failed = true;
-            break;
-        }
-        if (hm[i]->type == REDIS_REPLY_ERROR && !failed) {
-            snprintf(t->err, sizeof t->err, "redis: %s", hm[i]->str);
-            failed = true;   /* the other replies are still read off the connection */
         }
     }
+    cm_pipe_free(p);
     if (failed) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
     } else {
         cm_buf *o = &rq->out;
         cm_buf_puts(o, "{\"client_id\":");

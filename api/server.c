@@ -169,14 +169,14 @@ void api_redis_fail(api_req *rq, cm_redis_fault f, const char *detail)
     api_unavailable(rq, detail);
 }
 
-void api_redis_failed(api_req *rq, const redisContext *c, const redisReply *r, const char *detail)
+void api_redis_failed(api_req *rq, const redisReply *r, const char *detail)
 {
     char d[256];
     if (r && r->type == REDIS_REPLY_ERROR) {
         snprintf(d, sizeof d, "redis: %.*s", (int)r->len, r->str);
         detail = d;
     }
-    api_redis_fail(rq, cm_redis_fault_of(c, r), detail);
+    api_redis_fail(rq, cm_redis_fault_of(NULL, r), detail);
 }
 
 const char *api_query(api_req *rq, const char *name)
