@@ -253,11 +253,11 @@ void api_intake_run(cm_cluster *cc, cm_script *sc, api_job **jobs, size_t n)
     }
     free(rows);
     /* Each WAIT goes behind its master's scripts on the same connection, so
-     * it covers their writes. On a single server a PUBLISH (replicated)
-     * comes first, so the WAIT covers every write the master made before it,
-     * an idempotency record written by another connection included; a
-     * cluster does not replicate PUBLISH (it broadcasts it), so there the
-     * WAIT covers this connection's writes. */
+     * it covers their writes, a replayed record included (the script
+     * re-writes its expiry then: api_intake_call.confirm). On a single
+     * server a PUBLISH (replicated) comes first as well, so the WAIT covers
+     * every write the master made before it; a cluster broadcasts PUBLISH
+     * instead of replicating it, so it is not sent there. */
     for (size_t k = 0; k < nn; k++) {
         if (!cm_cluster_is_cluster(cc))
             cm_pipe_command(p, nodes[k].slot, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");

@@ -195,7 +195,8 @@ int api_job_build(api_job *j)
     api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .idem_key = j->idem_key,
                             .body_hash = j->hash, .answer = j->alias ? "a" : "c", .idem_ttl_s = IDEM_TTL_S,
                             .bus = g_api.bus, .lines = lines, .n = j->nlines,
-                            .refused = j->refused_line < 0 ? 0 : (size_t)j->refused_line + 1};
+                            .refused = j->refused_line < 0 ? 0 : (size_t)j->refused_line + 1,
+                            .confirm = g_api.wait_replicas > 0};
     cm_argv_reset(&j->argv);
     return api_intake_build(&call, &j->argv, &j->nkeys);
 }

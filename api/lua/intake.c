@@ -67,12 +67,13 @@ int api_intake_build(const api_intake_call *in, cm_argv *a, int *nkeys)
     cm_argv_adds(a, hist.s);
     cm_argv_adds(a, cm_key_bus(in->bus, cm_partition_of(in->checkout_id)).s);
     *nkeys = a->n;
-    /* ARGV: has_key, hash, record, ttl, refused line, then the append */
+    /* ARGV: has_key, hash, record, ttl, refused line, confirm, then the append */
     cm_argv_adds(a, has_key ? "1" : "0");
     cm_argv_adds(a, in->body_hash);
     cm_argv_addf(a, "%s\n%s", in->checkout_id, in->answer);
     cm_argv_addll(a, in->idem_ttl_s);
     cm_argv_addll(a, (long long)in->refused);
+    cm_argv_adds(a, in->confirm ? "1" : "0");
     if (in->refused)
         return 0;
     /* The event id is derived from the (fresh, random) checkout id: unique

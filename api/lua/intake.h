@@ -10,6 +10,7 @@
 #define API_LUA_INTAKE_H
 
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/redis.h"
@@ -36,6 +37,8 @@ typedef struct api_intake_call {
     size_t n;                 /* 1..API_INTAKE_MAX_LINES */
     size_t refused;           /* 0, or 1 + the line whose product cannot be priced: the call
                                  then appends nothing (it still answers a recorded key) */
+    bool confirm;             /* a WAIT follows: a replayed record is re-written (its expiry) so
+                                 the WAIT covers it whoever wrote it */
 } api_intake_call;
 
 /* Builds the call into a (keys first, *nkeys of them). Returns 0, or -1 when

@@ -10,17 +10,27 @@
 -- ARGV: has_key ("1"/"0"), body hash, what the record keeps
 --       ("<checkout_id>\n<route letter>"), record TTL in seconds, refused
 --       line (0: none; i: line i's product cannot be priced, nothing is to
---       be appended), then the append arguments (absent when refused).
+--       be appended), confirm ("1": the caller will WAIT for replicas), then
+--       the append arguments (absent when refused).
 --
 -- Returns, writing nothing:
 --   {"replay", "<hash>\n<checkout_id>\n<route letter>"} when the key is recorded
---     (the caller compares hashes: same body replays, another is 409);
+--     (the caller compares hashes: same body replays, another is 409); with
+--     confirm, the record's expiry is set again to what it is: a write of
+--     this connection that replicates after the record, so the caller's
+--     WAIT covers the record even when another connection wrote it (WAIT is
+--     documented to cover the connection's own writes; a cluster does not
+--     replicate the PUBLISH a single server's WAIT relies on too);
 --   {"refused", i} when line i was refused by the caller (it knows why);
 -- else the append's result table (see append_lib.lua).
 local has_key = ARGV[1] == '1'
 if has_key then
   local rec = redis.call('GET', KEYS[1])
   if rec then
+    if ARGV[6] == '1' then
+      local ttl = redis.call('PTTL', KEYS[1])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+    end
     return {'replay', rec}
   end
 end
@@ -30,7 +40,7 @@ if refused ~= 0 then
   return {'refused', refused}
 end
 
-local r = es_append(KEYS[2], KEYS[3], ARGV, 6)
+local r = es_append(KEYS[2], KEYS[3], ARGV, 7)
 if has_key and r[1] == 'ok' then
   redis.call('SET', KEYS[1], ARGV[2] .. '\n' .. ARGV[3], 'EX', tonumber(ARGV[4]))
 end
