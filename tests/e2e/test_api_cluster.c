@@ -12,7 +12,8 @@
  *                   routes, products list/get/admin PUT, the streams list
  *                   and a page of each partition's bus (every accepted
  *                   checkout found on its partition's bus), workers, dead
- *                   letters listed and one retried, ready, health, metrics,
+ *                   letters listed, one retried, two on two partitions
+ *                   retried in bulk, ready, health, metrics,
  *                   client and stats routes, and a long-poll woken by a
  *                   PUBLISH sent to another master than the API's.
  *   a_replay_*      with REDIS_WAIT_REPLICAS=1, a checkout whose record
@@ -347,6 +348,26 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     tf_http_resp_free(&r);
     cr_assert_eq(cmd_int(dlq.s, "XLEN %s", dlq.s), 0);
     cr_assert_eq(cmd_int(retry.s, "XLEN %s", retry.s), 1);
+    /* two more on two other partitions: the bulk retry takes both, each
+     * into its own partition's redelivery stream */
+    int parts[2] = {(p + 1) % NPART, (p + 2) % NPART};
+    for (int i = 0; i < 2; i++) {
+        cm_key b = cm_key_bus(AE_BUS, parts[i]);
+        cm_key d = cm_key_dlq(b.s, "choreo-audit");
+        freeReplyObject(cmd(d.s, "XADD %s * stream %s entry_id 1-2 group choreo-audit reason handler_failed "
+                                 "attempts 3 type CheckoutInitiated payload {} ts 1.0",
+                            d.s, b.s));
+    }
+    ae_req(&E, "POST", "/api/dead-letters/retry", ADMIN, "{\"group\":\"choreo-audit\",\"count\":10}", &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cr_assert(strstr(r.body, "\"retried\":2"), "%s", r.body);
+    tf_http_resp_free(&r);
+    for (int i = 0; i < 2; i++) {
+        cm_key b = cm_key_bus(AE_BUS, parts[i]);
+        cm_key d = cm_key_dlq(b.s, "choreo-audit"), rt = cm_key_retry(b.s, "choreo-audit");
+        cr_assert_eq(cmd_int(d.s, "XLEN %s", d.s), 0);
+        cr_assert_eq(cmd_int(rt.s, "XLEN %s", rt.s), 1, "partition %d", parts[i]);
+    }
 
     /* the other read routes answer */
     json_decref(get_json("/api/clients/c-1/checkouts"));
