@@ -109,41 +109,6 @@ static void page_start(const char *after, char *start, size_t len)
         snprintf(start, len, "(%s", after);
 }
 
-static int page_decode(redisReply *r, size_t count, es_event ***out, size_t *n, char **next);
-
-int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
-                   size_t *n, char **next)
-{
-    *out = NULL;
-    *n = 0;
-    *next = NULL;
-    if (count < 1 || count > 10000)
-        return ES_EINVAL;
-    char start[80];
-    page_start(after, start, sizeof start);
-    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
-        return ES_EREDIS;
-    return page_decode(r, count, out, n, next);
-}
-
-int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_t count, es_event ***out,
-                    size_t *n, char **next, char *err, size_t errlen)
-{
-    *out = NULL;
-    *n = 0;
-    *next = NULL;
-    if (count < 1 || count > 10000)
-        return ES_EINVAL;
-    char start[80];
-    page_start(after, start, sizeof start);
-    redisReply *r = cm_cluster_command(cc, cm_key_slot(stream, strlen(stream)), "XRANGE %s %s + COUNT %lld",
-                                       stream, start, (long long)count);
-    if (!r || r->type == REDIS_REPLY_ERROR)
-        return cluster_failed(cc, r, err, errlen);
-    return page_decode(r, count, out, n, next);
-}
-
 /* Decodes an XRANGE reply (count asked) into a page. Takes r. */
 static int page_decode(redisReply *r, size_t count, es_event ***out, size_t *n, char **next)
 {
@@ -194,4 +159,37 @@ static int page_decode(redisReply *r, size_t count, es_event ***out, size_t *n, 
     *out = evs;
     *n = k;
     return ES_OK;
+}
+
+int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
+                   size_t *n, char **next)
+{
+    *out = NULL;
+    *n = 0;
+    *next = NULL;
+    if (count < 1 || count > 10000)
+        return ES_EINVAL;
+    char start[80];
+    page_start(after, start, sizeof start);
+    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
+    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+        return ES_EREDIS;
+    return page_decode(r, count, out, n, next);
+}
+
+int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_t count, es_event ***out,
+                    size_t *n, char **next, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    *next = NULL;
+    if (count < 1 || count > 10000)
+        return ES_EINVAL;
+    char start[80];
+    page_start(after, start, sizeof start);
+    redisReply *r = cm_cluster_command(cc, cm_key_slot(stream, strlen(stream)), "XRANGE %s %s + COUNT %lld",
+                                       stream, start, (long long)count);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        return cluster_failed(cc, r, err, errlen);
+    return page_decode(r, count, out, n, next);
 }
