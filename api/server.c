@@ -27,7 +27,7 @@
  *
  * A hung Redis never holds an HTTP thread: the handlers of API_F_ASYNC
  * routes run on a small pool of Redis threads (as many as API_THREADS, each
- * with its own connection, redis_tls.c). The HTTP thread suspends the
+ * with its own Redis client, redis_tls.c). The HTTP thread suspends the
  * connection and queues the request; a Redis thread runs the handler and
  * resumes the connection, and libmicrohttpd calls us again on the HTTP
  * thread, which queues the answer. So /health, /metrics and every 503 of a
