@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/cluster.h"
 #include "common/redis.h"
 #include "event_store/store.h"
 
@@ -83,40 +84,47 @@ typedef struct api_waiter {
     size_t heap_idx;                 /* position in the deadline heap */
 } api_waiter;
 
-/* One intake waiting for the batcher (batch.c): the script call and, for
- * the answer, what the handler prepared. Owned by its request. */
+/* One intake waiting for the batcher (batch.c): its lines, the script call
+ * the batcher builds once it has read their prices, and, for the answer,
+ * what the handler prepared. Owned by its request. */
 typedef struct api_job {
-    cm_argv argv;                    /* keys then args of lua/intake.lua */
+    cm_argv argv;                    /* keys then args of lua/intake.lua (built by the batcher) */
     int nkeys;
     struct MHD_Connection *conn;
     redisReply *reply;               /* set by the batcher; NULL on failure (err) */
     char err[160];
     bool done;                       /* the batcher is through with it */
+    bool permanent;                  /* with err and no reply: a retry cannot help (500) */
     struct api_job *next;            /* batcher's stack */
     char checkout_id[40];            /* the id the 202 will carry */
     bool alias;                      /* came by the seed route (its 202 body differs) */
     char hash[65];                   /* body hash ("" without a key) */
     cm_buf body;                     /* the 202 body */
-    /* what the call is built from (intake.c), kept to re-price and resend */
+    /* what the call is built from (intake.c) */
     char client_id[72];
     char idem_key[132];
     size_t nlines;
     struct {
         char product_id[72];
-        long long qty, price;
+        long long qty, price;        /* price: read by the batcher just before the call */
     } lines[100];
-    int reprices;                    /* times the script answered "prices" */
+    int refused_line;                /* -1, or the first line whose price cannot be used */
+    bool refused_broken;             /* that line's catalog entry is broken (500), not absent (422) */
+    char refused_why[160];           /* what is broken about it */
     long long replicas;              /* replicas that confirmed the script's writes (WAIT);
                                       * -1: not confirmed (error, broken link); unused when off */
 } api_job;
 
-/* Appends to c's pipeline the confirmation of REDIS_WAIT_REPLICAS: a
- * PUBLISH on CM_WAIT_MARK_CHANNEL (replicated, so the WAIT covers every
- * write the master made before it, whoever made it), then `WAIT N timeout`. */
-void api_wait_append(redisContext *c);
-/* Reads the replies of api_wait_append and returns how many replicas
- * acknowledged, or -1 (no reply, an error). */
-long long api_wait_read(redisContext *c);
+/* Runs the intake of jobs[0..n) on cc (batch.c): reads every line's price
+ * (one HMGET per distinct product, pipelined, each to its product's slot),
+ * builds each job's script call from them (api_job_build), sends every
+ * script (each in its checkout's slot) and, with REDIS_WAIT_REPLICAS, a WAIT
+ * on each master written to, all in one pipeline. Every job ends with a
+ * reply or an err. */
+void api_intake_run(cm_cluster *cc, cm_script *sc, api_job **jobs, size_t n);
+/* Builds j's script call from its lines and their prices (intake.c); 0, or
+ * -1 when the event cannot be encoded. */
+int api_job_build(api_job *j) __attribute__((warn_unused_result));
 
 struct api_req {
     struct MHD_Connection *conn;
@@ -175,7 +183,7 @@ void api_unavailable(api_req *rq, const char *detail);
  * failing over...), 500 internal when a retry cannot fix it (WRONGTYPE, a
  * script's runtime error). r is the error reply or NULL (not freed); detail
  * is logged, never sent. An unreachable Redis also sets the shared state. */
-void api_redis_failed(api_req *rq, const redisContext *c, const redisReply *r, const char *detail);
+void api_redis_failed(api_req *rq, const redisReply *r, const char *detail);
 /* The same for a fault already classified (api_redis.fault after
  * api_redis_ok said false). */
 void api_redis_fail(api_req *rq, cm_redis_fault f, const char *detail);
@@ -230,34 +238,38 @@ void api_intake_metrics_init(void);
 /* ---- per-thread Redis (redis_tls.c) ---- */
 
 typedef struct api_redis {
-    redisContext *c;
-    es_store *st;
+    cm_cluster *cc;            /* REDIS_URL's server or cluster; commands routed by slot */
     cm_script intake;          /* lua/intake.lua with the append library */
     cm_script product_put;     /* lua/product_put.lua */
+    cm_script saga_stats;      /* lua/saga_stats.lua */
     cm_redis_fault fault;      /* what the last failure was (api_redis_ok) */
     long epoch;                /* the shared state's recovery count at connect */
     char err[256];             /* last failure */
 } api_redis;
 
-/* This thread's connection, connected (and scripts loaded) on first use.
- * Returns NULL when Redis cannot be reached; the reason is in *why (static
- * per-thread text). The object lives until the thread exits. */
+/* A new client on REDIS_URL with the API's timeouts and no retries (a
+ * failure is answered at once). NULL with err. Caller frees (cm_cluster_free). */
+cm_cluster *api_cluster_open(char *err, size_t errlen);
+/* This thread's client, opened on first use. Returns NULL when Redis cannot
+ * be reached; the reason is in *why (static per-thread text). The object
+ * lives until the thread exits. */
 api_redis *api_redis_get(const char **why);
 /* api_redis_get for a handler: NULL after answering rq 503 with the reason. */
 api_redis *api_redis_for(api_req *rq);
-/* Checks reply r of a command on t: true when it is usable (caller still
- * frees it). A NULL reply or a broken connection drops the connection (the
- * next api_redis_get reconnects); an error reply is freed. Either way false,
- * with the reason in t->err and its class in t->fault (answer with
- * api_redis_fail); an unreachable Redis also sets the shared state. */
+/* Checks reply r of a call on t->cc: true when it is usable (caller still
+ * frees it). Otherwise false, r freed, the reason in t->err and its class
+ * in t->fault (answer with api_redis_fail); an unreachable Redis also sets
+ * the shared state. */
 bool api_redis_ok(api_redis *t, redisReply *r);
-/* Drops t's connection (after an I/O error found by other means). */
-void api_redis_drop(api_redis *t);
-/* Answers rq for a failed read of t through a cm_cluster borrowing t->c
- * (err as the reader put it: "redis: <error reply>" or an I/O error): a
- * broken connection is dropped and answered 503, an error reply as
- * api_redis_fail classifies it. */
-void api_redis_read_failed(api_req *rq, api_redis *t, const char *err);
+/* Runs pipeline p: true when every command has a reply (some may be error
+ * replies: check each with api_redis_ok), else false as api_redis_ok. */
+bool api_pipe_run(api_redis *t, cm_pipe *p);
+/* Answers the failure of an event-store call made on t->cc (detail: its
+ * message; NULL: t->err): 503 when no node answered or Redis cannot serve
+ * now, 500 when the error reply means a retry cannot help. */
+void api_redis_failed_call(api_req *rq, api_redis *t, const char *detail);
+/* The cluster slot of a key (cm_key_slot). */
+int api_slot(const char *key);
 
 /* The shared Redis state: one flag for every thread. A call that finds Redis
  * unreachable sets it (api_redis_mark_down); from then on requests needing

@@ -1,5 +1,6 @@
 /* batch.c - the intake's group commit: one thread pipelines the intake
- * scripts of every checkout waiting at that moment on one Redis connection.
+ * scripts of every checkout waiting at that moment through one Redis client
+ * (a cm_cluster: on a cluster, one pipeline per master).
  *
  * Why: driven one command at a time, Redis spends more on each command's
  * I/O (a read, a reply write, an AOF write, an event-loop turn: syscalls,
@@ -11,9 +12,13 @@
  * How: the handler builds the script's arguments in its own thread, suspends
  * its connection and pushes the job on a lock-free stack (no lock on the hot
  * path); the first push onto an empty stack wakes the batcher (eventfd). The
- * batcher takes the whole stack at once, sends every job, reads the replies
- * in order, and resumes each job's connection; the handler runs again and
- * answers from job->reply. Batches grow with load by themselves: while one
+ * batcher takes the whole stack at once, reads the prices of every product
+ * the batch names (one pipelined HMGET per distinct product, each to its
+ * product's slot), builds each job's event from them, sends every job's
+ * script (each to its checkout's slot) and, with REDIS_WAIT_REPLICAS, a WAIT
+ * behind them on each master written to, reads the replies, and resumes
+ * each job's connection; the handler runs again and answers from
+ * job->reply. Two round trips per batch, whatever its size. Batches grow with load by themselves: while one
  * is in flight the next accumulates. A job is pushed only after its
  * connection is suspended, so a resume always finds it suspended.
  *
@@ -22,6 +27,7 @@
  * in-flight count and the closing flag are sequentially consistent atomics,
  * so a handler either sees the flag or is counted before the stop waits. */
 #include "api/api_int.h"
+#include "api/lua/intake.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -41,6 +47,7 @@
 extern const char api_lua_intake[];
 
 #define RECONNECT_MS 100
+#define WAIT_NODES_MAX 64   /* masters one batch's WAITs go to */
 
 static struct {
     _Atomic(api_job *) head;     /* pushed jobs, newest first */
@@ -86,130 +93,237 @@ bool api_batch_submit(api_job *j)
     return true;
 }
 
-static void fail_all(api_job **jobs, size_t n, size_t from, const char *why)
+/* Gives every job of jobs[0..n) without a reply or an error the error why. */
+static void fail_rest(api_job **jobs, size_t n, const char *why)
 {
-    for (size_t i = from; i < n; i++)
-        if (!jobs[i]->reply)
-            snprintf(jobs[i]->err, sizeof jobs[i]->err, "%s", why);
+    for (size_t i = 0; i < n; i++)
+        if (!jobs[i]->reply && !jobs[i]->err[0])
+            snprintf(jobs[i]->err, sizeof jobs[i]->err, "%.150s", why);
 }
 
-void api_wait_append(redisContext *c)
+/* A product the batch names and what its price read said. */
+typedef struct price_row {
+    const char *id;              /* borrowed from a job's line */
+    api_price_verdict verdict;
+    long long price;
+    char why[160];
+} price_row;
+
+static int cmp_row(const void *a, const void *b)
 {
-    redisAppendCommand(c, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
-    redisAppendCommand(c, "WAIT %lld %lld", (long long)g_api.wait_replicas, (long long)g_api.wait_timeout_ms);
+    return strcmp(((const price_row *)a)->id, ((const price_row *)b)->id);
 }
 
-long long api_wait_read(redisContext *c)
+/* Reads the price of every distinct product of jobs[0..n) into *rows (sorted
+ * by id, *nrows of them; caller frees). Returns false when the pipeline got
+ * no answer (cc's error says why). */
+static bool read_prices(cm_cluster *cc, api_job **jobs, size_t n, price_row **rows, size_t *nrows)
 {
-    redisReply *r = NULL;
-    if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)   /* PUBLISH: a count of subscribers */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += jobs[i]->nlines;
+    price_row *r = cm_xcalloc(total ? total : 1, sizeof *r);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t l = 0; l < jobs[i]->nlines; l++)
+            r[k++].id = jobs[i]->lines[l].product_id;
+    qsort(r, k, sizeof *r, cmp_row);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (u == 0 || strcmp(r[u - 1].id, r[i].id) != 0)
+            r[u++] = r[i];
+    cm_pipe *p = cm_pipe_new(cc);
+    for (size_t i = 0; i < u; i++) {
+        cm_key key = cm_key_product(r[i].id);
+        cm_pipe_command(p, cm_key_slot(key.s, strlen(key.s)), "HMGET %s price_cents", key.s);
+    }
+    bool ok = cm_pipe_exec(p) == 0;
+    for (size_t i = 0; i < u; i++) {
+        redisReply *rep = cm_pipe_take(p, i);
+        r[i].verdict = api_intake_price(rep, &r[i].price, r[i].why, sizeof r[i].why);
+        if (rep)
+            freeReplyObject(rep);
+    }
+    cm_pipe_free(p);
+    *rows = r;
+    *nrows = u;
+    return ok;
+}
+
+/* Prices job j from rows and builds its call. Returns false when j cannot
+ * be sent (its err set). */
+static bool price_job(api_job *j, const price_row *rows, size_t nrows)
+{
+    for (size_t l = 0; l < j->nlines; l++) {
+        price_row key = {.id = j->lines[l].product_id};
+        const price_row *row = bsearch(&key, rows, nrows, sizeof *rows, cmp_row);
+        if (!row || row->verdict == API_PRICE_UNAVAILABLE) {
+            snprintf(j->err, sizeof j->err, "%s", row ? row->why : "price not read");
+            return false;
+        }
+        if (row->verdict != API_PRICE_OK) {   /* refused: the script still answers a recorded key */
+            j->refused_line = (int)l;
+            j->refused_broken = row->verdict == API_PRICE_BROKEN;
+            snprintf(j->refused_why, sizeof j->refused_why, "product %.64s: %.80s", row->id, row->why);
+            break;
+        }
+        j->lines[l].price = row->price;
+    }
+    if (api_job_build(j) != 0) {
+        snprintf(j->err, sizeof j->err, "cannot encode the event");
+        j->permanent = true;
+        return false;
+    }
+    return true;
+}
+
+/* A master the batch wrote to: where its WAIT goes, and that WAIT's reply. */
+typedef struct wait_node {
+    char host[256];
+    int port;
+    int slot;                    /* one slot it owns (the WAIT is routed by it) */
+    size_t at;                   /* index of the WAIT in the pipeline */
+    long long acked;
+} wait_node;
+
+/* The index in nodes[0..*nn) of slot's master, added when new; -1 when full
+ * or unknown. */
+static int wait_node_of(cm_cluster *cc, wait_node *nodes, size_t *nn, int slot)
+{
+    cm_redis_url u;
+    if (cm_cluster_slot_addr(cc, slot, &u) != 0)
         return -1;
-    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
-        cm_log_limited(CM_ERROR, "intake-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
-    freeReplyObject(r);
-    r = NULL;
-    if (redisGetReply(c, (void **)&r) != REDIS_OK || !r)
+    for (size_t i = 0; i < *nn; i++)
+        if (nodes[i].port == u.port && !strcmp(nodes[i].host, u.host))
+            return (int)i;
+    if (*nn == WAIT_NODES_MAX)
         return -1;
+    wait_node *w = &nodes[(*nn)++];
+    snprintf(w->host, sizeof w->host, "%s", u.host);
+    w->port = u.port;
+    w->slot = slot;
+    w->acked = -1;
+    return (int)(*nn - 1);
+}
+
+/* The replicas count of a WAIT reply (-1 for anything else, logged). */
+static long long wait_acked(redisReply *r)
+{
     long long n = -1;
-    if (r->type == REDIS_REPLY_INTEGER)
+    if (r && r->type == REDIS_REPLY_INTEGER)
         n = r->integer;
-    else
+    else if (r)
         cm_log_limited(CM_WARN, "intake-wait", "WAIT: %s", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    freeReplyObject(r);
+    if (r)
+        freeReplyObject(r);
     return n;
 }
 
-/* Sends jobs[from..n) marked in want (or all when want is NULL) and reads
- * their replies; with REDIS_WAIT_REPLICAS a WAIT follows the scripts in the
- * same pipeline and its answer is recorded in each job sent (the WAIT
- * covers every write the master made before it). Returns -1 when the
- * connection broke. */
-static int roundtrip(redisContext *c, cm_script *sc, api_job **jobs, size_t n, const bool *want)
+void api_intake_run(cm_cluster *cc, cm_script *sc, api_job **jobs, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!want || want[i])
-            cm_script_append(c, sc, jobs[i]->nkeys, &jobs[i]->argv);
-    if (g_api.wait_replicas > 0)
-        api_wait_append(c);
+    price_row *rows = NULL;
+    size_t nrows = 0;
+    char why[200];
+    if (!read_prices(cc, jobs, n, &rows, &nrows)) {
+        snprintf(why, sizeof why, "redis: %s", cm_cluster_errstr(cc));
+        api_redis_mark_down(why);
+        fail_rest(jobs, n, why);
+        free(rows);
+        return;
+    }
+    cm_pipe *p = cm_pipe_new(cc);
+    size_t *at = cm_xcalloc(n, sizeof *at);      /* pipeline index of job i's script */
+    bool *sent = cm_xcalloc(n, sizeof *sent);
+    int *node = cm_xcalloc(n, sizeof *node);     /* job i's master in nodes[] */
+    wait_node nodes[WAIT_NODES_MAX];
+    size_t nn = 0;
     for (size_t i = 0; i < n; i++) {
-        if (want && !want[i])
+        api_job *j = jobs[i];
+        if (!price_job(j, rows, nrows))
             continue;
-        redisReply *r = cm_script_reply(c, sc);
-        if (!r) {
-            char why[160];
-            snprintf(why, sizeof why, "redis: %s", c->errstr[0] ? c->errstr : "no reply");
-            fail_all(jobs, n, i, why);
-            return -1;
+        at[i] = cm_pipe_count(p);
+        if (cm_pipe_script(p, sc, j->nkeys, &j->argv) != 0) {
+            snprintf(j->err, sizeof j->err, "intake: %s", cm_cluster_errstr(cc));
+            j->permanent = true;
+            continue;
         }
-        jobs[i]->reply = r;
+        sent[i] = true;
+        if (g_api.wait_replicas > 0)
+            node[i] = wait_node_of(cc, nodes, &nn, cm_argv_slot(&j->argv, 0));
     }
-    if (g_api.wait_replicas > 0) {
-        long long acked = api_wait_read(c);
-        for (size_t i = 0; i < n; i++)
-            if (!want || want[i])
-                jobs[i]->replicas = acked;
-        if (acked < 0 && c->err)
-            return -1;
+    free(rows);
+    /* Each WAIT goes behind its master's scripts on the same connection, so
+     * it covers their writes, a replayed record included (the script
+     * re-writes its expiry then: api_intake_call.confirm). On a single
+     * server a PUBLISH (replicated) comes first as well, so the WAIT covers
+     * every write the master made before it; a cluster broadcasts PUBLISH
+     * instead of replicating it, so it is not sent there. */
+    for (size_t k = 0; k < nn; k++) {
+        if (!cm_cluster_is_cluster(cc))
+            cm_pipe_command(p, nodes[k].slot, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+        nodes[k].at = cm_pipe_count(p);
+        cm_pipe_command(p, nodes[k].slot, "WAIT %lld %lld", (long long)g_api.wait_replicas,
+                        (long long)g_api.wait_timeout_ms);
     }
-    return 0;
+    bool ok = cm_pipe_count(p) == 0 || cm_pipe_exec(p) == 0;
+    for (size_t i = 0; i < n; i++)
+        if (sent[i])
+            jobs[i]->reply = cm_pipe_take(p, at[i]);
+    for (size_t k = 0; k < nn; k++) {
+        if (!cm_cluster_is_cluster(cc)) {
+            redisReply *r = cm_pipe_take(p, nodes[k].at - 1);   /* PUBLISH: a count of subscribers */
+            if (r && r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel */
+                cm_log_limited(CM_ERROR, "intake-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
+            if (r)
+                freeReplyObject(r);
+        }
+        nodes[k].acked = wait_acked(cm_pipe_take(p, nodes[k].at));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (sent[i] && g_api.wait_replicas > 0)
+            jobs[i]->replicas = node[i] >= 0 ? nodes[node[i]].acked : -1;
+    if (!ok) {
+        snprintf(why, sizeof why, "redis: %s", cm_cluster_errstr(cc));
+        api_redis_mark_down(why);
+        fail_rest(jobs, n, why);
+    }
+    cm_pipe_free(p);
+    free(at);
+    free(sent);
+    free(node);
 }
 
-/* Runs one batch: every job ends with a reply or an err. */
-static void run_batch(redisContext **cp, cm_script *sc, int64_t *retry_at, api_job **jobs, size_t n)
+/* Runs one batch on *ccp (opened, or reopened after Redis recovered, here):
+ * every job ends with a reply or an err. */
+static void run_batch(cm_cluster **ccp, cm_script *sc, int64_t *retry_at, api_job **jobs, size_t n)
 {
-    static long conn_epoch;   /* the recovery count when *cp was made (this thread only) */
+    static long cc_epoch;   /* the recovery count when *ccp was made (this thread only) */
     char err[256];
-    if (*cp && conn_epoch != api_redis_epoch()) {
-        /* Redis recovered since this connection was made: it may be dead
-         * without knowing it, and the batch would get a 503 for nothing */
-        redisFree(*cp);
-        *cp = NULL;
+    if (*ccp && cc_epoch != api_redis_epoch()) {
+        /* Redis recovered since this client was made: its connections may be
+         * dead without knowing it, its slot map old */
+        cm_cluster_free(*ccp);
+        *ccp = NULL;
     }
-    if (!*cp && cm_mono_ms() >= *retry_at) {
-        conn_epoch = api_redis_epoch();
-        *cp = cm_redis_connect(g_api.redis_url, (int)g_api.redis_timeout_ms, err, sizeof err);
-        if (*cp && cm_script_load(*cp, sc, err, sizeof err) != 0) {
-            redisFree(*cp);
-            *cp = NULL;
-        }
-        if (!*cp) {
+    if (!*ccp && cm_mono_ms() >= *retry_at) {
+        cc_epoch = api_redis_epoch();
+        *ccp = api_cluster_open(err, sizeof err);
+        if (!*ccp) {
             *retry_at = cm_mono_ms() + RECONNECT_MS;
             cm_log(CM_WARN, "intake batcher: %s", err);
         }
     }
-    if (!*cp) {
-        fail_all(jobs, n, 0, "redis is not reachable");
+    if (!*ccp) {
+        fail_rest(jobs, n, "redis is not reachable");
         return;
     }
-    if (roundtrip(*cp, sc, jobs, n, NULL) == 0) {
-        /* Redis lost its script cache (restart, SCRIPT FLUSH): the replies
-         * say NOSCRIPT and the script is now sent by source; run those again */
-        bool *again = NULL;
-        for (size_t i = 0; i < n; i++) {
-            redisReply *r = jobs[i]->reply;
-            if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)) {
-                if (!again)
-                    again = cm_xcalloc(n, sizeof *again);
-                again[i] = true;
-                freeReplyObject(r);
-                jobs[i]->reply = NULL;
-            }
-        }
-        if (again && roundtrip(*cp, sc, jobs, n, again) != 0) {
-            redisFree(*cp);
-            *cp = NULL;
-        }
-        free(again);
-        return;
-    }
-    redisFree(*cp);
-    *cp = NULL;
+    api_intake_run(*ccp, sc, jobs, n);
 }
 
 static void *run(void *arg)
 {
     (void)arg;
-    redisContext *c = NULL;
+    cm_cluster *cc = NULL;
     cm_script sc = {.src = api_lua_intake};
     int64_t retry_at = 0;
     size_t cap = 256;
@@ -240,7 +354,7 @@ static void *run(void *arg)
             jobs[i] = jobs[n - 1 - i];
             jobs[n - 1 - i] = t;
         }
-        run_batch(&c, &sc, &retry_at, jobs, n);
+        run_batch(&cc, &sc, &retry_at, jobs, n);
         cm_series_inc(g.batches);
         cm_series_add(g.jobs, n);
         for (size_t i = 0; i < n; i++) {
@@ -251,8 +365,7 @@ static void *run(void *arg)
             atomic_fetch_sub(&g.inflight, 1);
         }
     }
-    if (c)
-        redisFree(c);
+    cm_cluster_free(cc);
     free(jobs);
     return NULL;
 }

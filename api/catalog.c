@@ -3,7 +3,10 @@
  * A product is the hash chorus:product:<id> {name, price_cents, available,
  * reserved, sold}; chorus:products is the set of ids. The upsert sets name,
  * price and available stock and keeps reserved and sold, which belong to the
- * stock workers (lua/product_put.lua, one atomic step). */
+ * stock workers (lua/product_put.lua, one atomic step on the hash; the id
+ * joins chorus:products in the same pipeline). On a cluster each product's
+ * hash is in its own slot: the list reads them with one pipeline split per
+ * node. */
 #include "api/api_int.h"
 #include "common/ids.h"
 #include "common/names.h"
@@ -47,9 +50,9 @@ api_flow api_h_products(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *ids = redisCommand(t->c, "SMEMBERS %s", CM_KEY_PRODUCTS);
+    redisReply *ids = cm_cluster_command(t->cc, api_slot(CM_KEY_PRODUCTS), "SMEMBERS %s", CM_KEY_PRODUCTS);
     if (!api_redis_ok(t, ids)) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
         return API_DONE;
     }
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
@@ -59,16 +62,19 @@ api_flow api_h_products(api_req *rq)
         if (ids->element[i]->type == REDIS_REPLY_STRING && k < LIST_MAX)
             v[k++] = ids->element[i];
     qsort(v, k, sizeof *v, cmp_str);
-    for (size_t i = 0; i < k; i++)
-        redisAppendCommand(t->c, "HMGET %s name price_cents available reserved sold", cm_key_product(v[i]->str).s);
+    cm_pipe *p = cm_pipe_new(t->cc);
+    for (size_t i = 0; i < k; i++) {
+        cm_key key = cm_key_product(v[i]->str);
+        cm_pipe_command(p, api_slot(key.s), "HMGET %s name price_cents available reserved sold", key.s);
+    }
+    bool ok = api_pipe_run(t, p);
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"products\":[");
-    bool first = true, broken = false;
-    for (size_t i = 0; i < k; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            broken = true;
+    bool first = true;
+    for (size_t i = 0; ok && i < k; i++) {
+        redisReply *r = cm_pipe_take(p, i);
+        if (!api_redis_ok(t, r)) {   /* frees r */
+            ok = false;
             break;
         }
         size_t mark = o->len;
@@ -82,14 +88,13 @@ api_flow api_h_products(api_req *rq)
         freeReplyObject(r);
     }
     cm_buf_puts(o, "]}");
+    cm_pipe_free(p);
     free(v);
     freeReplyObject(ids);
-    if (broken) {
-        api_redis_drop(t);
-        api_unavailable(rq, t->err);
-    } else {
+    if (ok)
         api_reply(rq, 200);
-    }
+    else
+        api_redis_fail(rq, t->fault, t->err);
     return API_DONE;
 }
 
@@ -102,10 +107,11 @@ api_flow api_h_product_get(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    redisReply *r = redisCommand(t->c, "HMGET %s name price_cents available reserved sold",
-                                 cm_key_product(rq->param).s);
+    cm_key key = cm_key_product(rq->param);
+    redisReply *r = cm_cluster_command(t->cc, api_slot(key.s), "HMGET %s name price_cents available reserved sold",
+                                       key.s);
     if (!api_redis_ok(t, r)) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
         return API_DONE;
     }
     if (product_json(&rq->out, rq->param, rq->param_len, r))
@@ -114,6 +120,15 @@ api_flow api_h_product_get(api_req *rq)
         api_error(rq, 404, "unknown_product", "no product %s", rq->param);
     freeReplyObject(r);
     return API_DONE;
+}
+
+/* api_redis_ok for a reply whose content does not matter: freed either way. */
+static bool reply_fine(api_redis *t, redisReply *r)
+{
+    if (!api_redis_ok(t, r))
+        return false;
+    freeReplyObject(r);
+    return true;
 }
 
 /* Reads integer member key of o in [0, max]; answers 400 otherwise. */
@@ -155,24 +170,31 @@ api_flow api_h_product_put(api_req *rq)
         if (!t) {
             api_unavailable(rq, why);
         } else {
+            cm_key key = cm_key_product(rq->param);
             cm_argv a = {0};
-            cm_argv_adds(&a, cm_key_product(rq->param).s);
-            cm_argv_adds(&a, CM_KEY_PRODUCTS);
-            cm_argv_adds(&a, rq->param);
+            cm_argv_adds(&a, key.s);
             cm_argv_add(&a, json_string_value(name), json_string_length(name));
             cm_argv_addll(&a, price);
             cm_argv_addll(&a, avail);
-            redisReply *r = cm_script_call(t->c, &t->product_put, 2, &a);
+            /* the set first in the queue; either way round, a product whose
+             * hash or set entry is missing is fixed by the retry a 503 asks for */
+            cm_pipe *p = cm_pipe_new(t->cc);
+            cm_pipe_command(p, api_slot(CM_KEY_PRODUCTS), "SADD %s %s", CM_KEY_PRODUCTS, rq->param);
+            if (cm_pipe_script(p, &t->product_put, 1, &a) != 0)
+                abort();   /* one key: cannot span slots */
             cm_argv_free(&a);
-            if (!api_redis_ok(t, r)) {
-                api_unavailable(rq, t->err);
-            } else {
+            bool ok = api_pipe_run(t, p) && reply_fine(t, cm_pipe_take(p, 0));   /* SADD */
+            redisReply *r = ok ? cm_pipe_take(p, 1) : NULL;
+            if (ok && api_redis_ok(t, r)) {
                 if (product_json(&rq->out, rq->param, rq->param_len, r))
                     api_reply(rq, 200);
                 else
                     api_error(rq, 500, "internal", "unexpected reply from the catalog script");
                 freeReplyObject(r);
+            } else {
+                api_redis_fail(rq, t->fault, t->err);
             }
+            cm_pipe_free(p);
         }
     }
     json_decref(root);

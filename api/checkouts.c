@@ -21,8 +21,9 @@
  * not, -1 after answering an error (404/503/500). */
 static int read_status(api_req *rq, api_redis *t, const char *id)
 {
-    redisReply *r = redisCommand(t->c, "HMGET " CM_KEY_PREFIX "rm:checkout:%s client_id status order_id reason updated_at",
-                                 id);
+    cm_key key = cm_key_rm_checkout(id);
+    redisReply *r = cm_cluster_command(t->cc, api_slot(key.s), "HMGET %s client_id status order_id reason updated_at",
+                                       key.s);
     if (!api_redis_ok(t, r)) {
         api_redis_fail(rq, t->fault, t->err);
         return -1;
@@ -63,14 +64,9 @@ static int read_status(api_req *rq, api_redis *t, const char *id)
     /* No read model yet: the history is the truth. */
     es_event **evs = NULL;
     size_t n = 0;
-    int rc = es_history_read(t->st, "checkout", id, &evs, &n);
+    int rc = es_history_fetch(t->cc, "checkout", id, &evs, &n, t->err, sizeof t->err);
     if (rc == ES_EREDIS) {
-        char e[256];
-        snprintf(e, sizeof e, "%s", es_store_errstr(t->st));
-        bool io = t->c->err != 0;
-        if (io)
-            api_redis_drop(t);
-        api_redis_fail(rq, io ? CM_REDIS_UNREACHABLE : cm_redis_fault_of_error(e, strlen(e)), e);
+        api_redis_failed_call(rq, t, NULL);
         return -1;
     }
     if (rc != ES_OK) {

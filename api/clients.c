@@ -6,8 +6,8 @@
  * CheckoutInitiated emitted_at, trimmed to the newest CM_CLIENT_CHECKOUTS_KEEP
  * (projections/lua/apply.lua). Two round trips: the ids merged newest first
  * over the partitions (pj_read_client_checkouts, one pipeline), then one
- * pipeline of HMGETs of their read models. A checkout whose read model is
- * gone (expired) is left out. */
+ * pipeline of HMGETs of their read models (split per node on a cluster). A
+ * checkout whose read model is gone (expired) is left out. */
 #include "api/api_int.h"
 #include "common/config.h"
 #include "common/ids.h"
@@ -64,31 +64,27 @@ api_flow api_h_client_checkouts(api_req *rq)
     pj_checkout_ref *ids;
     size_t n;
     char err[256];
-    cm_cluster *cc = cm_cluster_borrow(t->c);
-    int rc = pj_read_client_checkouts(cc, client, (size_t)count, &ids, &n, err, sizeof err);
-    cm_cluster_free(cc);
-    if (rc != PJ_OK) {
-        api_redis_read_failed(rq, t, err);
+    if (pj_read_client_checkouts(t->cc, client, (size_t)count, &ids, &n, err, sizeof err) != PJ_OK) {
+        api_redis_failed_call(rq, t, err);
         return API_DONE;
     }
-    for (size_t i = 0; i < n; i++)
-        redisAppendCommand(t->c, "HMGET %s status reason updated_at", cm_key_rm_checkout(ids[i].id).s);
-    redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
-    bool failed = false;
+    cm_pipe *p = cm_pipe_new(t->cc);
     for (size_t i = 0; i < n; i++) {
-        if (redisGetReply(t->c, (void **)&hm[i]) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            api_redis_drop(t);
+        cm_key key = cm_key_rm_checkout(ids[i].id);
+        cm_pipe_command(p, api_slot(key.s), "HMGET %s status reason updated_at", key.s);
+    }
+    redisReply **hm = cm_xcalloc(n ? n : 1, sizeof *hm);
+    bool failed = !api_pipe_run(t, p);
+    for (size_t i = 0; !failed && i < n; i++) {
+        hm[i] = cm_pipe_take(p, i);
+        if (!api_redis_ok(t, hm[i])) {   /* frees it */
+            hm[i] = NULL;
             failed = true;
-            break;
-        }
-        if (hm[i]->type == REDIS_REPLY_ERROR && !failed) {
-            snprintf(t->err, sizeof t->err, "redis: %s", hm[i]->str);
-            failed = true;   /* the other replies are still read off the connection */
         }
     }
+    cm_pipe_free(p);
     if (failed) {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
     } else {
         cm_buf *o = &rq->out;
         cm_buf_puts(o, "{\"client_id\":");

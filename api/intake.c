@@ -3,19 +3,21 @@
  *
  * Everything a client can get wrong is checked before anything is written:
  * JSON, fields, id charset and length, quantities, line count (the server
- * already checked body size, Content-Type and Idempotency-Key). The event is
- * built here, whole, priced from the process's price cache
- * (api/lua/intake.c); then one script (lua/intake.lua), in one round trip
- * (pipelined with the other intakes of the moment by batch.c), checks the
- * idempotency key, checks every line's price against the catalog (an
- * unknown product is 422 and nothing is written; a price that moved is
- * answered "prices": the event is re-priced and sent again, so an event never
- * carries a stale price) and appends CheckoutInitiated with the key's record,
- * atomically. With a warm cache that is one round trip per intake. Only the
- * script's success is answered 202, so a 202 always means the event is in
- * Redis (and, with REDIS_WAIT_REPLICAS=N, confirmed by N replicas: see
- * unconfirmed()); when Redis cannot take it the answer is 503 and the client
- * retries with the same key. */
+ * already checked body size, Content-Type and Idempotency-Key). The handler
+ * then hands the job to the batcher (batch.c), which reads the prices of
+ * the batch's products from the catalog (one pipelined HMGET per product,
+ * each in its product's slot), builds each event whole with those prices
+ * (api_job_build), and sends every job's script (lua/intake.lua) in one
+ * pipeline. The script, in the checkout's slot alone, checks the
+ * idempotency key and appends CheckoutInitiated with the key's record,
+ * atomically; a line whose product is unknown (422) or whose catalog entry
+ * is broken (500) is refused by the same call, which then writes nothing but
+ * still answers a recorded key. So a checkout is priced at the catalog price
+ * of a moment between its arrival and its 202. Only the script's success is
+ * answered 202, so a 202 always means the event is in Redis (and, with
+ * REDIS_WAIT_REPLICAS=N, confirmed by N replicas: see unconfirmed()); when
+ * Redis cannot take it the answer is 503 and the client retries with the
+ * same key. */
 #include "api/api_int.h"
 #include "api/lua/intake.h"
 #include "common/ids.h"
@@ -185,25 +187,27 @@ static void replay(api_req *rq, const redisReply *rec, const api_job *j)
     api_reply(rq, 202);
 }
 
-/* (Re)builds the job's script call from its lines and their prices. */
-static int job_build(api_job *j)
+int api_job_build(api_job *j)
 {
     api_intake_line lines[API_INTAKE_MAX_LINES];
     for (size_t i = 0; i < j->nlines; i++)
         lines[i] = (api_intake_line){j->lines[i].product_id, j->lines[i].qty, j->lines[i].price};
     api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .idem_key = j->idem_key,
                             .body_hash = j->hash, .answer = j->alias ? "a" : "c", .idem_ttl_s = IDEM_TTL_S,
-                            .bus = g_api.bus, .lines = lines, .n = j->nlines};
+                            .bus = g_api.bus, .lines = lines, .n = j->nlines,
+                            .refused = j->refused_line < 0 ? 0 : (size_t)j->refused_line + 1,
+                            .confirm = g_api.wait_replicas > 0};
     cm_argv_reset(&j->argv);
     return api_intake_build(&call, &j->argv, &j->nkeys);
 }
 
-/* Prepares the intake script's call for a validated body, priced from the
- * cache. Returns the job (caller owns it), or NULL after answering 500. */
+/* Prepares the intake of a validated body (priced later, by the batcher).
+ * Returns the job (caller owns it). */
 static api_job *make_job(api_req *rq, json_t *root, const char *client, const line *lines, size_t n, bool alias)
 {
     api_job *j = cm_xcalloc(1, sizeof *j);
     j->conn = rq->conn;
+    j->refused_line = -1;
     if (rq->idem_key[0])   /* the new checkout goes where its idempotency record is */
         cm_partition_id(cm_partition_of_idem(client, rq->idem_key), j->checkout_id);
     else
@@ -218,17 +222,11 @@ static api_job *make_job(api_req *rq, json_t *root, const char *client, const li
     for (size_t i = 0; i < n; i++) {
         snprintf(j->lines[i].product_id, sizeof j->lines[i].product_id, "%s", lines[i].product_id);
         j->lines[i].qty = lines[i].qty;
-        j->lines[i].price = api_price_get(lines[i].product_id);
-    }
-    if (job_build(j) != 0) {
-        api_error(rq, 500, "internal", "cannot encode the event");
-        api_job_free(j);
-        return NULL;
     }
     return j;
 }
 
-/* Runs the job on this thread's own connection (the batcher is stopping). */
+/* Runs the job on this thread's own client (the batcher is stopping). */
 static void run_here(api_job *j)
 {
     const char *why = NULL;
@@ -237,42 +235,26 @@ static void run_here(api_job *j)
         snprintf(j->err, sizeof j->err, "%s", why);
         return;
     }
-    redisReply *r = cm_script_call(t->c, &t->intake, j->nkeys, &j->argv);
-    if (!r || t->c->err) {
-        snprintf(j->err, sizeof j->err, "redis: %s", t->c->err ? t->c->errstr : "no reply");
-        if (r)
-            freeReplyObject(r);
-        api_redis_drop(t);
-        return;
-    }
-    j->reply = r;
-    if (g_api.wait_replicas > 0) {   /* the same confirmation as the batcher's */
-        api_wait_append(t->c);
-        j->replicas = api_wait_read(t->c);
-        if (t->c->err)
-            api_redis_drop(t);
-    }
+    api_intake_run(t->cc, &t->intake, &j, 1);
 }
 
-/* Answers from the script's reply: 202 (new or replayed), 409, 422, 503;
- * or, when the catalog's prices moved since they were cached, re-prices the
- * event and sends it again (API_SUSPENDED until that answer). */
+/* Answers from the script's reply: 202 (new or replayed), 409, 422, 500, 503. */
 static api_flow finish(api_req *rq, api_job *j)
 {
     redisReply *r = j->reply;
     if (!r) {
-        api_unavailable(rq, j->err);
+        if (j->permanent)
+            api_redis_fail(rq, CM_REDIS_PERMANENT, j->err);
+        else
+            api_unavailable(rq, j->err);
         return API_DONE;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        api_redis_failed(rq, NULL, r, NULL);   /* 503 if a retry may help, else 500 */
+        api_redis_failed(rq, r, NULL);   /* 503 if a retry may help, else 500 */
         return API_DONE;
     }
-    api_intake_line lines[API_INTAKE_MAX_LINES];
-    for (size_t i = 0; i < j->nlines; i++)
-        lines[i] = (api_intake_line){j->lines[i].product_id, j->lines[i].qty, j->lines[i].price};
-    api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .lines = lines,
-                            .n = j->nlines};
+    api_intake_call call = {.checkout_id = j->checkout_id, .client_id = j->client_id, .n = j->nlines,
+                            .refused = j->refused_line < 0 ? 0 : (size_t)j->refused_line + 1};
     api_intake_reply v;
     api_intake_parse(r, &call, &v);
     switch (v.verdict) {
@@ -281,24 +263,13 @@ static api_flow finish(api_req *rq, api_job *j)
         replay(rq, &rec, j);
         return API_DONE;
     }
-    case API_INTAKE_UNKNOWN:
-        api_error(rq, 422, "unknown_product", "product %s is not in the catalog", j->lines[v.line].product_id);
+    case API_INTAKE_REFUSED:
+        if (j->refused_broken)
+            api_redis_fail(rq, CM_REDIS_PERMANENT, j->refused_why);
+        else
+            api_error(rq, 422, "unknown_product", "product %s is not in the catalog",
+                      j->lines[j->refused_line].product_id);
         return API_DONE;
-    case API_INTAKE_REPRICE:
-        for (size_t i = 0; i < j->nlines; i++)
-            j->lines[i].price = lines[i].price;
-        freeReplyObject(j->reply);
-        j->reply = NULL;
-        j->err[0] = '\0';
-        j->done = false;
-        if (++j->reprices > 3 || job_build(j) != 0) {
-            api_unavailable(rq, "the catalog's prices keep changing; retry");
-            return API_DONE;
-        }
-        if (api_batch_submit(j))
-            return API_SUSPENDED;
-        run_here(j);
-        return finish(rq, j);
     case API_INTAKE_ACCEPTED:
         break;
     default:
@@ -346,8 +317,6 @@ static api_flow intake(api_req *rq, bool alias)
     if (!validate(rq, root, &client, lines, &n))
         goto out;
     rq->job = make_job(rq, root, client, lines, n, alias);
-    if (!rq->job)
-        goto out;
     if (api_batch_submit(rq->job)) {
         flow = API_SUSPENDED;
     } else {

@@ -81,6 +81,13 @@ static int check_settings(char *err, size_t errlen)
     cm_redis_url u;
     if (cm_redis_url_parse(g_api.redis_url, &u, err, errlen) != 0)
         return -1;   /* the message shows the URL masked */
+    if (u.cluster && g_api.partitions < 2) {
+        /* without partition tags a checkout's history, idempotency record and
+         * bus are in different slots: no intake could be one script */
+        snprintf(err, errlen, "REDIS_URL is a Redis Cluster (redis-cluster://): PARTITIONS must be 2 or more "
+                 "(it is %lld), so that each checkout's keys share one slot", (long long)g_api.partitions);
+        return -1;
+    }
     if (g_api.wait_replicas > 0 && g_api.wait_timeout_ms >= g_api.redis_timeout_ms) {
         snprintf(err, errlen, "REDIS_WAIT_TIMEOUT_MS (%lld) must be below REDIS_TIMEOUT_MS (%lld): a WAIT "
                  "blocks the connection that long", (long long)g_api.wait_timeout_ms,

@@ -26,39 +26,34 @@
 static int groups_info(api_req *rq, api_redis *t, redisReply **out)
 {
     int np = cm_partitions();
+    cm_pipe *pipe = cm_pipe_new(t->cc);
     for (int p = 0; p < np; p++) {
         out[p] = NULL;
-        redisAppendCommand(t->c, "XINFO GROUPS %s", cm_key_bus(g_api.bus, p).s);
+        cm_key bus = cm_key_bus(g_api.bus, p);
+        cm_pipe_command(pipe, api_slot(bus.s), "XINFO GROUPS %s", bus.s);
     }
-    int rc = 0;
-    for (int p = 0; p < np; p++) {
-        redisReply *r = NULL;
-        if (redisGetReply(t->c, (void **)&r) != REDIS_OK)
-            r = NULL;
-        if (rc == 0 && r && !t->c->err && r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
+    int rc = api_pipe_run(t, pipe) ? 0 : -1;
+    for (int p = 0; rc == 0 && p < np; p++) {
+        redisReply *r = cm_pipe_take(pipe, (size_t)p);
+        if (r && r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
             freeReplyObject(r);
             continue;
         }
-        if (rc == 0 && !api_redis_ok(t, r)) {   /* frees r */
-            api_redis_fail(rq, t->fault, t->err);
+        if (!api_redis_ok(t, r)) {   /* frees r */
             rc = -1;
-            if (t->c == NULL || t->c->err)
-                break;   /* the connection is gone: no more replies */
-            continue;
-        }
-        if (rc != 0) {
-            if (r)
-                freeReplyObject(r);
-            continue;
+            break;
         }
         out[p] = r;
     }
-    if (rc != 0)
+    cm_pipe_free(pipe);
+    if (rc != 0) {
+        api_redis_fail(rq, t->fault, t->err);
         for (int p = 0; p < np; p++)
             if (out[p]) {
                 freeReplyObject(out[p]);
                 out[p] = NULL;
             }
+    }
     return rc;
 }
 
@@ -209,16 +204,16 @@ static void dead_letter_json(cm_buf *o, const char *group, const redisReply *e)
 }
 
 /* Queues XRANGE start end COUNT count on each group's dead-letter stream of
- * every partition, group-major (reply k is group k / np, partition k % np);
- * returns np. */
-static int append_dlq_ranges(api_redis *t, const char *start, const char *end, const char *count)
+ * every partition, group-major (reply k is group k / np, partition k % np),
+ * each to its stream's slot; returns np. */
+static int append_dlq_ranges(cm_pipe *pipe, const char *start, const char *end, const char *count)
 {
     int np = cm_partitions();
     for (int g = 0; g < CM_W_COUNT; g++)
         for (int p = 0; p < np; p++) {
             char dlq[512];
             es_dlq_stream(cm_key_bus(g_api.bus, p).s, cm_group_names[g], dlq, sizeof dlq);
-            redisAppendCommand(t->c, "XRANGE %s %s %s COUNT %s", dlq, start, end, count);
+            cm_pipe_command(pipe, api_slot(dlq), "XRANGE %s %s %s COUNT %s", dlq, start, end, count);
         }
     return np;
 }
@@ -230,25 +225,20 @@ api_flow api_h_dead_letters(api_req *rq)
         return API_DONE;
     char count[16];
     snprintf(count, sizeof count, "%d", DLQ_LIST_MAX);
-    int np = append_dlq_ranges(t, "-", "+", count);
+    cm_pipe *pipe = cm_pipe_new(t->cc);
+    int np = append_dlq_ranges(pipe, "-", "+", count);
+    bool ok = api_pipe_run(t, pipe);
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"dead_letters\":[");
     bool first = true;
-    int failed = 0;
-    for (int gp = 0; gp < CM_W_COUNT * np; gp++) {
+    for (int gp = 0; ok && gp < CM_W_COUNT * np; gp++) {
         int g = gp / np;
-        redisReply *r = NULL;
-        if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            api_redis_drop(t);
-            failed = 2;
+        redisReply *r = cm_pipe_take(pipe, (size_t)gp);
+        if (!api_redis_ok(t, r)) {   /* frees r */
+            ok = false;
             break;
         }
-        if (r->type == REDIS_REPLY_ERROR) {
-            snprintf(t->err, sizeof t->err, "redis: %s", r->str);
-            failed = 1;
-        }
-        for (size_t i = 0; !failed && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
             if (!first)
                 cm_buf_putc(o, ',');
             first = false;
@@ -256,13 +246,12 @@ api_flow api_h_dead_letters(api_req *rq)
         }
         freeReplyObject(r);
     }
+    cm_pipe_free(pipe);
     cm_buf_puts(o, "]}");
-    if (failed == 2)
-        api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
-    else if (failed)
-        api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
-    else
+    if (ok)
         api_reply(rq, 200);
+    else
+        api_redis_fail(rq, t->fault, t->err);
     return API_DONE;
 }
 
@@ -275,17 +264,28 @@ static int group_index(const char *name)
     return -1;
 }
 
-/* Answers a failed call of an event-store function on t (its message in
- * t->err): unreachable after an I/O error (the connection is dropped), else
- * by the error's text. */
-static void redis_call_failed(api_req *rq, api_redis *t)
+/* Answers a failed call of an event-store function made on c (its message
+ * in t->err): unreachable after an I/O error, else by the error's text. */
+static void redis_call_failed(api_req *rq, api_redis *t, const redisContext *c)
 {
-    if (t->c->err) {
-        api_redis_drop(t);
+    if (!c || c->err)
         api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
-    } else {
+    else
         api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
+}
+
+/* A connection of its own to the master of slot (the dead-letter calls of
+ * event_store/deadletter.c take a redisContext): NULL with t->err. The
+ * caller frees it. A slot moved meanwhile answers MOVED: a 503, and the
+ * retry the client makes finds the new owner. */
+static redisContext *slot_conn(api_redis *t, int slot)
+{
+    cm_redis_url u;
+    if (cm_cluster_slot_addr(t->cc, slot, &u) != 0) {
+        snprintf(t->err, sizeof t->err, "no master is known for slot %d", slot);
+        return NULL;
     }
+    return cm_redis_connect_url(&u, (int)g_api.redis_timeout_ms, t->err, sizeof t->err);
 }
 
 /* Dead-letter ids are per stream, so two groups may hold the same id:
@@ -307,36 +307,42 @@ api_flow api_h_dead_letter_retry(api_req *rq)
     api_redis *t = api_redis_for(rq);
     if (!t)
         return API_DONE;
-    int np = append_dlq_ranges(t, id, id, "1");
-    int found = -1, failed = 0;   /* group * np + partition */
-    for (int gp = 0; gp < CM_W_COUNT * np; gp++) {
+    cm_pipe *pipe = cm_pipe_new(t->cc);
+    int np = append_dlq_ranges(pipe, id, id, "1");
+    int found = -1;   /* group * np + partition */
+    bool ok = api_pipe_run(t, pipe);
+    for (int gp = 0; ok && gp < CM_W_COUNT * np; gp++) {
         int g = gp / np;
-        redisReply *r = NULL;
-        if (redisGetReply(t->c, (void **)&r) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            api_redis_drop(t);
-            api_redis_fail(rq, CM_REDIS_UNREACHABLE, t->err);
-            return API_DONE;
+        redisReply *r = cm_pipe_take(pipe, (size_t)gp);
+        if (!api_redis_ok(t, r)) {   /* frees r */
+            ok = false;
+            break;
         }
-        if (r->type == REDIS_REPLY_ERROR) {
-            snprintf(t->err, sizeof t->err, "redis: %s", r->str);
-            failed = 1;
-        } else if (found < 0 && (only < 0 || g == only) && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        if (found < 0 && (only < 0 || g == only) && r->type == REDIS_REPLY_ARRAY && r->elements > 0)
             found = gp;
-        }
         freeReplyObject(r);
     }
-    if (failed) {
-        api_redis_fail(rq, cm_redis_fault_of_error(t->err, strlen(t->err)), t->err);
+    cm_pipe_free(pipe);
+    if (!ok) {
+        api_redis_fail(rq, t->fault, t->err);
         return API_DONE;
     }
     const char *group = found < 0 ? NULL : cm_group_names[found / np];
-    int rc = found < 0 ? ES_ENOTFOUND
-                       : es_dlq_retry(t->c, cm_key_bus(g_api.bus, found % np).s, group, id, t->err, sizeof t->err);
+    int rc = ES_ENOTFOUND;
+    if (found >= 0) {
+        cm_key bus = cm_key_bus(g_api.bus, found % np);
+        redisContext *c = slot_conn(t, api_slot(bus.s));
+        rc = c ? es_dlq_retry(c, bus.s, group, id, t->err, sizeof t->err) : ES_EREDIS;
+        if (rc != ES_OK && rc != ES_ENOTFOUND) {
+            redis_call_failed(rq, t, c);
+            if (c)
+                redisFree(c);
+            return API_DONE;
+        }
+        redisFree(c);
+    }
     if (rc == ES_ENOTFOUND) {
         api_error(rq, 404, "not_found", "no dead letter %s", id);
-    } else if (rc != ES_OK) {
-        redis_call_failed(rq, t);
     } else {
         cm_buf_puts(&rq->out, "{\"id\":");
         cm_buf_put_json_str(&rq->out, id, strlen(id));
@@ -359,24 +365,26 @@ static long long *oldest_shares(api_redis *t, const char *group, long long want)
         share[0] = want;
         return share;
     }
+    cm_pipe *pipe = cm_pipe_new(t->cc);
     for (int p = 0; p < np; p++) {
         char dlq[512];
         es_dlq_stream(cm_key_bus(g_api.bus, p).s, group, dlq, sizeof dlq);
-        redisAppendCommand(t->c, "XRANGE %s - + COUNT %lld", dlq, want);
+        cm_pipe_command(pipe, api_slot(dlq), "XRANGE %s - + COUNT %lld", dlq, want);
     }
     redisReply **rs = cm_xcalloc((size_t)np, sizeof *rs);
-    bool ok = true;
-    for (int p = 0; p < np; p++) {
-        if (redisGetReply(t->c, (void **)&rs[p]) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
+    bool ok = api_pipe_run(t, pipe);
+    for (int p = 0; ok && p < np; p++) {
+        rs[p] = cm_pipe_take(pipe, (size_t)p);
+        if (!api_redis_ok(t, rs[p])) {   /* frees it */
+            rs[p] = NULL;
             ok = false;
-            break;
-        }
-        if (rs[p]->type != REDIS_REPLY_ARRAY) {
-            snprintf(t->err, sizeof t->err, "redis: %s", rs[p]->type == REDIS_REPLY_ERROR ? rs[p]->str : "?");
+        } else if (rs[p]->type != REDIS_REPLY_ARRAY) {
+            snprintf(t->err, sizeof t->err, "redis: XRANGE: not an array");
+            t->fault = CM_REDIS_PERMANENT;
             ok = false;
         }
     }
+    cm_pipe_free(pipe);
     /* merge: take the oldest head among the partitions, want times */
     size_t *at = cm_xcalloc((size_t)np, sizeof *at);
     for (long long k = 0; ok && k < want; k++) {
@@ -439,19 +447,24 @@ api_flow api_h_dead_letters_retry_bulk(api_req *rq)
     long long want = (long long)json_integer_value(jc), n = 0;
     long long *share = oldest_shares(t, cm_group_names[g], want);
     if (!share) {
-        redis_call_failed(rq, t);
+        api_redis_fail(rq, t->fault, t->err);
         goto out;
     }
     for (int p = 0; p < cm_partitions(); p++) {
         if (!share[p])
             continue;
-        long long k = es_dlq_retry_oldest(t->c, cm_key_bus(g_api.bus, p).s, cm_group_names[g], share[p], t->err,
-                                          sizeof t->err);
+        cm_key bus = cm_key_bus(g_api.bus, p);
+        redisContext *c = slot_conn(t, api_slot(bus.s));
+        long long k = c ? es_dlq_retry_oldest(c, bus.s, cm_group_names[g], share[p], t->err, sizeof t->err)
+                        : ES_EREDIS;
         if (k < 0) {
             free(share);
-            redis_call_failed(rq, t);
+            redis_call_failed(rq, t, c);
+            if (c)
+                redisFree(c);
             goto out;
         }
+        redisFree(c);
         n += k;
     }
     free(share);
@@ -474,12 +487,16 @@ api_flow api_h_ready(api_req *rq)
 {
     const char *why = NULL;
     api_redis *t = api_redis_get(&why);   /* refuses at once while Redis is known down */
-    if (t) {
-        redisReply *p = redisCommand(t->c, "PING");
-        if (api_redis_ok(t, p))
-            freeReplyObject(p);
-        else
-            why = t->err, t = NULL;
+    if (t) {   /* every master (a single server: the one) */
+        int slots[64];
+        int n = cm_cluster_master_slots(t->cc, slots, 64);
+        for (int i = 0; t && i < n; i++) {
+            redisReply *p = cm_cluster_command(t->cc, slots[i], "PING");
+            if (api_redis_ok(t, p))
+                freeReplyObject(p);
+            else
+                why = t->err, t = NULL;
+        }
     }
     if (!t) {
         api_error(rq, 503, "unavailable", "redis is not reachable: %s", why ? why : "?");

@@ -58,24 +58,29 @@ api_flow api_h_streams(api_req *rq)
         return API_DONE;
     }
     int n = cm_partitions() * PER_PARTITION;
+    cm_pipe *p = cm_pipe_new(t->cc);
     for (int i = 0; i < n; i++) {
         char s[512];
         platform_stream_name(i, s, sizeof s);
-        redisAppendCommand(t->c, "XLEN %s", s);
+        cm_pipe_command(p, api_slot(s), "XLEN %s", s);
+    }
+    if (!api_pipe_run(t, p)) {
+        cm_pipe_free(p);
+        api_redis_fail(rq, t->fault, t->err);
+        return API_DONE;
     }
     cm_buf *o = &rq->out;
     cm_buf_puts(o, "{\"streams\":[");
     for (int i = 0; i < n; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(t->c, (void **)&r) != REDIS_OK)
-            r = NULL;
-        if (!r || r->type != REDIS_REPLY_INTEGER) {
-            /* a broken connection or an error (WRONGTYPE): the rest of the
-             * pipeline is drained by dropping the connection */
-            if (api_redis_ok(t, r))   /* never true here: frees r, sets t->err */
+        redisReply *r = cm_pipe_take(p, (size_t)i);
+        if (!api_redis_ok(t, r) || r->type != REDIS_REPLY_INTEGER) {
+            /* an error (WRONGTYPE) or a foreign reply */
+            if (t->fault == CM_REDIS_OK) {
                 freeReplyObject(r);
-            if (t->c)
-                api_redis_drop(t);
+                snprintf(t->err, sizeof t->err, "XLEN: not an integer");
+                t->fault = CM_REDIS_PERMANENT;
+            }
+            cm_pipe_free(p);
             api_redis_fail(rq, t->fault, t->err);
             return API_DONE;
         }
@@ -89,6 +94,7 @@ api_flow api_h_streams(api_req *rq)
                       i % PER_PARTITION ? "dead_letters" : "bus", i / PER_PARTITION, r->integer);
         freeReplyObject(r);
     }
+    cm_pipe_free(p);
     cm_buf_puts(o, "]}");
     api_reply(rq, 200);
     return API_DONE;
@@ -97,17 +103,11 @@ api_flow api_h_streams(api_req *rq)
 /* Maps a failed store call to 503 (Redis) or 500 (undecodable data). */
 static void store_failed(api_req *rq, api_redis *t, int rc)
 {
-    if (rc == ES_EREDIS) {
-        char e[256];
-        snprintf(e, sizeof e, "%s", es_store_errstr(t->st));
-        if (t->c->err)
-            api_redis_drop(t);
-        api_unavailable(rq, e);
-    } else {
-        api_error(rq, 500, "internal", "stored data cannot be decoded: %s", es_store_errstr(t->st));
-    }
+    if (rc == ES_EREDIS)
+        api_redis_failed_call(rq, t, NULL);
+    else
+        api_error(rq, 500, "internal", "stored data cannot be decoded: %s", t->err);
 }
-
 api_flow api_h_stream_events(api_req *rq)
 {
     const char *stream = rq->param;
@@ -144,7 +144,7 @@ api_flow api_h_stream_events(api_req *rq)
     es_event **evs = NULL;
     size_t n = 0;
     char *next = NULL;
-    int rc = es_stream_page(t->st, stream, after, (size_t)count, &evs, &n, &next);
+    int rc = es_stream_fetch(t->cc, stream, after, (size_t)count, &evs, &n, &next, t->err, sizeof t->err);
     if (rc != ES_OK) {
         store_failed(rq, t, rc);
         return API_DONE;
@@ -175,7 +175,7 @@ api_flow api_h_replay(api_req *rq)
     snprintf(rq->checkout_id, sizeof rq->checkout_id, "%s", id);
     es_event **evs = NULL;
     size_t n = 0;
-    int rc = es_history_read(t->st, "checkout", id, &evs, &n);
+    int rc = es_history_fetch(t->cc, "checkout", id, &evs, &n, t->err, sizeof t->err);
     if (rc != ES_OK) {
         store_failed(rq, t, rc);
         return API_DONE;
@@ -213,11 +213,9 @@ api_flow api_h_orders_by_client(api_req *rq)
     /* the client's orders, summed over the partitions (projections/read.h) */
     pj_client_view v;
     char err[256];
-    cm_cluster *cc = cm_cluster_borrow(t->c);
-    int rc = pj_read_client(cc, id, &v, err, sizeof err);
-    cm_cluster_free(cc);
+    int rc = pj_read_client(t->cc, id, &v, err, sizeof err);
     if (rc != PJ_OK) {
-        api_redis_read_failed(rq, t, err);
+        api_redis_failed_call(rq, t, err);
         return API_DONE;
     }
     cm_buf *o = &rq->out;

@@ -1,21 +1,29 @@
-/* redis_tls.c - one Redis connection (and event store, and scripts) per
- * server thread, made on first use and remade after an I/O error; and the
+/* redis_tls.c - one Redis client (a cm_cluster: a single server or a Redis
+ * Cluster, REDIS_URL decides) per server thread, made on first use; and the
  * shared Redis state with its probe thread.
  *
  * libmicrohttpd runs each connection's callbacks on one pool thread, so a
- * thread-local connection needs no lock. The object is freed at thread exit
- * (a pthread key destructor), so nothing leaks when the daemon stops.
+ * thread-local client needs no lock. The object is freed at thread exit
+ * (a pthread key destructor), so nothing leaks when the daemon stops. The
+ * client routes each command by its key's slot and reconnects a node whose
+ * connection broke by itself; calls do not retry (cm_cluster_set_retry 0):
+ * a node that does not answer is a 503 at once, never a request held
+ * through a failover.
  *
  * Failing fast: a pool thread blocked on a hung Redis blocks every
  * connection it serves, /health included. So the first call that finds
  * Redis unreachable (I/O error, timeout, refused, LOADING...) sets one
  * shared flag, and while it is set no pool thread calls Redis: requests that
  * need it answer 503 at once (server.c, API_F_REDIS) and api_redis_get
- * refuses. Only the probe thread talks to Redis then, a PING every
- * probe_ms on its own connection; its first PONG clears the flag, so the API
- * recovers by itself. The probe also sets the flag when Redis hangs or goes
- * away while no request is running. At most the calls in flight when Redis
- * hangs wait for their timeout (REDIS_TIMEOUT_MS). */
+ * refuses. Only the probe thread talks to Redis then, a PING to every master
+ * every probe_ms on its own client (on a cluster after re-reading the slot
+ * map, so a promoted replica is found); the first round in which every
+ * master answers clears the flag, so the API recovers by itself. On a
+ * cluster "reachable" thus means every slot's master answers: while one
+ * master is down (killed, not yet failed over) the API answers 503. The
+ * probe also sets the flag when Redis hangs or goes away while no request
+ * is running. At most the calls in flight when Redis hangs wait for their
+ * timeout (REDIS_TIMEOUT_MS). */
 #include "api/api_int.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -30,6 +38,7 @@
 
 extern const char api_lua_intake[];
 extern const char api_lua_product_put[];
+extern const char api_lua_saga_stats[];
 
 static pthread_key_t g_key;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -37,11 +46,8 @@ static __thread api_redis *t_redis;
 
 static void disconnect(api_redis *t)
 {
-    es_store_free(t->st);
-    t->st = NULL;
-    if (t->c)
-        redisFree(t->c);
-    t->c = NULL;
+    cm_cluster_free(t->cc);
+    t->cc = NULL;
 }
 
 static void destroy(void *p)
@@ -57,18 +63,18 @@ static void make_key(void)
         abort();
 }
 
+cm_cluster *api_cluster_open(char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_open(g_api.redis_url, (int)g_api.redis_timeout_ms, err, errlen);
+    if (cc)
+        cm_cluster_set_retry(cc, 0);
+    return cc;
+}
+
 static int connect_now(api_redis *t)
 {
-    t->c = cm_redis_connect(g_api.redis_url, (int)g_api.redis_timeout_ms, t->err, sizeof t->err);
-    if (!t->c)
-        return -1;
-    t->st = es_store_new(t->c, g_api.bus, t->err, sizeof t->err);
-    if (!t->st || cm_script_load(t->c, &t->intake, t->err, sizeof t->err) != 0 ||
-        cm_script_load(t->c, &t->product_put, t->err, sizeof t->err) != 0) {
-        disconnect(t);
-        return -1;
-    }
-    return 0;
+    t->cc = api_cluster_open(t->err, sizeof t->err);
+    return t->cc ? 0 : -1;
 }
 
 /* ---- the shared state ---- */
@@ -135,35 +141,59 @@ void api_redis_down_reason(char *out, size_t outlen)
     pthread_mutex_unlock(&g_state.lock);
 }
 
-/* The probe: PING on its own connection every probe_ms. */
+/* One probe round on cc: the slot map re-read (a cluster), then PING to
+ * every master. Returns 0, or -1 with the reason in err and *f its class. */
+static int probe_once(cm_cluster *cc, char *err, size_t errlen, cm_redis_fault *f)
+{
+    *f = CM_REDIS_UNREACHABLE;
+    if (cm_cluster_is_cluster(cc) && cm_cluster_refresh(cc) != 0) {
+        snprintf(err, errlen, "CLUSTER SLOTS: %s", cm_cluster_errstr(cc));
+        return -1;
+    }
+    int slots[64];
+    int n = cm_cluster_master_slots(cc, slots, 64);
+    if (n == 0) {
+        snprintf(err, errlen, "no master is known");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        redisReply *r = cm_cluster_command(cc, slots[i], "PING");
+        *f = r ? cm_redis_fault_of(NULL, r) : CM_REDIS_UNREACHABLE;
+        if (*f != CM_REDIS_OK) {
+            cm_redis_url u;
+            int port = cm_cluster_slot_addr(cc, slots[i], &u) == 0 ? u.port : 0;
+            snprintf(err, errlen, "PING (master of slot %d, port %d): %s", slots[i], port,
+                     r ? r->str : cm_cluster_errstr(cc));
+            if (r)
+                freeReplyObject(r);
+            return -1;
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+/* The probe: a round every probe_ms on its own client. */
 static void *probe_run(void *arg)
 {
     (void)arg;
-    redisContext *c = NULL;
-    char err[256];
+    cm_cluster *cc = NULL;
+    char err[256], masked[256], why[520];
+    cm_redis_url_mask(g_api.redis_url, masked, sizeof masked);
     while (!atomic_load(&g_state.stop)) {
         int64_t t0 = cm_mono_ms();
-        if (!c)
-            c = cm_redis_connect(g_api.redis_url, (int)g_api.redis_timeout_ms, err, sizeof err);
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            cm_redis_fault f = cm_redis_fault_of(c, r);
-            if (f == CM_REDIS_OK) {
-                mark_up();
-            } else {
-                snprintf(err, sizeof err, "PING: %s", r && r->type == REDIS_REPLY_ERROR ? r->str
-                                                      : c->errstr[0] ? c->errstr : "no answer");
-                if (f == CM_REDIS_UNREACHABLE)
-                    api_redis_mark_down(err);
-            }
-            if (r)
-                freeReplyObject(r);
-            if (c->err) {
-                redisFree(c);
-                c = NULL;
-            }
-        } else {
-            api_redis_mark_down(err);
+        if (!cc)
+            cc = api_cluster_open(err, sizeof err);
+        cm_redis_fault f = CM_REDIS_UNREACHABLE;
+        if (cc && probe_once(cc, err, sizeof err, &f) == 0) {
+            mark_up();
+        } else if (f == CM_REDIS_UNREACHABLE) {
+            /* the reason names REDIS_URL (masked) unless it does already */
+            if (strstr(err, masked))
+                snprintf(why, sizeof why, "%s", err);
+            else
+                snprintf(why, sizeof why, "%s: %s", masked, err);
+            api_redis_mark_down(why);
         }
         int64_t left = t0 + g_api.probe_ms - cm_mono_ms();
         while (left > 0 && !atomic_load(&g_state.stop)) {
@@ -171,8 +201,7 @@ static void *probe_run(void *arg)
             left = t0 + g_api.probe_ms - cm_mono_ms();
         }
     }
-    if (c)
-        redisFree(c);
+    cm_cluster_free(cc);
     return NULL;
 }
 
@@ -217,14 +246,15 @@ api_redis *api_redis_get(const char **why)
         t = cm_xcalloc(1, sizeof *t);
         t->intake.src = api_lua_intake;
         t->product_put.src = api_lua_product_put;
+        t->saga_stats.src = api_lua_saga_stats;
         t_redis = t;
         pthread_setspecific(g_key, t);
     }
-    /* A connection made before an outage may be dead without knowing it
-     * (Redis restarted): after each recovery, every thread reconnects
-     * instead of spending a request on finding out. */
+    /* A client made before an outage may hold dead connections and an old
+     * slot map (Redis restarted, a replica promoted): after each recovery,
+     * every thread reconnects instead of spending a request on finding out. */
     long epoch = atomic_load(&g_state.epoch);
-    if (t->c && (t->c->err || t->epoch != epoch))
+    if (t->cc && t->epoch != epoch)
         disconnect(t);
     if (!api_redis_reachable()) {
         api_redis_down_reason(t_why, sizeof t_why);
@@ -232,7 +262,7 @@ api_redis *api_redis_get(const char **why)
         return NULL;
     }
     t->epoch = epoch;
-    if (!t->c && connect_now(t) != 0) {
+    if (!t->cc && connect_now(t) != 0) {
         api_redis_mark_down(t->err);
         *why = t->err;
         return NULL;
@@ -240,26 +270,53 @@ api_redis *api_redis_get(const char **why)
     return t;
 }
 
-void api_redis_drop(api_redis *t)
+/* Records the failure of the last call on t (r: its reply, NULL when none
+ * came) in t->err and t->fault; an unreachable Redis sets the shared state. */
+static void record_failure(api_redis *t, const redisReply *r)
 {
-    disconnect(t);
+    if (r) {
+        snprintf(t->err, sizeof t->err, "redis: %.*s", (int)r->len, r->str);
+        t->fault = cm_redis_fault_of_error(r->str, r->len);
+    } else {
+        snprintf(t->err, sizeof t->err, "redis: %s", cm_cluster_errstr(t->cc));
+        /* refused before sending (keys in several slots, a bad call): a bug
+         * or data a retry cannot fix; anything else: no answer */
+        t->fault = cm_cluster_err(t->cc) == CM_CLUSTER_EUNAVAIL ? CM_REDIS_UNREACHABLE : CM_REDIS_PERMANENT;
+    }
+    if (t->fault == CM_REDIS_UNREACHABLE)
+        api_redis_mark_down(t->err);
 }
 
 bool api_redis_ok(api_redis *t, redisReply *r)
 {
-    cm_redis_fault f = cm_redis_fault_of(t->c, r);
-    t->fault = f;
-    if (f == CM_REDIS_OK)
+    if (r && r->type != REDIS_REPLY_ERROR) {
+        t->fault = CM_REDIS_OK;
         return true;
-    if (!r || t->c->err) {
-        snprintf(t->err, sizeof t->err, "redis: %s", t->c->err ? t->c->errstr : "no reply");
-        disconnect(t);
-    } else {
-        snprintf(t->err, sizeof t->err, "redis: %.*s", (int)r->len, r->str);
     }
-    if (f == CM_REDIS_UNREACHABLE)
-        api_redis_mark_down(t->err);
+    record_failure(t, r);
     if (r)
         freeReplyObject(r);
     return false;
+}
+
+bool api_pipe_run(api_redis *t, cm_pipe *p)
+{
+    if (cm_pipe_exec(p) == 0)
+        return true;
+    record_failure(t, NULL);
+    return false;
+}
+
+void api_redis_failed_call(api_req *rq, api_redis *t, const char *detail)
+{
+    const char *e = detail && *detail ? detail : t->err;
+    if (cm_cluster_err(t->cc) == CM_CLUSTER_EUNAVAIL)
+        api_redis_fail(rq, CM_REDIS_UNREACHABLE, e);
+    else
+        api_redis_fail(rq, cm_redis_fault_of_error(e, strlen(e)), e);
+}
+
+int api_slot(const char *key)
+{
+    return cm_key_slot(key, strlen(key));
 }

@@ -27,7 +27,7 @@
  *
  * A hung Redis never holds an HTTP thread: the handlers of API_F_ASYNC
  * routes run on a small pool of Redis threads (as many as API_THREADS, each
- * with its own connection, redis_tls.c). The HTTP thread suspends the
+ * with its own Redis client, redis_tls.c). The HTTP thread suspends the
  * connection and queues the request; a Redis thread runs the handler and
  * resumes the connection, and libmicrohttpd calls us again on the HTTP
  * thread, which queues the answer. So /health, /metrics and every 503 of a
@@ -169,14 +169,14 @@ void api_redis_fail(api_req *rq, cm_redis_fault f, const char *detail)
     api_unavailable(rq, detail);
 }
 
-void api_redis_failed(api_req *rq, const redisContext *c, const redisReply *r, const char *detail)
+void api_redis_failed(api_req *rq, const redisReply *r, const char *detail)
 {
     char d[256];
     if (r && r->type == REDIS_REPLY_ERROR) {
         snprintf(d, sizeof d, "redis: %.*s", (int)r->len, r->str);
         detail = d;
     }
-    api_redis_fail(rq, cm_redis_fault_of(c, r), detail);
+    api_redis_fail(rq, cm_redis_fault_of(NULL, r), detail);
 }
 
 const char *api_query(api_req *rq, const char *name)

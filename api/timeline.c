@@ -188,28 +188,33 @@ static int pipeline(api_redis *t, es_event *const *evs, size_t n, redisReply **r
 {
     char dlq[512];
     cm_key bus = cm_key_bus(g_api.bus, cm_partition_of(evs[0]->aggregate_id));   /* the checkout's partition */
-    redisAppendCommand(t->c, "XINFO GROUPS %s", bus.s);
+    int slot = api_slot(bus.s);   /* its dead-letter streams carry the same tag */
+    cm_pipe *p = cm_pipe_new(t->cc);
+    cm_pipe_command(p, slot, "XINFO GROUPS %s", bus.s);
     for (size_t i = 0; i < n; i++)
         for (int g = 0; g < CM_W_COUNT; g++)
-            redisAppendCommand(t->c, "XPENDING %s %s %s %s 1", bus.s, cm_group_names[g], evs[i]->entry_id,
-                               evs[i]->entry_id);
+            cm_pipe_command(p, slot, "XPENDING %s %s %s %s 1", bus.s, cm_group_names[g], evs[i]->entry_id,
+                            evs[i]->entry_id);
     for (int g = 0; g < CM_W_COUNT; g++) {
         es_dlq_stream(bus.s, cm_group_names[g], dlq, sizeof dlq);
-        redisAppendCommand(t->c, "XREVRANGE %s + %s COUNT %d", dlq, evs[0]->entry_id, TL_DLQ_SCAN);
+        cm_pipe_command(p, api_slot(dlq), "XREVRANGE %s + %s COUNT %d", dlq, evs[0]->entry_id, TL_DLQ_SCAN);
+    }
+    if (!api_pipe_run(t, p)) {
+        cm_pipe_free(p);
+        return -1;
     }
     int rc = 0;
     for (size_t i = 0; i < nr; i++) {
-        if (redisGetReply(t->c, (void **)&r[i]) != REDIS_OK) {
-            snprintf(t->err, sizeof t->err, "redis: %s", t->c->errstr);
-            api_redis_drop(t);
-            return -1;
-        }
-        if (r[i]->type == REDIS_REPLY_ERROR && !strstr(r[i]->str, "NOGROUP") && !strstr(r[i]->str, "no such key")) {
+        r[i] = cm_pipe_take(p, i);
+        if (r[i] && r[i]->type == REDIS_REPLY_ERROR && !strstr(r[i]->str, "NOGROUP") &&
+            !strstr(r[i]->str, "no such key")) {
             if (!rc)
                 snprintf(t->err, sizeof t->err, "redis: %s", r[i]->str);
+            t->fault = cm_redis_fault_of_error(r[i]->str, r[i]->len);
             rc = -1;
         }
     }
+    cm_pipe_free(p);
     return rc;
 }
 
@@ -290,12 +295,9 @@ api_flow api_h_timeline(api_req *rq)
         return API_DONE;
     es_event **evs = NULL;
     size_t n = 0;
-    int rc = es_history_read(t->st, "checkout", id, &evs, &n);
+    int rc = es_history_fetch(t->cc, "checkout", id, &evs, &n, t->err, sizeof t->err);
     if (rc == ES_EREDIS) {
-        snprintf(t->err, sizeof t->err, "%s", es_store_errstr(t->st));
-        if (t->c->err)
-            api_redis_drop(t);
-        api_unavailable(rq, t->err);
+        api_redis_failed_call(rq, t, NULL);
         return API_DONE;
     }
     if (rc != ES_OK) {
@@ -309,7 +311,7 @@ api_flow api_h_timeline(api_req *rq)
     } else if (rc == -2) {
         api_error(rq, 500, "internal", "%s", t->err);
     } else {
-        api_unavailable(rq, t->err);
+        api_redis_fail(rq, t->fault, t->err);
     }
     es_events_free(evs, n);
     return API_DONE;

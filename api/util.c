@@ -74,15 +74,3 @@ int api_stream_id_cmp(const char *a, const char *b)
     return as < bs ? -1 : as > bs;
 }
 
-void api_redis_read_failed(api_req *rq, api_redis *t, const char *err)
-{
-    if (!t->c || t->c->err) {   /* the connection broke: drop it, mark Redis down */
-        if (t->c)
-            (void)api_redis_ok(t, NULL);   /* t->err says why */
-        else
-            snprintf(t->err, sizeof t->err, "%s", err);
-        api_unavailable(rq, t->err);
-        return;
-    }
-    api_redis_fail(rq, cm_redis_fault_of_error(err, strlen(err)), err);
-}

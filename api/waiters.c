@@ -13,6 +13,11 @@
  * While the subscription is down (Redis restarting) changes may be missed, so
  * every waiter is woken after each (re)subscribe to re-read.
  *
+ * On a Redis Cluster a PUBLISH is broadcast to every node, so the thread
+ * subscribes on any one master (found through its own cm_cluster's slot
+ * map); when that connection breaks it re-reads the map and subscribes on
+ * the next master in turn, so a failed master is left for a live one.
+ *
  * Waiter states: IDLE (not registered), ARMED (registered, connection not yet
  * suspended), SUSPENDED, FIRED (removed from the table; the handler re-reads).
  * Only a SUSPENDED connection is ever resumed. Lock order: g.lock, then
@@ -239,18 +244,39 @@ void api_wait_disarm(api_waiter *w)
 
 /* ---- the subscriber thread ---- */
 
-static redisContext *subscribe(void)
+/* Connects to a master (the turn-th, modulo the masters known) and
+ * SUBSCRIBEs. NULL on failure (logged); *turn then moves to the next. */
+static redisContext *subscribe(cm_cluster **ccp, unsigned *turn)
 {
     char err[256];
-    redisContext *c = cm_redis_connect(g_api.redis_url, (int)g_api.redis_timeout_ms, err, sizeof err);
+    if (!*ccp && !(*ccp = api_cluster_open(err, sizeof err))) {
+        cm_log(CM_DEBUG, "long-poll subscriber: %s", err);
+        return NULL;
+    }
+    cm_cluster *cc = *ccp;
+    int slots[64];
+    int n = 0;
+    if (cm_cluster_is_cluster(cc) && cm_cluster_refresh(cc) != 0) {
+        cm_log(CM_DEBUG, "long-poll subscriber: %s", cm_cluster_errstr(cc));
+    } else {
+        n = cm_cluster_master_slots(cc, slots, 64);
+    }
+    cm_redis_url u;
+    if (n == 0 || cm_cluster_slot_addr(cc, slots[*turn % (unsigned)n], &u) != 0) {
+        (*turn)++;
+        return NULL;
+    }
+    redisContext *c = cm_redis_connect_url(&u, (int)g_api.redis_timeout_ms, err, sizeof err);
     if (!c) {
         cm_log(CM_DEBUG, "long-poll subscriber: %s", err);
+        (*turn)++;
         return NULL;
     }
     redisReply *r = redisCommand(c, "SUBSCRIBE %s", CM_RM_CHANGED_CHANNEL);
     if (cm_reply_failed(c, r, err, sizeof err)) {
         cm_log(CM_WARN, "long-poll subscriber: %s", err);
         redisFree(c);
+        (*turn)++;
         return NULL;
     }
     freeReplyObject(r);
@@ -280,11 +306,13 @@ static void *run(void *arg)
 {
     (void)arg;
     redisContext *c = NULL;
+    cm_cluster *cc = NULL;   /* only to find a master */
+    unsigned turn = 0;
     int64_t next_connect = 0;
     while (!atomic_load(&g.stop)) {
         int64_t now = cm_mono_ms();
         if (!c && now >= next_connect) {
-            c = subscribe();
+            c = subscribe(&cc, &turn);
             next_connect = now + RESUBSCRIBE_MS;
             if (c) {
                 /* changes published while we were not subscribed are lost */
@@ -314,6 +342,7 @@ static void *run(void *arg)
             cm_log(CM_WARN, "long-poll subscriber: connection lost (%s); resubscribing", c->errstr);
             redisFree(c);
             c = NULL;
+            turn++;   /* that master may be gone: the next one first */
         }
         now = cm_mono_ms();
         pthread_mutex_lock(&g.lock);
@@ -323,6 +352,7 @@ static void *run(void *arg)
     }
     if (c)
         redisFree(c);
+    cm_cluster_free(cc);
     return NULL;
 }
 

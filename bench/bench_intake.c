@@ -17,8 +17,9 @@
  *      a disk-bound child; automatic rewrites are off so that they do not
  *      land at random in the other phases) -> intake.p99_ms_at_5000_during_aof_rewrite;
  *   4. the raw ceiling: this process sends the intake's own Redis work (the
- *      intake script's EVALSHA with the arguments the API sends, formatted
- *      beforehand) pipelined 64 deep on one connection -> intake.raw_per_s
+ *      product's price read, HMGET, then the intake script's EVALSHA with the
+ *      arguments the API sends, formatted beforehand) pipelined 64 deep on
+ *      one connection -> intake.raw_per_s
  *      and intake.vs_raw
  *      (accepted_per_s / raw_per_s).
  *
@@ -188,9 +189,10 @@ static int load(const char *tag, int port, int conns, double rate, hl_result *re
 
 /* ---- the raw ceiling ---- */
 
-/* Formats one intake's Redis work (the intake script's EVALSHA with the
- * arguments the API sends, built by the same module: api/lua/intake.c) into
- * *out (caller frees). Returns its length, or -1. */
+/* Formats one intake's Redis work (its product's price read, then the
+ * intake script's EVALSHA with the arguments the API sends, built by the
+ * same module: api/lua/intake.c) into *out (caller frees with free).
+ * Returns its length, or -1. */
 static long format_raw(const char *sha, uint64_t seq, char **out)
 {
     char pid[16], id[CM_UUID_LEN + 1], client[32], key[32];
@@ -212,7 +214,16 @@ static long format_raw(const char *sha, uint64_t seq, char **out)
         cm_argv_addll(&a, nkeys);
         for (int i = 0; i < args.n; i++)
             cm_argv_add(&a, args.v[i], args.len[i]);
-        len = redisFormatCommandArgv(out, a.n, (const char **)a.v, a.len);
+        char *hm = NULL, *ev = NULL;
+        int hl = redisFormatCommand(&hm, "HMGET %s price_cents", cm_key_product(pid).s);
+        long el = redisFormatCommandArgv(&ev, a.n, (const char **)a.v, a.len);
+        if (hl > 0 && el > 0 && (*out = malloc((size_t)hl + (size_t)el))) {
+            memcpy(*out, hm, (size_t)hl);
+            memcpy(*out + hl, ev, (size_t)el);
+            len = hl + el;
+        }
+        redisFreeCommand(hm);
+        redisFreeCommand(ev);
     }
     cm_argv_free(&args);
     cm_argv_free(&a);
@@ -222,6 +233,10 @@ static long format_raw(const char *sha, uint64_t seq, char **out)
 static int read_raw(redisContext *c)
 {
     redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)   /* the price */
+        return -1;
+    freeReplyObject(r);
+    r = NULL;
     if (redisGetReply(c, (void **)&r) != REDIS_OK)
         return -1;
     const redisReply *st = cm_reply_elem(r, 0);
@@ -274,7 +289,7 @@ static double raw_rate(const tf_redis *rs)
     rate = (double)RAW_N / secs;
 out:
     for (size_t i = 0; cmds && i < RAW_N; i++)
-        redisFreeCommand(cmds[i]);
+        free(cmds[i]);
     free(cmds);
     free(lens);
     redisFree(c);

@@ -1,5 +1,8 @@
-/* read.c - reading an aggregate's history and pages of a stream. */
+/* read.c - reading an aggregate's history and pages of a stream, on an
+ * es_store's connection or through a cm_cluster (each read is one command,
+ * routed to its key's slot); both decode the reply the same way. */
 #include "event_store/store_int.h"
+#include "common/cluster.h"
 #include "common/xmalloc.h"
 
 #include <stdio.h>
@@ -36,26 +39,18 @@ static int decode_history_element(const char *el, size_t len, es_event **out, ch
     return es_event_decode(id, f[2], fl[2], p, (size_t)(end - p), f[3], fl[3], out, err, errlen);
 }
 
-int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id, es_event ***out,
-                    size_t *n)
+/* Decodes an LRANGE reply of history `key` into *out / *n. Takes r. */
+static int history_decode(redisReply *r, const char *key, es_event ***out, size_t *n, char *err, size_t errlen)
 {
-    *out = NULL;
-    *n = 0;
-    char key[512];
-    es_history_key(aggregate, aggregate_id, key, sizeof key);
-    redisReply *r = redisCommand(s->c, "LRANGE %s 0 -1", key);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
-        return ES_EREDIS;
     if (r->type != REDIS_REPLY_ARRAY) {
-        snprintf(s->err, sizeof s->err, "%.200s is not a history list", key);
+        snprintf(err, errlen, "%.200s is not a history list", key);
         freeReplyObject(r);
         return ES_EDECODE;
     }
     es_event **evs = cm_xcalloc(r->elements ? r->elements : 1, sizeof *evs);
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING ||
-            decode_history_element(e->str, e->len, &evs[i], s->err, sizeof s->err) != 0) {
+        if (e->type != REDIS_REPLY_STRING || decode_history_element(e->str, e->len, &evs[i], err, errlen) != 0) {
             es_events_free(evs, i);
             freeReplyObject(r);
             return ES_EDECODE;
@@ -67,22 +62,56 @@ int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id
     return ES_OK;
 }
 
-int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
-                   size_t *n, char **next)
+int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id, es_event ***out,
+                    size_t *n)
 {
     *out = NULL;
     *n = 0;
-    *next = NULL;
-    if (count < 1 || count > 10000)
-        return ES_EINVAL;
-    char start[80];
-    if (!after || !*after || !strcmp(after, "0-0") || !strcmp(after, "0"))
-        snprintf(start, sizeof start, "-");
-    else
-        snprintf(start, sizeof start, "(%s", after);
-    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
+    char key[512];
+    es_history_key(aggregate, aggregate_id, key, sizeof key);
+    redisReply *r = redisCommand(s->c, "LRANGE %s 0 -1", key);
     if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
         return ES_EREDIS;
+    return history_decode(r, key, out, n, s->err, sizeof s->err);
+}
+
+/* Copies the failure of a cluster call (r: an error reply, or NULL) into err. */
+static int cluster_failed(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
+{
+    if (r) {
+        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
+        freeReplyObject(r);
+    } else {
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+    }
+    return ES_EREDIS;
+}
+
+int es_history_fetch(cm_cluster *cc, const char *aggregate, const char *aggregate_id, es_event ***out,
+                     size_t *n, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    char key[512];
+    es_history_key(aggregate, aggregate_id, key, sizeof key);
+    redisReply *r = cm_cluster_command(cc, cm_key_slot(key, strlen(key)), "LRANGE %s 0 -1", key);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        return cluster_failed(cc, r, err, errlen);
+    return history_decode(r, key, out, n, err, errlen);
+}
+
+/* The XRANGE start of a page after `after`. */
+static void page_start(const char *after, char *start, size_t len)
+{
+    if (!after || !*after || !strcmp(after, "0-0") || !strcmp(after, "0"))
+        snprintf(start, len, "-");
+    else
+        snprintf(start, len, "(%s", after);
+}
+
+/* Decodes an XRANGE reply (count asked) into a page. Takes r. */
+static int page_decode(redisReply *r, size_t count, es_event ***out, size_t *n, char **next)
+{
     if (r->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(r);
         return ES_EDECODE;
@@ -130,4 +159,37 @@ int es_stream_page(es_store *s, const char *stream, const char *after, size_t co
     *out = evs;
     *n = k;
     return ES_OK;
+}
+
+int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
+                   size_t *n, char **next)
+{
+    *out = NULL;
+    *n = 0;
+    *next = NULL;
+    if (count < 1 || count > 10000)
+        return ES_EINVAL;
+    char start[80];
+    page_start(after, start, sizeof start);
+    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
+    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+        return ES_EREDIS;
+    return page_decode(r, count, out, n, next);
+}
+
+int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_t count, es_event ***out,
+                    size_t *n, char **next, char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    *next = NULL;
+    if (count < 1 || count > 10000)
+        return ES_EINVAL;
+    char start[80];
+    page_start(after, start, sizeof start);
+    redisReply *r = cm_cluster_command(cc, cm_key_slot(stream, strlen(stream)), "XRANGE %s %s + COUNT %lld",
+                                       stream, start, (long long)count);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        return cluster_failed(cc, r, err, errlen);
+    return page_decode(r, count, out, n, next);
 }

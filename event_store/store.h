@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "common/redis.h"
+#include "common/cluster.h"
 #include "event_store/event.h"
 
 enum es_err {
@@ -118,6 +119,15 @@ void es_events_free(es_event **evs, size_t n);
  * NULL when fewer than count remain (caller frees). */
 int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
                    size_t *n, char **next) __attribute__((warn_unused_result));
+
+/* es_history_read and es_stream_page through a cm_cluster (one command,
+ * routed to the key's slot: a single server or a cluster alike). ES_EREDIS
+ * with the reason in err ("redis: <error reply>", or the client's error when
+ * no node answered: cm_cluster_err tells which). */
+int es_history_fetch(cm_cluster *cc, const char *aggregate, const char *aggregate_id, es_event ***out,
+                     size_t *n, char *err, size_t errlen) __attribute__((warn_unused_result));
+int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_t count, es_event ***out,
+                    size_t *n, char **next, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* The folded state of a checkout (the replay). */
 typedef struct es_checkout_state {

@@ -1,70 +1,42 @@
 /* intake.c - intake.lua's call (KEYS/ARGV by name, reply as a verdict) and
- * the price cache the API prices events from. */
+ * the reading of a catalog price the call is priced from. */
 #include "api/lua/intake.h"
 #include "common/ids.h"
 #include "common/names.h"
 #include "event_store/store.h"
 
 #include <jansson.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- price cache ----
- * Open addressing over a fixed table: a cache, so a full table overwrites
- * the slot the id hashes to. Prices are checked by the script anyway. */
-#define CACHE_SLOTS 4096
-#define PROBE 8
-
-static struct {
-    pthread_mutex_t mu;
-    struct {
-        char id[72];
-        long long price;
-    } slot[CACHE_SLOTS];
-} g_cache = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static size_t slot_of(const char *id)
+api_price_verdict api_intake_price(const redisReply *r, long long *price, char *why, size_t whylen)
 {
-    size_t h = 1469598103934665603ULL;   /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h % CACHE_SLOTS;
-}
-
-long long api_price_get(const char *product_id)
-{
-    long long price = -1;
-    size_t s = slot_of(product_id);
-    pthread_mutex_lock(&g_cache.mu);
-    for (int i = 0; i < PROBE; i++) {
-        size_t k = (s + (size_t)i) % CACHE_SLOTS;
-        if (!strcmp(g_cache.slot[k].id, product_id)) {
-            price = g_cache.slot[k].price;
-            break;
-        }
+    if (!r) {
+        snprintf(why, whylen, "no reply to the price read");
+        return API_PRICE_UNAVAILABLE;
     }
-    pthread_mutex_unlock(&g_cache.mu);
-    return price;
-}
-
-void api_price_put(const char *product_id, long long price)
-{
-    if (strlen(product_id) >= sizeof g_cache.slot[0].id)
-        return;
-    size_t s = slot_of(product_id), at = s;
-    pthread_mutex_lock(&g_cache.mu);
-    for (int i = 0; i < PROBE; i++) {
-        size_t k = (s + (size_t)i) % CACHE_SLOTS;
-        if (!g_cache.slot[k].id[0] || !strcmp(g_cache.slot[k].id, product_id)) {
-            at = k;
-            break;
-        }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(why, whylen, "redis: %.*s", (int)r->len, r->str);
+        return cm_redis_fault_of_error(r->str, r->len) == CM_REDIS_PERMANENT ? API_PRICE_BROKEN
+                                                                               : API_PRICE_UNAVAILABLE;
     }
-    snprintf(g_cache.slot[at].id, sizeof g_cache.slot[at].id, "%s", product_id);
-    g_cache.slot[at].price = price;
-    pthread_mutex_unlock(&g_cache.mu);
+    const redisReply *p = cm_reply_elem(r, 0);
+    if (!p || p->type == REDIS_REPLY_NIL)
+        return API_PRICE_UNKNOWN;
+    long long v = 0;
+    bool digits = p->type == REDIS_REPLY_STRING && p->len > 0;
+    for (size_t i = 0; digits && i < p->len; i++) {
+        digits = p->str[i] >= '0' && p->str[i] <= '9';
+        if (digits && v <= API_INTAKE_MAX_PRICE)   /* stops growing once past the bound */
+            v = v * 10 + (p->str[i] - '0');
+    }
+    if (!digits || v > API_INTAKE_MAX_PRICE) {
+        snprintf(why, whylen, "a stored price_cents is not a number in 0..%lld", API_INTAKE_MAX_PRICE);
+        return API_PRICE_BROKEN;
+    }
+    *price = v;
+    return API_PRICE_OK;
 }
 
 /* ---- the call ---- */
@@ -86,24 +58,24 @@ static json_t *event_data(const api_intake_call *in)
 
 int api_intake_build(const api_intake_call *in, cm_argv *a, int *nkeys)
 {
-    if (in->n < 1 || in->n > API_INTAKE_MAX_LINES)
+    if (in->n < 1 || in->n > API_INTAKE_MAX_LINES || in->refused > in->n)
         return -1;
     bool has_key = in->idem_key && in->idem_key[0];
-    /* KEYS: idempotency record, history, bus, one product hash per line */
-    cm_argv_adds(a, cm_key_idem(in->client_id, has_key ? in->idem_key : "-").s);
-    cm_argv_adds(a, cm_key_history("checkout", in->checkout_id).s);
+    /* KEYS: idempotency record (or the history again), history, bus: one slot */
+    cm_key hist = cm_key_history("checkout", in->checkout_id);
+    cm_argv_adds(a, has_key ? cm_key_idem(in->client_id, in->idem_key).s : hist.s);
+    cm_argv_adds(a, hist.s);
     cm_argv_adds(a, cm_key_bus(in->bus, cm_partition_of(in->checkout_id)).s);
-    for (size_t i = 0; i < in->n; i++)
-        cm_argv_adds(a, cm_key_product(in->lines[i].product_id).s);
     *nkeys = a->n;
-    /* ARGV: has_key, hash, record, ttl, n, n prices, then the append */
+    /* ARGV: has_key, hash, record, ttl, refused line, confirm, then the append */
     cm_argv_adds(a, has_key ? "1" : "0");
     cm_argv_adds(a, in->body_hash);
     cm_argv_addf(a, "%s\n%s", in->checkout_id, in->answer);
     cm_argv_addll(a, in->idem_ttl_s);
-    cm_argv_addll(a, (long long)in->n);
-    for (size_t i = 0; i < in->n; i++)
-        cm_argv_addll(a, in->lines[i].price);
+    cm_argv_addll(a, (long long)in->refused);
+    cm_argv_adds(a, in->confirm ? "1" : "0");
+    if (in->refused)
+        return 0;
     /* The event id is derived from the (fresh, random) checkout id: unique
      * too, and one getrandom(2) cheaper than a second UUIDv7. */
     char event_id[CM_UUID_LEN + 1];
@@ -117,7 +89,7 @@ int api_intake_build(const api_intake_call *in, cm_argv *a, int *nkeys)
     return rc;
 }
 
-void api_intake_parse(const redisReply *r, api_intake_call *in, api_intake_reply *out)
+void api_intake_parse(const redisReply *r, const api_intake_call *in, api_intake_reply *out)
 {
     memset(out, 0, sizeof *out);
     out->verdict = API_INTAKE_FAILED;
@@ -132,26 +104,12 @@ void api_intake_parse(const redisReply *r, api_intake_call *in, api_intake_reply
         out->record_len = arg->len;
         return;
     }
-    if (!strcmp(st->str, "unknown")) {
-        long long i = cm_reply_ll(arg, 0);
-        if (i >= 1 && (size_t)i <= in->n) {
-            out->verdict = API_INTAKE_UNKNOWN;
-            out->line = (size_t)i - 1;
+    if (!strcmp(st->str, "refused")) {
+        if (in->refused && cm_reply_ll(arg, 0) == (long long)in->refused) {
+            out->verdict = API_INTAKE_REFUSED;
             return;
         }
-    } else if (!strcmp(st->str, "prices") && r->elements == 1 + in->n) {
-        for (size_t i = 0; i < in->n; i++) {
-            long long p = cm_reply_ll(r->element[1 + i], -1);
-            if (p < 0) {
-                snprintf(out->err, sizeof out->err, "intake: price of line %zu unreadable", i);
-                return;
-            }
-            in->lines[i].price = p;
-            api_price_put(in->lines[i].product_id, p);
-        }
-        out->verdict = API_INTAKE_REPRICE;
-        return;
-    } else {
+    } else if (!in->refused) {
         es_append_res res;
         if (es_append_parse(r, 1, &res, out->err, sizeof out->err) == ES_OK && !res.duplicate &&
             res.pos[0].seq == 1) {

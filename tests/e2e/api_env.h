@@ -23,7 +23,7 @@ typedef struct api_env {
     int port;
     char log[360];        /* the API's stdout+stderr */
     char token[64];       /* "" : admin disabled */
-    char extra_env[4][128];
+    char extra_env[4][256];   /* a cluster REDIS_URL is long */
 } api_env;
 
 /* Starts redis (extra_conf as for tf_redis_start) and the API with the admin
