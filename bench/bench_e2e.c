@@ -10,7 +10,11 @@
  * ("lux": price above ORDER_LIMIT_CENTS, reserved then released).
  *
  * How a saga is followed: a reader thread of this process runs XREAD BLOCK
- * on the bus stream (ecommerce.checkout.events) from its first entry. It maps
+ * on every partition's bus (ecommerce.checkout.events with PARTITIONS=1,
+ * else ecommerce.checkout.events:{p<p>}) from its first entry: one XREAD
+ * over all of them on one server; on a cluster one per partition, each on
+ * a connection to the master of its bus's slot (XREAD refuses keys of
+ * several slots), all waited on with poll(2). It maps
  * each CheckoutInitiated's aggregate_id to the request that made it (its
  * client_id is "e2e-<n>") and stops a saga's clock when it reads its
  * CheckoutSucceeded / CheckoutFailed: the terminal event is in the store and
@@ -36,7 +40,25 @@
  *   6. raw ceiling: this process does the closed loop's appends (XADD of
  *      payloads of the measured mean size), deliveries (XREADGROUP COUNT 500
  *      by 6 groups) and acks (XACK), pipelined, per saga, with no HTTP and
- *      no logic -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
+ *      no logic, spread over one stream per partition (each pipeline split
+ *      per node on a cluster) -> e2e.raw_sagas_per_s and e2e.sagas_vs_raw.
+ *
+ * PARTITIONS (default 1; 16 with BENCH_CLUSTER) reaches the daemons.
+ * BENCH_CLUSTER=3 runs everything on a private Redis Cluster of 3 masters +
+ * 3 replicas (tests/support/cluster_fixture.h; AOF as above on every node,
+ * Redis's default 15 s node timeout) with REDIS_URL=redis-cluster://...:
+ * Redis CPU (/proc of each redis-server), INFO commandstats, socket counters
+ * and used_memory are summed over the masters; the replicas' CPU is given
+ * apart (what replication costs); and it prints e2e.shards,
+ * e2e.busiest_shard_redis_cpu_us_per_saga, e2e.shard_cpu_spread (busiest /
+ * mean master over the closed loop), e2e.shard<k>_redis_cpu_us_per_saga,
+ * e2e.replica_redis_cpu_us_per_saga and the raw phase's split. Before the
+ * run the partition buses' slots are moved (empty) so that each master owns
+ * as many partitions as the others +/- 1; BENCH_CLUSTER_BALANCE=0 keeps
+ * redis-cli's even slot ranges (4, 5 and 7 of 16 partitions).
+ * BENCH_CLUSTER_DRYRUN=1 starts no daemon: synthetic sagas written through
+ * the slot router must all be followed by the reader, then the raw phase
+ * and the per-node accounting run on the real server(s).
  *
  * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_RATE2, BENCH_CLOSED_S, BENCH_OPEN_S,
  * BENCH_APPENDFSYNC (everysec, the figures in BENCHMARKS.md; `up` runs
@@ -44,7 +66,10 @@
  * automatic AOF rewrites past 512 MB, as under `up`; 0: off).
  *
  * Binaries are found beside this one (../api/chorus-api,
- * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga. */
+ * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga;
+ * a daemon that never becomes ready (the API's /ready, every worker's group
+ * on every partition's bus) ends the run with one line saying which and the
+ * last line of its log. */
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -438,9 +463,60 @@ static int slot_of(const char *key)
     return cm_key_slot(key, strlen(key));
 }
 
+/* Moves the (still empty) slots of partition buses from the master owning
+ * most partitions to the one owning fewest until they differ by one at most:
+ * redis-cli's even slot ranges hold 4, 5 and 7 of 16 partitions, a spread
+ * of placement, not of the platform. Returns how many slots moved, or -1. */
+static int balance_partitions(void)
+{
+    int *slot = calloc((size_t)g_parts, sizeof *slot), *owner = calloc((size_t)g_parts, sizeof *owner);
+    int moved = -1, count[MAX_NODES] = {0};
+    if (!slot || !owner)
+        goto out;
+    for (int p = 0; p < g_parts; p++) {
+        slot[p] = slot_of(cm_key_bus(CM_BUS_STREAM_DEFAULT, p).s);
+        if ((owner[p] = tf_cluster_master_of(&g_cl, slot[p])) < 0)
+            goto out;
+        count[owner[p]]++;
+    }
+    moved = 0;
+    for (int round = 0; round < g_parts; round++) {
+        int hi = -1, lo = -1;
+        for (int i = 0; i < g_nnodes; i++) {
+            if (!g_master[i])
+                continue;
+            hi = hi < 0 || count[i] > count[hi] ? i : hi;
+            lo = lo < 0 || count[i] < count[lo] ? i : lo;
+        }
+        if (hi < 0 || count[hi] - count[lo] <= 1)
+            break;
+        int p = 0;
+        while (owner[p] != hi)
+            p++;
+        if (tf_cluster_migrate_slot(&g_cl, slot[p], lo, true) != 0) {
+            moved = -1;
+            goto out;
+        }
+        moved++;
+        for (int q = 0; q < g_parts; q++)   /* every partition in that slot went along */
+            if (slot[q] == slot[p]) {
+                count[owner[q]]--;
+                owner[q] = lo;
+                count[lo]++;
+            }
+    }
+    if (moved > 0 && tf_cluster_wait_ok(&g_cl, 20000) != 0)
+        moved = -1;
+out:
+    free(slot);
+    free(owner);
+    return moved;
+}
+
 /* Starts the server(s) with conf, connects to each node and maps who
- * masters which partition. Returns 0 or -1 (why on stderr). */
-static int backend_start(bool cluster, const char *conf)
+ * masters which partition (on a cluster, balanced first unless balance is
+ * false). Returns 0 or -1 (why on stderr). */
+static int backend_start(bool cluster, bool balance, const char *conf)
 {
     char err[256];
     if (cluster) {
@@ -467,6 +543,14 @@ static int backend_start(bool cluster, const char *conf)
         if (r >= 0)
             g_shard[r] = g_shard[i];
     }
+    int moved = cluster && balance ? balance_partitions() : 0;
+    if (moved < 0) {
+        fprintf(stderr, "bench e2e: could not move partition slots between masters\n");
+        return -1;
+    }
+    if (moved > 0)
+        printf("  %d partition bus slot%s moved so that each master owns as many partitions as the others, "
+               "+/- 1 (BENCH_CLUSTER_BALANCE=0: keep redis-cli's slot ranges)\n", moved, moved > 1 ? "s" : "");
     g_cc = cluster ? cm_cluster_open(g_url, 30000, err, sizeof err) : cm_cluster_borrow(g_nc[0]);
     if (!g_cc) {
         fprintf(stderr, "bench e2e: %s\n", err);
@@ -1118,7 +1202,7 @@ int main(void)
              env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
                                               : "auto-aof-rewrite-percentage 0\n",
              cluster ? "cluster-node-timeout 15000\n" : "");
-    if (backend_start(cluster, conf) != 0) {
+    if (backend_start(cluster, env_long("BENCH_CLUSTER_BALANCE", 1) != 0, conf) != 0) {
         fprintf(stderr, "bench e2e: cannot start %s\n", cluster ? "the redis cluster" : "redis-server");
         backend_stop();
         return 1;
@@ -1162,11 +1246,11 @@ int main(void)
                (unsigned long long)n, g_parts, plan.n, plan.n > 1 ? "s" : "",
                (unsigned long long)(n - lost), (unsigned long long)atomic_load(&g_dup_terms));
         double ra[NMARK], rb[NMARK];
-        double raw = raw_rate(6.0, 400, 30000, ra, rb);
+        double raw = raw_rate(4.0, 427, 30000, ra, rb);   /* the closed loop's mean saga (BENCHMARKS.md) */
         if (raw <= 0)
             goto out;
         shard_acct dsa = shard_account("dry run, raw phase", ra, rb, 30000);
-        printf("  raw: 6.0 XADD of 400-byte payloads over %d partitions, 36.0 XREADGROUP deliveries and XACKs per "
+        printf("  raw: 4.0 XADD of 427-byte payloads over %d partitions, 24.0 XREADGROUP deliveries and XACKs per "
                "saga: %.0f sagas/s, redis %.1f us CPU per saga\n", g_parts, raw, dsa.masters_us);
         printf("BENCH e2e.shards %d masters\n", dsa.shards);
         figure("raw_sagas_per_s", raw, "sagas/s");
