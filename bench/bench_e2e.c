@@ -1250,8 +1250,9 @@ int main(void)
         if (raw <= 0)
             goto out;
         shard_acct dsa = shard_account("dry run, raw phase", ra, rb, 30000);
-        printf("  raw: 4.0 XADD of 427-byte payloads over %d partitions, 24.0 XREADGROUP deliveries and XACKs per "
-               "saga: %.0f sagas/s, redis %.1f us CPU per saga\n", g_parts, raw, dsa.masters_us);
+        printf("  raw: 4.0 XADD of 427-byte payloads over %d partition%s, 24.0 XREADGROUP deliveries and XACKs per "
+               "saga: %.0f sagas/s, redis %.1f us CPU per saga\n", g_parts, g_parts > 1 ? "s" : "", raw,
+               dsa.masters_us);
         printf("BENCH e2e.shards %d masters\n", dsa.shards);
         figure("raw_sagas_per_s", raw, "sagas/s");
         figure("raw_redis_cpu_us_per_saga", dsa.masters_us, "us");
