@@ -658,18 +658,26 @@ typedef struct ready_wait {
     int status;   /* its waitpid status */
 } ready_wait;
 
+/* Reaps a daemon that exited: its index into w->exited (-1: none). */
+static void reap_exited(ready_wait *w)
+{
+    w->exited = -1;
+    for (int i = 0; i < NPROC && w->exited < 0; i++)
+        if (g_pids[i] > 0 && tf_wait_exit(g_pids[i], 0, &w->status) == 0) {
+            g_pids[i] = 0;
+            w->exited = i;
+        }
+}
+
 /* True once every worker's consumer group exists on every partition's bus
  * (each worker creates its group on every bus at start), or as soon as a
  * daemon exited (then w->exited names it and it is reaped). */
 static bool workers_ready(void *ud)
 {
     ready_wait *w = ud;
-    for (int i = 0; i < NPROC; i++)
-        if (g_pids[i] > 0 && tf_wait_exit(g_pids[i], 0, &w->status) == 0) {
-            g_pids[i] = 0;
-            w->exited = i;
-            return true;
-        }
+    reap_exited(w);
+    if (w->exited >= 0)
+        return true;
     for (int p = 0; p < g_parts; p++) {
         cm_key bus = cm_key_bus(CM_BUS_STREAM_DEFAULT, p);
         redisReply *r = cm_cluster_command(g_cc, slot_of(bus.s), "XINFO GROUPS %s", bus.s);
@@ -1285,13 +1293,23 @@ int main(void)
         g_pids[0] = 0;
         goto out;
     }
+    ready_wait rw = {.exited = -1};
     if (!g_pids[0]) {
+        /* its /ready needs every worker's groups: a worker that exited is the reason then */
         char last[400];
-        bu_last_line(log, last, sizeof last);
-        snprintf(why, sizeof why, "chorus-api did not become ready on %s (PARTITIONS=%d): %s", g_url, g_parts, last);
+        reap_exited(&rw);
+        if (rw.exited > 0) {
+            snprintf(log, sizeof log, "%s/%s.log", dir, g_names[rw.exited]);
+            bu_last_line(log, last, sizeof last);
+            snprintf(why, sizeof why, "%s exited before it was ready on %s (PARTITIONS=%d): %s", g_names[rw.exited],
+                     g_url, g_parts, last);
+        } else {
+            bu_last_line(log, last, sizeof last);
+            snprintf(why, sizeof why, "chorus-api did not become ready on %s (PARTITIONS=%d; /ready needs Redis "
+                     "and every worker's consumer group): %s", g_url, g_parts, last);
+        }
         goto out;
     }
-    ready_wait rw = {.exited = -1};
     if (!tf_wait_until(workers_ready, &rw, 30000) || rw.exited >= 0) {
         char last[400] = "its consumer groups are not on every partition's bus after 30 s";
         if (rw.exited >= 0) {
