@@ -23,6 +23,10 @@
  *      and intake.vs_raw
  *      (accepted_per_s / raw_per_s).
  *
+ * PARTITIONS (default 1) reaches the API, and the raw loop draws each
+ * checkout id in its idempotency record's partition as the API does, so its
+ * keys and bus are those of the partitioned platform.
+ *
  * BENCH_REPLICA=1 adds a replica (`replicaof` the bench's server, AOF
  * everysec as well) before the run; with REDIS_WAIT_REPLICAS=1 in the
  * environment (it reaches the API) every batch of 202s then waits for it:
@@ -199,7 +203,7 @@ static long format_raw(const char *sha, uint64_t seq, char **out)
     snprintf(pid, sizeof pid, "p%llu", (unsigned long long)(seq % NPRODUCTS));
     snprintf(client, sizeof client, "bench-%llu", (unsigned long long)(seq % 1000));
     snprintf(key, sizeof key, "raw-%llu", (unsigned long long)seq);
-    cm_uuid7(id);
+    cm_partition_id(cm_partition_of_idem(client, key), id);   /* as the API draws it */
     api_intake_line line = {pid, (long long)(1 + seq % 3), 100 + (long long)(seq % NPRODUCTS)};
     api_intake_call call = {.checkout_id = id, .client_id = client, .idem_key = key,
                             .body_hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
@@ -308,6 +312,12 @@ int main(int argc, char **argv)
     }
     long threads = env_long("BENCH_API_THREADS", 2), conns = env_long("BENCH_CONNS", 64);
     double rate = (double)env_long("BENCH_RATE", 10000);
+    char perr[160];
+    int parts = bu_partitions(1, perr, sizeof perr);
+    if (parts < 0) {
+        fprintf(stderr, "bench intake: %s\n", perr);
+        return 1;
+    }
 
     tf_redis rs;
     /* AOF with fsync every second, as `./chorus up` runs it; automatic AOF
@@ -353,16 +363,17 @@ int main(int argc, char **argv)
         freeReplyObject(r);
     }
 
-    char log[400], port_env[32], url_env[340], thr_env[32];
+    char log[400], port_env[32], url_env[340], thr_env[32], parts_env[32];
     snprintf(log, sizeof log, "%s/api.log", rs.dir);
     for (int attempt = 0; attempt < 5 && !api; attempt++) {
         g_port = tf_free_port();
         snprintf(port_env, sizeof port_env, "API_PORT=%d", g_port);
         snprintf(url_env, sizeof url_env, "REDIS_URL=%s", rs.url);
         snprintf(thr_env, sizeof thr_env, "API_THREADS=%ld", threads);
+        snprintf(parts_env, sizeof parts_env, "PARTITIONS=%d", parts);
         char log_env[64];
         snprintf(log_env, sizeof log_env, "LOG_LEVEL=%s", getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info");
-        const char *env[] = {port_env, url_env, thr_env, log_env, "CHORUS_ADMIN_TOKEN=", NULL};
+        const char *env[] = {port_env, url_env, thr_env, parts_env, log_env, "CHORUS_ADMIN_TOKEN=", NULL};
         const char *av[] = {bin, NULL};
         api = tf_spawn(av, env, log);
         if (api <= 0) {
@@ -385,6 +396,9 @@ int main(int argc, char **argv)
            "no workers; %d CPUs, load average %.2f before the run\n",
            threads, getenv("BENCH_LOG_LEVEL") ? "per BENCH_LOG_LEVEL" : "on", g_port, rs.url,
            (int)sysconf(_SC_NPROCESSORS_ONLN), loadavg[0]);
+    if (parts > 1)
+        printf("  PARTITIONS=%d: checkouts spread over the buses %s:{p0..p%d}\n", parts, CM_BUS_STREAM_DEFAULT,
+               parts - 1);
 
     hl_result closed, r5k, rN;
     double api_cpu0 = bu_cpu_seconds(api), redis_cpu0 = bu_cpu_seconds(rs.server_pid), gen_cpu0 = bu_self_cpu();
@@ -407,10 +421,18 @@ int main(int argc, char **argv)
     if (raw <= 0)
         goto out;
 
-    redisReply *x = redisCommand(c, "XLEN " CM_BUS_STREAM_DEFAULT);
-    printf("  bus holds %lld events (every 202 above, warm-ups and the raw loop's)\n", x ? x->integer : -1LL);
-    freeReplyObject(x);
-    x = redisCommand(c, "INFO persistence");
+    long long bus_len = 0;
+    for (int p = 0; p < parts; p++) {
+        redisReply *x = redisCommand(c, "XLEN %s", cm_key_bus(CM_BUS_STREAM_DEFAULT, p).s);
+        bus_len = x && x->type == REDIS_REPLY_INTEGER && bus_len >= 0 ? bus_len + x->integer : -1;
+        freeReplyObject(x);
+    }
+    if (parts == 1)
+        printf("  bus holds %lld events (every 202 above, warm-ups and the raw loop's)\n", bus_len);
+    else
+        printf("  the %d partitions' buses hold %lld events (every 202 above, warm-ups and the raw loop's)\n", parts,
+               bus_len);
+    redisReply *x = redisCommand(c, "INFO persistence");
     if (x && x->type == REDIS_REPLY_STRING) {
         const char *rw = strstr(x->str, "aof_rewrites:");
         printf("  AOF rewrites during the run: %ld (each forks redis-server)\n", rw ? atol(rw + 13) : -1L);

@@ -232,7 +232,9 @@ static pid_t spawn(const char *const av[], const char *url, const char *logpath)
     char url_env[340], port_env[32];
     snprintf(url_env, sizeof url_env, "REDIS_URL=%s", url);
     snprintf(port_env, sizeof port_env, "API_PORT=%d", g_port);
-    const char *env[] = {url_env, port_env, "METRICS_PORT=0", "LOG_LEVEL=warn", "CHORUS_ADMIN_TOKEN=",
+    /* PARTITIONS=1 whatever the caller's environment says: this bench reads
+     * the unpartitioned bus and key names */
+    const char *env[] = {url_env, port_env, "PARTITIONS=1", "METRICS_PORT=0", "LOG_LEVEL=warn", "CHORUS_ADMIN_TOKEN=",
                          g_ttl_env[0][0] ? g_ttl_env[0] : NULL, g_ttl_env[1], g_ttl_env[2], g_ttl_env[3],
                          g_ttl_env[4], NULL};
     return tf_spawn(av, env, logpath);

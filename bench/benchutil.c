@@ -1,6 +1,9 @@
 /* benchutil.c - /proc readings and sibling-binary paths for the benchmarks. */
 #include "bench/benchutil.h"
+#include "common/names.h"
 #include "tests/support/proc.h"
+
+#include <errno.h>
 
 #include <libgen.h>
 #include <limits.h>
@@ -62,17 +65,93 @@ int bu_bin_path(const char *rel, char *out, size_t outlen)
     return access(out, X_OK);
 }
 
+/* What bu_start_api waits for: the caller's readiness, or the exit. */
+typedef struct start_wait {
+    bool (*ready)(void *ud);
+    void *ud;
+    pid_t pid;
+    bool exited;   /* reaped */
+} start_wait;
+
+static bool ready_or_exited(void *arg)
+{
+    start_wait *w = arg;
+    if (tf_wait_exit(w->pid, 0, NULL) == 0) {
+        w->exited = true;
+        return true;
+    }
+    return w->ready(w->ud);
+}
+
 pid_t bu_start_api(int *port, pid_t (*start)(void *ud), bool (*ready)(void *ud), void *ud, int timeout_ms)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
         *port = tf_free_port();
-        pid_t pid = start(ud);
-        if (pid <= 0)
+        start_wait w = {.ready = ready, .ud = ud};
+        if ((w.pid = start(ud)) <= 0)
             return -1;
-        if (tf_wait_until(ready, ud, timeout_ms))
-            return pid;
-        tf_kill(pid, SIGKILL);
-        tf_wait_exit(pid, 5000, NULL);
+        if (tf_wait_until(ready_or_exited, &w, timeout_ms) && !w.exited)
+            return w.pid;
+        if (!w.exited) {
+            /* running and never ready: its own port, so another would not help */
+            tf_kill(w.pid, SIGKILL);
+            tf_wait_exit(w.pid, 5000, NULL);
+            break;
+        }
     }
     return 0;
+}
+
+void bu_last_line(const char *path, char *out, size_t outlen)
+{
+    char line[1024];
+    FILE *f = fopen(path, "r");
+    snprintf(out, outlen, "%s", f ? "(empty log)" : "(no log)");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0])
+            snprintf(out, outlen, "%s", line);
+    }
+    fclose(f);
+    /* a JSON log record (common/log.h): its message says it */
+    const char *m = strstr(out, "\"message\":\"");
+    if (out[0] == '{' && m) {
+        m += strlen("\"message\":\"");
+        size_t n = strcspn(m, "\"");
+        memmove(out, m, n);
+        out[n] = '\0';
+    }
+}
+
+long long bu_info_ll(redisContext *c, const char *section, const char *field)
+{
+    redisReply *r = redisCommand(c, "INFO %s", section);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, field);
+        if (p)
+            v = atoll(p + strlen(field));
+    }
+    freeReplyObject(r);
+    return v;
+}
+
+int bu_partitions(int dflt, char *err, size_t errlen)
+{
+    const char *v = getenv("PARTITIONS");
+    long long n = dflt;
+    if (v && *v) {
+        char *end = NULL;
+        errno = 0;
+        n = strtoll(v, &end, 10);
+        if (errno || *end) {
+            snprintf(err, errlen, "PARTITIONS must be a number 1..%d, not '%s'", CM_PARTITIONS_MAX, v);
+            return -1;
+        }
+    }
+    if (cm_partitions_configure(n, CM_BUS_STREAM_DEFAULT, err, errlen) != 0)
+        return -1;
+    return (int)n;
 }

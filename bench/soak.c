@@ -369,7 +369,9 @@ static pid_t spawn_proc(int i)
     snprintf(port_env, sizeof port_env, "API_PORT=%d", g_port);
     snprintf(consumer_env, sizeof consumer_env, "CONSUMER_NAME=soak-%s", g_names[i]);
     snprintf(claim_env, sizeof claim_env, "CLAIM_IDLE_MS=%d", g_claim_ms);
-    const char *env[] = {url_env, port_env, "METRICS_PORT=0", "LOG_LEVEL=warn",
+    /* PARTITIONS=1 whatever the caller's environment says: the soak reads the
+     * unpartitioned bus and key names */
+    const char *env[] = {url_env, port_env, "PARTITIONS=1", "METRICS_PORT=0", "LOG_LEVEL=warn",
                          "CHORUS_ADMIN_TOKEN=" ADMIN_TOKEN, consumer_env, claim_env, NULL};
     const char *api_av[] = {g_api_bin, NULL};
     const char *wk_av[] = {g_wk_bin, g_names[i], NULL};
