@@ -389,7 +389,7 @@ Test(api, the_event_carries_the_catalog_price_even_after_it_changed)
     cr_expect(strstr(ev, "\"unit_price_cents\":999") && strstr(ev, "\"total_cents\":2997"), "%s", ev);
     cr_expect(strstr(ev, "\"seq\":1"), "%s", ev);
     free(ev);
-    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 2, "a re-priced checkout is appended once");
+    cr_assert_eq(ae_int(&E, "XLEN " AE_BUS), 2, "a checkout after a price change is appended once");
     /* a price stored in a non-canonical form is the same number */
     char c3[80];
     freeReplyObject(ae_cmd(&E, "HSET chorus:product:p1 price_cents 0999"));

@@ -149,9 +149,8 @@ static int post(const char *key, char *id)
     return st;
 }
 
-/* One checkout while the replica is well: warms the API's price cache, so
- * the next intake is one script (a cold cache costs a re-price round, and
- * each round its own WAIT). */
+/* One checkout while the replica is well: the API's first intake also opens
+ * its connections and loads the scripts, so the measured ones do not. */
 static void warm(void)
 {
     char id[80];
