@@ -2,14 +2,19 @@
  * choreo-compensation): ends failed sagas, and owns the saga timeout.
  *
  * Compensation. On StockReservationFailed, OrderCreationFailed or
- * CheckoutTimedOut it reads the checkout's reservation hash and runs
- * lua/release.lua: when the reservation is held, the script gives every
- * quantity back (reserved -= q, available += q), marks it released and
- * appends StockReleased {items} + CheckoutFailed {reason}; when nothing is
- * held it appends CheckoutFailed alone. The reason is the cause:
- * insufficient_stock, the order failure's reason, or timed_out. The append
- * names the failure event's seq and derives its ids from it, so a redelivery
- * is a "dup" and releases nothing twice.
+ * CheckoutTimedOut it reads the checkout's lines (its CheckoutInitiated in
+ * the history) and releases each in its product's slot (lua/line.lua
+ * release: a held line goes back to available and is marked released; a
+ * line with no mark is marked void, so a reservation still in flight can
+ * never hold it afterwards; refused or undone lines stay as they are). Then
+ * lua/release.lua, in the checkout's slot, appends StockReleased {the
+ * released lines} + CheckoutFailed {reason} when some line is released
+ * (by this compensation, now or on an earlier delivery), CheckoutFailed alone
+ * otherwise, marks a held reservation record released and takes the saga
+ * out of the timeout set. The reason is the cause: insufficient_stock, the
+ * order failure's reason, or timed_out. The append names the failure
+ * event's seq and derives its ids from it, so a redelivery is a "dup"; the
+ * marks make its releases no-ops and its StockReleased the same.
  *
  * Timeout. On CheckoutInitiated it records the saga in the zset
  * chorus:saga:started (ZADD NX, scored by emitted_at in ms). Every
@@ -24,7 +29,12 @@
  * version only the first append lands; the other conflicts, writes nothing,
  * and re-reads the history (the step stands down; the tick decides again on
  * its next run). In particular an order is never created after the timeout:
- * order creation names StockReserved's seq, which the timeout has moved past. */
+ * order creation names StockReserved's seq, which the timeout has moved past,
+ * and it sells the lines only after its append landed. The stock follows the
+ * history's decision: a timeout racing the reservation is compensated line
+ * by line, and each line's step is atomic in its slot, so each line is
+ * either held first (then released here) or voided first (then never held);
+ * the reservation's StockReserved conflicts either way. */
 #include "workers/lua/scripts.h"
 #include "common/clock.h"
 #include "common/ids.h"
@@ -113,51 +123,32 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     return WK_ACK;
 }
 
-/* Reads the reservation hash: *held, and the held lines. Returns 0, -1 on a
- * Redis error (retry), -2 when the hash is not one this worker wrote. */
-static int read_reservation(wk_ctx *ctx, const char *resv, bool *held, wk_lines *lines)
+/* Reads the lines of cause's checkout from its CheckoutInitiated (the first
+ * event of its history) into lines (none when it has no valid items: then
+ * nothing can have been held). Returns 0, -1 on a Redis error (retry), -2
+ * when the history does not hold cause (WK_DEAD). */
+static int read_lines(wk_ctx *ctx, const es_event *cause, wk_lines *lines)
 {
-    *held = false;
     lines->n = 0;
-    redisContext *c = wk_redis(ctx);
-    redisReply *r = redisCommand(c, "HGETALL %s", resv);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        wk_fail_reason(ctx, "HGETALL %s: %s", resv, err);
+    es_event **evs = NULL;
+    size_t n = 0;
+    int rc = es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, cause->aggregate_id, &evs, &n);
+    if (rc == ES_EREDIS) {
+        wk_fail_reason(ctx, "history read: %s", es_store_errstr(wk_store(ctx)));
         return -1;
     }
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
-        wk_fail_reason(ctx, "%s is not a reservation hash", resv);
-        rc = -2;
-        goto done;
+    int out = 0;
+    if (rc != ES_OK || (int64_t)n < cause->seq || strcmp(evs[cause->seq - 1]->event_id, cause->event_id)) {
+        wk_fail_reason(ctx, "history of %s does not hold %s at seq %lld", cause->aggregate_id, cause->event_id,
+                       (long long)cause->seq);
+        out = -2;
+    } else if (evs[0]->kind == CM_EV_CHECKOUT_INITIATED) {
+        char err[160];
+        if (wk_lines_parse(json_object_get(evs[0]->data, "items"), lines, err, sizeof err) != 0)
+            lines->n = 0;   /* never reservable: nothing held */
     }
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const redisReply *k = r->element[i], *v = r->element[i + 1];
-        if (!cm_reply_is_str(k) || !cm_reply_is_str(v))
-            continue;
-        if (!strcmp(k->str, "state")) {
-            *held = !strcmp(v->str, "held");
-            continue;
-        }
-        if (strncmp(k->str, "p:", 2) != 0) {
-            wk_fail_reason(ctx, "%s: unknown field %.64s", resv, k->str);
-            rc = -2;
-            goto done;
-        }
-        char *end;
-        long long q = strtoll(v->str, &end, 10);
-        if (lines->n == WK_SAGA_MAX_LINES || *end || q < 1 || k->len - 2 >= sizeof lines->v[0].product_id) {
-            wk_fail_reason(ctx, "%s: bad line %.64s", resv, k->str);
-            rc = -2;
-            goto done;
-        }
-        snprintf(lines->v[lines->n].product_id, sizeof lines->v[0].product_id, "%s", k->str + 2);
-        lines->v[lines->n++].qty = q;
-    }
-done:
-    freeReplyObject(r);
-    return rc;
+    es_events_free(evs, n);
+    return out;
 }
 
 static wk_result compensate(wk_ctx *ctx, const es_event *ev)
@@ -170,26 +161,37 @@ static wk_result compensate(wk_ctx *ctx, const es_event *ev)
         wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
         return WK_DEAD;
     }
-    cm_key resv = cm_key_resv(checkout);
-    bool held;
-    wk_lines lines;
-    int rrc = read_reservation(ctx, resv.s, &held, &lines);
+    wk_lines lines, released = {.n = 0};
+    int rrc = read_lines(ctx, ev, &lines);
     if (rrc != 0)
         return rrc == -1 ? WK_RETRY : WK_DEAD;
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    if (lines.n && wk_line_run(ctx, WK_LINE_RELEASE, checkout, &lines, g_resv_ttl_s, res) != 0)
+        return WK_RETRY;
+    for (size_t i = 0; i < lines.n; i++)
+        if (res[i].mark == WK_MARK_RELEASED) {
+            released.v[released.n] = lines.v[i];
+            released.v[released.n++].qty = res[i].qty;
+        }
 
     wk_step s;
     wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
-    if (held)
-        wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&lines)));
+    if (released.n)
+        wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&released)));
     wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", reason));
     wk_step_out o;
     wk_result out = WK_RETRY;
-    switch (wk_script_release(ctx, &s, checkout, held, &lines, g_resv_ttl_s, &o)) {
+    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    int idx = wk_script_release_queue(ctx, pipe, &s, checkout, released.n > 0, g_resv_ttl_s);
+    if (idx >= 0)
+        wk_pipe_exec(ctx, pipe);
+    switch (wk_script_release_take(ctx, pipe, idx, &s, &o)) {
     case WK_OUT_APPENDED: {
         wk_saga_count(ctx, &s, &o.res);
         const char *kv[] = {"reason", reason, NULL};
         cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
-                held ? ", reservation released" : ", nothing held", o.res.duplicate ? " (already recorded)" : "");
+                released.n ? ", reservation released" : ", nothing held",
+                o.res.duplicate ? " (already recorded)" : "");
         out = WK_ACK;
         break;
     }
@@ -197,16 +199,14 @@ static wk_result compensate(wk_ctx *ctx, const es_event *ev)
         out = wk_saga_moved(ctx, ev, "compensate");
         break;
     case WK_OUT_CHANGED:
-        /* the reservation moved between our read and the script: read it again */
-        wk_fail_reason(ctx, "release script: reservation changed (state %s)", o.arg);
-        break;
-    case WK_OUT_MISMATCH:
-        wk_fail_reason(ctx, "release script: reservation holds product %s it did not list", o.arg);
+        /* a held record means every line was held before any compensation */
+        wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
         out = WK_DEAD;
         break;
     default:
         break;
     }
+    cm_pipe_free(pipe);
     wk_step_free(&s);
     return out;
 }
