@@ -39,6 +39,7 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/xmalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,9 +72,8 @@ static bool recordable(const es_event *ev)
 
 /* Records every new saga of the batch in the timeout set with one ZADD
  * instead of one per event; their handlers then have nothing left to do. */
-static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+static void record_started(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
-    wk_prefetch_clear();
     /* a batch comes from one partition's stream: one ZADD to its set (an
      * event of another partition is left to its handler) */
     int part = -1;
@@ -91,15 +91,13 @@ static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
         cm_argv_adds(&a, evs[i]->aggregate_id);
     }
     if (a.n > 3) {
-        redisContext *c = wk_redis(ctx);
-        redisReply *r = redisCommandArgv(c, a.n, (const char **)a.v, a.len);
-        char err[256];
-        if (!cm_reply_failed(c, r, err, sizeof err)) {   /* on failure each handler tries alone */
-            freeReplyObject(r);
+        redisReply *r = cm_cluster_argv(wk_cluster(ctx), cm_argv_slot(&a, 1), &a);
+        if (r && r->type != REDIS_REPLY_ERROR)   /* on failure each handler tries alone */
             for (size_t i = 0; i < n; i++)
                 if (recordable(evs[i]) && cm_partition_of(evs[i]->aggregate_id) == part)
                     wk_prefetch_note(evs[i], &k_recorded, NULL);
-        }
+        if (r)
+            freeReplyObject(r);
     }
     cm_argv_free(&a);
 }
@@ -111,16 +109,18 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     const char *checkout = wk_saga_checkout(ctx, ev);
     if (!checkout)
         return WK_DEAD;
-    redisContext *c = wk_redis(ctx);
-    redisReply *r = redisCommand(c, "ZADD %s NX %lld %s", cm_key_saga_started(cm_partition_of(checkout)).s,
-                                 (long long)(ev->emitted_at * 1000.0), checkout);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        wk_fail_reason(ctx, "ZADD saga start: %s", err);
-        return WK_RETRY;
+    cm_key started = cm_key_saga_started(cm_partition_of(checkout));
+    redisReply *r = cm_cluster_command(wk_cluster(ctx), cm_key_slot(started.s, strlen(started.s)),
+                                       "ZADD %s NX %lld %s", started.s, (long long)(ev->emitted_at * 1000.0),
+                                       checkout);
+    wk_result out = WK_ACK;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        wk_fail_reason(ctx, "ZADD saga start: %s", r ? r->str : cm_cluster_errstr(wk_cluster(ctx)));
+        out = WK_RETRY;
     }
-    freeReplyObject(r);
-    return WK_ACK;
+    if (r)
+        freeReplyObject(r);
+    return out;
 }
 
 /* Reads the lines of cause's checkout from its CheckoutInitiated (the first
@@ -151,63 +151,155 @@ static int read_lines(wk_ctx *ctx, const es_event *cause, wk_lines *lines)
     return out;
 }
 
+/* What compensating one failure event takes and what came of it. */
+typedef struct plan {
+    const es_event *ev;               /* borrowed: the failure event */
+    const char *reason;               /* CheckoutFailed's reason */
+    int st;                           /* 0 ok so far, -1 retry, -2 never possible (fail reason set) */
+    wk_lines lines;                   /* the checkout's lines */
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    int at[WK_SAGA_MAX_LINES];        /* each line's call in the pipe */
+    wk_lines released;                /* the lines released by compensation, with their quantities */
+    wk_step s;                        /* [StockReleased +] CheckoutFailed */
+    int idx;
+    wk_outcome rc;
+    wk_step_out o;
+} plan;
+
+static void plan_free(void *p)
+{
+    wk_step_free(&((plan *)p)->s);
+    free(p);
+}
+
+/* Checks ev and reads its lines into p (st -2 when ev can never be
+ * compensated, -1 on a Redis error). */
+static void plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    p->ev = ev;
+    p->st = -2;
+    if (!wk_saga_checkout(ctx, ev))
+        return;
+    if (!(p->reason = wk_saga_failure_reason(ev))) {
+        wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
+        return;
+    }
+    p->st = read_lines(ctx, ev, &p->lines);
+}
+
+/* Runs the plans together, one round trip per phase: (1) release every
+ * line of every checkout, (2) the release scripts. */
+static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+{
+    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; ps[k]->st == 0 && i < ps[k]->lines.n; i++)
+            if ((ps[k]->at[i] = wk_line_queue(ctx, pipe, WK_LINE_RELEASE, ps[k]->ev->aggregate_id,
+                                              &ps[k]->lines.v[i], g_resv_ttl_s)) < 0)
+                ps[k]->st = -1;
+    wk_pipe_exec(ctx, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        p->released.n = 0;
+        for (size_t i = 0; p->st == 0 && i < p->lines.n; i++) {
+            if (wk_line_take(ctx, pipe, p->at[i], &p->res[i]) != 0)
+                p->st = -1;
+            else if (p->res[i].mark == WK_MARK_RELEASED) {
+                p->released.v[p->released.n] = p->lines.v[i];
+                p->released.v[p->released.n++].qty = p->res[i].qty;
+            }
+        }
+    }
+
+    cm_pipe_reset(pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->st != 0)
+            continue;
+        wk_step_free(&p->s);
+        wk_step_init(&p->s, p->ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
+        if (p->released.n)
+            wk_step_add(&p->s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&p->released)));
+        wk_step_add(&p->s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", p->reason));
+        p->idx = wk_script_release_queue(ctx, pipe, &p->s, p->ev->aggregate_id, p->released.n > 0, g_resv_ttl_s);
+    }
+    wk_pipe_exec(ctx, pipe);
+    for (size_t k = 0; k < n; k++)
+        if (ps[k]->st == 0)
+            ps[k]->rc = wk_script_release_take(ctx, pipe, ps[k]->idx, &ps[k]->s, &ps[k]->o);
+    cm_pipe_free(pipe);
+}
+
+static bool is_failure(const es_event *ev)
+{
+    return ev->kind == CM_EV_STOCK_RESERVATION_FAILED || ev->kind == CM_EV_ORDER_CREATION_FAILED ||
+           ev->kind == CM_EV_CHECKOUT_TIMED_OUT;
+}
+
+/* Records every new saga of the batch in the timeout set with one ZADD
+ * instead of one per event (their handlers then have nothing left to do),
+ * and compensates the batch's failures together (saga.h, prefetch). */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    record_started(ctx, evs, n);
+    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_failure(evs[i]))
+            continue;
+        plan *p = cm_xcalloc(1, sizeof *p);
+        plan_make(ctx, evs[i], p);
+        if (p->st != 0) {
+            plan_free(p);   /* the handler decides again, alone */
+            continue;
+        }
+        ps[np++] = p;
+        wk_prefetch_note(evs[i], p, plan_free);
+    }
+    if (np)
+        run(ctx, ps, np);
+    free(ps);
+}
+
 static wk_result compensate(wk_ctx *ctx, const es_event *ev)
 {
-    const char *checkout = wk_saga_checkout(ctx, ev);
-    if (!checkout)
-        return WK_DEAD;
-    const char *reason = wk_saga_failure_reason(ev);
-    if (!reason) {
-        wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
-        return WK_DEAD;
+    plan *own = NULL, *p = wk_prefetch_plan(ev);
+    if (!p || p->st != 0 || p->rc == WK_OUT_EREDIS) {   /* not prefetched, or failed there: again, alone */
+        own = cm_xcalloc(1, sizeof *own);
+        plan_make(ctx, ev, own);
+        if (own->st == 0)
+            run(ctx, &own, 1);
+        p = own;
     }
-    wk_lines lines, released = {.n = 0};
-    int rrc = read_lines(ctx, ev, &lines);
-    if (rrc != 0)
-        return rrc == -1 ? WK_RETRY : WK_DEAD;
-    wk_line_res res[WK_SAGA_MAX_LINES];
-    if (lines.n && wk_line_run(ctx, WK_LINE_RELEASE, checkout, &lines, g_resv_ttl_s, res) != 0)
-        return WK_RETRY;
-    for (size_t i = 0; i < lines.n; i++)
-        if (res[i].mark == WK_MARK_RELEASED) {
-            released.v[released.n] = lines.v[i];
-            released.v[released.n++].qty = res[i].qty;
-        }
-
-    wk_step s;
-    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
-    if (released.n)
-        wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&released)));
-    wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", reason));
-    wk_step_out o;
     wk_result out = WK_RETRY;
-    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
-    int idx = wk_script_release_queue(ctx, pipe, &s, checkout, released.n > 0, g_resv_ttl_s);
-    if (idx >= 0)
-        wk_pipe_exec(ctx, pipe);
-    switch (wk_script_release_take(ctx, pipe, idx, &s, &o)) {
-    case WK_OUT_APPENDED: {
-        wk_saga_count(ctx, &s, &o.res);
-        const char *kv[] = {"reason", reason, NULL};
-        cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
-                released.n ? ", reservation released" : ", nothing held",
-                o.res.duplicate ? " (already recorded)" : "");
-        out = WK_ACK;
-        break;
-    }
-    case WK_OUT_CONFLICT:
-        out = wk_saga_moved(ctx, ev, "compensate");
-        break;
-    case WK_OUT_CHANGED:
-        /* a held record means every line was held before any compensation */
-        wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
+    const char *checkout = ev->aggregate_id;
+    if (p->st == -2)
         out = WK_DEAD;
-        break;
-    default:
-        break;
-    }
-    cm_pipe_free(pipe);
-    wk_step_free(&s);
+    else if (p->st == 0)
+        switch (p->rc) {
+        case WK_OUT_APPENDED: {
+            wk_saga_count(ctx, &p->s, &p->o.res);
+            const char *kv[] = {"reason", p->reason, NULL};
+            cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
+                    p->released.n ? ", reservation released" : ", nothing held",
+                    p->o.res.duplicate ? " (already recorded)" : "");
+            out = WK_ACK;
+            break;
+        }
+        case WK_OUT_CONFLICT:
+            out = wk_saga_moved(ctx, ev, "compensate");
+            break;
+        case WK_OUT_CHANGED:
+            /* a held record means every line was held before any compensation */
+            wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
+            out = WK_DEAD;
+            break;
+        default:
+            break;
+        }
+    if (own)
+        plan_free(own);
     return out;
 }
 
@@ -256,14 +348,16 @@ static bool timeout_one(wk_ctx *ctx, const char *checkout, int64_t age_ms)
 /* The expired sagas of partition p's timeout set. */
 static void timeout_partition(wk_ctx *ctx, int p)
 {
-    redisContext *c = wk_redis(ctx);
+    cm_cluster *cc = wk_cluster(ctx);
     int64_t now = cm_wall_ms();
     cm_key started_key = cm_key_saga_started(p);
-    redisReply *r = redisCommand(c, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
-                                 (long long)(now - g_timeout_ms), TICK_BATCH);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", err);
+    int slot = cm_key_slot(started_key.s, strlen(started_key.s));
+    redisReply *r = cm_cluster_command(cc, slot, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
+                                       (long long)(now - g_timeout_ms), TICK_BATCH);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", r ? r->str : cm_cluster_errstr(cc));
+        if (r)
+            freeReplyObject(r);
         return;
     }
     cm_argv done = {0};
@@ -279,10 +373,10 @@ static void timeout_partition(wk_ctx *ctx, int p)
     }
     freeReplyObject(r);
     if (done.n > 2) {
-        redisReply *z = redisCommandArgv(c, done.n, (const char **)done.v, done.len);
-        if (cm_reply_failed(c, z, err, sizeof err))
-            cm_log(CM_WARN, "saga timeout: ZREM: %s", err);
-        else
+        redisReply *z = cm_cluster_argv(cc, slot, &done);
+        if (!z || z->type == REDIS_REPLY_ERROR)
+            cm_log(CM_WARN, "saga timeout: ZREM: %s", z ? z->str : cm_cluster_errstr(cc));
+        if (z)
             freeReplyObject(z);
     }
     cm_argv_free(&done);
