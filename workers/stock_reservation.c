@@ -25,6 +25,7 @@
  * (held stays held, a refusal stays refused), so the decision is the same,
  * and the append is a "dup" (or a "conflict" when the saga moved on). */
 #include "workers/lua/scripts.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 
@@ -260,6 +261,22 @@ static bool saga_ended(wk_ctx *ctx, const es_event *cause)
     return ended;
 }
 
+/* Undoes the lines this run held afresh (a late delivery's: see below).
+ * Returns WK_ACK, or WK_RETRY with the fail reason set. */
+static wk_result undo_fresh(wk_ctx *ctx, const es_event *ev, const plan *p)
+{
+    wk_lines fresh = {.n = 0};
+    for (size_t i = 0; i < p->lines.n; i++)
+        if (p->res[i].changed && p->res[i].mark == WK_MARK_HELD)
+            fresh.v[fresh.n++] = p->lines.v[i];
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    if (fresh.n && wk_line_run(ctx, WK_LINE_UNDO, ev->aggregate_id, &fresh, g_resv_ttl_s, res) != 0)
+        return WK_RETRY;
+    cm_logx(CM_WARN, ev->aggregate_id, ev->event_id, NULL,
+            "late redelivery held %zu lines of a settled reservation (their marks had expired): undone", fresh.n);
+    return WK_ACK;
+}
+
 /* StockReserved lost to a timeout: compensation releases every line held
  * before it ran and voids the others, so nothing stays held. Only a hold
  * made after the saga ended (its void marks had expired: a delivery later
@@ -269,11 +286,19 @@ static wk_result reserve_conflict(wk_ctx *ctx, const es_event *ev, plan *p)
     wk_result out = wk_saga_moved(ctx, ev, "reserve");
     if (out != WK_ACK || !p->fresh || !saga_ended(ctx, ev))
         return out;
-    wk_line_res res[WK_SAGA_MAX_LINES];
-    if (wk_line_run(ctx, WK_LINE_UNDO, ev->aggregate_id, &p->lines, g_resv_ttl_s, res) != 0)
-        return WK_RETRY;
-    cm_logx(CM_WARN, ev->aggregate_id, ev->event_id, NULL, "late reservation of an ended saga undone");
-    return WK_ACK;
+    return undo_fresh(ctx, ev, p);
+}
+
+/* StockReserved was already in the history, yet this run held lines afresh:
+ * either this run's own append was resent after a broken connection (the
+ * holds are the saga's), or the saga's marks had expired, which takes
+ * RESERVATION_TTL_S after the checkout began; then, once the saga ended,
+ * its stock was settled and these holds are orphans. */
+static wk_result reserve_dup_fresh(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    if (g_resv_ttl_s <= 0 || cm_wall_s() - ev->emitted_at <= (double)g_resv_ttl_s || !saga_ended(ctx, ev))
+        return WK_ACK;
+    return undo_fresh(ctx, ev, p);
 }
 
 static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
@@ -298,7 +323,7 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
             wk_saga_count(ctx, &p->s, &p->o.res);
             cm_logx(CM_INFO, checkout, ev->event_id, NULL, "reserved %zu products%s", p->lines.n,
                     p->o.res.duplicate ? " (already reserved)" : "");
-            out = WK_ACK;
+            out = p->o.res.duplicate && p->fresh ? reserve_dup_fresh(ctx, ev, p) : WK_ACK;
         } else if (p->rc == WK_OUT_CONFLICT) {
             out = reserve_conflict(ctx, ev, p);
         } else if (p->rc == WK_OUT_EXISTS) {

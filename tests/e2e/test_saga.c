@@ -28,6 +28,9 @@
  *                             reservation, one order, one terminal event, nothing
  *                             dead-lettered, saga_choreo_success_total counted once
  *                             (order_limit_* checks saga_choreo_failed_total too).
+ *   late_redelivery_*         a CheckoutInitiated delivered again after its
+ *                             saga ended and its line marks expired holds
+ *                             nothing for good (the fresh holds are undone).
  *   sigkill_*                 order creation killed with SIGKILL between effect
  *                             and ack (its batch still pending) and restarted: the
  *                             re-delivered batch changes nothing; and the whole
@@ -382,6 +385,37 @@ Test(saga, duplicate_checkout_initiated_reserves_and_orders_once)
     cr_expect_eq(sg_ll(&E, "XLEN %s", es_store_bus(E.s)), 4 + 3, "4 saga events and 3 copies, nothing else");
     cr_expect_eq(dlq_total(), 0, "duplicates are acknowledged, not dead-lettered");
     cr_expect_eq(sg_metric(port, "saga_choreo_success_total"), 1, "a replayed success is not counted again");
+    stop_clean();
+}
+
+static bool no_line_marks(void *ud)
+{
+    (void)ud;
+    return sg_count_keys(&E, "chorus:hold:*") == 0;
+}
+
+Test(saga, late_redelivery_after_the_line_marks_expired_keeps_no_stock_held)
+{
+    /* RESERVATION_TTL_S=1: a second after the saga ended its line marks are
+     * gone, so a CheckoutInitiated delivered again finds no mark and holds
+     * the lines afresh; the reservation sees StockReserved already in the
+     * ended saga's history and gives them straight back */
+    sg_product(&E, "p1", 10);
+    const char *env[] = {"RESERVATION_TTL_S=1", NULL};
+    sg_spawn_saga(&E, env);
+    sg_line lines[] = {{"p1", 2, 100}};
+    sg_checkout(&E, "co-late", "client-1", lines, 1);
+    char *ids[] = {"co-late"};
+    wait_ended(ids, 1, 20000);
+    wait_quiet();
+    expect_stock("p1", 8, 0, 2);
+    cr_assert(tf_wait_until(no_line_marks, NULL, 15000), "the line marks expire");
+    copy_bus_entry("CheckoutInitiated");
+    wait_quiet();
+    expect_types("co-late", SEQ_OK);
+    expect_stock("p1", 8, 0, 2);
+    expect_mark("co-late", "p1", "undone:2");
+    cr_expect_eq(dlq_total(), 0);
     stop_clean();
 }
 
