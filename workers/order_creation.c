@@ -182,7 +182,8 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
-        p->idx = p->fail ? wk_step_append_queue(ctx, pipe, &p->s) : wk_script_create_order_queue(ctx, pipe, &p->s, &p->in);
+        p->idx = p->fail ? wk_step_append_queue(ctx, pipe, &p->s)
+                         : wk_script_create_order_queue(ctx, pipe, &p->s, &p->in);
     }
     wk_pipe_exec(ctx, pipe);
     for (size_t k = 0; k < n; k++) {
