@@ -111,7 +111,7 @@ typedef struct plan {
     wk_step_out o;
     bool sold;                /* create, appended: every line's sell answered */
     wk_line_res res[WK_SAGA_MAX_LINES];
-    int at[WK_SAGA_MAX_LINES];
+    size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the sells' wk_line_set */
 } plan;
 
 static void plan_clear(plan *p)
@@ -194,25 +194,25 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
     }
 
     cm_pipe_reset(pipe);
+    wk_line_set *ls = wk_line_set_new();
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        for (size_t i = 0; !p->fail && p->rc == WK_OUT_APPENDED && i < p->lines.n; i++)
+            p->at[i] = wk_line_set_add(ls, WK_LINE_SELL, p->in.checkout_id, &p->lines.v[i]);
+    }
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
+    wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         if (p->fail || p->rc != WK_OUT_APPENDED)
             continue;
         p->sold = true;
         for (size_t i = 0; i < p->lines.n; i++)
-            if ((p->at[i] = wk_line_queue(ctx, pipe, WK_LINE_SELL, p->in.checkout_id, &p->lines.v[i],
-                                          g_resv_ttl_s)) < 0)
+            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
                 p->sold = false;
     }
-    wk_pipe_exec(ctx, pipe);
-    for (size_t k = 0; k < n; k++) {
-        plan *p = ps[k];
-        if (p->fail || p->rc != WK_OUT_APPENDED)
-            continue;
-        for (size_t i = 0; i < p->lines.n; i++)
-            if (wk_line_take(ctx, pipe, p->at[i], &p->res[i]) != 0)
-                p->sold = false;
-    }
+    wk_line_set_free(ls);
     cm_pipe_free(pipe);
 }
 

@@ -158,7 +158,7 @@ typedef struct plan {
     int st;                           /* 0 ok so far, -1 retry, -2 never possible (fail reason set) */
     wk_lines lines;                   /* the checkout's lines */
     wk_line_res res[WK_SAGA_MAX_LINES];
-    int at[WK_SAGA_MAX_LINES];        /* each line's call in the pipe */
+    size_t at[WK_SAGA_MAX_LINES];     /* each line's index in the releases' wk_line_set */
     wk_lines released;                /* the lines released by compensation, with their quantities */
     wk_step s;                        /* [StockReleased +] CheckoutFailed */
     int idx;
@@ -192,17 +192,18 @@ static void plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
 static void run(wk_ctx *ctx, plan *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    wk_line_set *ls = wk_line_set_new();
     for (size_t k = 0; k < n; k++)
         for (size_t i = 0; ps[k]->st == 0 && i < ps[k]->lines.n; i++)
-            if ((ps[k]->at[i] = wk_line_queue(ctx, pipe, WK_LINE_RELEASE, ps[k]->ev->aggregate_id,
-                                              &ps[k]->lines.v[i], g_resv_ttl_s)) < 0)
-                ps[k]->st = -1;
+            ps[k]->at[i] = wk_line_set_add(ls, WK_LINE_RELEASE, ps[k]->ev->aggregate_id, &ps[k]->lines.v[i]);
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
     wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         p->released.n = 0;
         for (size_t i = 0; p->st == 0 && i < p->lines.n; i++) {
-            if (wk_line_take(ctx, pipe, p->at[i], &p->res[i]) != 0)
+            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
                 p->st = -1;
             else if (p->res[i].mark == WK_MARK_RELEASED) {
                 p->released.v[p->released.n] = p->lines.v[i];
@@ -210,6 +211,7 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
             }
         }
     }
+    wk_line_set_free(ls);
 
     cm_pipe_reset(pipe);
     for (size_t k = 0; k < n; k++) {

@@ -79,7 +79,7 @@ typedef struct plan {
     wk_outcome rc;                   /* the reserve script's or the failure append's outcome */
     wk_step_out o;
     int idx;                         /* the current phase's call in the pipe */
-    int at[WK_SAGA_MAX_LINES];       /* each line's call in the pipe */
+    size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the phase's wk_line_set */
 } plan;
 
 static void plan_clear(plan *p)
@@ -166,21 +166,21 @@ static void decide(plan *p)
 static void run(wk_ctx *ctx, plan *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    wk_line_set *ls = wk_line_set_new();
     for (size_t k = 0; k < n; k++) {   /* phase 1: hold */
         plan *p = ps[k];
         wk_step_free(&p->f);
-        p->d = D_RESERVE;
         for (size_t i = 0; i < p->lines.n; i++)
-            if ((p->at[i] = wk_line_queue(ctx, pipe, WK_LINE_HOLD, p->s.cause->aggregate_id, &p->lines.v[i],
-                                          g_resv_ttl_s)) < 0)
-                p->d = D_EREDIS;
+            p->at[i] = wk_line_set_add(ls, WK_LINE_HOLD, p->s.cause->aggregate_id, &p->lines.v[i]);
     }
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
     wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
-        bool ok = p->d != D_EREDIS;
-        for (size_t i = 0; i < p->lines.n; i++)   /* take every reply, even after a failure */
-            ok = wk_line_take(ctx, pipe, p->at[i], &p->res[i]) == 0 && ok;
+        bool ok = true;
+        for (size_t i = 0; i < p->lines.n; i++)
+            ok = wk_line_set_res(ls, p->at[i], &p->res[i]) == 0 && ok;
         if (ok)
             decide(p);
         else
@@ -188,30 +188,31 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
     }
 
     cm_pipe_reset(pipe);   /* phase 2: record, or undo what is held */
+    wk_line_set_free(ls);
+    ls = wk_line_set_new();
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         p->idx = -1;
         if (p->d == D_RESERVE)
             p->idx = wk_script_reserve_queue(ctx, pipe, &p->s, p->s.cause->aggregate_id, &p->lines);
-        for (size_t i = 0; p->d == D_FAIL && i < p->lines.n; i++) {
-            p->at[i] = -1;
-            if (p->res[i].mark == WK_MARK_HELD &&
-                (p->at[i] = wk_line_queue(ctx, pipe, WK_LINE_UNDO, p->s.cause->aggregate_id, &p->lines.v[i],
-                                          g_resv_ttl_s)) < 0)
-                p->d = D_EREDIS;
-        }
+        for (size_t i = 0; p->d == D_FAIL && i < p->lines.n; i++)
+            if (p->res[i].mark == WK_MARK_HELD)
+                p->at[i] = wk_line_set_add(ls, WK_LINE_UNDO, p->s.cause->aggregate_id, &p->lines.v[i]);
     }
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
     wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         if (p->d == D_RESERVE)
             p->rc = wk_script_reserve_take(ctx, pipe, p->idx, &p->s, &p->o);
         for (size_t i = 0; p->d == D_FAIL && i < p->lines.n; i++) {
             wk_line_res u;
-            if (p->at[i] >= 0 && wk_line_take(ctx, pipe, p->at[i], &u) != 0)
+            if (p->res[i].mark == WK_MARK_HELD && wk_line_set_res(ls, p->at[i], &u) != 0)
                 p->d = D_EREDIS;   /* the failure is appended only once every hold is undone */
         }
     }
+    wk_line_set_free(ls);
 
     cm_pipe_reset(pipe);   /* phase 3: the failures */
     for (size_t k = 0; k < n; k++)

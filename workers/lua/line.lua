@@ -17,18 +17,21 @@
 --   void      compensation came first: a later hold finds it and holds nothing
 -- Every state but held expires after the lifetime given (0: kept).
 --
--- KEYS: product hash, mark.
--- ARGV: op (hold | undo | sell | release), quantity (hold), lifetime in
---       seconds of a settled mark (0: kept).
--- Returns {state, qty, changed}: the mark after the op ("none" when absent
--- and left so), its quantity, and 1 when this call changed it.
-local product, mark = KEYS[1], KEYS[2]
-local op, ttl = ARGV[1], tonumber(ARGV[3])
+-- One call takes every line of one product that a batch moves with one op
+-- (several checkouts' lines: the marks share the product's slot), each in
+-- turn as if called alone in that order.
+--
+-- KEYS: product hash, then one mark per line.
+-- ARGV: op (hold | undo | sell | release), lifetime in seconds of a settled
+--       mark (0: kept), then one quantity per line (used by hold).
+-- Returns one {state, qty, changed} per line: the mark after the op ("none"
+-- when absent and left so), its quantity, and 1 when this call changed it.
+local product, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if op ~= 'hold' and op ~= 'undo' and op ~= 'sell' and op ~= 'release' then
   return redis.error_reply('line.lua: unknown op ' .. tostring(op))
 end
 
-local function settle(state, qty)
+local function settle(mark, state, qty)
   redis.call('SET', mark, state .. ':' .. qty)
   if ttl > 0 then redis.call('EXPIRE', mark, ttl) end
   return {state, qty, 1}
@@ -41,29 +44,36 @@ local function int(v, dflt)
   return tonumber(v)
 end
 
-local cur = redis.call('GET', mark)
-if not cur then
-  if op == 'release' then return settle('void', 0) end
-  if op ~= 'hold' then return {'none', 0, 0} end
-  local q = tonumber(ARGV[2])
-  local v = redis.call('HMGET', product, 'available', 'reserved')
-  local av, rs = int(v[1], nil), int(v[2], 0)
-  if not av or not rs then return settle('unknown', q) end
-  if av < q then return settle('short', q) end
-  redis.call('HSET', product, 'available', av - q, 'reserved', rs + q)
-  redis.call('SET', mark, 'held:' .. q)
-  return {'held', q, 1}
+local function step(mark, hold_qty)
+  local cur = redis.call('GET', mark)
+  if not cur then
+    if op == 'release' then return settle(mark, 'void', 0) end
+    if op ~= 'hold' then return {'none', 0, 0} end
+    local q = hold_qty
+    local v = redis.call('HMGET', product, 'available', 'reserved')
+    local av, rs = int(v[1], nil), int(v[2], 0)
+    if not av or not rs then return settle(mark, 'unknown', q) end
+    if av < q then return settle(mark, 'short', q) end
+    redis.call('HSET', product, 'available', av - q, 'reserved', rs + q)
+    redis.call('SET', mark, 'held:' .. q)
+    return {'held', q, 1}
+  end
+  local c = string.find(cur, ':', 1, true)
+  local state, q = string.sub(cur, 1, c - 1), tonumber(string.sub(cur, c + 1))
+  if state ~= 'held' or op == 'hold' then return {state, q, 0} end
+  if op == 'sell' then
+    redis.call('HINCRBY', product, 'reserved', -q)
+    redis.call('HINCRBY', product, 'sold', q)
+    return settle(mark, 'sold', q)
+  end
+  -- undo or release: back to available
+  redis.call('HINCRBY', product, 'reserved', -q)
+  redis.call('HINCRBY', product, 'available', q)
+  return settle(mark, op == 'undo' and 'undone' or 'released', q)
 end
 
-local c = string.find(cur, ':', 1, true)
-local state, q = string.sub(cur, 1, c - 1), tonumber(string.sub(cur, c + 1))
-if state ~= 'held' or op == 'hold' then return {state, q, 0} end
-if op == 'sell' then
-  redis.call('HINCRBY', product, 'reserved', -q)
-  redis.call('HINCRBY', product, 'sold', q)
-  return settle('sold', q)
+local out = {}
+for i = 2, #KEYS do
+  out[i - 1] = step(KEYS[i], tonumber(ARGV[i + 1]))
 end
--- undo or release: back to available
-redis.call('HINCRBY', product, 'reserved', -q)
-redis.call('HINCRBY', product, 'available', q)
-return settle(op == 'undo' and 'undone' or 'released', q)
+return out

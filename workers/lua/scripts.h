@@ -45,14 +45,26 @@ typedef struct wk_line_res {
     bool changed;      /* this call moved it (else an earlier call had) */
 } wk_line_res;
 
-/* Queues op on checkout's line on p; settled marks live ttl_s seconds (0:
- * kept), a held one until it settles. Returns the reply's index, or -1
- * with the fail reason set and nothing queued. */
-int wk_line_queue(wk_ctx *ctx, cm_pipe *p, wk_line_op op, const char *checkout, const wk_line *line,
-                  long long ttl_s);
-/* Takes reply idx of p (idx < 0: never queued) into out. Returns 0, or -1
- * with the fail reason set (no reply, an error, a foreign shape: retry). */
-int wk_line_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_line_res *out) __attribute__((warn_unused_result));
+/* A phase's line calls: lines are added one by one (any op, checkout and
+ * product), then queued on a pipe as one script call per (op, product), so
+ * a batch whose checkouts share products sends one call per product; each
+ * line is still its own step, run in the order added. */
+typedef struct wk_line_set wk_line_set;
+
+wk_line_set *wk_line_set_new(void);   /* free with wk_line_set_free */
+void wk_line_set_free(wk_line_set *s);   /* NULL ok */
+/* Adds op on checkout's line. Returns its index in s (for wk_line_set_res). */
+size_t wk_line_set_add(wk_line_set *s, wk_line_op op, const char *checkout, const wk_line *line);
+/* Queues s's calls on p; settled marks live ttl_s seconds (0: kept), a held
+ * one until it settles. A line whose call cannot be built (a product id
+ * with braces) fails alone (wk_line_set_res), with the fail reason set. */
+void wk_line_set_queue(wk_ctx *ctx, wk_line_set *s, cm_pipe *p, long long ttl_s);
+/* After cm_pipe_exec: takes s's replies from p. */
+void wk_line_set_take(wk_ctx *ctx, wk_line_set *s, cm_pipe *p);
+/* Line i's result into out. Returns 0, or -1 when its call failed (no
+ * reply, an error, a foreign shape: the fail reason was set; retry). */
+int wk_line_set_res(const wk_line_set *s, size_t i, wk_line_res *out) __attribute__((warn_unused_result));
+
 /* op on every line of checkout in one round trip; res[i] for lines->v[i].
  * Returns 0, or -1 with the fail reason (some lines may have moved: each
  * op is idempotent, run it again). */
