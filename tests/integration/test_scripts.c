@@ -543,3 +543,196 @@ Test(scripts, a_batchs_calls_take_one_round_trip_and_answer_as_alone)
     es_events_free(a, 1);
     es_events_free(b, 1);
 }
+
+/* ---- the same calls through a real Redis Cluster ---- */
+
+static tf_cluster CL;
+static wk_ctx Y;
+
+static void cluster_up(void)
+{
+    cr_assert_eq(cm_partitions_set(4), 0);   /* this test's process only: the checkouts' keys tagged */
+    cr_assert_eq(tf_cluster_start(&CL, NULL), 0, "cluster did not start");
+    memset(&Y, 0, sizeof Y);
+    char err[512] = "";
+    Y.cc = cm_cluster_open(CL.url, 5000, err, sizeof err);
+    cr_assert_not_null(Y.cc, "cm_cluster_open: %s", err);
+    Y.c = tf_redis_connect(&CL.node[0]);   /* the store only names the keys */
+    Y.store = es_store_new(Y.c, NULL, err, sizeof err);
+    cr_assert_not_null(Y.store, "es_store_new: %s", err);
+}
+
+static void cluster_down(void)
+{
+    es_store_free(Y.store);
+    if (Y.c)
+        redisFree(Y.c);
+    cm_cluster_free(Y.cc);
+    tf_cluster_stop(&CL);
+}
+
+TestSuite(scripts_cluster, .init = cluster_up, .fini = cluster_down, .timeout = 120);
+
+static long long cnum(const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char cmd[512];
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    cm_argv a = {0};
+    for (char *save = NULL, *w = strtok_r(cmd, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        cm_argv_adds(&a, w);
+    redisReply *r = cm_cluster_argv(Y.cc, cm_key_slot(key, strlen(key)), &a);
+    cm_argv_free(&a);
+    cr_assert_not_null(r, "%s", cm_cluster_errstr(Y.cc));
+    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "%s", r->str);
+    long long v = cm_reply_ll(r, -1);
+    freeReplyObject(r);
+    return v;
+}
+
+static void cproduct(const char *id, long long available)
+{
+    cm_key k = cm_key_product(id);
+    cnum(k.s, "HSET %s available %lld reserved 0 sold 0", k.s, available);
+}
+
+static void cexpect_stock(const char *id, long long av, long long rs, long long so)
+{
+    cm_key k = cm_key_product(id);
+    long long a = cnum(k.s, "HGET %s available", k.s), r = cnum(k.s, "HGET %s reserved", k.s),
+              s = cnum(k.s, "HGET %s sold", k.s);
+    cr_expect(a == av && r == rs && s == so, "%s: %lld/%lld/%lld, want %lld/%lld/%lld", id, a, r, s, av, rs, so);
+}
+
+/* A stand-in for the event a step reacts to: checkout id at seq (its
+ * follow-ups' ids derive from event_id, their append expects seq). */
+static es_event cause_of(const char *checkout, const char *event_id, int64_t seq)
+{
+    return (es_event){.event_id = (char *)event_id, .aggregate = "checkout", .aggregate_id = (char *)checkout,
+                      .seq = seq};
+}
+
+/* Appends one follow-up of cause through the cluster; asserts the outcome. */
+static void cappend(es_event *cause, enum cm_event_type t, json_t *data)
+{
+    wk_step s;
+    wk_step_init(&s, cause, "test");
+    wk_step_add(&s, t, data);
+    es_append_res res;
+    cr_assert_eq(wk_step_append(&Y, &s, &res), WK_STEP_OK, "%s", Y.reason);
+    wk_step_free(&s);
+}
+
+static void cexpect_lines(wk_line_op op, const char *checkout, const wk_lines *l, wk_mark want)
+{
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    cr_assert_eq(wk_line_run(&Y, op, checkout, l, 60, res), 0, "%s", Y.reason);
+    for (size_t i = 0; i < l->n; i++)
+        cr_expect_eq(res[i].mark, want, "%s of %s: %s", l->v[i].product_id, checkout, wk_mark_names[res[i].mark]);
+}
+
+Test(scripts_cluster, every_saga_call_keeps_to_one_slot_and_runs_on_a_cluster)
+{
+    wk_lines l = lines2("p1", 2, "p2", 3);
+    cproduct("p1", 10);
+    cproduct("p2", 10);
+    const char *co = "co-cluster";
+    /* the old layout is what a cluster refuses: a checkout key beside a product key */
+    cm_key h = cm_key_history("checkout", co), pk = cm_key_product("p1");
+    cr_assert_neq(cm_key_slot(h.s, strlen(h.s)), cm_key_slot(pk.s, strlen(pk.s)));
+    cm_pipe *p = cm_pipe_new(Y.cc);
+    cm_argv mixed = {0};
+    cm_argv_adds(&mixed, h.s);
+    cm_argv_adds(&mixed, pk.s);
+    static cm_script probe = {.src = "return 1"};
+    cr_expect_eq(cm_pipe_script(p, &probe, 2, &mixed), CM_CLUSTER_ECROSSSLOT);
+    cm_argv_free(&mixed);
+    cm_pipe_free(p);
+
+    /* success: hold, reserve, order, sell */
+    es_event c0 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c0", 0);
+    cappend(&c0, CM_EV_CHECKOUT_INITIATED, json_object());
+    cexpect_lines(WK_LINE_HOLD, co, &l, WK_MARK_HELD);
+    cexpect_stock("p1", 8, 2, 0);
+    es_event c1 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c1", 1);
+    wk_step s;
+    wk_step_init(&s, &c1, "stock-reservation");
+    wk_step_add(&s, CM_EV_STOCK_RESERVED, json_object());
+    wk_step_out o;
+    p = cm_pipe_new(Y.cc);
+    int idx = wk_script_reserve_queue(&Y, p, &s, co, &l);
+    cr_assert_geq(idx, 0, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_reserve_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+
+    es_event c2 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c2", 2);
+    wk_step_init(&s, &c2, "order-creation");
+    wk_step_add(&s, CM_EV_ORDER_CREATED, json_object());
+    wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_object());
+    wk_order_in in = {.checkout_id = co, .order_id = "o-cluster", .client_id = "c1", .total_cents = 500,
+                      .items_json = "[]", .created_at = 1.5, .resv_ttl_s = 60, .lines = &l};
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_create_order_queue(&Y, p, &s, &in);
+    cr_assert_geq(idx, 0, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_create_order_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    cexpect_lines(WK_LINE_SELL, co, &l, WK_MARK_SOLD);
+    cexpect_stock("p1", 8, 0, 2);
+    cexpect_stock("p2", 7, 0, 3);
+    cr_expect_eq(cnum(h.s, "LLEN %s", h.s), 4);
+
+    /* failure: hold, reserve, time out, release (lines, then the script) */
+    const char *cf = "co-cluster-f";
+    es_event f0 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f0", 0);
+    cappend(&f0, CM_EV_CHECKOUT_INITIATED, json_object());
+    cexpect_lines(WK_LINE_HOLD, cf, &l, WK_MARK_HELD);
+    es_event f1 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f1", 1);
+    wk_step_init(&s, &f1, "stock-reservation");
+    wk_step_add(&s, CM_EV_STOCK_RESERVED, json_object());
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_reserve_queue(&Y, p, &s, cf, &l);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_reserve_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    es_event f2 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f2", 2);
+    cappend(&f2, CM_EV_CHECKOUT_TIMED_OUT, json_object());
+    cexpect_stock("p1", 6, 2, 2);
+    cexpect_lines(WK_LINE_RELEASE, cf, &l, WK_MARK_RELEASED);
+    es_event f3 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f3", 3);
+    wk_step_init(&s, &f3, "stock-compensation");
+    wk_step_add(&s, CM_EV_STOCK_RELEASED, json_object());
+    wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", CM_REASON_TIMED_OUT));
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_release_queue(&Y, p, &s, cf, true, 60);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_release_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    cexpect_stock("p1", 8, 0, 2);
+    cexpect_stock("p2", 7, 0, 3);
+    cm_key hf = cm_key_history("checkout", cf);
+    cr_expect_eq(cnum(hf.s, "LLEN %s", hf.s), 5);
+
+    /* several checkouts' lines of one product: one call, one slot */
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_HOLD, "co-g1", &l.v[0]);
+    size_t b = wk_line_set_add(ls, WK_LINE_HOLD, "co-g2", &l.v[0]);
+    p = cm_pipe_new(Y.cc);
+    wk_line_set_queue(&Y, ls, p, 60);
+    cr_expect_eq(cm_pipe_count(p), 1, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    wk_line_set_take(&Y, ls, p);
+    wk_line_res r;
+    cr_expect(wk_line_set_res(ls, a, &r) == 0 && r.mark == WK_MARK_HELD, "%s", Y.reason);
+    cr_expect(wk_line_set_res(ls, b, &r) == 0 && r.mark == WK_MARK_HELD, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_line_set_free(ls);
+    cexpect_stock("p1", 4, 4, 2);
+}
