@@ -9,7 +9,7 @@
  *
  * Every key a script touches is passed in KEYS, and every call's keys share
  * one Redis Cluster slot: a step script only its checkout's keys (the
- * partition's hash tag), line.lua only a product's hash and the mark tagged
+ * partition's hash tag), line.lua only a product's hash and marks tagged
  * with that product's key name. The names come from common/names.h. */
 #ifndef WK_SCRIPTS_H
 #define WK_SCRIPTS_H
