@@ -32,8 +32,11 @@ if op ~= 'hold' and op ~= 'undo' and op ~= 'sell' and op ~= 'release' then
 end
 
 local function settle(mark, state, qty)
-  redis.call('SET', mark, state .. ':' .. qty)
-  if ttl > 0 then redis.call('EXPIRE', mark, ttl) end
+  if ttl > 0 then
+    redis.call('SET', mark, state .. ':' .. qty, 'EX', ttl)
+  else
+    redis.call('SET', mark, state .. ':' .. qty)
+  end
   return {state, qty, 1}
 end
 
