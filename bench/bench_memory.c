@@ -83,6 +83,7 @@ static const family k_families[] = {
     {"audit_seen", CM_KEY_AUDIT_SEEN_PREFIX, false, EXPIRES, "AUDIT_SEEN_TTL_S"},
     {"idempotency", "chorus:idem:", false, EXPIRES, "24 h"},
     {"reservation", "chorus:resv:", false, EXPIRES, "RESERVATION_TTL_S"},
+    {"line_mark", "chorus:hold:", false, EXPIRES, "RESERVATION_TTL_S"},
     {"notify_log", CM_KEY_NOTIFY_LOG, true, EXPIRES, "NOTIFY_TTL_S (entries)"},
     {"notify_marker", "chorus:notify:", false, EXPIRES, "NOTIFY_TTL_S"},
     {"rm_checkout", "chorus:rm:checkout:", false, EXPIRES, "READ_MODEL_TTL_S"},
@@ -376,7 +377,8 @@ static long long used_memory(redisContext *c)
  * dead letters) stay as keys, and idempotency records keep their 24 h. */
 static bool expired(void *ud)
 {
-    static const char *const per_saga[] = {CM_KEY_AUDIT_SEEN_PREFIX "x", "chorus:resv:x", "chorus:notify:x",
+    static const char *const per_saga[] = {CM_KEY_AUDIT_SEEN_PREFIX "x", "chorus:resv:x", "chorus:hold:x",
+                                           "chorus:notify:x",
                                            "chorus:rm:checkout:x", CM_KEY_CLIENT_CHECKOUTS "x"};
     tally t;
     if (measure(ud, &t) != 0)

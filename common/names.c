@@ -152,6 +152,14 @@ cm_key cm_key_resv(const char *checkout_id)
 {
     return keyf(CM_KEY_PREFIX "resv:%s%s", tag_of(cm_partition_of(checkout_id)).s, checkout_id);
 }
+cm_key cm_key_hold(const char *product_id, const char *checkout_id)
+{
+    /* the tag is the product key's whole name: its CRC16, so its slot */
+    cm_key k = keyf(CM_KEY_PREFIX "hold:{" CM_KEY_PREFIX "product:%s}:%s", product_id, checkout_id);
+    if (strpbrk(product_id, "{}"))
+        k.s[0] = '\0';
+    return k;
+}
 cm_key cm_key_order(const char *checkout_id, const char *order_id)
 {
     return keyf(CM_KEY_PREFIX "order:%s%s", tag_of(cm_partition_of(checkout_id)).s, order_id);

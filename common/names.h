@@ -8,6 +8,9 @@
  *   chorus:products             set    ids of catalog products
  *   chorus:product:<id>         hash   name price_cents available reserved sold
  *   chorus:resv:<checkout_id>   hash   "state" held|sold|released, "p:<product_id>" -> qty
+ *   chorus:hold:{chorus:product:<id>}:<checkout_id>
+ *                               string a checkout's line of one product, in the product's slot:
+ *                                      "<state>:<qty>" (workers/lua/line.lua)
  *   chorus:order:<order_id>     hash   order_id checkout_id client_id total_cents items created_at
  *   chorus:saga:started         zset   checkout_id scored by its CheckoutInitiated emitted_at (ms)
  *   chorus:rm:checkout:<id>     hash   read model: client_id status order_id reason updated_at seq
@@ -47,7 +50,8 @@
  * The stock, client and checkpoint read models are kept per partition (a
  * product's or client's counts from that partition's checkouts) so the
  * projection's apply script stays in one slot. Products and the audit keys
- * keep their own names (other slots).
+ * keep their own names (other slots). A line mark's hash tag is its product's
+ * whole key name, so mark and product share a slot whatever PARTITIONS is.
  */
 #ifndef CM_NAMES_H
 #define CM_NAMES_H
@@ -162,6 +166,10 @@ int cm_partitions_configure(long long n, const char *base, char *err, size_t err
 cm_key cm_key_history(const char *aggregate, const char *id);
 cm_key cm_key_product(const char *product_id);
 cm_key cm_key_resv(const char *checkout_id);
+/* The mark of checkout_id's line of product_id, in the product's slot:
+ * "chorus:hold:{chorus:product:<product_id>}:<checkout_id>". A product id
+ * holding '{' or '}' (never a valid id) gives a key cm_key_ok refuses. */
+cm_key cm_key_hold(const char *product_id, const char *checkout_id);
 cm_key cm_key_order(const char *checkout_id, const char *order_id);   /* in the checkout's partition */
 cm_key cm_key_idem(const char *client_id, const char *idem_key);
 cm_key cm_key_notify(const char *checkout_id);

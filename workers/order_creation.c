@@ -5,14 +5,21 @@
  *    {reason: order_limit_exceeded};
  *  - fault injection (FAULT_ORDER_FAIL_RATE, the probability per event):
  *    OrderCreationFailed {reason: injected_fault};
- *  - otherwise lua/create_order.lua, in one script: the held reservation
- *    becomes a sale (reserved -= q, sold += q), the order hash
- *    chorus:order:<order_id> is written, the saga leaves the timeout set, and
- *    OrderCreated + CheckoutSucceeded are appended.
+ *  - otherwise lua/create_order.lua, in one script in the checkout's slot:
+ *    the order hash chorus:order:<order_id> is written, the reservation
+ *    record becomes sold, the saga leaves the timeout set, and OrderCreated
+ *    + CheckoutSucceeded are appended; then every line is sold in its
+ *    product's slot (lua/line.lua sell: reserved -= q, sold += q). A
+ *    redelivery that finds the append done ("dup") sells again, which is a
+ *    no-op for the lines already sold, so a crash between the two steps
+ *    still ends with every line sold before the event is acknowledged.
  * Either way the append names the version at StockReserved: if the saga timed
- * out meanwhile the append conflicts, nothing is written, and the worker
- * re-reads the history and stands down. FAULT_ORDER_DELAY_MS slows every
- * event down before that decision (to let tests race the timeout).
+ * out meanwhile the append conflicts, nothing is written and nothing sold
+ * (compensation releases the lines), and the worker re-reads the history and
+ * stands down. FAULT_ORDER_DELAY_MS slows every event down before that
+ * decision (to let tests race the timeout). A batch takes two round trips
+ * (saga.h, prefetch): the checkout-slot scripts and failure appends, then
+ * the sells.
  *
  * The order id is derived from the checkout id, so the order of a checkout is
  * the same whoever creates it and however often. The total comes from
@@ -87,33 +94,6 @@ static int totals_from_history(wk_ctx *ctx, const es_event *ev, json_int_t *tota
     return 0;
 }
 
-/* Appends OrderCreationFailed {reason}. */
-static wk_result order_failed(wk_ctx *ctx, const es_event *ev, const char *reason, json_int_t total)
-{
-    wk_step s;
-    wk_step_init(&s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
-    wk_step_add(&s, CM_EV_ORDER_CREATION_FAILED, json_pack("{s:s}", "reason", reason));
-    es_append_res res;
-    wk_result out = WK_RETRY;
-    switch (wk_step_append(ctx, &s, &res)) {
-    case WK_STEP_OK: {
-        wk_saga_count(ctx, &s, &res);
-        const char *kv[] = {"reason", reason, NULL};
-        cm_logx(CM_INFO, ev->aggregate_id, ev->event_id, kv, "order failed (total %lld cents)%s",
-                (long long)total, res.duplicate ? " (already recorded)" : "");
-        out = WK_ACK;
-        break;
-    }
-    case WK_STEP_CONFLICT:
-        out = wk_saga_moved(ctx, ev, "order-failed");
-        break;
-    default:
-        break;
-    }
-    wk_step_free(&s);
-    return out;
-}
-
 /* What one StockReserved leads to, decided once (the injected fault is
  * random): the order to create, or the failure to record. */
 typedef struct plan {
@@ -122,17 +102,23 @@ typedef struct plan {
     char client[72];
     char order_id[CM_UUID_LEN + 1];
     wk_lines lines;
-    wk_step s;                /* create: OrderCreated + CheckoutSucceeded */
+    wk_step s;                /* OrderCreated + CheckoutSucceeded, or OrderCreationFailed */
     char *items;              /* create: the items as JSON (owned) */
     wk_order_in in;
+    /* what came of it (run) */
+    int idx;                  /* the script's or the append's call in the pipe */
+    wk_outcome rc;
+    wk_step_out o;
+    bool sold;                /* create, appended: every line's sell answered */
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the sells' wk_line_set */
 } plan;
 
 static void plan_clear(plan *p)
 {
-    if (!p->fail) {
-        wk_step_free(&p->s);
-        free(p->items);
-    }
+    wk_step_free(&p->s);
+    free(p->items);
+    p->items = NULL;
 }
 
 static void plan_free(void *p)
@@ -166,17 +152,17 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     }
     if (g_delay_ms > 0)
         injected_delay(ctx);
-    if (p->total > g_limit_cents) {
+    if (p->total > g_limit_cents)
         p->fail = CM_REASON_ORDER_LIMIT;
-        return 1;
-    }
-    if (injected_fault()) {
+    else if (injected_fault())
         p->fail = CM_REASON_INJECTED_FAULT;
+    wk_step_init(&p->s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
+    if (p->fail) {
+        wk_step_add(&p->s, CM_EV_ORDER_CREATION_FAILED, json_pack("{s:s}", "reason", p->fail));
         return 1;
     }
     const char *checkout = ev->aggregate_id;
     cm_uuid_derive(checkout, "order", p->order_id);
-    wk_step_init(&p->s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
     wk_step_add(&p->s, CM_EV_ORDER_CREATED, json_pack("{s:s, s:s, s:I}", "order_id", p->order_id, "client_id",
                                                       p->client, "total_cents", p->total));
     wk_step_add(&p->s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", p->order_id));
@@ -187,79 +173,155 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     return 1;
 }
 
-/* Creates the order with the script. */
-static wk_result order_create(wk_ctx *ctx, const es_event *ev, plan *p)
+/* Runs the plans together, one round trip per phase: (1) in the checkouts'
+ * slots, create_order.lua for the orders and the plain append of the
+ * failures; (2) sell every line of each order whose append is done (now or
+ * by an earlier delivery). */
+static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+{
+    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        p->idx = p->fail ? wk_step_append_queue(ctx, pipe, &p->s)
+                         : wk_script_create_order_queue(ctx, pipe, &p->s, &p->in);
+    }
+    wk_pipe_exec(ctx, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        p->rc = p->fail ? wk_step_take(ctx, pipe, p->idx, &p->s, wk_no_refusals, &p->o)
+                        : wk_script_create_order_take(ctx, pipe, p->idx, &p->s, &p->o);
+        p->sold = false;
+    }
+
+    cm_pipe_reset(pipe);
+    wk_line_set *ls = wk_line_set_new();
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        for (size_t i = 0; !p->fail && p->rc == WK_OUT_APPENDED && i < p->lines.n; i++)
+            p->at[i] = wk_line_set_add(ls, WK_LINE_SELL, p->in.checkout_id, &p->lines.v[i]);
+    }
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
+    wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->fail || p->rc != WK_OUT_APPENDED)
+            continue;
+        p->sold = true;
+        for (size_t i = 0; i < p->lines.n; i++)
+            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
+                p->sold = false;
+    }
+    wk_line_set_free(ls);
+    cm_pipe_free(pipe);
+}
+
+/* The order's append landed: every line must be sold now. Logs a line that
+ * is not (its mark expired, or it was never held: nothing to sell). */
+static void check_sold(const es_event *ev, const plan *p)
+{
+    for (size_t i = 0; i < p->lines.n; i++)
+        if (p->res[i].mark != WK_MARK_SOLD) {
+            const char *kv[] = {"product_id", p->lines.v[i].product_id, "mark", wk_mark_names[p->res[i].mark],
+                                NULL};
+            cm_logx(CM_WARN, ev->aggregate_id, ev->event_id, kv, "order line not sold: its mark is not held");
+        }
+}
+
+/* Acts on what run found for a created order. */
+static wk_result order_created(wk_ctx *ctx, const es_event *ev, plan *p)
 {
     const char *checkout = ev->aggregate_id;
-    wk_step_out o;
-    wk_result out = WK_RETRY;
-    wk_outcome rc = wk_script_create_order(ctx, &p->s, &p->in, &o);
-    switch (rc) {
+    switch (p->rc) {
     case WK_OUT_APPENDED: {
-        wk_saga_count(ctx, &p->s, &o.res);
+        wk_saga_count(ctx, &p->s, &p->o.res);
+        if (!p->sold) {   /* the redelivery finds the append done and sells again */
+            wk_fail_reason(ctx, "order of %s recorded, its lines not all sold yet", checkout);
+            return WK_RETRY;
+        }
+        check_sold(ev, p);
         const char *kv[] = {"order_id", p->order_id, NULL};
         cm_logx(CM_INFO, checkout, ev->event_id, kv, "order created (total %lld cents)%s", (long long)p->total,
-                o.res.duplicate ? " (already created)" : "");
-        out = WK_ACK;
-        break;
+                p->o.res.duplicate ? " (already created)" : "");
+        return WK_ACK;
     }
     case WK_OUT_CONFLICT:
-        out = wk_saga_moved(ctx, ev, "create-order");
-        break;
+        return wk_saga_moved(ctx, ev, "create-order");
     case WK_OUT_NOT_HELD:
     case WK_OUT_MISMATCH:
         /* The reservation is not held (or lists a product StockReserved does
          * not): never sell what was not reserved. The saga times out. */
         wk_fail_reason(ctx, "reservation of %s: %s %s", checkout,
-                       rc == WK_OUT_NOT_HELD ? "not held, state" : "holds unnamed product", o.arg);
-        out = WK_DEAD;
-        break;
+                       p->rc == WK_OUT_NOT_HELD ? "not held, state" : "holds unnamed product", p->o.arg);
+        return WK_DEAD;
     default:
-        break;
+        return WK_RETRY;
     }
-    return out;
 }
 
-/* The batch's orders go to Redis in one round trip; each handler then finds
- * its decision and reply (saga.h, prefetch). Not with an injected delay,
- * which tests use to race each event against the timeout. */
+/* Acts on what run found for a failed order. */
+static wk_result order_failed(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    if (p->rc == WK_OUT_APPENDED) {
+        wk_saga_count(ctx, &p->s, &p->o.res);
+        const char *kv[] = {"reason", p->fail, NULL};
+        cm_logx(CM_INFO, ev->aggregate_id, ev->event_id, kv, "order failed (total %lld cents)%s",
+                (long long)p->total, p->o.res.duplicate ? " (already recorded)" : "");
+        return WK_ACK;
+    }
+    if (p->rc == WK_OUT_CONFLICT)
+        return wk_saga_moved(ctx, ev, "order-failed");
+    return WK_RETRY;
+}
+
+/* The batch's orders run together (saga.h, prefetch); each handler then
+ * finds its decision and outcome. Not with an injected delay, which tests
+ * use to race each event against the timeout. */
 static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
     wk_prefetch_clear();
     if (g_delay_ms > 0)
         return;
+    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
+    size_t np = 0;
     for (size_t i = 0; i < n; i++) {
-        /* an event without its total needs a history read (a blocking round
-         * trip): never once calls are queued on the connection; its handler
+        /* an event without its total needs a history read: its handler
          * plans it alone */
         if (evs[i]->kind != CM_EV_STOCK_RESERVED || !json_is_integer(json_object_get(evs[i]->data, "total_cents")) ||
             !es_event_data_str(evs[i], "client_id"))
             continue;
         plan *p = cm_xcalloc(1, sizeof *p);
         if (plan_make(ctx, evs[i], p) != 1) {
-            free(p);   /* the handler decides again, alone */
+            plan_free(p);   /* the handler decides again, alone */
             continue;
         }
-        if (p->fail)
-            wk_prefetch_note(evs[i], p, plan_free);
-        else
-            wk_script_create_order_prefetch(ctx, &p->s, &p->in, p, plan_free);
+        ps[np++] = p;
+        wk_prefetch_note(evs[i], p, plan_free);
     }
-    wk_prefetch_run(ctx);
+    if (np)
+        run(ctx, ps, np);
+    free(ps);
 }
 
 static wk_result handle_stock_reserved(wk_ctx *ctx, const es_event *ev)
 {
-    plan own = {0}, *p = wk_prefetch_plan(ev);
-    if (!p) {
-        int rc = plan_make(ctx, ev, &own);
-        if (rc != 1)
-            return rc == 0 ? WK_DEAD : WK_RETRY;
-        p = &own;
+    plan *own = NULL, *p = wk_prefetch_plan(ev);
+    if (!p || p->rc == WK_OUT_EREDIS) {
+        /* not prefetched, or a call failed there: again, alone */
+        if (!p) {
+            own = cm_xcalloc(1, sizeof *own);
+            int rc = plan_make(ctx, ev, own);
+            if (rc != 1) {
+                plan_free(own);
+                return rc == 0 ? WK_DEAD : WK_RETRY;
+            }
+            p = own;
+        }
+        run(ctx, &p, 1);
     }
-    wk_result out = p->fail ? order_failed(ctx, ev, p->fail, p->total) : order_create(ctx, ev, p);
-    if (p == &own)
-        plan_clear(&own);
+    wk_result out = p->fail ? order_failed(ctx, ev, p) : order_created(ctx, ev, p);
+    if (own)
+        plan_free(own);
     return out;
 }
 

@@ -62,12 +62,6 @@ json_t *wk_lines_json(const wk_lines *l)
     return a;
 }
 
-void wk_lines_keys(const wk_lines *l, cm_argv *keys)
-{
-    for (size_t i = 0; i < l->n; i++)
-        cm_argv_adds(keys, cm_key_product(l->v[i].product_id).s);
-}
-
 void wk_step_init(wk_step *s, const es_event *cause, const char *producer)
 {
     memset(s, 0, sizeof *s);
@@ -134,15 +128,47 @@ static int step_call(wk_ctx *ctx, wk_step *s, const cm_argv *xkeys, const cm_arg
     return numkeys;
 }
 
-/* Maps a step script's reply r (owned: freed here; NULL on I/O error) to an
- * outcome, as wk_step_outcome promises. */
-static wk_outcome step_reply(wk_ctx *ctx, wk_step *s, redisReply *r, const wk_refusal *refusals, wk_step_out *out)
+int wk_step_queue(wk_ctx *ctx, cm_pipe *p, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                  const cm_argv *xargs)
+{
+    cm_argv a = {0};
+    int idx = -1;
+    int numkeys = step_call(ctx, s, xkeys, xargs, &a);
+    if (numkeys < 0) {
+        wk_fail_reason(ctx, "invalid follow-up append");
+    } else {
+        idx = (int)cm_pipe_count(p);
+        if (cm_pipe_script(p, script, numkeys, &a) != 0) {
+            wk_fail_reason(ctx, "step script: %s", cm_cluster_errstr(wk_cluster(ctx)));
+            idx = -1;
+        }
+    }
+    cm_argv_free(&a);
+    return idx;
+}
+
+void wk_pipe_exec(wk_ctx *ctx, cm_pipe *p)
+{
+    if (cm_pipe_count(p) > 0 && cm_pipe_exec(p) != 0)
+        wk_fail_reason(ctx, "Redis: %s", cm_cluster_errstr(wk_cluster(ctx)));
+}
+
+wk_outcome wk_step_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, const wk_refusal *refusals,
+                        wk_step_out *out)
 {
     char err[256];
     out->arg[0] = '\0';
     memset(&out->res, 0, sizeof out->res);
-    if (cm_reply_failed(wk_redis(ctx), r, err, sizeof err)) {
-        wk_fail_reason(ctx, "step script: %s", err);
+    if (idx < 0)
+        return WK_OUT_EREDIS;   /* never queued: the reason is set */
+    redisReply *r = cm_pipe_take(p, (size_t)idx);
+    if (!r) {
+        wk_fail_reason(ctx, "step script: no reply (%s)", cm_cluster_errstr(wk_cluster(ctx)));
+        return WK_OUT_EREDIS;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        wk_fail_reason(ctx, "step script: %.200s", r->str);
+        freeReplyObject(r);
         return WK_OUT_EREDIS;
     }
     wk_outcome rc = WK_OUT_EREDIS;
@@ -172,15 +198,11 @@ static wk_outcome step_reply(wk_ctx *ctx, wk_step *s, redisReply *r, const wk_re
     return rc;
 }
 
-/* ---- prefetch: a batch's step scripts in one round trip ----
+/* ---- prefetch: a batch's plans, each handler takes its own ----
  * One worker per process, one batch at a time: a plain table does. */
 typedef struct pf_item {
     char event_id[40];
-    const cm_script *script;
-    cm_argv call;
-    int numkeys;
-    redisReply *reply;      /* after wk_prefetch_run; NULL: I/O error */
-    bool sent, taken;
+    bool taken;
     void *plan;
     void (*plan_free)(void *);
 } pf_item;
@@ -192,18 +214,13 @@ static struct {
 
 void wk_prefetch_clear(void)
 {
-    for (size_t i = 0; i < g_pf.n; i++) {
-        pf_item *it = &g_pf.v[i];
-        cm_argv_free(&it->call);
-        if (it->reply)
-            freeReplyObject(it->reply);
-        if (it->plan_free)
-            it->plan_free(it->plan);
-    }
+    for (size_t i = 0; i < g_pf.n; i++)
+        if (g_pf.v[i].plan_free)
+            g_pf.v[i].plan_free(g_pf.v[i].plan);
     g_pf.n = 0;
 }
 
-static pf_item *pf_new(const es_event *ev, void *plan, void (*plan_free)(void *))
+void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *))
 {
     if (g_pf.n == g_pf.cap) {
         g_pf.cap = g_pf.cap ? 2 * g_pf.cap : 64;
@@ -214,98 +231,39 @@ static pf_item *pf_new(const es_event *ev, void *plan, void (*plan_free)(void *)
     snprintf(it->event_id, sizeof it->event_id, "%s", ev->event_id);
     it->plan = plan;
     it->plan_free = plan_free;
-    return it;
-}
-
-void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *))
-{
-    pf_new(ev, plan, plan_free);
-}
-
-void wk_prefetch_add(wk_ctx *ctx, wk_step *s, cm_script *script, const cm_argv *xkeys, const cm_argv *xargs,
-                     void *plan, void (*plan_free)(void *))
-{
-    /* First use of the script and nothing queued yet: load it, so this and
-     * every later batch send EVALSHA, not the source (a load with calls
-     * queued would read their replies out of order). */
-    bool queued = false;
-    for (size_t i = 0; i < g_pf.n && !queued; i++)
-        queued = g_pf.v[i].sent;
-    if (!script->sha[0] && !queued) {
-        char err[256];
-        if (cm_script_load(wk_redis(ctx), script, err, sizeof err) != 0)
-            cm_log(CM_WARN, "prefetch: %s", err);   /* the calls then send the source */
-    }
-    pf_item *it = pf_new(s->cause, plan, plan_free);
-    it->script = script;
-    it->numkeys = step_call(ctx, s, xkeys, xargs, &it->call);
-    if (it->numkeys >= 0) {   /* sent by wk_prefetch_run; an unbuildable call runs unprefetched */
-        cm_script_append(wk_redis(ctx), script, it->numkeys, &it->call);
-        it->sent = true;
-    }
-}
-
-void wk_prefetch_run(wk_ctx *ctx)
-{
-    redisContext *c = wk_redis(ctx);
-    for (size_t i = 0; i < g_pf.n; i++) {
-        pf_item *it = &g_pf.v[i];
-        if (it->sent)
-            it->reply = cm_script_reply(c, (cm_script *)it->script);   /* NULL on I/O error */
-    }
-}
-
-static pf_item *pf_find(const char *event_id)
-{
-    for (size_t i = 0; i < g_pf.n; i++)
-        if (!g_pf.v[i].taken && !strcmp(g_pf.v[i].event_id, event_id))
-            return &g_pf.v[i];
-    return NULL;
 }
 
 void *wk_prefetch_plan(const es_event *ev)
 {
-    pf_item *it = pf_find(ev->event_id);
-    return it ? it->plan : NULL;
+    /* a batch may carry one event twice (a copied entry): one plan each */
+    for (size_t i = 0; i < g_pf.n; i++)
+        if (!g_pf.v[i].taken && !strcmp(g_pf.v[i].event_id, ev->event_id)) {
+            g_pf.v[i].taken = true;
+            return g_pf.v[i].plan;
+        }
+    return NULL;
 }
 
-wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
-                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
+extern const char wk_lua_append[];
+static cm_script k_append = {.src = wk_lua_append};
+const wk_refusal wk_no_refusals[] = {{NULL, WK_OUT_EREDIS}};
+
+int wk_step_append_queue(wk_ctx *ctx, cm_pipe *p, wk_step *s)
 {
-    pf_item *it = pf_find(s->cause->event_id);
-    if (it && it->script == script && it->sent) {   /* sent ahead with the batch */
-        it->taken = true;
-        redisReply *r = it->reply;
-        it->reply = NULL;
-        /* NOSCRIPT (Redis restarted): the call below sends the source */
-        if (!(r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)))
-            return step_reply(ctx, s, r, refusals, out);
-        freeReplyObject(r);
-    }
-    cm_argv a = {0};
-    int numkeys = step_call(ctx, s, xkeys, xargs, &a);
-    wk_outcome rc;
-    if (numkeys < 0) {
-        wk_fail_reason(ctx, "invalid follow-up append");
-        out->arg[0] = '\0';
-        rc = WK_OUT_EREDIS;
-    } else {
-        rc = step_reply(ctx, s, cm_script_call(wk_redis(ctx), script, numkeys, &a), refusals, out);
-    }
-    cm_argv_free(&a);
-    return rc;
+    return wk_step_queue(ctx, p, &k_append, s, NULL, NULL);
 }
 
 int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res)
 {
-    es_append_req req = step_req(s);
-    int rc = es_append(wk_store(ctx), &req, res);
-    if (rc == ES_OK)
-        return WK_STEP_OK;
-    if (rc == ES_ECONFLICT)
-        return WK_STEP_CONFLICT;
-    wk_fail_reason(ctx, "append: %s", es_store_errstr(wk_store(ctx)));
-    return WK_STEP_EREDIS;
+    cm_pipe *p = cm_pipe_new(wk_cluster(ctx));
+    int idx = wk_step_append_queue(ctx, p, s);
+    if (idx >= 0)
+        wk_pipe_exec(ctx, p);
+    wk_step_out o;
+    wk_outcome rc = wk_step_take(ctx, p, idx, s, wk_no_refusals, &o);
+    cm_pipe_free(p);
+    *res = o.res;
+    return rc == WK_OUT_APPENDED ? WK_STEP_OK : rc == WK_OUT_CONFLICT ? WK_STEP_CONFLICT : WK_STEP_EREDIS;
 }
 
 wk_result wk_saga_moved(wk_ctx *ctx, const es_event *cause, const char *step)

@@ -38,8 +38,6 @@ int wk_lines_parse(const json_t *items, wk_lines *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Returns [{"product_id","quantity"}] for the lines (new reference). */
 json_t *wk_lines_json(const wk_lines *l);
-/* Adds the product hash key (cm_key_product) of every line to keys. */
-void wk_lines_keys(const wk_lines *l, cm_argv *keys);
 
 /* The follow-up events of one step. */
 typedef struct wk_step {
@@ -67,8 +65,9 @@ enum wk_step_rc {
     WK_STEP_EREDIS = -1,    /* transient: retry */
 };
 
-/* Appends the step's follow-ups alone (a step with no effect). Returns
- * WK_STEP_OK, WK_STEP_CONFLICT or WK_STEP_EREDIS. */
+/* Appends the step's follow-ups alone (a step with no effect; lua/append.lua
+ * through wk_cluster). Returns WK_STEP_OK, WK_STEP_CONFLICT or
+ * WK_STEP_EREDIS (the fail reason set). */
 int wk_step_append(wk_ctx *ctx, wk_step *s, es_append_res *res) __attribute__((warn_unused_result));
 
 /* What a step script answered. The append outcomes come first. */
@@ -77,12 +76,10 @@ typedef enum wk_outcome {
     WK_OUT_CONFLICT,       /* the saga moved: decide again (wk_saga_moved) */
     WK_OUT_EREDIS,         /* transient failure (detail in the context's fail reason): retry */
     /* refusals: nothing was written; out.arg names the product or the state */
-    WK_OUT_SHORT,          /* reserve: not enough stock of out.arg */
-    WK_OUT_UNKNOWN,        /* reserve: product out.arg is not (or not validly) in the catalog */
     WK_OUT_EXISTS,         /* reserve: the checkout already has a reservation (state out.arg) */
     WK_OUT_NOT_HELD,       /* create_order: the reservation is not held (state out.arg) */
-    WK_OUT_CHANGED,        /* release: the reservation changed since it was read (state out.arg) */
-    WK_OUT_MISMATCH,       /* create_order/release: the reservation holds product out.arg the caller did not name */
+    WK_OUT_MISMATCH,       /* create_order: the reservation holds product out.arg the caller did not name */
+    WK_OUT_CHANGED,        /* release: the reservation is held but the caller released nothing (state out.arg) */
 } wk_outcome;
 
 typedef struct wk_step_out {
@@ -96,32 +93,52 @@ typedef struct wk_refusal {
     wk_outcome out;
 } wk_refusal;
 
-/* Runs script with KEYS = history, bus, xkeys... and ARGV = the step's
- * append arguments, xargs... (xkeys/xargs may be NULL), and maps its reply
- * to an outcome: an append result to APPENDED (event ids filled in) or
+/* No refusals: a plain append's reply (wk_step_append_queue). */
+extern const wk_refusal wk_no_refusals[];
+
+/* Step scripts go through the worker's slot-routing client (wk_cluster):
+ * a caller queues any number of calls on a cm_pipe (one per phase of a
+ * batch), runs cm_pipe_exec once, then takes each reply. Every step script
+ * touches only its checkout's keys (one slot: the partition's hash tag), the
+ * stock lines only their product's (workers/lua/line.c), so the same calls
+ * run on one server and on a cluster.
+ *
+ * wk_step_queue queues script with KEYS = history, bus, xkeys... and ARGV =
+ * the step's append arguments, xargs... (xkeys/xargs may be NULL). Returns
+ * the reply's index in p, or -1 with the context's fail reason set and
+ * nothing queued (an invalid append, keys spanning slots). */
+int wk_step_queue(wk_ctx *ctx, cm_pipe *p, cm_script *script, wk_step *s, const cm_argv *xkeys,
+                  const cm_argv *xargs);
+
+/* Takes reply idx of p (after cm_pipe_exec; idx < 0: never queued) and maps
+ * it to an outcome: an append result to APPENDED (event ids filled in) or
  * CONFLICT, a refusal named in refusals (terminated by a NULL name) to its
- * outcome with out->arg, anything else to EREDIS with the context's fail
- * reason set. When the call was sent ahead with its batch
- * (wk_prefetch_add), its reply is used instead of a round trip. */
-wk_outcome wk_step_outcome(wk_ctx *ctx, cm_script *script, wk_step *s, const cm_argv *xkeys,
-                           const cm_argv *xargs, const wk_refusal *refusals, wk_step_out *out)
-    __attribute__((warn_unused_result));
+ * outcome with out->arg, anything else (no reply, an error) to EREDIS with
+ * the context's fail reason set. */
+wk_outcome wk_step_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, const wk_refusal *refusals,
+                        wk_step_out *out) __attribute__((warn_unused_result));
+
+/* Queues the step's plain append (as wk_step_append) on p; take its reply
+ * with wk_step_take (no refusals). Returns the index, or -1 as
+ * wk_step_queue. */
+int wk_step_append_queue(wk_ctx *ctx, cm_pipe *p, wk_step *s);
+
+/* Runs one pipe's calls: cm_pipe_exec, with the reason of a failure set as
+ * the context's fail reason (the replies that came are still taken). */
+void wk_pipe_exec(wk_ctx *ctx, cm_pipe *p);
 
 /* Prefetch: a saga worker's prepare hook plans every event of a batch and
- * queues each plan's step script (wk_prefetch_add: the call is appended to
- * the connection's output, not sent), then sends them all in one round trip
- * (wk_prefetch_run). Each handler then finds its plan (wk_prefetch_plan)
- * and wk_step_outcome finds the reply of the same call. Nothing changes but
- * the round trips: the calls are the ones the handlers would make, in stream
- * order, and every script is idempotent. The table lives until the next
- * wk_prefetch_clear (the next batch's prepare). wk_prefetch_note keeps a
- * plan with no script call for ev. plan_free (may be NULL) releases plan. */
+ * runs their steps together, phase by phase (each phase one cm_pipe_exec
+ * for the whole batch), storing each outcome in the event's plan
+ * (wk_prefetch_note). Each handler then finds its plan (wk_prefetch_plan)
+ * and acts on the outcome; an event with no plan is planned and run alone
+ * by its handler, through the same code. Nothing changes but the round
+ * trips: every step is idempotent. The table lives until the next
+ * wk_prefetch_clear (the next batch's prepare). plan_free (may be NULL)
+ * releases plan. */
 void wk_prefetch_clear(void);
-void wk_prefetch_add(wk_ctx *ctx, wk_step *s, cm_script *script, const cm_argv *xkeys, const cm_argv *xargs,
-                     void *plan, void (*plan_free)(void *));
 void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *));
-void wk_prefetch_run(wk_ctx *ctx);
-void *wk_prefetch_plan(const es_event *ev);   /* the plan queued for ev, or NULL */
+void *wk_prefetch_plan(const es_event *ev);   /* the plan noted for ev (once), or NULL */
 
 /* After a conflict: re-reads the checkout's history and decides. The saga
  * moved past cause (its follow-up was already written, it timed out or ended)

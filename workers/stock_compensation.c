@@ -2,14 +2,19 @@
  * choreo-compensation): ends failed sagas, and owns the saga timeout.
  *
  * Compensation. On StockReservationFailed, OrderCreationFailed or
- * CheckoutTimedOut it reads the checkout's reservation hash and runs
- * lua/release.lua: when the reservation is held, the script gives every
- * quantity back (reserved -= q, available += q), marks it released and
- * appends StockReleased {items} + CheckoutFailed {reason}; when nothing is
- * held it appends CheckoutFailed alone. The reason is the cause:
- * insufficient_stock, the order failure's reason, or timed_out. The append
- * names the failure event's seq and derives its ids from it, so a redelivery
- * is a "dup" and releases nothing twice.
+ * CheckoutTimedOut it reads the checkout's lines (its CheckoutInitiated in
+ * the history) and releases each in its product's slot (lua/line.lua
+ * release: a held line goes back to available and is marked released; a
+ * line with no mark is marked void, so a reservation still in flight can
+ * never hold it afterwards; refused or undone lines stay as they are). Then
+ * lua/release.lua, in the checkout's slot, appends StockReleased {the
+ * released lines} + CheckoutFailed {reason} when some line is released
+ * (by this compensation, now or on an earlier delivery), CheckoutFailed alone
+ * otherwise, marks a held reservation record released and takes the saga
+ * out of the timeout set. The reason is the cause: insufficient_stock, the
+ * order failure's reason, or timed_out. The append names the failure
+ * event's seq and derives its ids from it, so a redelivery is a "dup"; the
+ * marks make its releases no-ops and its StockReleased the same.
  *
  * Timeout. On CheckoutInitiated it records the saga in the zset
  * chorus:saga:started (ZADD NX, scored by emitted_at in ms). Every
@@ -24,11 +29,17 @@
  * version only the first append lands; the other conflicts, writes nothing,
  * and re-reads the history (the step stands down; the tick decides again on
  * its next run). In particular an order is never created after the timeout:
- * order creation names StockReserved's seq, which the timeout has moved past. */
+ * order creation names StockReserved's seq, which the timeout has moved past,
+ * and it sells the lines only after its append landed. The stock follows the
+ * history's decision: a timeout racing the reservation is compensated line
+ * by line, and each line's step is atomic in its slot, so each line is
+ * either held first (then released here) or voided first (then never held);
+ * the reservation's StockReserved conflicts either way. */
 #include "workers/lua/scripts.h"
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/xmalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,9 +72,8 @@ static bool recordable(const es_event *ev)
 
 /* Records every new saga of the batch in the timeout set with one ZADD
  * instead of one per event; their handlers then have nothing left to do. */
-static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+static void record_started(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
-    wk_prefetch_clear();
     /* a batch comes from one partition's stream: one ZADD to its set (an
      * event of another partition is left to its handler) */
     int part = -1;
@@ -81,15 +91,13 @@ static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
         cm_argv_adds(&a, evs[i]->aggregate_id);
     }
     if (a.n > 3) {
-        redisContext *c = wk_redis(ctx);
-        redisReply *r = redisCommandArgv(c, a.n, (const char **)a.v, a.len);
-        char err[256];
-        if (!cm_reply_failed(c, r, err, sizeof err)) {   /* on failure each handler tries alone */
-            freeReplyObject(r);
+        redisReply *r = cm_cluster_argv(wk_cluster(ctx), cm_argv_slot(&a, 1), &a);
+        if (r && r->type != REDIS_REPLY_ERROR)   /* on failure each handler tries alone */
             for (size_t i = 0; i < n; i++)
                 if (recordable(evs[i]) && cm_partition_of(evs[i]->aggregate_id) == part)
                     wk_prefetch_note(evs[i], &k_recorded, NULL);
-        }
+        if (r)
+            freeReplyObject(r);
     }
     cm_argv_free(&a);
 }
@@ -101,113 +109,199 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     const char *checkout = wk_saga_checkout(ctx, ev);
     if (!checkout)
         return WK_DEAD;
-    redisContext *c = wk_redis(ctx);
-    redisReply *r = redisCommand(c, "ZADD %s NX %lld %s", cm_key_saga_started(cm_partition_of(checkout)).s,
-                                 (long long)(ev->emitted_at * 1000.0), checkout);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        wk_fail_reason(ctx, "ZADD saga start: %s", err);
-        return WK_RETRY;
+    cm_key started = cm_key_saga_started(cm_partition_of(checkout));
+    redisReply *r = cm_cluster_command(wk_cluster(ctx), cm_key_slot(started.s, strlen(started.s)),
+                                       "ZADD %s NX %lld %s", started.s, (long long)(ev->emitted_at * 1000.0),
+                                       checkout);
+    wk_result out = WK_ACK;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        wk_fail_reason(ctx, "ZADD saga start: %s", r ? r->str : cm_cluster_errstr(wk_cluster(ctx)));
+        out = WK_RETRY;
     }
-    freeReplyObject(r);
-    return WK_ACK;
+    if (r)
+        freeReplyObject(r);
+    return out;
 }
 
-/* Reads the reservation hash: *held, and the held lines. Returns 0, -1 on a
- * Redis error (retry), -2 when the hash is not one this worker wrote. */
-static int read_reservation(wk_ctx *ctx, const char *resv, bool *held, wk_lines *lines)
+/* Reads the lines of cause's checkout from its CheckoutInitiated (the first
+ * event of its history) into lines (none when it has no valid items: then
+ * nothing can have been held). Returns 0, -1 on a Redis error (retry), -2
+ * when the history does not hold cause (WK_DEAD). */
+static int read_lines(wk_ctx *ctx, const es_event *cause, wk_lines *lines)
 {
-    *held = false;
     lines->n = 0;
-    redisContext *c = wk_redis(ctx);
-    redisReply *r = redisCommand(c, "HGETALL %s", resv);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        wk_fail_reason(ctx, "HGETALL %s: %s", resv, err);
+    es_event **evs = NULL;
+    size_t n = 0;
+    int rc = es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, cause->aggregate_id, &evs, &n);
+    if (rc == ES_EREDIS) {
+        wk_fail_reason(ctx, "history read: %s", es_store_errstr(wk_store(ctx)));
         return -1;
     }
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
-        wk_fail_reason(ctx, "%s is not a reservation hash", resv);
-        rc = -2;
-        goto done;
+    int out = 0;
+    if (rc != ES_OK || (int64_t)n < cause->seq || strcmp(evs[cause->seq - 1]->event_id, cause->event_id)) {
+        wk_fail_reason(ctx, "history of %s does not hold %s at seq %lld", cause->aggregate_id, cause->event_id,
+                       (long long)cause->seq);
+        out = -2;
+    } else if (evs[0]->kind == CM_EV_CHECKOUT_INITIATED) {
+        char err[160];
+        if (wk_lines_parse(json_object_get(evs[0]->data, "items"), lines, err, sizeof err) != 0)
+            lines->n = 0;   /* never reservable: nothing held */
     }
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const redisReply *k = r->element[i], *v = r->element[i + 1];
-        if (!cm_reply_is_str(k) || !cm_reply_is_str(v))
-            continue;
-        if (!strcmp(k->str, "state")) {
-            *held = !strcmp(v->str, "held");
-            continue;
-        }
-        if (strncmp(k->str, "p:", 2) != 0) {
-            wk_fail_reason(ctx, "%s: unknown field %.64s", resv, k->str);
-            rc = -2;
-            goto done;
-        }
-        char *end;
-        long long q = strtoll(v->str, &end, 10);
-        if (lines->n == WK_SAGA_MAX_LINES || *end || q < 1 || k->len - 2 >= sizeof lines->v[0].product_id) {
-            wk_fail_reason(ctx, "%s: bad line %.64s", resv, k->str);
-            rc = -2;
-            goto done;
-        }
-        snprintf(lines->v[lines->n].product_id, sizeof lines->v[0].product_id, "%s", k->str + 2);
-        lines->v[lines->n++].qty = q;
+    es_events_free(evs, n);
+    return out;
+}
+
+/* What compensating one failure event takes and what came of it. */
+typedef struct plan {
+    const es_event *ev;               /* borrowed: the failure event */
+    const char *reason;               /* CheckoutFailed's reason */
+    int st;                           /* 0 ok so far, -1 retry, -2 never possible (fail reason set) */
+    wk_lines lines;                   /* the checkout's lines */
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    size_t at[WK_SAGA_MAX_LINES];     /* each line's index in the releases' wk_line_set */
+    wk_lines released;                /* the lines released by compensation, with their quantities */
+    wk_step s;                        /* [StockReleased +] CheckoutFailed */
+    int idx;
+    wk_outcome rc;
+    wk_step_out o;
+} plan;
+
+static void plan_free(void *p)
+{
+    wk_step_free(&((plan *)p)->s);
+    free(p);
+}
+
+/* Checks ev and reads its lines into p (st -2 when ev can never be
+ * compensated, -1 on a Redis error). */
+static void plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    p->ev = ev;
+    p->st = -2;
+    if (!wk_saga_checkout(ctx, ev))
+        return;
+    if (!(p->reason = wk_saga_failure_reason(ev))) {
+        wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
+        return;
     }
-done:
-    freeReplyObject(r);
-    return rc;
+    p->st = read_lines(ctx, ev, &p->lines);
+}
+
+/* Runs the plans together, one round trip per phase: (1) release every
+ * line of every checkout, (2) the release scripts. */
+static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+{
+    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    wk_line_set *ls = wk_line_set_new();
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; ps[k]->st == 0 && i < ps[k]->lines.n; i++)
+            ps[k]->at[i] = wk_line_set_add(ls, WK_LINE_RELEASE, ps[k]->ev->aggregate_id, &ps[k]->lines.v[i]);
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
+    wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        p->released.n = 0;
+        for (size_t i = 0; p->st == 0 && i < p->lines.n; i++) {
+            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
+                p->st = -1;
+            else if (p->res[i].mark == WK_MARK_RELEASED) {
+                p->released.v[p->released.n] = p->lines.v[i];
+                p->released.v[p->released.n++].qty = p->res[i].qty;
+            }
+        }
+    }
+    wk_line_set_free(ls);
+
+    cm_pipe_reset(pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->st != 0)
+            continue;
+        wk_step_free(&p->s);
+        wk_step_init(&p->s, p->ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
+        if (p->released.n)
+            wk_step_add(&p->s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&p->released)));
+        wk_step_add(&p->s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", p->reason));
+        p->idx = wk_script_release_queue(ctx, pipe, &p->s, p->ev->aggregate_id, p->released.n > 0, g_resv_ttl_s);
+    }
+    wk_pipe_exec(ctx, pipe);
+    for (size_t k = 0; k < n; k++)
+        if (ps[k]->st == 0)
+            ps[k]->rc = wk_script_release_take(ctx, pipe, ps[k]->idx, &ps[k]->s, &ps[k]->o);
+    cm_pipe_free(pipe);
+}
+
+static bool is_failure(const es_event *ev)
+{
+    return ev->kind == CM_EV_STOCK_RESERVATION_FAILED || ev->kind == CM_EV_ORDER_CREATION_FAILED ||
+           ev->kind == CM_EV_CHECKOUT_TIMED_OUT;
+}
+
+/* Records every new saga of the batch in the timeout set with one ZADD
+ * instead of one per event (their handlers then have nothing left to do),
+ * and compensates the batch's failures together (saga.h, prefetch). */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    record_started(ctx, evs, n);
+    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_failure(evs[i]))
+            continue;
+        plan *p = cm_xcalloc(1, sizeof *p);
+        plan_make(ctx, evs[i], p);
+        if (p->st != 0) {
+            plan_free(p);   /* the handler decides again, alone */
+            continue;
+        }
+        ps[np++] = p;
+        wk_prefetch_note(evs[i], p, plan_free);
+    }
+    if (np)
+        run(ctx, ps, np);
+    free(ps);
 }
 
 static wk_result compensate(wk_ctx *ctx, const es_event *ev)
 {
-    const char *checkout = wk_saga_checkout(ctx, ev);
-    if (!checkout)
-        return WK_DEAD;
-    const char *reason = wk_saga_failure_reason(ev);
-    if (!reason) {
-        wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
-        return WK_DEAD;
+    plan *own = NULL, *p = wk_prefetch_plan(ev);
+    if (!p || p->st != 0 || p->rc == WK_OUT_EREDIS) {   /* not prefetched, or failed there: again, alone */
+        own = cm_xcalloc(1, sizeof *own);
+        plan_make(ctx, ev, own);
+        if (own->st == 0)
+            run(ctx, &own, 1);
+        p = own;
     }
-    cm_key resv = cm_key_resv(checkout);
-    bool held;
-    wk_lines lines;
-    int rrc = read_reservation(ctx, resv.s, &held, &lines);
-    if (rrc != 0)
-        return rrc == -1 ? WK_RETRY : WK_DEAD;
-
-    wk_step s;
-    wk_step_init(&s, ev, cm_worker_names[CM_W_STOCK_COMPENSATION]);
-    if (held)
-        wk_step_add(&s, CM_EV_STOCK_RELEASED, json_pack("{s:o}", "items", wk_lines_json(&lines)));
-    wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", reason));
-    wk_step_out o;
     wk_result out = WK_RETRY;
-    switch (wk_script_release(ctx, &s, checkout, held, &lines, g_resv_ttl_s, &o)) {
-    case WK_OUT_APPENDED: {
-        wk_saga_count(ctx, &s, &o.res);
-        const char *kv[] = {"reason", reason, NULL};
-        cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
-                held ? ", reservation released" : ", nothing held", o.res.duplicate ? " (already recorded)" : "");
-        out = WK_ACK;
-        break;
-    }
-    case WK_OUT_CONFLICT:
-        out = wk_saga_moved(ctx, ev, "compensate");
-        break;
-    case WK_OUT_CHANGED:
-        /* the reservation moved between our read and the script: read it again */
-        wk_fail_reason(ctx, "release script: reservation changed (state %s)", o.arg);
-        break;
-    case WK_OUT_MISMATCH:
-        wk_fail_reason(ctx, "release script: reservation holds product %s it did not list", o.arg);
+    const char *checkout = ev->aggregate_id;
+    if (p->st == -2)
         out = WK_DEAD;
-        break;
-    default:
-        break;
-    }
-    wk_step_free(&s);
+    else if (p->st == 0)
+        switch (p->rc) {
+        case WK_OUT_APPENDED: {
+            wk_saga_count(ctx, &p->s, &p->o.res);
+            const char *kv[] = {"reason", p->reason, NULL};
+            cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
+                    p->released.n ? ", reservation released" : ", nothing held",
+                    p->o.res.duplicate ? " (already recorded)" : "");
+            out = WK_ACK;
+            break;
+        }
+        case WK_OUT_CONFLICT:
+            out = wk_saga_moved(ctx, ev, "compensate");
+            break;
+        case WK_OUT_CHANGED:
+            /* a held record means every line was held before any compensation */
+            wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
+            out = WK_DEAD;
+            break;
+        default:
+            break;
+        }
+    if (own)
+        plan_free(own);
     return out;
 }
 
@@ -256,14 +350,16 @@ static bool timeout_one(wk_ctx *ctx, const char *checkout, int64_t age_ms)
 /* The expired sagas of partition p's timeout set. */
 static void timeout_partition(wk_ctx *ctx, int p)
 {
-    redisContext *c = wk_redis(ctx);
+    cm_cluster *cc = wk_cluster(ctx);
     int64_t now = cm_wall_ms();
     cm_key started_key = cm_key_saga_started(p);
-    redisReply *r = redisCommand(c, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
-                                 (long long)(now - g_timeout_ms), TICK_BATCH);
-    char err[256];
-    if (cm_reply_failed(c, r, err, sizeof err)) {
-        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", err);
+    int slot = cm_key_slot(started_key.s, strlen(started_key.s));
+    redisReply *r = cm_cluster_command(cc, slot, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
+                                       (long long)(now - g_timeout_ms), TICK_BATCH);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", r ? r->str : cm_cluster_errstr(cc));
+        if (r)
+            freeReplyObject(r);
         return;
     }
     cm_argv done = {0};
@@ -279,10 +375,10 @@ static void timeout_partition(wk_ctx *ctx, int p)
     }
     freeReplyObject(r);
     if (done.n > 2) {
-        redisReply *z = redisCommandArgv(c, done.n, (const char **)done.v, done.len);
-        if (cm_reply_failed(c, z, err, sizeof err))
-            cm_log(CM_WARN, "saga timeout: ZREM: %s", err);
-        else
+        redisReply *z = cm_cluster_argv(cc, slot, &done);
+        if (!z || z->type == REDIS_REPLY_ERROR)
+            cm_log(CM_WARN, "saga timeout: ZREM: %s", z ? z->str : cm_cluster_errstr(cc));
+        if (z)
             freeReplyObject(z);
     }
     cm_argv_free(&done);

@@ -6,11 +6,15 @@
  * Which test proves which guarantee (DESIGN.md "The saga", issue 4):
  *   success_*                 a checkout with stock ends in exactly
  *                             Initiated, Reserved, OrderCreated, Succeeded; the
- *                             reservation becomes a sale; one order with the
+ *                             reservation becomes a sale (each line's mark
+ *                             sold in its product's slot); one order with the
  *                             checkout's total; duplicate lines are summed.
  *   insufficient_stock_*      all lines or none: one short line fails the whole
  *                             checkout with insufficient_stock and leaves every
- *                             product untouched (also: a product deleted from
+ *                             product untouched: the lines held before the
+ *                             refusal are undone by the reservation (marks
+ *                             undone, refused ones short/unknown), so no
+ *                             StockReleased (also: a product deleted from
  *                             the catalog fails the same way).
  *   order_limit_*             a total over ORDER_LIMIT_CENTS fails the order and
  *                             the compensation releases exactly what was held.
@@ -24,6 +28,9 @@
  *                             reservation, one order, one terminal event, nothing
  *                             dead-lettered, saga_choreo_success_total counted once
  *                             (order_limit_* checks saga_choreo_failed_total too).
+ *   late_redelivery_*         a CheckoutInitiated delivered again after its
+ *                             saga ended and its line marks expired holds
+ *                             nothing for good (the fresh holds are undone).
  *   sigkill_*                 order creation killed with SIGKILL between effect
  *                             and ack (its batch still pending) and restarted: the
  *                             re-delivered batch changes nothing; and the whole
@@ -33,7 +40,8 @@
  *                             their reason; the worker goes on, and the saga of
  *                             the item-less checkout still ends (timed_out).
  *   short_lifetimes_*         with 1 s lifetimes every transient key family
- *                             (reservations, notification markers, audit marks,
+ *                             (reservations and their line marks,
+ *                             notification markers, audit marks,
  *                             closed checkouts' read models, client indexes) is
  *                             gone after the run; histories, orders, the client
  *                             and stock aggregates stay; chorus-api still
@@ -122,6 +130,15 @@ static void expect_resv_state(const char *checkout, const char *want)
     free(st);
 }
 
+/* The line mark of checkout's line of product (workers/lua/line.lua). */
+static void expect_mark(const char *checkout, const char *product, const char *want)
+{
+    char *got = sg_str(&E, "GET %s", cm_key_hold(product, checkout).s);
+    cr_expect(got && !strcmp(got, want), "line %s of %s: mark %s, want %s", product, checkout, got ? got : "(none)",
+              want);
+    free(got);
+}
+
 static long long order_exists(const char *checkout)
 {
     char order_id[CM_UUID_LEN + 1];
@@ -177,6 +194,8 @@ Test(saga, success_reserves_sells_and_ends_with_one_order)
     expect_stock("p1", 7, 0, 3);
     expect_stock("p2", 4, 0, 1);
     expect_resv_state("co-ok", "sold");
+    expect_mark("co-ok", "p1", "sold:3");
+    expect_mark("co-ok", "p2", "sold:1");
     char *order_id = sg_data_str(&E, "co-ok", "CheckoutSucceeded", "order_id");
     cr_assert_not_null(order_id);
     char want[CM_UUID_LEN + 1];
@@ -225,6 +244,13 @@ Test(saga, insufficient_stock_fails_all_lines_and_touches_no_stock)
     expect_stock("p1", 10, 0, 0);
     expect_stock("p2", 2, 0, 0);
     cr_expect_eq(sg_ll(&E, "EXISTS chorus:resv:co-short"), 0, "nothing was reserved");
+    /* the lines held before the refusal were undone by the reservation
+     * itself; compensation released nothing (no StockReleased) */
+    expect_mark("co-short", "p1", "undone:3");
+    expect_mark("co-short", "p2", "short:3");
+    expect_mark("co-ghost", "p1", "undone:1");
+    expect_mark("co-ghost", "ghost", "unknown:1");
+    cr_expect_eq(sg_ll(&E, "EXISTS chorus:product:ghost"), 0, "no product is made up");
     cr_expect_eq(order_exists("co-short"), 0);
     cr_expect_eq(dlq_total(), 0);
     stop_clean();
@@ -254,6 +280,7 @@ static void order_failure_compensates(const char *const *env, const char *reason
     expect_data("co-fail", "StockReleased", "items", "[{\"product_id\":\"p1\",\"quantity\":4}]");
     expect_stock("p1", 10, 0, 0);
     expect_resv_state("co-fail", "released");
+    expect_mark("co-fail", "p1", "released:4");
     cr_expect_eq(order_exists("co-fail"), 0, "no order for a failed checkout");
     cr_expect_eq(dlq_total(), 0);
     cr_expect_eq(sg_metric(port, series), 1, "%s", series);
@@ -289,6 +316,7 @@ Test(saga, timeout_ends_a_stuck_saga_and_late_order_creation_stands_down)
     cr_expect(after && atoll(after) >= 300, "after_ms %s", after ? after : "(none)");
     free(after);
     expect_stock("p1", 10, 0, 0);
+    expect_mark("co-slow", "p1", "released:3");
     cr_expect_eq(sg_ll(&E, "ZSCORE " CM_KEY_SAGA_STARTED " co-slow"), -1, "the saga left the timeout set");
 
     /* Order creation comes back and sees StockReserved: its append names a
@@ -298,6 +326,7 @@ Test(saga, timeout_ends_a_stuck_saga_and_late_order_creation_stands_down)
     expect_types("co-slow", SEQ_TIMED_OUT);
     cr_expect_eq(order_exists("co-slow"), 0, "no order for a timed-out checkout");
     expect_stock("p1", 10, 0, 0);
+    expect_mark("co-slow", "p1", "released:3");
     cr_expect_eq(dlq_total(), 0);
     stop_clean();
 }
@@ -356,6 +385,37 @@ Test(saga, duplicate_checkout_initiated_reserves_and_orders_once)
     cr_expect_eq(sg_ll(&E, "XLEN %s", es_store_bus(E.s)), 4 + 3, "4 saga events and 3 copies, nothing else");
     cr_expect_eq(dlq_total(), 0, "duplicates are acknowledged, not dead-lettered");
     cr_expect_eq(sg_metric(port, "saga_choreo_success_total"), 1, "a replayed success is not counted again");
+    stop_clean();
+}
+
+static bool no_line_marks(void *ud)
+{
+    (void)ud;
+    return sg_count_keys(&E, "chorus:hold:*") == 0;
+}
+
+Test(saga, late_redelivery_after_the_line_marks_expired_keeps_no_stock_held)
+{
+    /* RESERVATION_TTL_S=1: a second after the saga ended its line marks are
+     * gone, so a CheckoutInitiated delivered again finds no mark and holds
+     * the lines afresh; the reservation sees StockReserved already in the
+     * ended saga's history and gives them straight back */
+    sg_product(&E, "p1", 10);
+    const char *env[] = {"RESERVATION_TTL_S=1", NULL};
+    sg_spawn_saga(&E, env);
+    sg_line lines[] = {{"p1", 2, 100}};
+    sg_checkout(&E, "co-late", "client-1", lines, 1);
+    char *ids[] = {"co-late"};
+    wait_ended(ids, 1, 20000);
+    wait_quiet();
+    expect_stock("p1", 8, 0, 2);
+    cr_assert(tf_wait_until(no_line_marks, NULL, 15000), "the line marks expire");
+    copy_bus_entry("CheckoutInitiated");
+    wait_quiet();
+    expect_types("co-late", SEQ_OK);
+    expect_stock("p1", 8, 0, 2);
+    expect_mark("co-late", "p1", "undone:2");
+    cr_expect_eq(dlq_total(), 0);
     stop_clean();
 }
 
@@ -496,7 +556,7 @@ static bool transient_gone(void *ud)
     (void)ud;
     return sg_count_keys(&E, "chorus:resv:*") == 0 && sg_count_keys(&E, "chorus:notify:*") == 1 /* the log */ &&
            sg_count_keys(&E, "chorus:{audit}:seen:*") == 0 && sg_count_keys(&E, "chorus:rm:checkout:*") == 0 &&
-           sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*") == 0;
+           sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*") == 0 && sg_count_keys(&E, "chorus:hold:*") == 0;
 }
 
 static int g_api_port;
@@ -579,9 +639,10 @@ Test(saga, short_lifetimes_let_the_transient_families_shrink_back)
     wait_ended(ids, 6, 20000);
     cr_assert(tf_wait_until(transient_gone, NULL, 15000),
               "left: %lld reservations, %lld notify keys (log included), %lld audit marks, %lld checkout read "
-              "models, %lld client indexes",
+              "models, %lld client indexes, %lld line marks",
               sg_count_keys(&E, "chorus:resv:*"), sg_count_keys(&E, "chorus:notify:*"), sg_count_keys(&E, "chorus:{audit}:seen:*"),
-              sg_count_keys(&E, "chorus:rm:checkout:*"), sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*"));
+              sg_count_keys(&E, "chorus:rm:checkout:*"), sg_count_keys(&E, CM_KEY_CLIENT_CHECKOUTS "*"),
+              sg_count_keys(&E, "chorus:hold:*"));
     cr_expect_eq(sg_count_keys(&E, "chorus:h:checkout:co-life-*"), 6, "histories are kept");
     cr_expect_eq(sg_count_keys(&E, "chorus:order:*"), 5, "orders are kept");
     cr_expect_eq(sg_ll(&E, "EXISTS chorus:rm:client:client-1"), 1, "the client aggregate is kept");

@@ -16,6 +16,10 @@
  *                    their timeouts too): one terminal event per checkout, no
  *                    order (nor OrderCreated) for a timed-out checkout, no
  *                    timeout for a succeeded one, stock conserved.
+ *   timeout_racing_reservation_*  SAGA_TIMEOUT_MS=1 against a backlog of
+ *                    per-line reservations (50 products' slots per checkout): one
+ *                    terminal event each, stock conserved per product, no
+ *                    line mark left held, nothing dead-lettered.
  * Tests run one at a time (--jobs=1): they load both cores. */
 #include <criterion/criterion.h>
 
@@ -273,6 +277,70 @@ Test(saga_faults, timeout_racing_success_ends_each_checkout_once_and_never_order
     cr_expect_eq(o.succeeded + o.timed_out, N, "every checkout succeeded or timed out");
     fprintf(stderr, "timeout race: %zu succeeded, %zu timed out\n", o.succeeded, o.timed_out);
     expect_conserved("p", STOCK, (long long)o.succeeded * QTY);
+    cr_expect_eq(dlq_total(), 0);
+    cr_expect_eq(sg_stop_workers(&E), 0);
+    ids_free(&s);
+}
+
+/* Line marks still held (chorus:hold:* whose value starts with "held:"). */
+static long long marks_held(void)
+{
+    redisReply *k = redisCommand(E.c, "KEYS chorus:hold:*");
+    cr_assert(k && k->type == REDIS_REPLY_ARRAY);
+    long long n = 0;
+    for (size_t i = 0; i < k->elements; i++) {
+        char *v = sg_str(&E, "GET %s", k->element[i]->str);
+        n += v && !strncmp(v, "held:", 5);
+        free(v);
+    }
+    freeReplyObject(k);
+    return n;
+}
+
+Test(saga_faults, timeout_racing_reservation_leaves_no_line_held_and_stock_conserved)
+{
+    /* SAGA_TIMEOUT_MS=1 against a reservation backlog of checkouts of 50
+     * lines each (50 products' slots): every tick (200 ms) times out the
+     * sagas not ended yet, before, during or after their reservation.
+     * Whichever append wins, each line is either held then released by
+     * compensation, or voided first and never held, so every line ends
+     * settled and every unit is accounted for. */
+    enum { N = 200, P = 50, STOCK = 1000 };
+    sg_setup(&E, NULL);
+    char prod[P][8];
+    sg_line lines[P];
+    for (int p = 0; p < P; p++) {
+        snprintf(prod[p], sizeof prod[p], "q%d", p);
+        sg_product(&E, prod[p], STOCK);
+        lines[p] = (sg_line){prod[p], 1, 100};
+    }
+    idset s = ids_new("co", N);
+    const char *env[] = {"SAGA_TIMEOUT_MS=1", NULL};
+    sg_spawn_saga(&E, env);
+    sg_spawn(&E, "stock-compensation", env);   /* two ticks racing each other too */
+    wait_quiet();
+    for (size_t i = 0; i < N; i++)
+        sg_checkout(&E, s.ids[i], "client-1", lines, P);
+    wait_ended(&s, 0, N, 90000);
+    wait_quiet();
+
+    outcome o = check_outcomes(&s);   /* one terminal each, no order after a timeout */
+    cr_expect_eq(o.succeeded + o.failed, N);
+    cr_expect_gt(o.timed_out, 0, "some sagas timed out");
+    size_t before = 0, during = 0;
+    for (size_t i = 0; i < N; i++) {
+        char *t = sg_types(&E, s.ids[i]);
+        before += !strcmp(t, "CheckoutInitiated,CheckoutTimedOut,CheckoutFailed");
+        during += !strcmp(t, "CheckoutInitiated,CheckoutTimedOut,StockReleased,CheckoutFailed");
+        free(t);
+    }
+    fprintf(stderr,
+            "reservation race: %zu succeeded, %zu timed out (%zu before any line was held, %zu with lines held "
+            "before StockReserved)\n",
+            o.succeeded, o.timed_out, before, during);
+    for (int p = 0; p < P; p++)
+        expect_conserved(prod[p], STOCK, (long long)o.succeeded);
+    cr_expect_eq(marks_held(), 0, "no line stays held after every saga ended");
     cr_expect_eq(dlq_total(), 0);
     cr_expect_eq(sg_stop_workers(&E), 0);
     ids_free(&s);

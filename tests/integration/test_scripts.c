@@ -1,8 +1,14 @@
 /* test_scripts.c - the saga workers' script modules (workers/lua/<name>.c)
- * called directly against a real redis-server: each outcome of reserve,
- * create_order and release, what each writes, and that a refusal writes
- * nothing. The runner is not involved: a bare wk_ctx holds the connection. */
+ * called directly against a real redis-server: each transition of a stock
+ * line (line.lua: hold, undo, sell, release; held, refused, duplicate,
+ * undone, void, sold) with `available + reserved + sold` checked after each,
+ * each outcome of reserve, create_order and release, what each writes, and
+ * that a refusal writes nothing. Then the same calls through a real Redis
+ * Cluster (3 masters + 3 replicas): every call's KEYS share one slot, so a
+ * whole saga's scripts run there as on one node. The runner is not
+ * involved: a bare wk_ctx holds the connection. */
 #include "common/names.h"
+#include "support/cluster_fixture.h"
 #include "support/redis_fixture.h"
 #include "workers/lua/scripts.h"
 #include "workers/runner_int.h"
@@ -21,6 +27,7 @@ static void setup(void)
     cr_assert_eq(tf_redis_start(&R, NULL), 0, "cannot start redis-server");
     memset(&X, 0, sizeof X);
     X.c = tf_redis_connect(&R);
+    X.cc = cm_cluster_borrow(X.c);
     char err[256] = "";
     X.store = es_store_new(X.c, NULL, err, sizeof err);
     cr_assert_not_null(X.store, "es_store_new: %s", err);
@@ -29,6 +36,7 @@ static void setup(void)
 static void teardown(void)
 {
     es_store_free(X.store);
+    cm_cluster_free(X.cc);
     if (X.c)
         redisFree(X.c);
     tf_redis_stop(&R);
@@ -110,15 +118,177 @@ static wk_lines lines2(const char *p1, long long q1, const char *p2, long long q
     return l;
 }
 
-/* Runs reserve for checkout id (whose last event is cause). */
+/* available + reserved + sold of product id, each checked >= 0. */
+static long long stock_total(const char *id)
+{
+    cm_key k = cm_key_product(id);
+    long long a = num("HGET %s available", k.s), r = num("HGET %s reserved", k.s), s = num("HGET %s sold", k.s);
+    cr_expect(a >= 0 && r >= 0 && s >= 0, "%s: %lld/%lld/%lld: nothing negative", id, a, r, s);
+    return a + r + s;
+}
+
+/* Runs op on every line of checkout; asserts it answered. */
+static void lines_run(wk_line_op op, const char *checkout, const wk_lines *l, wk_line_res *res)
+{
+    cr_assert_eq(wk_line_run(&X, op, checkout, l, 60, res), 0, "%s", X.reason);
+}
+
+/* Runs op on one line; returns its result. */
+static wk_line_res line_op(wk_line_op op, const char *checkout, const char *product, long long qty)
+{
+    wk_lines l = {.n = 1};
+    snprintf(l.v[0].product_id, sizeof l.v[0].product_id, "%s", product);
+    l.v[0].qty = qty;
+    wk_line_res r;
+    lines_run(op, checkout, &l, &r);
+    return r;
+}
+
+static void expect_mark(const wk_line_res *r, wk_mark mark, long long qty, bool changed)
+{
+    cr_expect(r->mark == mark && r->qty == qty && r->changed == changed, "mark %s:%lld changed %d, want %s:%lld %d",
+              wk_mark_names[r->mark], (long long)r->qty, r->changed, wk_mark_names[mark], qty, changed);
+}
+
+Test(scripts, line_transitions_move_stock_once_and_conserve_it)
+{
+    product("p1", 10);
+    /* hold: available -> reserved, once */
+    wk_line_res r = line_op(WK_LINE_HOLD, "co-a", "p1", 3);
+    expect_mark(&r, WK_MARK_HELD, 3, true);
+    expect_stock("p1", 7, 3, 0);
+    cr_expect_eq(num("TTL %s", cm_key_hold("p1", "co-a").s), -1, "a held mark never expires");
+    r = line_op(WK_LINE_HOLD, "co-a", "p1", 3);
+    expect_mark(&r, WK_MARK_HELD, 3, false);
+    expect_stock("p1", 7, 3, 0);
+    cr_expect_eq(stock_total("p1"), 10);
+    /* sell: reserved -> sold, once; a sold line is never released */
+    r = line_op(WK_LINE_SELL, "co-a", "p1", 3);
+    expect_mark(&r, WK_MARK_SOLD, 3, true);
+    expect_stock("p1", 7, 0, 3);
+    r = line_op(WK_LINE_SELL, "co-a", "p1", 3);
+    expect_mark(&r, WK_MARK_SOLD, 3, false);
+    r = line_op(WK_LINE_RELEASE, "co-a", "p1", 3);
+    expect_mark(&r, WK_MARK_SOLD, 3, false);
+    expect_stock("p1", 7, 0, 3);
+    long long ttl = num("TTL %s", cm_key_hold("p1", "co-a").s);
+    cr_expect(ttl > 0 && ttl <= 60, "a settled mark expires (ttl %lld)", ttl);
+    cr_expect_eq(stock_total("p1"), 10);
+    /* undo (reservation's own): held -> undone, back to available, once */
+    r = line_op(WK_LINE_HOLD, "co-b", "p1", 2);
+    expect_mark(&r, WK_MARK_HELD, 2, true);
+    expect_stock("p1", 5, 2, 3);
+    r = line_op(WK_LINE_UNDO, "co-b", "p1", 2);
+    expect_mark(&r, WK_MARK_UNDONE, 2, true);
+    expect_stock("p1", 7, 0, 3);
+    r = line_op(WK_LINE_UNDO, "co-b", "p1", 2);
+    expect_mark(&r, WK_MARK_UNDONE, 2, false);
+    r = line_op(WK_LINE_RELEASE, "co-b", "p1", 2);
+    expect_mark(&r, WK_MARK_UNDONE, 2, false);   /* compensation released nothing */
+    r = line_op(WK_LINE_HOLD, "co-b", "p1", 2);
+    expect_mark(&r, WK_MARK_UNDONE, 2, false);   /* a redelivery holds nothing again */
+    expect_stock("p1", 7, 0, 3);
+    cr_expect_eq(stock_total("p1"), 10);
+    /* release (compensation): held -> released, once */
+    r = line_op(WK_LINE_HOLD, "co-c", "p1", 4);
+    expect_stock("p1", 3, 4, 3);
+    r = line_op(WK_LINE_RELEASE, "co-c", "p1", 4);
+    expect_mark(&r, WK_MARK_RELEASED, 4, true);
+    expect_stock("p1", 7, 0, 3);
+    r = line_op(WK_LINE_RELEASE, "co-c", "p1", 4);
+    expect_mark(&r, WK_MARK_RELEASED, 4, false);
+    r = line_op(WK_LINE_SELL, "co-c", "p1", 4);
+    expect_mark(&r, WK_MARK_RELEASED, 4, false);
+    expect_stock("p1", 7, 0, 3);
+    cr_expect_eq(stock_total("p1"), 10);
+    /* void: compensation first, then a late hold holds nothing */
+    r = line_op(WK_LINE_RELEASE, "co-d", "p1", 1);
+    expect_mark(&r, WK_MARK_VOID, 0, true);
+    r = line_op(WK_LINE_HOLD, "co-d", "p1", 1);
+    expect_mark(&r, WK_MARK_VOID, 0, false);
+    expect_stock("p1", 7, 0, 3);
+    /* undo or sell of a line never held: nothing, no mark */
+    r = line_op(WK_LINE_UNDO, "co-e", "p1", 1);
+    expect_mark(&r, WK_MARK_NONE, 0, false);
+    r = line_op(WK_LINE_SELL, "co-e", "p1", 1);
+    expect_mark(&r, WK_MARK_NONE, 0, false);
+    cr_expect_eq(num("EXISTS %s", cm_key_hold("p1", "co-e").s), 0);
+    expect_stock("p1", 7, 0, 3);
+    cr_expect_eq(stock_total("p1"), 10);
+}
+
+Test(scripts, line_refusals_move_no_stock_and_stay_refused)
+{
+    product("p1", 1);
+    product("bad", 1);
+    num("HSET %s available many", cm_key_product("bad").s);
+    wk_line_res r = line_op(WK_LINE_HOLD, "co-short", "p1", 2);
+    expect_mark(&r, WK_MARK_SHORT, 2, true);
+    r = line_op(WK_LINE_HOLD, "co-ghost", "ghost", 1);
+    expect_mark(&r, WK_MARK_UNKNOWN, 1, true);
+    r = line_op(WK_LINE_HOLD, "co-bad", "bad", 1);
+    expect_mark(&r, WK_MARK_UNKNOWN, 1, true);   /* a non-integer counter is not reservable */
+    expect_stock("p1", 1, 0, 0);
+    cr_expect_eq(num("EXISTS %s", cm_key_product("ghost").s), 0, "no product is made up");
+    /* restocked meanwhile: a redelivery still answers the same refusal */
+    num("HSET %s available 5", cm_key_product("p1").s);
+    r = line_op(WK_LINE_HOLD, "co-short", "p1", 2);
+    expect_mark(&r, WK_MARK_SHORT, 2, false);
+    r = line_op(WK_LINE_RELEASE, "co-short", "p1", 2);
+    expect_mark(&r, WK_MARK_SHORT, 2, false);
+    expect_stock("p1", 5, 0, 0);
+    long long ttl = num("TTL %s", cm_key_hold("p1", "co-short").s);
+    cr_expect(ttl > 0 && ttl <= 60, "a refused mark expires (ttl %lld)", ttl);
+}
+
+Test(scripts, line_marks_hash_to_their_products_slot)
+{
+    const char *ids[] = {"p1", "state", "_state", "A-b_9", "x"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        cm_key m = cm_key_hold(ids[i], "0190f8a2-0000-7000-8000-000000000001"), p = cm_key_product(ids[i]);
+        cr_expect(cm_key_ok(&m));
+        cr_expect_eq(cm_key_slot(m.s, strlen(m.s)), cm_key_slot(p.s, strlen(p.s)), "%s and %s", m.s, p.s);
+    }
+    /* ids are [A-Za-z0-9_-]: a brace can never move the tag */
+    cm_key bad = cm_key_hold("a}b", "co");
+    cr_expect_not(cm_key_ok(&bad));
+    bad = cm_key_hold("a{b", "co");
+    cr_expect_not(cm_key_ok(&bad));
+    wk_line l = {.product_id = "a}b", .qty = 1};
+    wk_line_set *ls = wk_line_set_new();
+    size_t i = wk_line_set_add(ls, WK_LINE_HOLD, "co", &l);
+    cm_pipe *p = cm_pipe_new(X.cc);
+    wk_line_set_queue(&X, ls, p, 60);
+    cr_expect_eq(cm_pipe_count(p), 0, "no call for a product id with braces");
+    wk_line_res r;
+    cr_expect_eq(wk_line_set_res(ls, i, &r), -1);
+    cm_pipe_free(p);
+    wk_line_set_free(ls);
+}
+
+/* Runs reserve.lua for the checkout whose last event is cause. */
 static wk_outcome reserve(es_event *cause, const wk_lines *l, wk_step_out *o)
 {
     wk_step s;
     wk_step_init(&s, cause, "stock-reservation");
     wk_step_add(&s, CM_EV_STOCK_RESERVED, json_pack("{s:s}", "client_id", "c1"));
-    wk_outcome rc = wk_script_reserve(&X, &s, cause->aggregate_id, l, o);
+    cm_pipe *p = cm_pipe_new(X.cc);
+    int idx = wk_script_reserve_queue(&X, p, &s, cause->aggregate_id, l);
+    wk_pipe_exec(&X, p);
+    wk_outcome rc = wk_script_reserve_take(&X, p, idx, &s, o);
+    cm_pipe_free(p);
     wk_step_free(&s);
     return rc;
+}
+
+/* Holds every line of l (as stock-reservation does first), then reserve. */
+static wk_outcome hold_and_reserve(es_event *cause, const wk_lines *l, wk_step_out *o)
+{
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    lines_run(WK_LINE_HOLD, cause->aggregate_id, l, res);
+    for (size_t i = 0; i < l->n; i++)
+        cr_assert_eq(res[i].mark, WK_MARK_HELD, "%s", l->v[i].product_id);
+    return reserve(cause, l, o);
 }
 
 Test(scripts, reserve_holds_every_line_and_appends_once)
@@ -128,7 +298,7 @@ Test(scripts, reserve_holds_every_line_and_appends_once)
     es_event **init = append("co1", CM_EV_CHECKOUT_INITIATED, json_object());
     wk_lines l = lines2("p1", 2, "p2", 5);
     wk_step_out o;
-    cr_assert_eq(reserve(init[0], &l, &o), WK_OUT_APPENDED, "%s", X.reason);
+    cr_assert_eq(hold_and_reserve(init[0], &l, &o), WK_OUT_APPENDED, "%s", X.reason);
     cr_expect_not(o.res.duplicate);
     cr_expect_eq(o.res.pos[0].seq, 2);
     expect_stock("p1", 8, 2, 0);
@@ -140,7 +310,7 @@ Test(scripts, reserve_holds_every_line_and_appends_once)
     cr_expect_eq(num("HGET %s p:p1", resv.s), 2);
     cr_expect_eq(num("HGET %s p:p2", resv.s), 5);
     /* a redelivery is a duplicate: nothing reserved twice */
-    cr_assert_eq(reserve(init[0], &l, &o), WK_OUT_APPENDED);
+    cr_assert_eq(hold_and_reserve(init[0], &l, &o), WK_OUT_APPENDED);
     cr_expect(o.res.duplicate);
     expect_stock("p1", 8, 2, 0);
     cr_expect_eq(hist_len("co1"), 2);
@@ -150,32 +320,22 @@ Test(scripts, reserve_holds_every_line_and_appends_once)
 Test(scripts, reserve_refusals_write_nothing)
 {
     product("p1", 1);
-    product("bad", 1);
-    num("HSET %s available many", cm_key_product("bad").s);
     es_event **a = append("co-short", CM_EV_CHECKOUT_INITIATED, json_object());
-    wk_lines l = lines2("p1", 2, NULL, 0);
-    wk_step_out o;
-    cr_expect_eq(reserve(a[0], &l, &o), WK_OUT_SHORT);
-    cr_expect_str_eq(o.arg, "p1");
     es_event **b = append("co-ghost", CM_EV_CHECKOUT_INITIATED, json_object());
-    l = lines2("p1", 1, "ghost", 1);
-    cr_expect_eq(reserve(b[0], &l, &o), WK_OUT_UNKNOWN);
-    cr_expect_str_eq(o.arg, "ghost");
-    l = lines2("bad", 1, NULL, 0);
-    cr_expect_eq(reserve(b[0], &l, &o), WK_OUT_UNKNOWN, "a non-integer counter is not reservable");
-    expect_stock("p1", 1, 0, 0);
+    wk_lines l = lines2("p1", 1, NULL, 0);
+    wk_step_out o;
     cr_expect_eq(num("EXISTS %s", cm_key_resv("co-short").s), 0);
     cr_expect_eq(num("EXISTS %s", cm_key_resv("co-ghost").s), 0);
-    cr_expect_eq(hist_len("co-short") + hist_len("co-ghost"), 2);
     /* a reservation without its StockReserved: never a second one */
     num("HSET %s state released", cm_key_resv("co-ghost").s);
-    l = lines2("p1", 1, NULL, 0);
     cr_expect_eq(reserve(b[0], &l, &o), WK_OUT_EXISTS);
     cr_expect_str_eq(o.arg, "released");
     /* the saga moved past the cause: conflict, nothing written */
     es_events_free(append("co-short", CM_EV_CHECKOUT_TIMED_OUT, json_object()), 1);
     cr_expect_eq(reserve(a[0], &l, &o), WK_OUT_CONFLICT);
+    cr_expect_eq(num("EXISTS %s", cm_key_resv("co-short").s), 0);
     expect_stock("p1", 1, 0, 0);
+    cr_expect_eq(hist_len("co-short") + hist_len("co-ghost"), 3);
     es_events_free(a, 1);
     es_events_free(b, 1);
 }
@@ -185,7 +345,7 @@ static es_event **reserved(const char *id, const wk_lines *l)
 {
     es_event **init = append(id, CM_EV_CHECKOUT_INITIATED, json_object());
     wk_step_out o;
-    cr_assert_eq(reserve(init[0], l, &o), WK_OUT_APPENDED, "%s", X.reason);
+    cr_assert_eq(hold_and_reserve(init[0], l, &o), WK_OUT_APPENDED, "%s", X.reason);
     es_events_free(init, 1);
     es_event **evs = NULL;
     size_t n = 0;
@@ -205,7 +365,11 @@ static wk_outcome create_order(es_event *cause, const wk_lines *l, wk_step_out *
     wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_pack("{s:s}", "order_id", "o1"));
     wk_order_in in = {.checkout_id = cause->aggregate_id, .order_id = "o1", .client_id = "c1",
                       .total_cents = 300, .items_json = "[]", .created_at = 1.5, .resv_ttl_s = 60, .lines = l};
-    wk_outcome rc = wk_script_create_order(&X, &s, &in, o);
+    cm_pipe *p = cm_pipe_new(X.cc);
+    int idx = wk_script_create_order_queue(&X, p, &s, &in);
+    wk_pipe_exec(&X, p);
+    wk_outcome rc = wk_script_create_order_take(&X, p, idx, &s, o);
+    cm_pipe_free(p);
     wk_step_free(&s);
     return rc;
 }
@@ -217,6 +381,10 @@ Test(scripts, create_order_sells_the_held_lines_once)
     es_event **sr = reserved("co-o", &l);
     wk_step_out o;
     cr_assert_eq(create_order(sr[0], &l, &o), WK_OUT_APPENDED, "%s", X.reason);
+    expect_stock("p1", 7, 3, 0);   /* the sale is the lines' step, in their slots */
+    wk_line_res res;
+    lines_run(WK_LINE_SELL, "co-o", &l, &res);
+    expect_mark(&res, WK_MARK_SOLD, 3, true);
     expect_stock("p1", 7, 0, 3);
     char *st = str("HGET %s state", cm_key_resv("co-o").s);
     cr_expect_str_eq(st, "sold");
@@ -229,6 +397,8 @@ Test(scripts, create_order_sells_the_held_lines_once)
     cr_expect_eq(hist_len("co-o"), 4);
     cr_assert_eq(create_order(sr[0], &l, &o), WK_OUT_APPENDED);
     cr_expect(o.res.duplicate, "a redelivery sells nothing twice");
+    lines_run(WK_LINE_SELL, "co-o", &l, &res);
+    expect_mark(&res, WK_MARK_SOLD, 3, false);
     expect_stock("p1", 7, 0, 3);
     es_events_free(sr, 1);
 }
@@ -251,14 +421,18 @@ Test(scripts, create_order_refuses_what_is_not_held)
     es_events_free(sr, 1);
 }
 
-static wk_outcome release(es_event *cause, bool held, const wk_lines *l, wk_step_out *o)
+static wk_outcome release(es_event *cause, bool released, wk_step_out *o)
 {
     wk_step s;
     wk_step_init(&s, cause, "stock-compensation");
-    if (held)
+    if (released)
         wk_step_add(&s, CM_EV_STOCK_RELEASED, json_object());
     wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", CM_REASON_TIMED_OUT));
-    wk_outcome rc = wk_script_release(&X, &s, cause->aggregate_id, held, l, 60, o);
+    cm_pipe *p = cm_pipe_new(X.cc);
+    int idx = wk_script_release_queue(&X, p, &s, cause->aggregate_id, released, 60);
+    wk_pipe_exec(&X, p);
+    wk_outcome rc = wk_script_release_take(&X, p, idx, &s, o);
+    cm_pipe_free(p);
     wk_step_free(&s);
     return rc;
 }
@@ -271,17 +445,42 @@ Test(scripts, release_gives_back_what_is_held_once)
     es_events_free(sr, 1);
     es_event **to = append("co-r", CM_EV_CHECKOUT_TIMED_OUT, json_object());
     wk_step_out o;
-    cr_expect_eq(release(to[0], false, &l, &o), WK_OUT_CHANGED, "the caller saw nothing held: read again");
+    cr_expect_eq(release(to[0], false, &o), WK_OUT_CHANGED, "a held record but nothing released: refused");
     cr_expect_str_eq(o.arg, "held");
     expect_stock("p1", 6, 4, 0);
-    cr_assert_eq(release(to[0], true, &l, &o), WK_OUT_APPENDED, "%s", X.reason);
+    wk_line_res res;
+    lines_run(WK_LINE_RELEASE, "co-r", &l, &res);
+    expect_mark(&res, WK_MARK_RELEASED, 4, true);
+    cr_assert_eq(release(to[0], true, &o), WK_OUT_APPENDED, "%s", X.reason);
     expect_stock("p1", 10, 0, 0);
     char *st = str("HGET %s state", cm_key_resv("co-r").s);
     cr_expect_str_eq(st, "released");
     free(st);
     cr_expect_eq(hist_len("co-r"), 5);
-    cr_assert_eq(release(to[0], true, &l, &o), WK_OUT_APPENDED);
+    lines_run(WK_LINE_RELEASE, "co-r", &l, &res);
+    expect_mark(&res, WK_MARK_RELEASED, 4, false);
+    cr_assert_eq(release(to[0], true, &o), WK_OUT_APPENDED);
     cr_expect(o.res.duplicate);
+    expect_stock("p1", 10, 0, 0);
+    es_events_free(to, 1);
+}
+
+Test(scripts, release_with_nothing_held_ends_the_saga_alone)
+{
+    /* timed out before the reservation ran: the lines are voided, the
+     * record never existed, CheckoutFailed comes alone */
+    product("p1", 10);
+    es_event **init = append("co-n", CM_EV_CHECKOUT_INITIATED, json_object());
+    es_events_free(init, 1);
+    es_event **to = append("co-n", CM_EV_CHECKOUT_TIMED_OUT, json_object());
+    wk_line_res res = line_op(WK_LINE_RELEASE, "co-n", "p1", 2);
+    expect_mark(&res, WK_MARK_VOID, 0, true);
+    wk_step_out o;
+    cr_assert_eq(release(to[0], false, &o), WK_OUT_APPENDED, "%s", X.reason);
+    cr_expect_eq(hist_len("co-n"), 3);
+    cr_expect_eq(num("EXISTS %s", cm_key_resv("co-n").s), 0);
+    res = line_op(WK_LINE_HOLD, "co-n", "p1", 2);   /* the reservation, late */
+    expect_mark(&res, WK_MARK_VOID, 0, false);
     expect_stock("p1", 10, 0, 0);
     es_events_free(to, 1);
 }
@@ -301,36 +500,239 @@ static long long evalsha_calls(void)
     return n;
 }
 
-Test(scripts, prefetched_calls_take_one_round_trip_and_answer_as_alone)
+Test(scripts, a_batchs_calls_take_one_round_trip_and_answer_as_alone)
 {
     product("p1", 3);
+    product("p2", 5);
     es_event **a = append("co-pa", CM_EV_CHECKOUT_INITIATED, json_object());
     es_event **b = append("co-pb", CM_EV_CHECKOUT_INITIATED, json_object());
-    wk_lines two = lines2("p1", 2, NULL, 0);
-    wk_step sa, sb;
+    wk_lines two = lines2("p1", 2, "p2", 1);
+    wk_step sa;
     wk_step_init(&sa, a[0], "stock-reservation");
     wk_step_add(&sa, CM_EV_STOCK_RESERVED, json_object());
-    wk_step_init(&sb, b[0], "stock-reservation");
-    wk_step_add(&sb, CM_EV_STOCK_RESERVED, json_object());
+    wk_line_res r = line_op(WK_LINE_HOLD, "co-pa", "p1", 2);   /* scripts loaded: calls go by SHA */
     num("CONFIG RESETSTAT");
-    wk_prefetch_clear();
-    wk_script_reserve_prefetch(&X, &sa, "co-pa", &two, NULL, NULL);
-    wk_script_reserve_prefetch(&X, &sb, "co-pb", &two, NULL, NULL);
-    wk_prefetch_run(&X);
-    cr_expect_eq(evalsha_calls(), 2, "both calls went out together");
+    wk_line_set *ls = wk_line_set_new();
+    size_t ia1 = wk_line_set_add(ls, WK_LINE_HOLD, "co-pa", &two.v[0]);
+    size_t ia2 = wk_line_set_add(ls, WK_LINE_HOLD, "co-pa", &two.v[1]);
+    size_t ib1 = wk_line_set_add(ls, WK_LINE_HOLD, "co-pb", &two.v[0]);
+    size_t ib2 = wk_line_set_add(ls, WK_LINE_HOLD, "co-pb", &two.v[1]);
+    cm_pipe *p = cm_pipe_new(X.cc);
+    wk_line_set_queue(&X, ls, p, 60);
+    cr_expect_eq(cm_pipe_count(p), 2, "one call per product, whatever the checkouts");
+    int ir = wk_script_reserve_queue(&X, p, &sa, "co-pa", &two);
+    wk_pipe_exec(&X, p);
+    cr_expect_eq(evalsha_calls(), 3, "the calls went out together");
+    wk_line_set_take(&X, ls, p);
+    cr_assert_eq(wk_line_set_res(ls, ia1, &r), 0, "%s", X.reason);
+    expect_mark(&r, WK_MARK_HELD, 2, false);
+    cr_assert_eq(wk_line_set_res(ls, ia2, &r), 0, "%s", X.reason);
+    expect_mark(&r, WK_MARK_HELD, 1, true);
+    cr_assert_eq(wk_line_set_res(ls, ib1, &r), 0, "%s", X.reason);
+    expect_mark(&r, WK_MARK_SHORT, 2, true);   /* in the order added: the second finds the stock taken */
+    cr_assert_eq(wk_line_set_res(ls, ib2, &r), 0, "%s", X.reason);
+    expect_mark(&r, WK_MARK_HELD, 1, true);
+    cr_expect_eq(wk_line_set_res(ls, 4, &r), -1, "no such line");
     wk_step_out o;
-    cr_expect_eq(wk_script_reserve(&X, &sa, "co-pa", &two, &o), WK_OUT_APPENDED, "%s", X.reason);
-    cr_expect_eq(wk_script_reserve(&X, &sb, "co-pb", &two, &o), WK_OUT_SHORT, "the second finds the stock taken");
-    cr_expect_str_eq(o.arg, "p1");
-    cr_expect_eq(evalsha_calls(), 2, "the handlers used the prefetched replies");
-    /* taken once: a second call for the same event goes to Redis */
-    cr_expect_eq(wk_script_reserve(&X, &sa, "co-pa", &two, &o), WK_OUT_APPENDED);
-    cr_expect(o.res.duplicate);
-    cr_expect_eq(evalsha_calls(), 3);
+    cr_expect_eq(wk_script_reserve_take(&X, p, ir, &sa, &o), WK_OUT_APPENDED, "%s", X.reason);
+    cm_pipe_free(p);
+    wk_line_set_free(ls);
     expect_stock("p1", 1, 2, 0);
-    wk_prefetch_clear();
+    expect_stock("p2", 3, 2, 0);
     wk_step_free(&sa);
-    wk_step_free(&sb);
     es_events_free(a, 1);
     es_events_free(b, 1);
+}
+
+/* ---- the same calls through a real Redis Cluster ---- */
+
+static tf_cluster CL;
+static wk_ctx Y;
+
+static void cluster_up(void)
+{
+    cr_assert_eq(cm_partitions_set(4), 0);   /* this test's process only: the checkouts' keys tagged */
+    cr_assert_eq(tf_cluster_start(&CL, NULL), 0, "cluster did not start");
+    memset(&Y, 0, sizeof Y);
+    char err[512] = "";
+    Y.cc = cm_cluster_open(CL.url, 5000, err, sizeof err);
+    cr_assert_not_null(Y.cc, "cm_cluster_open: %s", err);
+    Y.c = tf_redis_connect(&CL.node[0]);   /* the store only names the keys */
+    Y.store = es_store_new(Y.c, NULL, err, sizeof err);
+    cr_assert_not_null(Y.store, "es_store_new: %s", err);
+}
+
+static void cluster_down(void)
+{
+    es_store_free(Y.store);
+    if (Y.c)
+        redisFree(Y.c);
+    cm_cluster_free(Y.cc);
+    tf_cluster_stop(&CL);
+}
+
+TestSuite(scripts_cluster, .init = cluster_up, .fini = cluster_down, .timeout = 120);
+
+static long long cnum(const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char cmd[512];
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    cm_argv a = {0};
+    for (char *save = NULL, *w = strtok_r(cmd, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        cm_argv_adds(&a, w);
+    redisReply *r = cm_cluster_argv(Y.cc, cm_key_slot(key, strlen(key)), &a);
+    cm_argv_free(&a);
+    cr_assert_not_null(r, "%s", cm_cluster_errstr(Y.cc));
+    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "%s", r->str);
+    long long v = cm_reply_ll(r, -1);
+    freeReplyObject(r);
+    return v;
+}
+
+static void cproduct(const char *id, long long available)
+{
+    cm_key k = cm_key_product(id);
+    cnum(k.s, "HSET %s available %lld reserved 0 sold 0", k.s, available);
+}
+
+static void cexpect_stock(const char *id, long long av, long long rs, long long so)
+{
+    cm_key k = cm_key_product(id);
+    long long a = cnum(k.s, "HGET %s available", k.s), r = cnum(k.s, "HGET %s reserved", k.s),
+              s = cnum(k.s, "HGET %s sold", k.s);
+    cr_expect(a == av && r == rs && s == so, "%s: %lld/%lld/%lld, want %lld/%lld/%lld", id, a, r, s, av, rs, so);
+}
+
+/* A stand-in for the event a step reacts to: checkout id at seq (its
+ * follow-ups' ids derive from event_id, their append expects seq). */
+static es_event cause_of(const char *checkout, const char *event_id, int64_t seq)
+{
+    return (es_event){.event_id = (char *)event_id, .aggregate = "checkout", .aggregate_id = (char *)checkout,
+                      .seq = seq};
+}
+
+/* Appends one follow-up of cause through the cluster; asserts the outcome. */
+static void cappend(es_event *cause, enum cm_event_type t, json_t *data)
+{
+    wk_step s;
+    wk_step_init(&s, cause, "test");
+    wk_step_add(&s, t, data);
+    es_append_res res;
+    cr_assert_eq(wk_step_append(&Y, &s, &res), WK_STEP_OK, "%s", Y.reason);
+    wk_step_free(&s);
+}
+
+static void cexpect_lines(wk_line_op op, const char *checkout, const wk_lines *l, wk_mark want)
+{
+    wk_line_res res[WK_SAGA_MAX_LINES];
+    cr_assert_eq(wk_line_run(&Y, op, checkout, l, 60, res), 0, "%s", Y.reason);
+    for (size_t i = 0; i < l->n; i++)
+        cr_expect_eq(res[i].mark, want, "%s of %s: %s", l->v[i].product_id, checkout, wk_mark_names[res[i].mark]);
+}
+
+Test(scripts_cluster, every_saga_call_keeps_to_one_slot_and_runs_on_a_cluster)
+{
+    wk_lines l = lines2("p1", 2, "p2", 3);
+    cproduct("p1", 10);
+    cproduct("p2", 10);
+    const char *co = "co-cluster";
+    /* the old layout is what a cluster refuses: a checkout key beside a product key */
+    cm_key h = cm_key_history("checkout", co), pk = cm_key_product("p1");
+    cr_assert_neq(cm_key_slot(h.s, strlen(h.s)), cm_key_slot(pk.s, strlen(pk.s)));
+    cm_pipe *p = cm_pipe_new(Y.cc);
+    cm_argv mixed = {0};
+    cm_argv_adds(&mixed, h.s);
+    cm_argv_adds(&mixed, pk.s);
+    static cm_script probe = {.src = "return 1"};
+    cr_expect_eq(cm_pipe_script(p, &probe, 2, &mixed), CM_CLUSTER_ECROSSSLOT);
+    cm_argv_free(&mixed);
+    cm_pipe_free(p);
+
+    /* success: hold, reserve, order, sell */
+    es_event c0 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c0", 0);
+    cappend(&c0, CM_EV_CHECKOUT_INITIATED, json_object());
+    cexpect_lines(WK_LINE_HOLD, co, &l, WK_MARK_HELD);
+    cexpect_stock("p1", 8, 2, 0);
+    es_event c1 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c1", 1);
+    wk_step s;
+    wk_step_init(&s, &c1, "stock-reservation");
+    wk_step_add(&s, CM_EV_STOCK_RESERVED, json_object());
+    wk_step_out o;
+    p = cm_pipe_new(Y.cc);
+    int idx = wk_script_reserve_queue(&Y, p, &s, co, &l);
+    cr_assert_geq(idx, 0, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_reserve_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+
+    es_event c2 = cause_of(co, "0190f8a2-0000-7000-8000-0000000000c2", 2);
+    wk_step_init(&s, &c2, "order-creation");
+    wk_step_add(&s, CM_EV_ORDER_CREATED, json_object());
+    wk_step_add(&s, CM_EV_CHECKOUT_SUCCEEDED, json_object());
+    wk_order_in in = {.checkout_id = co, .order_id = "o-cluster", .client_id = "c1", .total_cents = 500,
+                      .items_json = "[]", .created_at = 1.5, .resv_ttl_s = 60, .lines = &l};
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_create_order_queue(&Y, p, &s, &in);
+    cr_assert_geq(idx, 0, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_create_order_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    cexpect_lines(WK_LINE_SELL, co, &l, WK_MARK_SOLD);
+    cexpect_stock("p1", 8, 0, 2);
+    cexpect_stock("p2", 7, 0, 3);
+    cr_expect_eq(cnum(h.s, "LLEN %s", h.s), 4);
+
+    /* failure: hold, reserve, time out, release (lines, then the script) */
+    const char *cf = "co-cluster-f";
+    es_event f0 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f0", 0);
+    cappend(&f0, CM_EV_CHECKOUT_INITIATED, json_object());
+    cexpect_lines(WK_LINE_HOLD, cf, &l, WK_MARK_HELD);
+    es_event f1 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f1", 1);
+    wk_step_init(&s, &f1, "stock-reservation");
+    wk_step_add(&s, CM_EV_STOCK_RESERVED, json_object());
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_reserve_queue(&Y, p, &s, cf, &l);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_reserve_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    es_event f2 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f2", 2);
+    cappend(&f2, CM_EV_CHECKOUT_TIMED_OUT, json_object());
+    cexpect_stock("p1", 6, 2, 2);
+    cexpect_lines(WK_LINE_RELEASE, cf, &l, WK_MARK_RELEASED);
+    es_event f3 = cause_of(cf, "0190f8a2-0000-7000-8000-0000000000f3", 3);
+    wk_step_init(&s, &f3, "stock-compensation");
+    wk_step_add(&s, CM_EV_STOCK_RELEASED, json_object());
+    wk_step_add(&s, CM_EV_CHECKOUT_FAILED, json_pack("{s:s}", "reason", CM_REASON_TIMED_OUT));
+    p = cm_pipe_new(Y.cc);
+    idx = wk_script_release_queue(&Y, p, &s, cf, true, 60);
+    wk_pipe_exec(&Y, p);
+    cr_expect_eq(wk_script_release_take(&Y, p, idx, &s, &o), WK_OUT_APPENDED, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_step_free(&s);
+    cexpect_stock("p1", 8, 0, 2);
+    cexpect_stock("p2", 7, 0, 3);
+    cm_key hf = cm_key_history("checkout", cf);
+    cr_expect_eq(cnum(hf.s, "LLEN %s", hf.s), 5);
+
+    /* several checkouts' lines of one product: one call, one slot */
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_HOLD, "co-g1", &l.v[0]);
+    size_t b = wk_line_set_add(ls, WK_LINE_HOLD, "co-g2", &l.v[0]);
+    p = cm_pipe_new(Y.cc);
+    wk_line_set_queue(&Y, ls, p, 60);
+    cr_expect_eq(cm_pipe_count(p), 1, "%s", Y.reason);
+    wk_pipe_exec(&Y, p);
+    wk_line_set_take(&Y, ls, p);
+    wk_line_res r;
+    cr_expect(wk_line_set_res(ls, a, &r) == 0 && r.mark == WK_MARK_HELD, "%s", Y.reason);
+    cr_expect(wk_line_set_res(ls, b, &r) == 0 && r.mark == WK_MARK_HELD, "%s", Y.reason);
+    cm_pipe_free(p);
+    wk_line_set_free(ls);
+    cexpect_stock("p1", 4, 4, 2);
 }

@@ -12,40 +12,29 @@ static const wk_refusal k_refusals[] = {
     {NULL, WK_OUT_EREDIS},
 };
 
-static void build(const wk_order_in *in, cm_argv *keys, cm_argv *args)
+int wk_script_create_order_queue(wk_ctx *ctx, cm_pipe *p, wk_step *s, const wk_order_in *in)
 {
-    cm_argv_adds(keys, cm_key_resv(in->checkout_id).s);   /* KEYS: resv, order, started, product... */
-    cm_argv_adds(keys, cm_key_order(in->checkout_id, in->order_id).s);
-    cm_argv_adds(keys, cm_key_saga_started(cm_partition_of(in->checkout_id)).s);
-    wk_lines_keys(in->lines, keys);
-    cm_argv_adds(args, in->checkout_id);                  /* ARGV: in the .lua's order */
-    cm_argv_adds(args, in->order_id);
-    cm_argv_adds(args, in->client_id);
-    cm_argv_addll(args, in->total_cents);
-    cm_argv_adds(args, in->items_json);
-    cm_argv_addf(args, "%.6f", in->created_at);
-    cm_argv_addll(args, in->resv_ttl_s);
-    cm_argv_addll(args, (long long)in->lines->n);
+    cm_argv keys = {0}, args = {0};
+    cm_argv_adds(&keys, cm_key_resv(in->checkout_id).s);   /* KEYS: resv, order, started */
+    cm_argv_adds(&keys, cm_key_order(in->checkout_id, in->order_id).s);
+    cm_argv_adds(&keys, cm_key_saga_started(cm_partition_of(in->checkout_id)).s);
+    cm_argv_adds(&args, in->checkout_id);                  /* ARGV: in the .lua's order */
+    cm_argv_adds(&args, in->order_id);
+    cm_argv_adds(&args, in->client_id);
+    cm_argv_addll(&args, in->total_cents);
+    cm_argv_adds(&args, in->items_json);
+    cm_argv_addf(&args, "%.6f", in->created_at);
+    cm_argv_addll(&args, in->resv_ttl_s);
+    cm_argv_addll(&args, (long long)in->lines->n);
     for (size_t i = 0; i < in->lines->n; i++)
-        cm_argv_adds(args, in->lines->v[i].product_id);
-}
-
-void wk_script_create_order_prefetch(wk_ctx *ctx, wk_step *s, const wk_order_in *in, void *plan,
-                                     void (*plan_free)(void *))
-{
-    cm_argv keys = {0}, args = {0};
-    build(in, &keys, &args);
-    wk_prefetch_add(ctx, s, &k_create_order, &keys, &args, plan, plan_free);
+        cm_argv_adds(&args, in->lines->v[i].product_id);
+    int idx = wk_step_queue(ctx, p, &k_create_order, s, &keys, &args);
     cm_argv_free(&keys);
     cm_argv_free(&args);
+    return idx;
 }
 
-wk_outcome wk_script_create_order(wk_ctx *ctx, wk_step *s, const wk_order_in *in, wk_step_out *out)
+wk_outcome wk_script_create_order_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, wk_step_out *out)
 {
-    cm_argv keys = {0}, args = {0};
-    build(in, &keys, &args);
-    wk_outcome rc = wk_step_outcome(ctx, &k_create_order, s, &keys, &args, k_refusals, out);
-    cm_argv_free(&keys);
-    cm_argv_free(&args);
-    return rc;
+    return wk_step_take(ctx, p, idx, s, k_refusals, out);
 }

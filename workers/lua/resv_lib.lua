@@ -16,14 +16,13 @@ local function resv_read(key)
   return state, lines
 end
 
--- Maps every held product to its key in KEYS (the m product ids in ARGV from
--- index a, their keys in KEYS from index k); returns the map, or nil and the
--- first held product the caller did not name.
-local function resv_keys(lines, m, a, k)
-  local key_of = {}
-  for i = 1, m do key_of[ARGV[a + i - 1]] = KEYS[k + i - 1] end
+-- Returns nil when every held product is among the m product ids in ARGV
+-- from index a, else the first held product the caller did not name.
+local function resv_unnamed(lines, m, a)
+  local named = {}
+  for i = 1, m do named[ARGV[a + i - 1]] = true end
   for _, l in ipairs(lines) do
-    if not key_of[l[1]] then return nil, l[1] end
+    if not named[l[1]] then return l[1] end
   end
-  return key_of
+  return nil
 end
