@@ -43,8 +43,8 @@ int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id
     *n = 0;
     char key[512];
     es_history_key(aggregate, aggregate_id, key, sizeof key);
-    redisReply *r = redisCommand(s->c, "LRANGE %s 0 -1", key);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+    redisReply *r = cm_cluster_command(s->cc, cm_key_slot(key, strlen(key)), "LRANGE %s 0 -1", key);
+    if (es_reply_failed(s, r))
         return ES_EREDIS;
     if (r->type != REDIS_REPLY_ARRAY) {
         snprintf(s->err, sizeof s->err, "%.200s is not a history list", key);
@@ -80,8 +80,9 @@ int es_stream_page(es_store *s, const char *stream, const char *after, size_t co
         snprintf(start, sizeof start, "-");
     else
         snprintf(start, sizeof start, "(%s", after);
-    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+    redisReply *r = cm_cluster_command(s->cc, cm_key_slot(stream, strlen(stream)), "XRANGE %s %s + COUNT %lld",
+                                       stream, start, (long long)count);
+    if (es_reply_failed(s, r))
         return ES_EREDIS;
     if (r->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(r);
