@@ -60,6 +60,7 @@ typedef struct worker {
 typedef struct event_ref {
     char event_id[37];
     char entry_id[48];
+    char agg[37];         /* its checkout */
     int partition;
 } event_ref;
 
@@ -337,9 +338,9 @@ static long long pending_all(void)
     return n;
 }
 
-/* Appends `per` events with data data_json into each partition, each its
- * own checkout; records them in EV. */
-static void append_each_partition(const char *data_json, int per)
+/* Appends `per` events of type with data data_json into each partition,
+ * each its own checkout; records them in EV. */
+static void append_typed(const char *data_json, int per, const char *type)
 {
     json_error_t jerr;
     json_t *data = json_loads(data_json, 0, &jerr);
@@ -349,7 +350,7 @@ static void append_each_partition(const char *data_json, int per)
             cr_assert_lt(NEV, MAX_EVENTS);
             char agg[37];
             cm_partition_id(p, agg);
-            es_new_event ev = {.type = "CheckoutInitiated", .data = data};
+            es_new_event ev = {.type = type, .data = data};
             es_append_req req = {.aggregate = "checkout", .aggregate_id = agg, .producer = "test-runtime-cluster",
                                  .expected_version = ES_ANY_VERSION, .events = &ev, .n = 1};
             es_append_res res;
@@ -357,10 +358,16 @@ static void append_each_partition(const char *data_json, int per)
             event_ref *e = &EV[NEV++];
             snprintf(e->event_id, sizeof e->event_id, "%s", res.pos[0].event_id);
             snprintf(e->entry_id, sizeof e->entry_id, "%s", res.pos[0].entry_id);
+            snprintf(e->agg, sizeof e->agg, "%s", agg);
             e->partition = p;
         }
     }
     json_decref(data);
+}
+
+static void append_each_partition(const char *data_json, int per)
+{
+    append_typed(data_json, per, "CheckoutInitiated");
 }
 
 /* The masters (node indexes) owning the partitions' buses, counted. */
@@ -432,6 +439,65 @@ static long long dlq_len(int p)
 }
 
 /* ---- tests --------------------------------------------------------------- */
+
+/* Spawns `chorus-worker <kind>` (a real worker) on the cluster's bus. */
+static worker *spawn_named(const char *kind, const char *name)
+{
+    worker *w = spawn_worker(name, NULL);
+    /* spawn_worker started the test worker: replace it by `kind` */
+    kill9(w);
+    const char *bin = getenv("CHORUS_WORKER_BIN");
+    char url[400], bus[100], part[32];
+    snprintf(url, sizeof url, "REDIS_URL=%s", CL.url);
+    snprintf(bus, sizeof bus, "BUS_STREAM=%s", BUS);
+    snprintf(part, sizeof part, "PARTITIONS=%d", NPART);
+    const char *env[] = {url, bus, part, "BLOCK_MS=100", "METRICS_PORT=0", "CLAIM_IDLE_MS=1000", NULL};
+    const char *argv[] = {bin, kind, NULL};
+    w->pid = tf_spawn(argv, env, w->log);
+    cr_assert_gt(w->pid, 0);
+    return w;
+}
+
+static bool notified_all(void *ud)
+{
+    (void)ud;
+    for (int i = 0; i < NEV; i++) {
+        cm_key k = cm_key_notify(EV[i].agg);
+        redisReply *r = cm_cluster_command(CC, slot_of(k.s), "HGET %s status", k.s);
+        bool ok = r && cm_reply_is_str(r) && !strcmp(r->str, CM_STATUS_SUCCEEDED);
+        freeReplyObject(r);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool audited_all(void *ud)
+{
+    (void)ud;
+    return cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) >= NEV;
+}
+
+/* The audit worker (its script in the {audit} slot) and the notification
+ * worker (its script in each checkout's partition slot) run on the cluster:
+ * every partition's terminal event is notified once and audited once. */
+Test(runtime_cluster, audit_and_notification_workers_run_on_the_cluster)
+{
+    use_bus("an");
+    spawn_named("audit", "an-audit");
+    spawn_named("notification", "an-notify");
+    append_typed("{\"order_id\":\"o-1\"}", 2, "CheckoutSucceeded");
+    check(tf_wait_until(notified_all, NULL, 20000), "not every checkout was notified");
+    check(tf_wait_until(audited_all, NULL, 20000), "not every event was audited");
+    tf_sleep_ms(300);   /* a second record would come now */
+    check(cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) == NEV, "audit records: %lld, want %d",
+          cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG), NEV);
+    check(cmd_ll(CM_KEY_AUDIT_HEAD, "HGET %s count", CM_KEY_AUDIT_HEAD) == NEV, "audit head count is not %d", NEV);
+    for (int p = 0; p < NPART; p++) {
+        cm_key log = cm_key_notify_log(p);
+        check(cmd_ll(log.s, "XLEN %s", log.s) == 2, "partition %d's notification log", p);
+    }
+}
 
 /* Every partition's events, spread over several masters, are each handled
  * exactly once by two workers sharing the group; acks wait for a replica
