@@ -736,28 +736,44 @@ static void reader_open(wk_ctx *ctx, wk_reader *rd)
         redisAsyncCommand(ac, on_auth, NULL, "SELECT %d", u->db);
 }
 
-/* Closes every reader. A read in flight is abandoned: what it delivered
- * stays pending for this consumer and the retry scan takes it back. */
-static void readers_free(wk_ctx *ctx)
+/* Closes readers[0..n) and frees the array. A read in flight is abandoned:
+ * what it delivered stays pending for this consumer and the retry scan
+ * takes it back. */
+static void readers_close(wk_reader *readers, int n)
 {
-    for (int i = 0; i < ctx->nreaders; i++) {
-        wk_reader *rd = &ctx->readers[i];
+    for (int i = 0; i < n; i++) {
+        wk_reader *rd = &readers[i];
         rd->closing = true;
         if (rd->ac)
             redisAsyncFree(rd->ac);   /* runs its callbacks (NULL replies) now */
         rd->ac = NULL;
         free(rd->streams);
     }
-    free(ctx->readers);
+    free(readers);
+}
+
+static void readers_free(wk_ctx *ctx)
+{
+    readers_close(ctx->readers, ctx->nreaders);
     ctx->readers = NULL;
     ctx->nreaders = 0;
 }
 
+/* True when old can go on serving new: same slot, same master, connected
+ * and not given up on. */
+static bool reader_same(const wk_reader *old, const wk_reader *new)
+{
+    return old->ac && !old->stale && old->slot == new->slot && old->nstreams == new->nstreams &&
+           old->addr.port == new->addr.port && !strcmp(old->addr.host, new->addr.host) &&
+           !strcmp(old->addr.path, new->addr.path);
+}
+
 /* Groups the streams into readers by master (and by slot on a cluster) from
- * the current slot map, and opens their connections. */
+ * the slot map, re-read first on a cluster. A reader whose master did not
+ * change keeps its connection and its read in flight; the others are
+ * closed and opened anew. */
 static void readers_build(wk_ctx *ctx)
 {
-    readers_free(ctx);
     ctx->regroup = false;
     char err[400];
     cm_redis_url one;
@@ -768,7 +784,10 @@ static void readers_build(wk_ctx *ctx)
     }
     if (ctx->cluster && cm_cluster_refresh(ctx->cc) != 0)
         cm_log_limited(CM_WARN, "wk-refresh", "slot map not re-read: %s", cm_cluster_errstr(ctx->cc));
+    wk_reader *old = ctx->readers;
+    int nold = ctx->nreaders;
     ctx->readers = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->readers);
+    ctx->nreaders = 0;
     for (int s = 0; s < ctx->nstreams; s++) {
         int slot = ctx->cluster ? ctx->slot[s] : CM_SLOT_ANY;
         int k = 0;
@@ -776,6 +795,7 @@ static void readers_build(wk_ctx *ctx)
             k++;
         wk_reader *rd = &ctx->readers[k];
         if (k == ctx->nreaders) {
+            memset(rd, 0, sizeof *rd);
             rd->ctx = ctx;
             rd->slot = slot;
             if (!ctx->cluster) {
@@ -790,8 +810,25 @@ static void readers_build(wk_ctx *ctx)
         }
         rd->streams[rd->nstreams++] = s;
     }
-    for (int k = 0; k < ctx->nreaders; k++)
-        reader_open(ctx, &ctx->readers[k]);
+    for (int k = 0; k < ctx->nreaders; k++) {
+        wk_reader *rd = &ctx->readers[k];
+        int j = 0;
+        while (j < nold && !reader_same(&old[j], rd))
+            j++;
+        if (j == nold) {
+            reader_open(ctx, rd);
+            continue;
+        }
+        /* same master: the connection and its read in flight move over */
+        rd->ac = old[j].ac;
+        rd->ac->data = rd;
+        rd->in_flight = old[j].in_flight;
+        rd->sent_ms = old[j].sent_ms;
+        rd->resume_ms = old[j].resume_ms;
+        rd->backoff_ms = old[j].backoff_ms;
+        old[j].ac = NULL;
+    }
+    readers_close(old, nold);
 }
 
 /* Sends rd's collected acks (when replicated) and then its blocking read,
@@ -849,6 +886,7 @@ static void readers_send(wk_ctx *ctx)
         if (rd->in_flight && now - rd->sent_ms > ctx->set.block_ms + ctx->set.redis_timeout_ms) {
             cm_log(CM_WARN, "read on %s:%d unanswered for %lld ms; reconnecting", rd->addr.host, rd->addr.port,
                    (long long)(now - rd->sent_ms));
+            rd->stale = true;
             want_regroup(ctx);
             continue;
         }

@@ -51,6 +51,7 @@ typedef struct wk_reader {
     int nstreams;
     bool in_flight;                   /* an XREADGROUP was sent and has not answered */
     bool closing;                     /* freed by us: callbacks only record */
+    bool stale;                       /* its read went unanswered: reconnect, never reuse */
     int64_t sent_ms;                  /* when the read in flight was sent */
     int64_t resume_ms;                /* no read before (CLUSTERDOWN / TRYAGAIN backoff) */
     int64_t backoff_ms;
