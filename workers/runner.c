@@ -583,28 +583,6 @@ static int create_groups(wk_ctx *ctx)
 
 /* ---- the async readers ------------------------------------------------- */
 
-/* A deep copy of r, owned by the caller (freeReplyObject frees it): a
- * reply handed to an async callback is freed by hiredis when it returns. */
-static redisReply *reply_dup(const redisReply *r)
-{
-    redisReply *d = cm_xcalloc(1, sizeof *d);
-    d->type = r->type;
-    d->integer = r->integer;
-    if (r->str) {
-        d->str = cm_xmalloc(r->len + 1);
-        memcpy(d->str, r->str, r->len);
-        d->str[r->len] = '\0';
-        d->len = r->len;
-    }
-    if (r->type == REDIS_REPLY_ARRAY && r->elements) {
-        d->element = cm_xcalloc(r->elements, sizeof *d->element);
-        d->elements = r->elements;
-        for (size_t i = 0; i < r->elements; i++)
-            d->element[i] = reply_dup(r->element[i]);
-    }
-    return d;
-}
-
 /* A reader must back off (CLUSTERDOWN, TRYAGAIN, LOADING, ASK, ...). */
 static void reader_back_off(wk_reader *rd)
 {
@@ -654,12 +632,17 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     rd->backoff_ms = 0;
     ctx->regroup_backoff_ms = 0;
     ctx->last_ok_ms = cm_mono_ms();
+    /* The stream elements are taken out of the reply, which hiredis frees
+     * (freeReplyObject) when this returns: an element set to NULL is
+     * skipped, so each taken one is now ours, freed after its round. No
+     * copy of a batch's entries is made. */
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
         if (ctx->narrived == ctx->caparrived) {
             ctx->caparrived = ctx->caparrived ? 2 * ctx->caparrived : 16;
             ctx->arrived = cm_xrealloc(ctx->arrived, ctx->caparrived * sizeof *ctx->arrived);
         }
-        ctx->arrived[ctx->narrived++] = reply_dup(r->element[i]);
+        ctx->arrived[ctx->narrived++] = r->element[i];
+        r->element[i] = NULL;
     }
 }
 
@@ -839,18 +822,31 @@ static void reader_send(wk_ctx *ctx, wk_reader *rd)
 {
     bool *ok = cm_xcalloc((size_t)rd->nstreams, sizeof *ok);
     acks_replicated(ctx, rd->streams, rd->nstreams, ok);
-    cm_argv a = {0};
     for (int i = 0; i < rd->nstreams; i++) {
         int s = rd->streams[i];
-        if (!ok[i] || !ctx->acks[s].n)
+        cm_argv *ids = &ctx->acks[s];
+        if (!ok[i] || !ids->n)
             continue;
-        ack_argv(ctx, s, &a);
-        redisAsyncCommandArgv(rd->ac, on_ack, NULL, a.n, (const char **)a.v, a.len);
-        cm_argv_reset(&ctx->acks[s]);
+        /* the ids are handed to hiredis as they are (it formats the command
+         * at once): no second copy of what every handled entry adds */
+        size_t n = (size_t)ids->n + 3;
+        const char **argv = cm_xmalloc(n * sizeof *argv);
+        size_t *lens = cm_xmalloc(n * sizeof *lens);
+        const char *head[3] = {"XACK", ctx->streams[s], ctx->group};
+        for (int k = 0; k < 3; k++) {
+            argv[k] = head[k];
+            lens[k] = strlen(head[k]);
+        }
+        memcpy(argv + 3, ids->v, (size_t)ids->n * sizeof *argv);
+        memcpy(lens + 3, ids->len, (size_t)ids->n * sizeof *lens);
+        redisAsyncCommandArgv(rd->ac, on_ack, NULL, (int)n, argv, lens);
+        free(argv);
+        free(lens);
+        cm_argv_reset(ids);
     }
     free(ok);
     long long per = ctx->set.batch / cm_partitions();
-    cm_argv_reset(&a);
+    cm_argv a = {0};
     cm_argv_adds(&a, "XREADGROUP");
     cm_argv_adds(&a, "GROUP");
     cm_argv_adds(&a, ctx->group);
