@@ -599,10 +599,14 @@ static void want_regroup(wk_ctx *ctx)
     if (ctx->regroup)
         return;
     ctx->regroup = true;
+    int64_t now = cm_mono_ms();
+    if (now - ctx->last_regroup_ms > 5000)   /* quiet for a while: start the backoff over */
+        ctx->regroup_backoff_ms = 0;
+    ctx->last_regroup_ms = now;
     ctx->regroup_backoff_ms = ctx->regroup_backoff_ms ? ctx->regroup_backoff_ms * 2 : 50;
     if (ctx->regroup_backoff_ms > 1000)
         ctx->regroup_backoff_ms = 1000;
-    ctx->regroup_ms = cm_mono_ms() + ctx->regroup_backoff_ms;
+    ctx->regroup_ms = now + ctx->regroup_backoff_ms;
 }
 
 /* Callback of a reader's XREADGROUP: keeps what came (copied) for the main
@@ -630,7 +634,6 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     rd->backoff_ms = 0;
-    ctx->regroup_backoff_ms = 0;
     ctx->last_ok_ms = cm_mono_ms();
     /* The stream elements are taken out of the reply, which hiredis frees
      * (freeReplyObject) when this returns: an element set to NULL is

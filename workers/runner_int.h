@@ -73,7 +73,7 @@ struct wk_ctx {
     int nreaders;
     bool regroup;                     /* re-read the slot map and rebuild the readers ... */
     int64_t regroup_ms;               /* ... once this time has come */
-    int64_t regroup_backoff_ms;
+    int64_t regroup_backoff_ms, last_regroup_ms;
     bool need_groups;                 /* NOGROUP seen: create the groups again */
     redisReply **arrived;             /* stream elements [name, entries] read, not yet handled */
     size_t narrived, caparrived;
