@@ -898,17 +898,29 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    (void)arg;
+    *(bool *)arg = true;
 }
 
-/* Waits for the readers' answers, at most wait_ms: returns after the first
- * event (a reply, a connection change, the timer). */
+/* Waits at most wait_ms for the readers: returns once a read answered
+ * (with entries or not), a connection changed, or the time is up; the
+ * partial chunks of a large reply are read here without waking the loop. */
 static void readers_wait(wk_ctx *ctx, int64_t wait_ms)
 {
+    bool fired = false;
+    size_t answered = 0;
+    for (int i = 0; i < ctx->nreaders; i++)
+        answered += !ctx->readers[i].in_flight;
     struct timeval tv = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
-    struct event *t = evtimer_new(ctx->base, on_wake, NULL);
+    struct event *t = evtimer_new(ctx->base, on_wake, &fired);
     evtimer_add(t, &tv);
-    event_base_loop(ctx->base, EVLOOP_ONCE);
+    for (;;) {
+        event_base_loop(ctx->base, EVLOOP_ONCE);
+        size_t now_answered = 0;
+        for (int i = 0; i < ctx->nreaders; i++)
+            now_answered += !ctx->readers[i].in_flight;
+        if (fired || ctx->regroup || now_answered > answered || ctx->narrived || wk_stop_flag)
+            break;
+    }
     event_free(t);
 }
 
