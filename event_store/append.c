@@ -11,13 +11,22 @@
 
 extern const char es_lua_append[], es_lua_append_batch[];
 
-es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errlen)
+es_store *es_store_open(cm_cluster *cc, const char *bus)
 {
     es_store *s = cm_xcalloc(1, sizeof *s);
-    s->c = c;
+    s->cc = cc;
     s->bus = cm_xstrdup(bus && *bus ? bus : CM_BUS_STREAM_DEFAULT);
     s->append.src = es_lua_append;
     s->batch.src = es_lua_append_batch;
+    return s;
+}
+
+es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errlen)
+{
+    es_store *s = es_store_open(cm_cluster_borrow(c), bus);
+    s->c = c;
+    s->own_cc = true;
+    /* loaded now, so a Redis that cannot take the script is told at once */
     if (cm_script_load(c, &s->append, err, errlen) != 0) {
         es_store_free(s);
         return NULL;
@@ -29,8 +38,31 @@ void es_store_free(es_store *s)
 {
     if (!s)
         return;
+    if (s->own_cc)
+        cm_cluster_free(s->cc);
     free(s->bus);
     free(s);
+}
+
+cm_cluster *es_store_cluster(const es_store *s)
+{
+    return s->cc;
+}
+
+/* Like cm_reply_failed for a reply of s->cc: true (r freed, s->err set)
+ * when r is NULL or an error reply. */
+bool es_reply_failed(es_store *s, redisReply *r)
+{
+    if (!r) {
+        snprintf(s->err, sizeof s->err, "redis: %s", cm_cluster_errstr(s->cc));
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(s->err, sizeof s->err, "redis: %s", r->str);
+        freeReplyObject(r);
+        return true;
+    }
+    return false;
 }
 
 const char *es_store_bus(const es_store *s)
@@ -159,9 +191,9 @@ int es_append(es_store *s, const es_append_req *req, es_append_res *res)
         cm_argv_free(&a);
         return ES_EINVAL;
     }
-    redisReply *r = cm_script_call(s->c, &s->append, 2, &a);
+    redisReply *r = cm_cluster_script(s->cc, &s->append, 2, &a);
     int rc;
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err)) {
+    if (es_reply_failed(s, r)) {
         rc = ES_EREDIS;
     } else {
         rc = es_append_parse(r, req->n, res, s->err, sizeof s->err);
@@ -219,8 +251,8 @@ int es_append_batch(es_store *s, const es_append_req *reqs, size_t n, es_append_
     if (rc != ES_OK) {
         snprintf(s->err, sizeof s->err, "invalid append request in the batch");
     } else {
-        redisReply *r = cm_script_call(s->c, &s->batch, nkeys, &a);
-        if (cm_reply_failed(s->c, r, s->err, sizeof s->err)) {
+        redisReply *r = cm_cluster_script(s->cc, &s->batch, nkeys, &a);
+        if (es_reply_failed(s, r)) {
             rc = ES_EREDIS;
         } else {
             rc = es_append_batch_parse(r, reqs, n, res, rcs, s->err, sizeof s->err);
@@ -239,8 +271,10 @@ long long es_retention_trim(es_store *s, int64_t days)
     int64_t cutoff = now - days * 86400000LL;
     long long n = 0;
     for (int p = 0; p < cm_partitions(); p++) {   /* every partition's bus */
-        redisReply *r = redisCommand(s->c, "XTRIM %s MINID %lld-0", cm_key_bus(s->bus, p).s, (long long)cutoff);
-        if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
+        cm_key bus = cm_key_bus(s->bus, p);
+        redisReply *r = cm_cluster_command(s->cc, cm_key_slot(bus.s, strlen(bus.s)), "XTRIM %s MINID %lld-0", bus.s,
+                                           (long long)cutoff);
+        if (es_reply_failed(s, r))
             return ES_EREDIS;
         n += cm_reply_ll(r, 0);
         freeReplyObject(r);

@@ -1,5 +1,6 @@
 /* deadletter.c - parking poison entries and re-delivering them to one group. */
 #include "event_store/deadletter.h"
+#include "common/names.h"
 #include "common/redis.h"
 
 #include <stdio.h>
@@ -18,8 +19,24 @@ void es_retry_stream(const char *bus, const char *group, char *out, size_t outle
     snprintf(out, outlen, "%s.retry.%s", bus, group);
 }
 
-int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char *group,
-                const redisReply *entry, const char *reason, long long attempts, char *err, size_t errlen)
+/* "redis: <why>" of a failed cc call into err; true when r is NULL or an
+ * error reply (r is freed then). */
+static bool dlq_failed(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
+{
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return true;
+    }
+    return false;
+}
+
+int (es_dlq_park)(cm_cluster *cc, const char *bus, const char *stream, const char *group, const redisReply *entry,
+                  const char *reason, long long attempts, char *err, size_t errlen)
 {
     const redisReply *id = cm_reply_elem(entry, 0);
     const redisReply *fields = cm_reply_elem(entry, 1);
@@ -54,25 +71,28 @@ int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char
             cm_argv_add(&a, v->str, v->len);
         }
     }
-    redisAppendCommand(c, "MULTI");
-    redisAppendCommandArgv(c, a.n, (const char **)a.v, a.len);
-    redisAppendCommand(c, "XACK %s %s %b", stream, group, id->str, id->len);
-    redisAppendCommand(c, "EXEC");
-    cm_argv_free(&a);
+    cm_argv cmds[2] = {a, {0}};
+    cm_argv_adds(&cmds[1], "XACK");
+    cm_argv_adds(&cmds[1], stream);
+    cm_argv_adds(&cmds[1], group);
+    cm_argv_add(&cmds[1], id->str, id->len);
+    /* the dead-letter stream carries the bus's hash tag: one slot, one unit */
+    redisReply *r = cm_cluster_multi(cc, cm_key_slot(stream, strlen(stream)), cmds, 2);
+    cm_argv_free(&cmds[0]);
+    cm_argv_free(&cmds[1]);
+    if (dlq_failed(cc, r, err, errlen))
+        return ES_EREDIS;
     int rc = 0;
-    for (int i = 0; i < 4; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(c, (void **)&r) != REDIS_OK) {
-            snprintf(err, errlen, "redis: %s", c->errstr);
-            return ES_EREDIS;   /* connection is broken; the caller reconnects */
-        }
-        if (!r || r->type == REDIS_REPLY_ERROR || (i == 3 && r->type != REDIS_REPLY_ARRAY)) {
-            if (!rc)
-                snprintf(err, errlen, "redis: %s", r && r->str ? r->str : "EXEC aborted");
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        snprintf(err, errlen, "redis: EXEC aborted");
+        rc = ES_EREDIS;
+    }
+    for (size_t i = 0; rc == 0 && i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "redis: %s", r->element[i]->str);
             rc = ES_EREDIS;
         }
-        freeReplyObject(r);
-    }
+    freeReplyObject(r);
     return rc;
 }
 
@@ -80,7 +100,7 @@ int es_dlq_park(redisContext *c, const char *bus, const char *stream, const char
  * dead-letter stream never holds Redis for long. */
 #define ES_DLQ_RETRY_CHUNK 100
 
-static long long call_retry(redisContext *c, const char *bus, const char *group, const char *id, long long count,
+static long long call_retry(cm_cluster *cc, const char *bus, const char *group, const char *id, long long count,
                             char *err, size_t errlen)
 {
     char dlq[512], rs[512];
@@ -91,22 +111,22 @@ static long long call_retry(redisContext *c, const char *bus, const char *group,
     cm_argv_adds(&a, rs);
     cm_argv_adds(&a, id);
     cm_argv_addll(&a, count);
-    redisReply *r = cm_script_call(c, &t_retry, 2, &a);
+    redisReply *r = cm_cluster_script(cc, &t_retry, 2, &a);
     cm_argv_free(&a);
-    if (cm_reply_failed(c, r, err, errlen))
+    if (dlq_failed(cc, r, err, errlen))
         return ES_EREDIS;
     long long n = cm_reply_ll(r, 0);
     freeReplyObject(r);
     return n;
 }
 
-int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char *id, char *err, size_t errlen)
+int (es_dlq_retry)(cm_cluster *cc, const char *bus, const char *group, const char *id, char *err, size_t errlen)
 {
     if (!id || !*id || strchr(id, '*')) {
         snprintf(err, errlen, "invalid dead-letter id");
         return ES_EINVAL;
     }
-    long long n = call_retry(c, bus, group, id, 1, err, errlen);
+    long long n = call_retry(cc, bus, group, id, 1, err, errlen);
     if (n < 0)
         return (int)n;
     if (n == 0) {
@@ -116,23 +136,23 @@ int es_dlq_retry(redisContext *c, const char *bus, const char *group, const char
     return ES_OK;
 }
 
-long long es_dlq_retry_oldest(redisContext *c, const char *bus, const char *group, long long count, char *err,
+long long (es_dlq_retry_oldest)(cm_cluster *cc, const char *bus, const char *group, long long count, char *err,
                               size_t errlen)
 {
     if (count < 1 || count > ES_DLQ_RETRY_OLDEST_MAX) {
         snprintf(err, errlen, "count must be 1..%d", ES_DLQ_RETRY_OLDEST_MAX);
         return ES_EINVAL;
     }
-    return call_retry(c, bus, group, "*", count, err, errlen);
+    return call_retry(cc, bus, group, "*", count, err, errlen);
 }
 
-long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, long long max, char *err,
+long long (es_dlq_retry_all)(cm_cluster *cc, const char *bus, const char *group, long long max, char *err,
                            size_t errlen)
 {
     long long total = 0;
     while (total < max) {
         long long chunk = max - total < ES_DLQ_RETRY_CHUNK ? max - total : ES_DLQ_RETRY_CHUNK;
-        long long n = call_retry(c, bus, group, "*", chunk, err, errlen);
+        long long n = call_retry(cc, bus, group, "*", chunk, err, errlen);
         if (n < 0)
             return n;
         total += n;
@@ -140,4 +160,39 @@ long long es_dlq_retry_all(redisContext *c, const char *bus, const char *group, 
             break;
     }
     return total;
+}
+
+int es_dlq_park_conn(redisContext *c, const char *bus, const char *stream, const char *group,
+                     const redisReply *entry, const char *reason, long long attempts, char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_borrow(c);
+    int rc = (es_dlq_park)(cc, bus, stream, group, entry, reason, attempts, err, errlen);
+    cm_cluster_free(cc);
+    return rc;
+}
+
+int es_dlq_retry_conn(redisContext *c, const char *bus, const char *group, const char *id, char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_borrow(c);
+    int rc = (es_dlq_retry)(cc, bus, group, id, err, errlen);
+    cm_cluster_free(cc);
+    return rc;
+}
+
+long long es_dlq_retry_all_conn(redisContext *c, const char *bus, const char *group, long long max, char *err,
+                                size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_borrow(c);
+    long long n = (es_dlq_retry_all)(cc, bus, group, max, err, errlen);
+    cm_cluster_free(cc);
+    return n;
+}
+
+long long es_dlq_retry_oldest_conn(redisContext *c, const char *bus, const char *group, long long count,
+                                   char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_borrow(c);
+    long long n = (es_dlq_retry_oldest)(cc, bus, group, count, err, errlen);
+    cm_cluster_free(cc);
+    return n;
 }

@@ -65,14 +65,7 @@ static int history_decode(redisReply *r, const char *key, es_event ***out, size_
 int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id, es_event ***out,
                     size_t *n)
 {
-    *out = NULL;
-    *n = 0;
-    char key[512];
-    es_history_key(aggregate, aggregate_id, key, sizeof key);
-    redisReply *r = redisCommand(s->c, "LRANGE %s 0 -1", key);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
-        return ES_EREDIS;
-    return history_decode(r, key, out, n, s->err, sizeof s->err);
+    return es_history_fetch(s->cc, aggregate, aggregate_id, out, n, s->err, sizeof s->err);
 }
 
 /* Copies the failure of a cluster call (r: an error reply, or NULL) into err. */
@@ -164,17 +157,7 @@ static int page_decode(redisReply *r, size_t count, es_event ***out, size_t *n, 
 int es_stream_page(es_store *s, const char *stream, const char *after, size_t count, es_event ***out,
                    size_t *n, char **next)
 {
-    *out = NULL;
-    *n = 0;
-    *next = NULL;
-    if (count < 1 || count > 10000)
-        return ES_EINVAL;
-    char start[80];
-    page_start(after, start, sizeof start);
-    redisReply *r = redisCommand(s->c, "XRANGE %s %s + COUNT %lld", stream, start, (long long)count);
-    if (cm_reply_failed(s->c, r, s->err, sizeof s->err))
-        return ES_EREDIS;
-    return page_decode(r, count, out, n, next);
+    return es_stream_fetch(s->cc, stream, after, count, out, n, next, s->err, sizeof s->err);
 }
 
 int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_t count, es_event ***out,

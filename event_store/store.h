@@ -10,8 +10,10 @@
  * Duplicate detection is per aggregate (event ids are UUIDs and a follow-up
  * always goes to its cause's aggregate).
  *
- * All calls are synchronous on a borrowed hiredis context; an es_store is not
- * thread-safe (use one per thread, as connections are). */
+ * All calls are synchronous and routed by their key's slot through a
+ * cm_cluster (common/cluster.h), so one store serves a single server and a
+ * Redis Cluster alike; an es_store is not thread-safe (use one per thread,
+ * as connections are). */
 #ifndef ES_STORE_H
 #define ES_STORE_H
 
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/cluster.h"
 #include "common/redis.h"
 #include "common/cluster.h"
 #include "event_store/event.h"
@@ -38,14 +41,22 @@ enum es_err {
 
 typedef struct es_store es_store;
 
-/* Creates a store on c (borrowed; must outlive the store) for bus stream `bus`
- * (NULL: ecommerce.checkout.events) and loads its scripts. Returns NULL with
- * err when Redis cannot load them. Caller frees with es_store_free. */
+/* Creates a store on cc (borrowed; must outlive the store; a single server
+ * or a cluster) for bus stream `bus` (NULL: ecommerce.checkout.events). The
+ * scripts are loaded on each node at first use. Caller frees with
+ * es_store_free. Never fails. */
+es_store *es_store_open(cm_cluster *cc, const char *bus);
+/* A store on one server's connection c (borrowed; must outlive the store),
+ * wrapped in cm_cluster_borrow; loads its scripts. Returns NULL with err
+ * when Redis cannot load them. Caller frees with es_store_free. */
 es_store *es_store_new(redisContext *c, const char *bus, char *err, size_t errlen);
-void es_store_free(es_store *s);   /* NULL ok; does not free the context */
+void es_store_free(es_store *s);   /* NULL ok; does not free the context or cc */
 
 const char *es_store_bus(const es_store *s);
+/* es_store_new's connection; NULL for a store made by es_store_open. */
 redisContext *es_store_redis(const es_store *s);
+/* The client every call goes through (borrowed by the caller). */
+cm_cluster *es_store_cluster(const es_store *s);
 /* The last error's text (valid until the next call on s). */
 const char *es_store_errstr(const es_store *s);
 
@@ -99,7 +110,8 @@ int es_append_batch_args(const es_store *s, const es_append_req *reqs, size_t n,
  * when the reply is not shaped as one result per request. */
 int es_append_batch_parse(const redisReply *r, const es_append_req *reqs, size_t n, es_append_res *res,
                           int *rcs, char *err, size_t errlen) __attribute__((warn_unused_result));
-/* Both, around one script call on s's connection. */
+/* Both, around one script call routed by the bus's slot (on a cluster the
+ * histories' slots differ: refused with ES_EREDIS, nothing written). */
 int es_append_batch(es_store *s, const es_append_req *reqs, size_t n, es_append_res *res, int *rcs)
     __attribute__((warn_unused_result));
 
@@ -154,8 +166,9 @@ void es_checkout_apply(es_checkout_state *st, const es_event *ev);
 /* Appends st as JSON {"status","client_id","order_id","reason","version",...}. */
 void es_checkout_state_json(const es_checkout_state *st, cm_buf *out);
 
-/* Trims the bus stream to entries younger than days (0: keep forever); never
- * touches histories. Returns the number of entries removed, or ES_EREDIS. */
+/* Trims every partition's bus stream (each on its own slot's master) to
+ * entries younger than days (0: keep forever); never touches histories.
+ * Returns the number of entries removed, or ES_EREDIS. */
 long long es_retention_trim(es_store *s, int64_t days);
 
 #endif

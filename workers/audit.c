@@ -71,19 +71,27 @@ typedef struct item {
     bool dup_in_batch;            /* same (aggregate, seq) earlier in this batch */
 } item;
 
+/* The {audit} slot: the log, head and seen marks all carry the tag. */
+static int audit_slot(void)
+{
+    return cm_key_slot(PJ_AUDIT_HEAD_KEY, strlen(PJ_AUDIT_HEAD_KEY));
+}
+
 /* Moves the log and head of a release before the {audit} hash tag to their
  * new names (once; RENAMENX keeps whatever is already there). The old seen
  * hash is dropped: a redelivery of an old event would get a second record. */
-static void migrate_legacy(redisContext *c)
+static void migrate_legacy(cm_cluster *cc)
 {
-    redisReply *r = redisCommand(c, "EXISTS %s", LEGACY_HEAD);
+    if (cm_cluster_is_cluster(cc))
+        return;   /* the names before the tag never lived on a cluster (and RENAME cannot cross slots) */
+    redisReply *r = cm_cluster_command(cc, CM_SLOT_ANY, "EXISTS %s", LEGACY_HEAD);
     bool old = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
     if (!old)
         return;
     static const char *const moves[][2] = {{LEGACY_LOG, PJ_AUDIT_LOG_KEY}, {LEGACY_HEAD, PJ_AUDIT_HEAD_KEY}};
     for (size_t i = 0; i < 2; i++) {
-        r = redisCommand(c, "RENAMENX %s %s", moves[i][0], moves[i][1]);
+        r = cm_cluster_command(cc, CM_SLOT_ANY, "RENAMENX %s %s", moves[i][0], moves[i][1]);
         if (!r || r->type != REDIS_REPLY_INTEGER || r->integer != 1)
             cm_log(CM_WARN, "could not rename %s to %s (%s): move it by hand", moves[i][0], moves[i][1],
                    r && r->type == REDIS_REPLY_ERROR ? r->str : "target exists or source gone");
@@ -91,14 +99,14 @@ static void migrate_legacy(redisContext *c)
             cm_log(CM_INFO, "renamed %s to %s", moves[i][0], moves[i][1]);
         freeReplyObject(r);
     }
-    freeReplyObject(redisCommand(c, "DEL %s", LEGACY_SEEN));
+    freeReplyObject(cm_cluster_command(cc, CM_SLOT_ANY, "DEL %s", LEGACY_SEEN));
 }
 
 /* Refuses to start on a chain keyed with another key. 0 or -1 with err. */
-static int check_chain_key(redisContext *c, const pj_audit_key *key, char *err, size_t errlen)
+static int check_chain_key(cm_cluster *cc, const pj_audit_key *key, char *err, size_t errlen)
 {
-    redisReply *r = redisCommand(c, "HGET %s key_id", PJ_AUDIT_HEAD_KEY);
-    if (cm_reply_failed(c, r, err, errlen))
+    redisReply *r = cm_cluster_command(cc, audit_slot(), "HGET %s key_id", PJ_AUDIT_HEAD_KEY);
+    if (wk_reply_err(cc, r, err, errlen))
         return -1;
     int rc = 0;
     if (cm_reply_is_str(r) && strcmp(r->str, PJ_AUDIT_UNKEYED) != 0 && strcmp(r->str, key->id) != 0) {
@@ -115,7 +123,7 @@ static int check_chain_key(redisContext *c, const pj_audit_key *key, char *err, 
 /* Says loudly when Redis's head is behind the head file (Redis restored from
  * an older backup, or rolled back by hand): the records in between are gone
  * and chorus-audit-verify will report it. The worker goes on auditing. */
-static void compare_head_file(redisContext *c, const char *path)
+static void compare_head_file(cm_cluster *cc, const char *path)
 {
     pj_audit_anchor a;
     char err[300];
@@ -125,7 +133,7 @@ static void compare_head_file(redisContext *c, const char *path)
     }
     if (a.count == 0)
         return;
-    redisReply *r = redisCommand(c, "HMGET %s hash count", PJ_AUDIT_HEAD_KEY);
+    redisReply *r = cm_cluster_command(cc, audit_slot(), "HMGET %s hash count", PJ_AUDIT_HEAD_KEY);
     const redisReply *h = cm_reply_elem(r, 0);
     long long n = cm_reply_ll(cm_reply_elem(r, 1), 0);
     if (r && r->type == REDIS_REPLY_ARRAY) {
@@ -145,7 +153,7 @@ static int audit_init(wk_ctx *ctx, char *err, size_t errlen)
 {
     audit_state *st = cm_xcalloc(1, sizeof *st);
     st->head_fd = -1;
-    redisContext *c = wk_redis(ctx);
+    cm_cluster *c = wk_cluster(ctx);
     int rc = pj_audit_key_load(g_key, g_key_file, &st->key, err, errlen);
     if (g_key)
         sodium_memzero(g_key, strlen(g_key));
@@ -190,19 +198,21 @@ static void audit_fini(wk_ctx *ctx)
 
 /* Reads the head and, for every item, whether its event already has a
  * record. Returns 0 or -1 with err. */
-static int read_state(redisContext *c, item *it, size_t n, char head[PJ_AUDIT_HEX], char *err, size_t errlen)
+static int read_state(cm_cluster *cc, item *it, size_t n, char head[PJ_AUDIT_HEX], char *err, size_t errlen)
 {
     cm_argv a = {0};
     cm_argv_adds(&a, "MGET");
     for (size_t i = 0; i < n; i++)
         cm_argv_adds(&a, it[i].seen_key);
-    redisAppendCommand(c, "HGET %s hash", PJ_AUDIT_HEAD_KEY);
-    redisAppendCommandArgv(c, a.n, (const char **)a.v, a.len);
+    /* head and seen marks share the {audit} tag: one slot, one round trip */
+    cm_pipe *p = cm_pipe_new(cc);
+    cm_pipe_command(p, audit_slot(), "HGET %s hash", PJ_AUDIT_HEAD_KEY);
+    cm_pipe_argv(p, audit_slot(), &a);
     cm_argv_free(&a);
     redisReply *h = NULL, *s = NULL;
     int rc = -1;
-    if (redisGetReply(c, (void **)&h) != REDIS_OK || redisGetReply(c, (void **)&s) != REDIS_OK) {
-        snprintf(err, errlen, "redis: %s", c->errstr);
+    if (cm_pipe_exec(p) != 0 || !(h = cm_pipe_take(p, 0)) || !(s = cm_pipe_take(p, 1))) {
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
         goto done;
     }
     if (h->type == REDIS_REPLY_ERROR || s->type == REDIS_REPLY_ERROR) {
@@ -222,6 +232,7 @@ static int read_state(redisContext *c, item *it, size_t n, char head[PJ_AUDIT_HE
     }
     rc = 0;
 done:
+    cm_pipe_free(p);
     freeReplyObject(h);
     freeReplyObject(s);
     return rc;
@@ -230,7 +241,7 @@ done:
 /* Chains the records to be written from head and appends them if the head
  * is unchanged. Returns 1 appended (or nothing to append; *count is then
  * the chain's length, or 0), 0 the head moved, -1 error with err. */
-static int append_chain(redisContext *c, const audit_state *st, item *it, size_t n, const char *head,
+static int append_chain(cm_cluster *c, const audit_state *st, item *it, size_t n, const char *head,
                         long long *written, long long *count, char *err, size_t errlen)
 {
     wk_aa_record *recs = cm_xcalloc(n, sizeof *recs);
@@ -296,7 +307,7 @@ static void anchor(audit_state *st, long long count, const char *hash)
 static void audit_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *results)
 {
     audit_state *st = wk_state(ctx);
-    redisContext *c = wk_redis(ctx);
+    cm_cluster *c = wk_cluster(ctx);
     item *it = cm_xcalloc(n, sizeof *it);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {

@@ -92,19 +92,20 @@ static void build_body(const char *checkout_id, const char *status, const char *
 
 /* Records a webhook outcome in the marker: the 2xx status, or one more
  * failed attempt and its error. Returns 0 or -1 with err. */
-static int record_outcome(redisContext *c, const char *marker, int code, const char *error, char *err,
-                          size_t errlen)
+static int record_outcome(wk_ctx *ctx, const char *marker, int code, const char *error, char *err, size_t errlen)
 {
+    cm_cluster *cc = wk_cluster(ctx);
+    int slot = cm_key_slot(marker, strlen(marker));
     redisReply *r;
     if (code >= 200 && code < 300)
-        r = redisCommand(c, "HSET %s webhook_status %d", marker, code);
+        r = cm_cluster_command(cc, slot, "HSET %s webhook_status %d", marker, code);
     else
-        r = redisCommand(c, "HSET %s webhook_last_error %s", marker, error);
-    if (cm_reply_failed(c, r, err, errlen))
+        r = cm_cluster_command(cc, slot, "HSET %s webhook_last_error %s", marker, error);
+    if (wk_reply_err(cc, r, err, errlen))
         return -1;
     freeReplyObject(r);
-    r = redisCommand(c, "HINCRBY %s webhook_attempts 1", marker);
-    if (cm_reply_failed(c, r, err, errlen))
+    r = cm_cluster_command(cc, slot, "HINCRBY %s webhook_attempts 1", marker);
+    if (wk_reply_err(cc, r, err, errlen))
         return -1;
     freeReplyObject(r);
     return 0;
@@ -113,7 +114,6 @@ static int record_outcome(redisContext *c, const char *marker, int code, const c
 static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
 {
     notify_state *st = wk_state(ctx);
-    redisContext *c = wk_redis(ctx);
     bool ok = ev->kind == CM_EV_CHECKOUT_SUCCEEDED;
     const char *checkout_id = ev->aggregate_id;
     const char *status = ok ? CM_STATUS_SUCCEEDED : CM_STATUS_FAILED;
@@ -127,7 +127,7 @@ static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
     wk_notify_in in = {.checkout_id = checkout_id, .status = status, .field = field, .value = value,
                        .event_id = ev->event_id, .ttl_s = g_ttl_s};
     wk_notify_out o;
-    if (wk_script_notify(c, &in, &o, err, sizeof err) != 0) {
+    if (wk_script_notify(wk_cluster(ctx), &in, &o, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "notification log: %s", err);
         return WK_RETRY;
     }
@@ -155,7 +155,7 @@ static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
     } else
         cm_series_inc(st->hook_ok);
     char rerr[256];
-    int rec = record_outcome(c, marker, code, err, rerr, sizeof rerr);
+    int rec = record_outcome(ctx, marker, code, err, rerr, sizeof rerr);
     if (code >= 200 && code < 300) {
         if (rec != 0) {   /* not recorded: the retry POSTs again (same Idempotency-Key) */
             wk_fail_reason(ctx, "webhook delivered but not recorded: %s", rerr);

@@ -87,6 +87,8 @@ bool wk_reason_is_unavailable(const char *reason)
         "LOADING",  "BUSY ",       "MASTERDOWN", "READONLY",  "CLUSTERDOWN", "TRYAGAIN",
         "MISCONF",  "OOM ",        "NOREPLICAS", "Connection", "Server closed", "Timeout",
         "no reply", "Resource temporarily unavailable",
+        /* cm_cluster's own words when no master answered in time */
+        "Redis at ", "no answer within", "no node is known",
     };
     for (const char *p = reason ? strstr(reason, "redis: ") : NULL; p; p = strstr(p, "redis: ")) {
         p += 7;
@@ -108,7 +110,7 @@ static int delivery_counts(wk_ctx *ctx, int s, const redisReply *entries, long l
     const redisReply *last = cm_reply_elem(cm_reply_elem(entries, n - 1), 0);
     if (!cm_reply_is_str(first) || !cm_reply_is_str(last))
         return 0;
-    redisReply *r = redisCommand(ctx->c, "XPENDING %s %s %s %s %lld %s", ctx->streams[s], ctx->group, first->str,
+    redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XPENDING %s %s %s %s %lld %s", ctx->streams[s], ctx->group, first->str,
                                  last->str, (long long)n + 16, ctx->consumer);
     if (!r)
         return -1;
@@ -134,7 +136,7 @@ static int delivery_counts(wk_ctx *ctx, int s, const redisReply *entries, long l
  * `due` is how many ids a holds. */
 static int claim_and_process(wk_ctx *ctx, int s, cm_argv *a, int due, long long known)
 {
-    redisReply *c = redisCommandArgv(ctx->c, a->n, (const char **)a->v, a->len);
+    redisReply *c = cm_cluster_argv(ctx->cc, ctx->slot[s], a);
     if (!c)
         return -1;
     int rc = 0;
@@ -171,12 +173,12 @@ static void xclaim_start(wk_ctx *ctx, int s, cm_argv *a)
 
 enum { RETRY_PAGE = 100 };
 
-/* Appends stream s's XPENDING of our entries idle past half the first
+/* Queues stream s's XPENDING of our entries idle past half the first
  * backoff, from the stream's retry cursor (read by retry_stream). */
-static void retry_ask(wk_ctx *ctx, int s)
+static void retry_ask(wk_ctx *ctx, cm_pipe *p, int s)
 {
     const char *cursor = ctx->retry_cursor[s];
-    redisAppendCommand(ctx->c, "XPENDING %s %s IDLE %lld %s + %d %s", ctx->streams[s], ctx->group,
+    cm_pipe_command(p, ctx->slot[s], "XPENDING %s %s IDLE %lld %s + %d %s", ctx->streams[s], ctx->group,
                        (long long)(ctx->set.retry_base_ms / 2), cursor[0] ? cursor : "-", RETRY_PAGE, ctx->consumer);
 }
 
@@ -222,14 +224,17 @@ static int retry_stream(wk_ctx *ctx, int s, redisReply *r, int *waiting)
 
 int wk_retry_due(wk_ctx *ctx)
 {
-    /* one round trip asks every partition's streams, then each is handled */
+    /* one pipeline (one write per master) asks every partition's streams,
+     * then each is handled */
+    cm_pipe *p = cm_pipe_new(ctx->cc);
     for (int s = 0; s < ctx->nstreams; s++)
-        retry_ask(ctx, s);
+        retry_ask(ctx, p, s);
     redisReply **rs = cm_xcalloc((size_t)ctx->nstreams, sizeof *rs);
-    int rc = 0, waiting = 0;
+    int waiting = 0, rc = cm_pipe_exec(p) == 0 ? 0 : -1;
     for (int s = 0; s < ctx->nstreams && rc == 0; s++)
-        if (redisGetReply(ctx->c, (void **)&rs[s]) != REDIS_OK || !rs[s])
+        if (!(rs[s] = cm_pipe_take(p, (size_t)s)))
             rc = -1;
+    cm_pipe_free(p);
     for (int s = 0; s < ctx->nstreams && rc == 0; s++) {
         redisReply *r = rs[s];
         rs[s] = NULL;
@@ -251,7 +256,7 @@ int wk_resume_own(wk_ctx *ctx)
         char start[80] = "-";
         cm_argv a = {0};
         for (;;) {
-            redisReply *r = redisCommand(ctx->c, "XPENDING %s %s %s + %lld %s", ctx->streams[s], ctx->group, start,
+            redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XPENDING %s %s %s + %lld %s", ctx->streams[s], ctx->group, start,
                                          (long long)ctx->set.batch, ctx->consumer);
             if (!r) {
                 cm_argv_free(&a);
@@ -298,7 +303,7 @@ int wk_resume_own(wk_ctx *ctx)
 int wk_claim_idle(wk_ctx *ctx)
 {
     for (int s = 0; s < ctx->nstreams; s++) {
-        redisReply *r = redisCommand(ctx->c, "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
+        redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
                                      ctx->consumer, (long long)ctx->set.claim_idle_ms, ctx->claim_cursor[s],
                                      (long long)ctx->set.batch);
         if (!r)
@@ -339,7 +344,8 @@ int wk_claim_idle(wk_ctx *ctx)
 int wk_prune_consumers(wk_ctx *ctx)
 {
     for (int s = 0; s < ctx->nstreams; s++) {
-        redisReply *r = redisCommand(ctx->c, "XINFO CONSUMERS %s %s", ctx->streams[s], ctx->group);
+        redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XINFO CONSUMERS %s %s", ctx->streams[s],
+                                           ctx->group);
         if (!r)
             return -1;
         for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
@@ -359,8 +365,8 @@ int wk_prune_consumers(wk_ctx *ctx)
             }
             /* never remove a consumer that still has pending entries */
             if (name && strcmp(name, ctx->consumer) != 0 && pending == 0 && idle > 3600000) {
-                redisReply *d = redisCommand(ctx->c, "XGROUP DELCONSUMER %s %s %s", ctx->streams[s], ctx->group,
-                                             name);
+                redisReply *d = cm_cluster_command(ctx->cc, ctx->slot[s], "XGROUP DELCONSUMER %s %s %s",
+                                                   ctx->streams[s], ctx->group, name);
                 freeReplyObject(d);
             }
         }

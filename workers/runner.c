@@ -20,6 +20,10 @@
 #include "common/xmalloc.h"
 #include "event_store/deadletter.h"
 
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -36,7 +40,7 @@ static void on_signal(int sig)
     wk_stop_flag = 1;
 }
 
-redisContext *wk_redis(wk_ctx *ctx) { return ctx->c; }
+redisContext *wk_redis(wk_ctx *ctx) { return ctx->cluster ? NULL : ctx->c; }
 cm_cluster *wk_cluster(wk_ctx *ctx) { return ctx->cc; }
 es_store *wk_store(wk_ctx *ctx) { return ctx->store; }
 const char *wk_consumer(const wk_ctx *ctx) { return ctx->consumer; }
@@ -72,9 +76,9 @@ static void touch_entries(wk_ctx *ctx, const char *stream, const redisReply *ent
             cm_argv_adds(&a, id->str);
     }
     cm_argv_adds(&a, "JUSTID");
-    redisReply *r = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+    redisReply *r = cm_cluster_argv(ctx->cc, cm_key_slot(stream, strlen(stream)), &a);
     char err[256];
-    if (!cm_reply_failed(ctx->c, r, err, sizeof err))
+    if (!wk_reply_failed(ctx, r, err, sizeof err))
         freeReplyObject(r);
     else
         cm_log(CM_WARN, "touch of in-flight entries of %s failed: %s", stream, err);
@@ -83,7 +87,7 @@ static void touch_entries(wk_ctx *ctx, const char *stream, const redisReply *ent
 
 void wk_touch(wk_ctx *ctx)
 {
-    if (!ctx->c || !ctx->ninflight)
+    if (!ctx->cc || !ctx->ninflight)
         return;
     /* the round's later streams wait while this one is handled: keep them
      * fresh too, or a peer would take them over as a dead consumer's */
@@ -102,9 +106,9 @@ void wk_touch(wk_ctx *ctx)
     for (size_t i = 0; i < ctx->ninflight; i++)
         cm_argv_adds(&a, ctx->inflight[i]);
     cm_argv_adds(&a, "JUSTID");
-    redisReply *r = redisCommandArgv(ctx->c, a.n, (const char **)a.v, a.len);
+    redisReply *r = cm_cluster_argv(ctx->cc, ctx->slot[ctx->cur_stream], &a);
     char err[256];
-    if (!cm_reply_failed(ctx->c, r, err, sizeof err))
+    if (!wk_reply_failed(ctx, r, err, sizeof err))
         freeReplyObject(r);
     else
         cm_log(CM_WARN, "touch of in-flight entries failed: %s", err);
@@ -152,7 +156,7 @@ int wk_park(wk_ctx *ctx, int stream, const redisReply *entry, const char *reason
 {
     char err[256];
     const redisReply *id = cm_reply_elem(entry, 0);
-    if (es_dlq_park(ctx->c, ctx->streams[WK_STREAM_BUS_OF(stream)], ctx->streams[stream], ctx->group, entry, reason,
+    if (es_dlq_park(ctx->cc, ctx->streams[WK_STREAM_BUS_OF(stream)], ctx->streams[stream], ctx->group, entry, reason,
                     attempts, err, sizeof err) != 0) {
         cm_log(CM_ERROR, "cannot park entry %s: %s", cm_reply_is_str(id) ? id->str : "?", err);
         return -1;
@@ -197,9 +201,40 @@ static int settle(wk_ctx *ctx, int stream, const redisReply *entry, const es_eve
     return 0;
 }
 
+/* True when the runtime has no usable client: not connected, or (single
+ * server) its connection broke. A cluster client reconnects by itself. */
 static bool broken(const wk_ctx *ctx)
 {
-    return !ctx->c || ctx->c->err;
+    return !ctx->cc || (ctx->c && ctx->c->err);
+}
+
+bool wk_reply_err(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
+{
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", cc ? cm_cluster_errstr(cc) : "not connected");
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return true;
+    }
+    return false;
+}
+
+bool wk_reply_failed(wk_ctx *ctx, redisReply *r, char *err, size_t errlen)
+{
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", ctx->cc ? cm_cluster_errstr(ctx->cc) : "not connected");
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return true;
+    }
+    ctx->last_ok_ms = cm_mono_ms();
+    return false;
 }
 
 /* Runs the handler of one decoded event and settles it. Returns -1 when the
@@ -395,129 +430,534 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 
 #define WK_HELD_ACKS_MAX 65536   /* held past this, the ids are dropped: the entries stay pending */
 
-/* With REDIS_WAIT_REPLICAS=N: true once N replicas have every write made
- * so far (the handlers' effects and follow-ups), asked with one PUBLISH +
- * WAIT before the acks go out. Short of N the ids are held and asked again
- * next round (the entries stay pending meanwhile: a failover to a replica
- * that missed the effects redelivers them and the idempotent handlers redo
- * them); past WK_HELD_ACKS_MAX held ids they are dropped and the retry scan
- * re-handles those entries later. A broken connection: false, the next
- * read notices. */
-static bool acks_replicated(wk_ctx *ctx)
+/* Master a stream's writes and acks go to: its slot's on a cluster, the one
+ * server's otherwise (every stream then shares one WAIT). */
+static int wait_slot(const wk_ctx *ctx, int s)
 {
-    if (ctx->set.wait_replicas <= 0)
-        return true;
-    int64_t held = 0;
-    for (int s = 0; s < ctx->nstreams; s++)
-        held += ctx->acks[s].n;
-    if (!held)
-        return true;
-    /* the PUBLISH is replicated: the WAIT then covers every write the master
-     * made before it, also effects another consumer wrote that a
-     * redelivered entry's handler found already done */
-    redisAppendCommand(ctx->c, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
-    redisAppendCommand(ctx->c, "WAIT %lld %lld", (long long)ctx->set.wait_replicas,
-                       (long long)ctx->set.wait_timeout_ms);
-    redisReply *r = NULL;
-    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
-        return false;
-    if (r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
-        cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
-    freeReplyObject(r);
-    r = NULL;
-    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
-        return false;
-    long long got = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-    if (r->type == REDIS_REPLY_ERROR)
-        cm_log_limited(CM_ERROR, "wk-wait", "WAIT: %s", r->str);
-    freeReplyObject(r);
+    return ctx->cluster ? ctx->slot[s] : CM_SLOT_ANY;
+}
+
+/* With REDIS_WAIT_REPLICAS=N: true once N replicas of slot's master have
+ * every write made so far there (the handlers' effects and follow-ups),
+ * asked with one PUBLISH + WAIT on the connection the writes went through.
+ * Short of N the caller holds the acks and asks again next time (the
+ * entries stay pending meanwhile: a failover to a replica that missed the
+ * effects redelivers them and the idempotent handlers redo them). */
+static bool node_replicated(wk_ctx *ctx, int slot, long long held)
+{
+    /* the PUBLISH makes the WAIT cover every write the master made before
+     * it, also effects another consumer wrote that a redelivered entry's
+     * handler found already done (a single server replicates it) */
+    cm_pipe *p = cm_pipe_new(ctx->cc);
+    cm_pipe_command(p, slot, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+    cm_pipe_command(p, slot, "WAIT %lld %lld", (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms);
+    long long got = -1;
+    if (cm_pipe_exec(p) == 0) {
+        redisReply *r = cm_pipe_take(p, 0);
+        if (r && r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
+            cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
+        freeReplyObject(r);
+        r = cm_pipe_take(p, 1);
+        got = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+        if (r && r->type == REDIS_REPLY_ERROR)
+            cm_log_limited(CM_ERROR, "wk-wait", "WAIT: %s", r->str);
+        freeReplyObject(r);
+    }
+    cm_pipe_free(p);
     if (got >= ctx->set.wait_replicas)
         return true;
     cm_series_inc(ctx->m_wait_short);
     cm_log_limited(CM_WARN, "wk-wait-short",
                    "%lld of %lld replicas confirmed within %lld ms; %lld acks held (entries stay pending)",
-                   got < 0 ? 0 : got, (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms,
-                   (long long)held);
-    if (held > WK_HELD_ACKS_MAX)
-        for (int s = 0; s < ctx->nstreams; s++)
-            cm_argv_reset(&ctx->acks[s]);
+                   got < 0 ? 0 : got, (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms, held);
     return false;
 }
 
-/* Appends XACK of the collected ids for each stream; returns how many
- * commands were appended (their replies are read by read_acks). The ids are
- * passed to hiredis as they are (no second copy per id: this runs for every
- * entry a worker handles). */
-static int append_acks(wk_ctx *ctx)
+/* Which of streams[0..n) may have their collected acks sent now: all of
+ * them without REDIS_WAIT_REPLICAS; with it, those whose master (one WAIT
+ * per slot asked) confirmed. ok[i] is set per stream. Past
+ * WK_HELD_ACKS_MAX held ids, the held ones are dropped (the retry scan
+ * re-handles those entries later). */
+static void acks_replicated(wk_ctx *ctx, const int *streams, int n, bool *ok)
 {
-    int sent = 0;
-    if (!acks_replicated(ctx))
-        return 0;
-    for (int s = 0; s < ctx->nstreams; s++) {
-        cm_argv *ids = &ctx->acks[s];
-        if (!ids->n)
-            continue;
-        size_t n = (size_t)ids->n + 3;
-        const char **argv = cm_xmalloc(n * sizeof *argv);
-        size_t *lens = cm_xmalloc(n * sizeof *lens);
-        argv[0] = "XACK";
-        lens[0] = 4;
-        argv[1] = ctx->streams[s];
-        lens[1] = strlen(ctx->streams[s]);
-        argv[2] = ctx->group;
-        lens[2] = strlen(ctx->group);
-        memcpy(argv + 3, ids->v, (size_t)ids->n * sizeof *argv);
-        memcpy(lens + 3, ids->len, (size_t)ids->n * sizeof *lens);
-        redisAppendCommandArgv(ctx->c, (int)n, argv, lens);
-        free(argv);
-        free(lens);
-        cm_argv_reset(ids);
-        sent++;
-    }
-    return sent;
-}
-
-static int read_acks(wk_ctx *ctx, int n)
-{
+    long long held = 0;
     for (int i = 0; i < n; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
-            return -1;
-        if (r && r->type == REDIS_REPLY_ERROR)
-            cm_log(CM_ERROR, "XACK failed: %s", r->str);
-        freeReplyObject(r);
+        ok[i] = true;
+        held += ctx->acks[streams[i]].n;
     }
-    return 0;
+    if (ctx->set.wait_replicas <= 0 || !held)
+        return;
+    for (int i = 0; i < n; i++) {
+        int s = streams[i];
+        if (!ctx->acks[s].n)
+            continue;
+        int j = 0;   /* a stream of the same master already asked? */
+        while (j < i && !(ctx->acks[streams[j]].n && wait_slot(ctx, streams[j]) == wait_slot(ctx, s)))
+            j++;
+        ok[i] = j < i ? ok[j] : node_replicated(ctx, wait_slot(ctx, s), held);
+    }
+    if (held > WK_HELD_ACKS_MAX)
+        for (int i = 0; i < n; i++)
+            if (!ok[i])
+                cm_argv_reset(&ctx->acks[streams[i]]);
 }
 
-/* Sends pending acks and waits for their replies (used before other commands
- * and at shutdown). */
+/* The XACK of stream s's collected ids (built in a; the ids' text is
+ * copied once more here, cheap beside a round trip). */
+static void ack_argv(const wk_ctx *ctx, int s, cm_argv *a)
+{
+    cm_argv_reset(a);
+    cm_argv_adds(a, "XACK");
+    cm_argv_adds(a, ctx->streams[s]);
+    cm_argv_adds(a, ctx->group);
+    for (int i = 0; i < ctx->acks[s].n; i++)
+        cm_argv_add(a, ctx->acks[s].v[i], ctx->acks[s].len[i]);
+}
+
+/* Sends every collected ack now through the sync client (one pipeline,
+ * split per master) and waits for the replies: before periodic jobs (so
+ * their XPENDING never sees an entry already handled) and at shutdown. */
 static int flush_acks(wk_ctx *ctx)
 {
     if (broken(ctx))
         return -1;
-    return read_acks(ctx, append_acks(ctx));
+    int *all = cm_xcalloc((size_t)ctx->nstreams, sizeof *all);
+    bool *ok = cm_xcalloc((size_t)ctx->nstreams, sizeof *ok);
+    for (int s = 0; s < ctx->nstreams; s++)
+        all[s] = s;
+    acks_replicated(ctx, all, ctx->nstreams, ok);
+    cm_pipe *p = cm_pipe_new(ctx->cc);
+    cm_argv a = {0};
+    for (int s = 0; s < ctx->nstreams; s++) {
+        if (!ok[s] || !ctx->acks[s].n)
+            continue;
+        ack_argv(ctx, s, &a);
+        cm_pipe_argv(p, ctx->slot[s], &a);
+        cm_argv_reset(&ctx->acks[s]);
+    }
+    cm_argv_free(&a);
+    int rc = 0;
+    if (cm_pipe_count(p) && cm_pipe_exec(p) != 0) {
+        cm_log(CM_ERROR, "XACK failed: %s (the entries stay pending and are handled again)",
+               cm_cluster_errstr(ctx->cc));
+        rc = -1;
+    }
+    for (size_t i = 0; rc == 0 && i < cm_pipe_count(p); i++) {
+        redisReply *r = cm_pipe_take(p, i);
+        if (r && r->type == REDIS_REPLY_ERROR)
+            cm_log(CM_ERROR, "XACK failed: %s", r->str);
+        freeReplyObject(r);
+    }
+    cm_pipe_free(p);
+    free(ok);
+    free(all);
+    if (rc == 0)
+        ctx->last_ok_ms = cm_mono_ms();
+    return rc;
 }
 
+/* Creates the group on every stream (from the start: a new worker catches
+ * up on history), one pipeline; an existing group is fine. */
 static int create_groups(wk_ctx *ctx)
 {
-    for (int s = 0; s < ctx->nstreams; s++) {
-        /* from the start of the stream: a new worker catches up on history */
-        redisReply *r = redisCommand(ctx->c, "XGROUP CREATE %s %s 0 MKSTREAM", ctx->streams[s], ctx->group);
-        if (!r)
-            return -1;
-        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
-            cm_log(CM_ERROR, "cannot create group %s on %s: %s", ctx->group, ctx->streams[s], r->str);
-            freeReplyObject(r);
-            return -1;
+    cm_pipe *p = cm_pipe_new(ctx->cc);
+    for (int s = 0; s < ctx->nstreams; s++)
+        cm_pipe_command(p, ctx->slot[s], "XGROUP CREATE %s %s 0 MKSTREAM", ctx->streams[s], ctx->group);
+    int rc = 0;
+    if (cm_pipe_exec(p) != 0) {
+        cm_log(CM_ERROR, "cannot create group %s: %s", ctx->group, cm_cluster_errstr(ctx->cc));
+        rc = -1;
+    }
+    for (int s = 0; rc == 0 && s < ctx->nstreams; s++) {
+        redisReply *r = cm_pipe_take(p, (size_t)s);
+        if (!r || (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)) {
+            cm_log(CM_ERROR, "cannot create group %s on %s: %s", ctx->group, ctx->streams[s],
+                   r ? r->str : "no reply");
+            rc = -1;
         }
         freeReplyObject(r);
     }
-    return 0;
+    cm_pipe_free(p);
+    return rc;
+}
+
+/* ---- the async readers ------------------------------------------------- */
+
+/* A reader must back off (CLUSTERDOWN, TRYAGAIN, LOADING, ASK, ...). */
+static void reader_back_off(wk_reader *rd)
+{
+    rd->backoff_ms = rd->backoff_ms ? rd->backoff_ms * 2 : 50;
+    if (rd->backoff_ms > 1000)
+        rd->backoff_ms = 1000;
+    rd->resume_ms = cm_mono_ms() + rd->backoff_ms;
+}
+
+/* Re-read the slot map and rebuild the readers, soon (with backoff while
+ * it keeps failing: a master being failed over takes seconds). */
+static void want_regroup(wk_ctx *ctx)
+{
+    if (ctx->regroup)
+        return;
+    ctx->regroup = true;
+    int64_t now = cm_mono_ms();
+    if (now - ctx->last_regroup_ms > 5000)   /* quiet for a while: start the backoff over */
+        ctx->regroup_backoff_ms = 0;
+    ctx->last_regroup_ms = now;
+    ctx->regroup_backoff_ms = ctx->regroup_backoff_ms ? ctx->regroup_backoff_ms * 2 : 50;
+    if (ctx->regroup_backoff_ms > 1000)
+        ctx->regroup_backoff_ms = 1000;
+    ctx->regroup_ms = now + ctx->regroup_backoff_ms;
+}
+
+/* Callback of a reader's XREADGROUP: keeps what came (copied) for the main
+ * loop; errors decide backoff or regroup. Thin: no handler runs here. */
+static void on_read(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    wk_reader *rd = ac->data;
+    redisReply *r = reply;
+    rd->in_flight = false;
+    if (rd->closing)
+        return;
+    wk_ctx *ctx = rd->ctx;
+    if (!r) {   /* the connection went: on_disconnect says so */
+        want_regroup(ctx);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        cm_log_limited(CM_ERROR, "wk-read", "XREADGROUP on %s:%d: %s", rd->addr.host, rd->addr.port, r->str);
+        if (!strncmp(r->str, "MOVED", 5))
+            want_regroup(ctx);
+        else if (!strncmp(r->str, "NOGROUP", 7))   /* Redis lost its data: recreate */
+            ctx->need_groups = true;
+        reader_back_off(rd);
+        return;
+    }
+    rd->backoff_ms = 0;
+    ctx->last_ok_ms = cm_mono_ms();
+    /* The stream elements are taken out of the reply, which hiredis frees
+     * (freeReplyObject) when this returns: an element set to NULL is
+     * skipped, so each taken one is now ours, freed after its round. No
+     * copy of a batch's entries is made. */
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        if (ctx->narrived == ctx->caparrived) {
+            ctx->caparrived = ctx->caparrived ? 2 * ctx->caparrived : 16;
+            ctx->arrived = cm_xrealloc(ctx->arrived, ctx->caparrived * sizeof *ctx->arrived);
+        }
+        ctx->arrived[ctx->narrived++] = r->element[i];
+        r->element[i] = NULL;
+    }
+}
+
+static void on_ack(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    (void)priv;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ERROR)
+        cm_log(CM_ERROR, "XACK failed: %s", r->str);
+}
+
+static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    wk_reader *rd = ac->data;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ERROR && !rd->closing)
+        cm_log_limited(CM_ERROR, "wk-auth", "reader connection to %s:%d: %s", rd->addr.host, rd->addr.port, r->str);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    wk_reader *rd = ac->data;
+    if (status == REDIS_OK)
+        return;
+    /* hiredis frees ac after this callback */
+    if (!rd->closing) {
+        cm_log_limited(CM_WARN, "wk-connect", "reader cannot connect to %s:%d: %s", rd->addr.host, rd->addr.port,
+                       ac->errstr);
+        want_regroup(rd->ctx);
+    }
+    rd->ac = NULL;
+    rd->in_flight = false;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    wk_reader *rd = ac->data;
+    /* hiredis frees ac after this callback */
+    if (!rd->closing && status != REDIS_OK) {
+        cm_log_limited(CM_WARN, "wk-disconnect", "reader connection to %s:%d lost: %s", rd->addr.host, rd->addr.port,
+                       ac->errstr);
+        want_regroup(rd->ctx);
+    }
+    rd->ac = NULL;
+    rd->in_flight = false;
+}
+
+/* Opens rd's async connection on the loop (the connect completes there;
+ * commands queue meanwhile), authenticating and selecting the db first. */
+static void reader_open(wk_ctx *ctx, wk_reader *rd)
+{
+    const cm_redis_url *u = &rd->addr;
+    redisAsyncContext *ac = u->path[0] ? redisAsyncConnectUnix(u->path) : redisAsyncConnect(u->host, u->port);
+    if (!ac || ac->err) {
+        cm_log_limited(CM_WARN, "wk-connect", "reader cannot connect to %s:%d: %s", u->host, u->port,
+                       ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        want_regroup(ctx);
+        return;
+    }
+    ac->data = rd;
+    rd->ac = ac;
+    redisLibeventAttach(ac, ctx->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (u->password[0] && u->user[0])
+        redisAsyncCommand(ac, on_auth, NULL, "AUTH %s %s", u->user, u->password);
+    else if (u->password[0])
+        redisAsyncCommand(ac, on_auth, NULL, "AUTH %s", u->password);
+    if (!u->cluster && u->db > 0)
+        redisAsyncCommand(ac, on_auth, NULL, "SELECT %d", u->db);
+}
+
+/* Closes readers[0..n) and frees the array. A read in flight is abandoned:
+ * what it delivered stays pending for this consumer and the retry scan
+ * takes it back. */
+static void readers_close(wk_reader *readers, int n)
+{
+    for (int i = 0; i < n; i++) {
+        wk_reader *rd = &readers[i];
+        rd->closing = true;
+        if (rd->ac)
+            redisAsyncFree(rd->ac);   /* runs its callbacks (NULL replies) now */
+        rd->ac = NULL;
+        free(rd->streams);
+    }
+    free(readers);
+}
+
+static void readers_free(wk_ctx *ctx)
+{
+    readers_close(ctx->readers, ctx->nreaders);
+    ctx->readers = NULL;
+    ctx->nreaders = 0;
+}
+
+/* True when old can go on serving new: same slot, same master, connected
+ * and not given up on. */
+static bool reader_same(const wk_reader *old, const wk_reader *new)
+{
+    return old->ac && !old->stale && old->slot == new->slot && old->nstreams == new->nstreams &&
+           old->addr.port == new->addr.port && !strcmp(old->addr.host, new->addr.host) &&
+           !strcmp(old->addr.path, new->addr.path);
+}
+
+/* Groups the streams into readers by master (and by slot on a cluster) from
+ * the slot map, re-read first on a cluster. A reader whose master did not
+ * change keeps its connection and its read in flight; the others are
+ * closed and opened anew. */
+static void readers_build(wk_ctx *ctx)
+{
+    ctx->regroup = false;
+    char err[400];
+    cm_redis_url one;
+    if (!ctx->cluster && cm_redis_url_parse(ctx->set.redis_url, &one, err, sizeof err) != 0) {
+        cm_log(CM_ERROR, "REDIS_URL: %s", err);
+        want_regroup(ctx);
+        return;
+    }
+    if (ctx->cluster && cm_cluster_refresh(ctx->cc) != 0)
+        cm_log_limited(CM_WARN, "wk-refresh", "slot map not re-read: %s", cm_cluster_errstr(ctx->cc));
+    wk_reader *old = ctx->readers;
+    int nold = ctx->nreaders;
+    ctx->readers = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->readers);
+    ctx->nreaders = 0;
+    for (int s = 0; s < ctx->nstreams; s++) {
+        int slot = ctx->cluster ? ctx->slot[s] : CM_SLOT_ANY;
+        int k = 0;
+        while (k < ctx->nreaders && ctx->readers[k].slot != slot)
+            k++;
+        wk_reader *rd = &ctx->readers[k];
+        if (k == ctx->nreaders) {
+            memset(rd, 0, sizeof *rd);
+            rd->ctx = ctx;
+            rd->slot = slot;
+            if (!ctx->cluster) {
+                rd->addr = one;
+            } else if (cm_cluster_slot_addr(ctx->cc, slot, &rd->addr) != 0) {
+                cm_log_limited(CM_WARN, "wk-slot", "no master known for slot %d of %s", slot, ctx->streams[s]);
+                want_regroup(ctx);
+                continue;
+            }
+            rd->streams = cm_xcalloc((size_t)ctx->nstreams, sizeof *rd->streams);
+            ctx->nreaders++;
+        }
+        rd->streams[rd->nstreams++] = s;
+    }
+    for (int k = 0; k < ctx->nreaders; k++) {
+        wk_reader *rd = &ctx->readers[k];
+        int j = 0;
+        while (j < nold && !reader_same(&old[j], rd))
+            j++;
+        if (j == nold) {
+            reader_open(ctx, rd);
+            continue;
+        }
+        /* same master: the connection and its read in flight move over */
+        rd->ac = old[j].ac;
+        rd->ac->data = rd;
+        rd->in_flight = old[j].in_flight;
+        rd->sent_ms = old[j].sent_ms;
+        rd->resume_ms = old[j].resume_ms;
+        rd->backoff_ms = old[j].backoff_ms;
+        old[j].ac = NULL;
+    }
+    readers_close(old, nold);
+}
+
+/* Sends rd's collected acks (when replicated) and then its blocking read,
+ * pipelined on its connection. COUNT is per stream: each partition's share
+ * of BATCH_SIZE, so one round never hands over more than about twice a
+ * batch (redeliveries aside), all of which wk_touch keeps fresh. */
+static void reader_send(wk_ctx *ctx, wk_reader *rd)
+{
+    bool *ok = cm_xcalloc((size_t)rd->nstreams, sizeof *ok);
+    acks_replicated(ctx, rd->streams, rd->nstreams, ok);
+    for (int i = 0; i < rd->nstreams; i++) {
+        int s = rd->streams[i];
+        cm_argv *ids = &ctx->acks[s];
+        if (!ok[i] || !ids->n)
+            continue;
+        /* the ids are handed to hiredis as they are (it formats the command
+         * at once): no second copy of what every handled entry adds */
+        size_t n = (size_t)ids->n + 3;
+        const char **argv = cm_xmalloc(n * sizeof *argv);
+        size_t *lens = cm_xmalloc(n * sizeof *lens);
+        const char *head[3] = {"XACK", ctx->streams[s], ctx->group};
+        for (int k = 0; k < 3; k++) {
+            argv[k] = head[k];
+            lens[k] = strlen(head[k]);
+        }
+        memcpy(argv + 3, ids->v, (size_t)ids->n * sizeof *argv);
+        memcpy(lens + 3, ids->len, (size_t)ids->n * sizeof *lens);
+        redisAsyncCommandArgv(rd->ac, on_ack, NULL, (int)n, argv, lens);
+        free(argv);
+        free(lens);
+        cm_argv_reset(ids);
+    }
+    free(ok);
+    long long per = ctx->set.batch / cm_partitions();
+    cm_argv a = {0};
+    cm_argv_adds(&a, "XREADGROUP");
+    cm_argv_adds(&a, "GROUP");
+    cm_argv_adds(&a, ctx->group);
+    cm_argv_adds(&a, ctx->consumer);
+    cm_argv_adds(&a, "COUNT");
+    cm_argv_addll(&a, per > 0 ? per : 1);
+    cm_argv_adds(&a, "BLOCK");
+    cm_argv_addll(&a, (long long)ctx->set.block_ms);
+    cm_argv_adds(&a, "STREAMS");
+    for (int i = 0; i < rd->nstreams; i++)
+        cm_argv_adds(&a, ctx->streams[rd->streams[i]]);
+    for (int i = 0; i < rd->nstreams; i++)
+        cm_argv_adds(&a, ">");
+    if (redisAsyncCommandArgv(rd->ac, on_read, NULL, a.n, (const char **)a.v, a.len) == REDIS_OK) {
+        rd->in_flight = true;
+        rd->sent_ms = cm_mono_ms();
+    }
+    cm_argv_free(&a);
+}
+
+/* Starts a read on every reader that has none in flight; drops a reader
+ * whose read outlived BLOCK_MS + REDIS_TIMEOUT_MS (a peer that vanished
+ * without closing). */
+static void readers_send(wk_ctx *ctx)
+{
+    int64_t now = cm_mono_ms();
+    for (int i = 0; i < ctx->nreaders; i++) {
+        wk_reader *rd = &ctx->readers[i];
+        if (!rd->ac) {
+            want_regroup(ctx);
+            continue;
+        }
+        if (rd->in_flight && now - rd->sent_ms > ctx->set.block_ms + ctx->set.redis_timeout_ms) {
+            cm_log(CM_WARN, "read on %s:%d unanswered for %lld ms; reconnecting", rd->addr.host, rd->addr.port,
+                   (long long)(now - rd->sent_ms));
+            rd->stale = true;
+            want_regroup(ctx);
+            continue;
+        }
+        if (!rd->in_flight && now >= rd->resume_ms)
+            reader_send(ctx, rd);
+    }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    *(bool *)arg = true;
+}
+
+/* Waits at most wait_ms for the readers: returns once a read answered
+ * (with entries or not), a connection changed, or the time is up; the
+ * partial chunks of a large reply are read here without waking the loop. */
+static void readers_wait(wk_ctx *ctx, int64_t wait_ms)
+{
+    bool fired = false;
+    size_t answered = 0;
+    for (int i = 0; i < ctx->nreaders; i++)
+        answered += !ctx->readers[i].in_flight;
+    struct timeval tv = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
+    struct event *t = evtimer_new(ctx->base, on_wake, &fired);
+    evtimer_add(t, &tv);
+    for (;;) {
+        event_base_loop(ctx->base, EVLOOP_ONCE);
+        size_t now_answered = 0;
+        for (int i = 0; i < ctx->nreaders; i++)
+            now_answered += !ctx->readers[i].in_flight;
+        if (fired || ctx->regroup || now_answered > answered || ctx->narrived || wk_stop_flag)
+            break;
+    }
+    event_free(t);
+}
+
+/* Handles what the readers brought, as one round over every stream that
+ * answered (wk_touch keeps the round's later streams fresh meanwhile). */
+static int handle_arrived(wk_ctx *ctx)
+{
+    if (!ctx->narrived)
+        return 0;
+    redisReply round = {.type = REDIS_REPLY_ARRAY, .elements = ctx->narrived, .element = ctx->arrived};
+    int rc = 0;
+    ctx->round = &round;
+    for (size_t i = 0; i < round.elements && rc == 0 && !broken(ctx); i++) {
+        const redisReply *sr = round.element[i];
+        const redisReply *name = cm_reply_elem(sr, 0);
+        int s = -1;
+        for (int k = 0; cm_reply_is_str(name) && k < ctx->nstreams && s < 0; k++)
+            if (!strcmp(name->str, ctx->streams[k]))
+                s = k;
+        if (s < 0) {
+            cm_log(CM_ERROR, "XREADGROUP answered for a stream not asked for");
+            continue;
+        }
+        ctx->round_at = i;
+        rc = wk_process(ctx, s, cm_reply_elem(sr, 1), NULL);
+    }
+    ctx->round = NULL;
+    /* entries of a round cut short stay pending: the retry scan takes them */
+    for (size_t i = 0; i < ctx->narrived; i++)
+        freeReplyObject(ctx->arrived[i]);
+    ctx->narrived = 0;
+    return rc;
 }
 
 static void disconnect(wk_ctx *ctx)
 {
+    readers_free(ctx);
     es_store_free(ctx->store);
     ctx->store = NULL;
     cm_cluster_free(ctx->cc);
@@ -527,29 +967,38 @@ static void disconnect(wk_ctx *ctx)
     ctx->c = NULL;
     for (int s = 0; s < ctx->nstreams; s++)
         cm_argv_reset(&ctx->acks[s]);   /* unacked entries stay pending: redelivered */
+    for (size_t i = 0; i < ctx->narrived; i++)
+        freeReplyObject(ctx->arrived[i]);
+    ctx->narrived = 0;
 }
 
-/* Connects (retrying with backoff until it works or a signal arrives), creates
- * the groups and loads the store's scripts. */
+/* Connects (retrying with backoff until it works or a signal arrives):
+ * a single server through one sync connection (also wk_redis), a cluster
+ * through cm_cluster_open; creates the groups; the readers follow. */
 static int connect_redis(wk_ctx *ctx)
 {
     int64_t delay = 100;
     while (!wk_stop_flag) {
-        char err[400];
-        int timeout = (int)(ctx->set.redis_timeout_ms > ctx->set.block_ms + 1000 ? ctx->set.redis_timeout_ms
-                                                                                 : ctx->set.block_ms + 1000);
-        ctx->c = cm_redis_connect(ctx->set.redis_url, timeout, err, sizeof err);
-        if (ctx->c)
-            ctx->cc = cm_cluster_borrow(ctx->c);
-        if (ctx->c && create_groups(ctx) == 0 &&
-            (ctx->store = es_store_new(ctx->c, ctx->set.bus, err, sizeof err)) != NULL) {
+        char err[400] = "";
+        int timeout = (int)ctx->set.redis_timeout_ms;
+        if (ctx->cluster) {
+            ctx->cc = cm_cluster_open(ctx->set.redis_url, timeout, err, sizeof err);
+        } else {
+            ctx->c = cm_redis_connect(ctx->set.redis_url, timeout, err, sizeof err);
+            if (ctx->c)
+                ctx->cc = cm_cluster_borrow(ctx->c);
+        }
+        if (ctx->cc && create_groups(ctx) == 0) {
+            ctx->store = es_store_open(ctx->cc, ctx->set.bus);
             ctx->last_ok_ms = cm_mono_ms();
+            ctx->regroup = true;
+            ctx->regroup_ms = 0;
             char shown[512];   /* never the password */
             cm_redis_url_mask(ctx->set.redis_url, shown, sizeof shown);
             cm_log(CM_INFO, "connected to %s; group %s, consumer %s", shown, ctx->group, ctx->consumer);
             return 0;
         }
-        cm_log(CM_ERROR, "Redis not ready (%s); retrying in %lld ms", ctx->c ? "setup failed" : err,
+        cm_log(CM_ERROR, "Redis not ready (%s); retrying in %lld ms", ctx->cc ? "setup failed" : err,
                (long long)delay);
         disconnect(ctx);
         cm_sleep_ms(delay);
@@ -584,11 +1033,12 @@ static int job_retention(wk_ctx *ctx)
         const char *bus = ctx->streams[WK_STREAM_BUS_OF(i)];
         cm_key side[2] = {cm_key_dlq(bus, ctx->group), cm_key_retry(bus, ctx->group)};
         int k = WK_STREAM_IS_RETRY(i);
-        redisReply *r = redisCommand(ctx->c, "XTRIM %s MINID %lld-0", side[k].s, minid);
+        redisReply *r = cm_cluster_command(ctx->cc, cm_key_slot(side[k].s, strlen(side[k].s)), "XTRIM %s MINID %lld-0",
+                                           side[k].s, minid);
         char err[256];
-        if (cm_reply_failed(ctx->c, r, err, sizeof err)) {
+        if (wk_reply_failed(ctx, r, err, sizeof err)) {
             cm_log(CM_WARN, "retention: XTRIM %s: %s", side[k].s, err);
-            return ctx->c->err ? -1 : 0;
+            return r ? 0 : -1;
         }
         if (r->integer > 0)
             cm_log(CM_INFO, "retention: trimmed %lld entries of %s older than %lld s", r->integer, side[k].s,
@@ -598,14 +1048,12 @@ static int job_retention(wk_ctx *ctx)
     return 0;
 }
 
-/* The group's lag and pending count on one bus stream (-1 when unknown). */
-static int group_info(wk_ctx *ctx, const char *bus, long long *lag, long long *pending)
+/* The group's lag and pending count in XINFO GROUPS reply r (-1 when
+ * unknown). */
+static void group_info(const wk_ctx *ctx, const redisReply *r, long long *lag, long long *pending)
 {
     *lag = *pending = -1;
-    redisReply *r = redisCommand(ctx->c, "XINFO GROUPS %s", bus);
-    if (!r)
-        return -1;
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
         const redisReply *g = r->element[i];
         const char *name = NULL;
         long long lg = -1, pd = -1;
@@ -625,30 +1073,48 @@ static int group_info(wk_ctx *ctx, const char *bus, long long *lag, long long *p
             *pending = pd;
         }
     }
-    freeReplyObject(r);
-    return 0;
 }
 
-/* worker_lag and worker_pending: the sums over every partition's bus. */
+/* worker_lag and worker_pending: the sums over every partition's bus, and
+ * per partition (label partition="<p>"), asked in one pipeline split per
+ * master. */
 static int job_lag(wk_ctx *ctx)
 {
+    int np = ctx->nstreams / 2;
+    cm_pipe *p = cm_pipe_new(ctx->cc);
+    for (int s = 0; s < ctx->nstreams; s += 2)
+        cm_pipe_command(p, ctx->slot[s], "XINFO GROUPS %s", ctx->streams[s]);
+    if (cm_pipe_exec(p) != 0) {
+        cm_pipe_free(p);
+        return -1;
+    }
     long long lag = 0, pending = 0;
     bool lag_known = true, pending_known = true;
-    for (int s = 0; s < ctx->nstreams; s += 2) {
-        long long l, p;
-        if (group_info(ctx, ctx->streams[s], &l, &p) != 0)
-            return -1;
+    for (int i = 0; i < np; i++) {
+        redisReply *r = cm_pipe_take(p, (size_t)i);
+        long long l, pd;
+        group_info(ctx, r, &l, &pd);
+        freeReplyObject(r);
         lag_known = lag_known && l >= 0;
-        pending_known = pending_known && p >= 0;
+        pending_known = pending_known && pd >= 0;
         lag += l;
-        pending += p;
+        pending += pd;
+        if (np > 1 && ctx->m_part_lag) {
+            if (l >= 0)
+                cm_series_set(ctx->m_part_lag[i], (double)l);
+            if (pd >= 0)
+                cm_series_set(ctx->m_part_pending[i], (double)pd);
+        }
     }
+    cm_pipe_free(p);
+    ctx->last_ok_ms = cm_mono_ms();
     if (lag_known)
         cm_series_set(ctx->m_lag, (double)lag);
     if (pending_known)
         cm_series_set(ctx->m_pending, (double)pending);
     return 0;
 }
+
 
 static int job_tick(wk_ctx *ctx)
 {
@@ -683,64 +1149,20 @@ static void init_metrics(wk_ctx *ctx)
                                    "WAITs before acking that found fewer than REDIS_WAIT_REPLICAS replicas "
                                    "(the acks were held)", l);
     ctx->m_trimmed = cm_counter("worker_trimmed_pending_total", "pending entries whose stream entry was trimmed", l);
-}
-
-/* One XREADGROUP round, with the previous batch's acks pipelined in front. */
-static int read_round(wk_ctx *ctx, int64_t block_ms)
-{
-    int nacks = append_acks(ctx);
-    char cnt[24], blk[24];
-    /* COUNT is per stream: each partition's share of BATCH_SIZE, so one read
-     * never hands over more than about twice a batch (redeliveries aside),
-     * all of which wk_touch keeps fresh while it is handled */
-    long long per = ctx->set.batch / cm_partitions();
-    snprintf(cnt, sizeof cnt, "%lld", per > 0 ? per : 1LL);
-    snprintf(blk, sizeof blk, "%lld", (long long)block_ms);
-    /* every partition's bus and redelivery stream in one blocking read */
-    int argc = 9 + 2 * ctx->nstreams;
-    const char **argv = cm_xcalloc((size_t)argc, sizeof *argv);
-    const char *head[] = {"XREADGROUP", "GROUP", ctx->group, ctx->consumer, "COUNT", cnt, "BLOCK", blk, "STREAMS"};
-    memcpy(argv, head, sizeof head);
-    for (int s = 0; s < ctx->nstreams; s++) {
-        argv[9 + s] = ctx->streams[s];
-        argv[9 + ctx->nstreams + s] = ">";
-    }
-    redisAppendCommandArgv(ctx->c, argc, argv, NULL);
-    free(argv);
-    if (read_acks(ctx, nacks) != 0)
-        return -1;
-    redisReply *r = NULL;
-    if (redisGetReply(ctx->c, (void **)&r) != REDIS_OK)
-        return -1;
-    ctx->last_ok_ms = cm_mono_ms();
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ERROR) {
-        cm_log(CM_ERROR, "XREADGROUP: %s", r->str);
-        if (!strncmp(r->str, "NOGROUP", 7))   /* Redis lost its data: recreate */
-            rc = create_groups(ctx);
-        else
-            cm_sleep_ms(200);
-    } else if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements && rc == 0; i++) {
-            const redisReply *sr = r->element[i];
-            const redisReply *name = cm_reply_elem(sr, 0);
-            int s = -1;
-            for (int k = 0; cm_reply_is_str(name) && k < ctx->nstreams && s < 0; k++)
-                if (!strcmp(name->str, ctx->streams[k]))
-                    s = k;
-            if (s < 0) {
-                cm_log(CM_ERROR, "XREADGROUP answered for a stream not asked for");
-                continue;
-            }
-            ctx->round = r;
-            ctx->round_at = i;
-            rc = wk_process(ctx, s, cm_reply_elem(sr, 1), NULL);
+    int np = cm_partitions();
+    if (np > 1) {   /* the same two gauges per partition */
+        ctx->m_part_lag = cm_xcalloc((size_t)np, sizeof *ctx->m_part_lag);
+        ctx->m_part_pending = cm_xcalloc((size_t)np, sizeof *ctx->m_part_pending);
+        for (int p = 0; p < np; p++) {
+            char part[16];
+            snprintf(part, sizeof part, "%d", p);
+            cm_metrics_labels(l, sizeof l, "group", ctx->group, "partition", part, NULL);
+            ctx->m_part_lag[p] = cm_gauge("worker_partition_lag", "worker_lag of one partition's bus", l);
+            ctx->m_part_pending[p] = cm_gauge("worker_partition_pending", "worker_pending of one partition's bus", l);
         }
     }
-    ctx->round = NULL;
-    freeReplyObject(r);
-    return rc;
 }
+
 
 enum { WK_CONSUMER_MAX = 120 };
 
@@ -906,8 +1328,24 @@ int wk_run(const wk_def *def, int argc, char **argv)
     }
     for (int s = 0; s < ctx->nstreams; s++)
         snprintf(ctx->claim_cursor[s], sizeof ctx->claim_cursor[s], "0-0");
+    ctx->slot = cm_xcalloc((size_t)ctx->nstreams, sizeof *ctx->slot);
+    for (int s = 0; s < ctx->nstreams; s++)
+        ctx->slot[s] = cm_key_slot(ctx->streams[s], strlen(ctx->streams[s]));
+    cm_redis_url u;
+    if (cm_redis_url_parse(ctx->set.redis_url, &u, err, sizeof err) != 0) {
+        fprintf(stderr, "chorus-worker %s: REDIS_URL: %s\n", argv[0], err);
+        cm_config_free(opts);
+        free(opts);
+        free(ctx->slot);
+        return 2;
+    }
+    ctx->cluster = u.cluster;
+    ctx->base = event_base_new();
+    if (!ctx->base) {
+        fprintf(stderr, "chorus-worker %s: cannot create the event loop\n", argv[0]);
+        abort();
+    }
     init_metrics(ctx);
-
 
     int code = 0;
     cm_metrics_server *ms = NULL;
@@ -945,6 +1383,11 @@ int wk_run(const wk_def *def, int argc, char **argv)
         {"tick", def->tick ? job_tick : NULL, def->tick_ms > 0 ? def->tick_ms : 1000, 0},
     };
     const size_t njobs = sizeof jobs / sizeof jobs[0];
+    /* The loop: periodic jobs through the sync client when due; a blocking
+     * read in flight on every reader (each answers after BLOCK_MS at most,
+     * or as soon as entries come); one wait on the event loop until the
+     * first answer or the next job; then the round of what came. No read is
+     * sent while one is in flight on the same reader: no busy polling. */
     while (!wk_stop_flag) {
         if (broken(ctx)) {
             cm_log(CM_WARN, "connection to Redis lost (%s); reconnecting", ctx->c ? ctx->c->errstr : "none");
@@ -952,8 +1395,13 @@ int wk_run(const wk_def *def, int argc, char **argv)
             if (connect_redis(ctx) != 0)
                 break;
         }
+        if (ctx->need_groups) {
+            ctx->need_groups = false;
+            if (create_groups(ctx) != 0)
+                ctx->need_groups = true;
+        }
         int64_t now = cm_mono_ms();
-        int64_t block = ctx->set.block_ms;
+        int64_t wait = ctx->set.block_ms;
         for (size_t i = 0; i < njobs; i++) {
             if (!jobs[i].fn)
                 continue;
@@ -967,16 +1415,37 @@ int wk_run(const wk_def *def, int argc, char **argv)
             /* wake for the jobs that matter soon: retries and the worker's tick */
             if ((i == 0 && ctx->retry_waiting) || jobs[i].fn == job_tick) {
                 int64_t until = jobs[i].next_ms - now;
-                if (until < block)
-                    block = until < 1 ? 1 : until;
+                if (until < wait)
+                    wait = until < 1 ? 1 : until;
             }
         }
         if (broken(ctx))
             continue;
-        if (read_round(ctx, block) != 0 && !broken(ctx))
+        now = cm_mono_ms();
+        if (ctx->regroup && now >= ctx->regroup_ms)
+            readers_build(ctx);
+        readers_send(ctx);
+        for (int i = 0; i < ctx->nreaders; i++)   /* wake when a backed-off reader may read again */
+            if (!ctx->readers[i].in_flight && ctx->readers[i].resume_ms - now < wait)
+                wait = ctx->readers[i].resume_ms - now < 1 ? 1 : ctx->readers[i].resume_ms - now;
+        if (ctx->regroup && ctx->regroup_ms - now < wait)
+            wait = ctx->regroup_ms - now < 1 ? 1 : ctx->regroup_ms - now;
+        readers_wait(ctx, wait);
+        if (handle_arrived(ctx) != 0 && !broken(ctx))
             cm_log(CM_WARN, "batch handling interrupted");
     }
-    /* Drain: the batch in hand was finished inside read_round; ack it. */
+    /* Drain: reads in flight answer within BLOCK_MS; what they bring is
+     * handled (handlers see wk_stopping), then every ack goes out. */
+    for (int64_t end = cm_mono_ms() + ctx->set.block_ms + 1000; !broken(ctx) && cm_mono_ms() < end;) {
+        bool any = false;
+        for (int i = 0; i < ctx->nreaders; i++)
+            any = any || (ctx->readers[i].ac && ctx->readers[i].in_flight);
+        if (!any)
+            break;
+        readers_wait(ctx, end - cm_mono_ms() > 0 ? end - cm_mono_ms() : 1);
+        if (handle_arrived(ctx) != 0)
+            break;
+    }
     if (!broken(ctx) && flush_acks(ctx) != 0)
         cm_log(CM_ERROR, "final acknowledgements failed; the entries will be redelivered");
     if (def->fini)
@@ -984,10 +1453,16 @@ int wk_run(const wk_def *def, int argc, char **argv)
     cm_log(CM_INFO, "stopped");
 out:
     disconnect(ctx);
+    if (ctx->base)
+        event_base_free(ctx->base);
     for (int s = 0; ctx->acks && s < ctx->nstreams; s++)
         cm_argv_free(&ctx->acks[s]);
     free(ctx->acks);
     free(ctx->streams);
+    free(ctx->slot);
+    free(ctx->arrived);
+    free(ctx->m_part_lag);
+    free(ctx->m_part_pending);
     free(ctx->claim_cursor);
     free(ctx->retry_cursor);
     cm_metrics_server_free(ms);

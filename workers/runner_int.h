@@ -37,6 +37,26 @@ enum { WK_STREAM_BUS, WK_STREAM_RETRY };
 #define WK_STREAM_IS_RETRY(s) (((s) & 1) == WK_STREAM_RETRY)
 #define WK_STREAM_BUS_OF(s) ((s) & ~1)     /* the bus stream of s's partition */
 
+/* One blocking XREADGROUP in flight on its own libevent async connection to
+ * the master owning its streams. On a single server one reader holds every
+ * stream; on a cluster a command's keys must share one slot (CROSSSLOT
+ * otherwise, even on one master), so each slot's streams (a partition's bus
+ * and redelivery stream, same {p<p>} tag) are a reader of their own. */
+typedef struct wk_reader {
+    struct wk_ctx *ctx;
+    struct redisAsyncContext *ac;     /* NULL once closed or lost */
+    cm_redis_url addr;                /* the master's address and credentials */
+    int slot;                         /* the streams' slot (CM_SLOT_ANY on a single server) */
+    int *streams;                     /* indexes into ctx->streams */
+    int nstreams;
+    bool in_flight;                   /* an XREADGROUP was sent and has not answered */
+    bool closing;                     /* freed by us: callbacks only record */
+    bool stale;                       /* its read went unanswered: reconnect, never reuse */
+    int64_t sent_ms;                  /* when the read in flight was sent */
+    int64_t resume_ms;                /* no read before (CLUSTERDOWN / TRYAGAIN backoff) */
+    int64_t backoff_ms;
+} wk_reader;
+
 struct wk_ctx {
     const wk_def *def;
     wk_settings set;
@@ -44,8 +64,19 @@ struct wk_ctx {
     char consumer[160];
     int nstreams;                     /* 2 * PARTITIONS */
     char (*streams)[512];             /* [nstreams]: each partition's bus and redelivery stream */
-    redisContext *c;                  /* NULL while disconnected */
-    cm_cluster *cc;                   /* wk_cluster: over c while connected (cm_cluster_borrow) */
+    redisContext *c;                  /* single server: the sync connection (wk_redis); NULL on a cluster */
+    cm_cluster *cc;                   /* wk_cluster: everything but the reads, routed by slot */
+    bool cluster;                     /* REDIS_URL is redis-cluster:// */
+    int *slot;                        /* [nstreams] each stream's slot */
+    struct event_base *base;          /* the async reads' loop */
+    wk_reader *readers;
+    int nreaders;
+    bool regroup;                     /* re-read the slot map and rebuild the readers ... */
+    int64_t regroup_ms;               /* ... once this time has come */
+    int64_t regroup_backoff_ms, last_regroup_ms;
+    bool need_groups;                 /* NOGROUP seen: create the groups again */
+    redisReply **arrived;             /* stream elements [name, entries] read, not yet handled */
+    size_t narrived, caparrived;
     es_store *store;
     void *state;
     cm_argv *acks;                    /* [nstreams] ids handled, acknowledged with the next read */
@@ -66,9 +97,14 @@ struct wk_ctx {
     cm_series *m_consumed[CM_EV_COUNT + 1], *m_latency[CM_EV_COUNT + 1], *m_errors[CM_EV_COUNT + 1];
     cm_series *m_skipped, *m_retries, *m_dead, *m_batches, *m_batch_entries, *m_batch_size, *m_lag,
         *m_pending, *m_claimed, *m_trimmed, *m_wait_short;
+    cm_series **m_part_lag, **m_part_pending;   /* [PARTITIONS] when PARTITIONS > 1, else NULL */
 };
 
 extern volatile sig_atomic_t wk_stop_flag;
+
+/* "redis: <why>" of a failed ctx->cc call into err; true (r freed) when r is
+ * NULL or an error reply, false for a good reply the caller still owns. */
+bool wk_reply_failed(wk_ctx *ctx, redisReply *r, char *err, size_t errlen);
 
 /* Handles entries (an array reply of [id, fields] from `stream`), with their
  * delivery counts (NULL: all 1), acknowledging, scheduling retries or parking

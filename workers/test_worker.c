@@ -23,6 +23,7 @@
 #include "common/log.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,51 +37,56 @@ static const cm_opt k_opts[] = {
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
-/* Runs a pipeline of n commands and frees the replies; -1 on any error. */
-static int run_pipeline(redisContext *c, int n)
+/* Sends p (each command to its key's master) and frees the replies; the
+ * first reply's integer into *first when asked. -1 on any error. */
+static int run_pipeline(cm_pipe *p, long long *first)
 {
-    int rc = 0;
-    for (int i = 0; i < n; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(c, (void **)&r) != REDIS_OK)
-            return -1;
+    int rc = cm_pipe_exec(p) == 0 ? 0 : -1;
+    for (size_t i = 0; i < cm_pipe_count(p); i++) {
+        redisReply *r = cm_pipe_take(p, i);
         if (!r || r->type == REDIS_REPLY_ERROR)
             rc = -1;
+        else if (i == 0 && first)
+            *first = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
         freeReplyObject(r);
     }
+    cm_pipe_free(p);
     return rc;
 }
 
-static long long attempts_of(redisContext *c, const es_event *ev)
+static int key_slot(const char *key)
 {
-    redisAppendCommand(c, "HINCRBY test:attempts %s 1", ev->event_id);
-    redisAppendCommand(c, "RPUSH test:attempt_ms:%s %lld", ev->event_id, (long long)cm_wall_ms());
-    redisReply *r = NULL;
+    return cm_key_slot(key, strlen(key));
+}
+
+static long long attempts_of(cm_cluster *cc, const es_event *ev)
+{
+    char list[128];
+    snprintf(list, sizeof list, "test:attempt_ms:%s", ev->event_id);
+    cm_pipe *p = cm_pipe_new(cc);
+    cm_pipe_command(p, key_slot("test:attempts"), "HINCRBY test:attempts %s 1", ev->event_id);
+    cm_pipe_command(p, key_slot(list), "RPUSH %s %lld", list, (long long)cm_wall_ms());
     long long n = -1;
-    if (redisGetReply(c, (void **)&r) == REDIS_OK && r && r->type == REDIS_REPLY_INTEGER)
-        n = r->integer;
-    freeReplyObject(r);
-    if (run_pipeline(c, 1) != 0)
+    if (run_pipeline(p, &n) != 0)
         return -1;
     return n;
 }
 
 static int record_effect(wk_ctx *ctx, const es_event *ev)
 {
-    redisContext *c = wk_redis(ctx);
-    redisAppendCommand(c, "HINCRBY test:handled %s 1", ev->event_id);
-    redisAppendCommand(c, "HINCRBY test:by_consumer %s 1", wk_consumer(ctx));
-    return run_pipeline(c, 2);
+    cm_pipe *p = cm_pipe_new(wk_cluster(ctx));
+    cm_pipe_command(p, key_slot("test:handled"), "HINCRBY test:handled %s 1", ev->event_id);
+    cm_pipe_command(p, key_slot("test:by_consumer"), "HINCRBY test:by_consumer %s 1", wk_consumer(ctx));
+    return run_pipeline(p, NULL);
 }
 
 static wk_result handle(wk_ctx *ctx, const es_event *ev)
 {
     if (g_noop)
         return WK_ACK;
-    redisContext *c = wk_redis(ctx);
     if (g_delay_ms)
         cm_sleep_ms(g_delay_ms);
-    long long attempt = attempts_of(c, ev);
+    long long attempt = attempts_of(wk_cluster(ctx), ev);
     if (attempt < 0) {
         wk_fail_reason(ctx, "redis error recording the attempt");
         return WK_RETRY;

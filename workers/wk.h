@@ -37,11 +37,19 @@ typedef enum wk_result {
 typedef struct wk_ctx wk_ctx;
 
 /* Accessors valid inside handlers, tick, init and fini. */
-redisContext *wk_redis(wk_ctx *ctx);      /* the worker's connection (sync hiredis) */
-/* The same connection as a slot-routing client (common/cluster.h): code
- * written against it runs unchanged once workers run on a cluster. */
+/* The slot-routing client (common/cluster.h) every Redis call of a worker
+ * goes through: one server or a Redis Cluster (REDIS_URL redis-cluster://),
+ * each command sent to its key's master. */
 cm_cluster *wk_cluster(wk_ctx *ctx);
-es_store *wk_store(wk_ctx *ctx);          /* event store on that connection */
+/* Deprecated: the single server's sync connection under wk_cluster, for
+ * code not yet on cm_cluster; NULL on a cluster, where no one connection
+ * reaches every key. */
+redisContext *wk_redis(wk_ctx *ctx);
+es_store *wk_store(wk_ctx *ctx);          /* event store over wk_cluster */
+/* Like cm_reply_failed for a reply of cc: true (r freed, "redis: <why>" in
+ * err) when r is NULL or an error reply; false for a good reply the caller
+ * still owns. */
+bool wk_reply_err(cm_cluster *cc, redisReply *r, char *err, size_t errlen);
 const char *wk_consumer(const wk_ctx *ctx);
 const char *wk_group(const wk_ctx *ctx);
 void *wk_state(wk_ctx *ctx);              /* what init stored */

@@ -1009,3 +1009,29 @@ Test(runtime, consumer_name_expands_host_and_is_validated)
         check(strstr(log, "CONSUMER_NAME") && strstr(log, bad[i].says), "'%s': log says %s", bad[i].name, log);
     }
 }
+
+/* cmdstat_xreadgroup calls so far (INFO commandstats). */
+static long long xreadgroup_calls(void)
+{
+    redisReply *r = cmd("INFO commandstats");
+    const char *p = strstr(r->str, "cmdstat_xreadgroup:calls=");
+    long long calls = p ? atoll(p + strlen("cmdstat_xreadgroup:calls=")) : 0;
+    freeReplyObject(r);
+    return calls;
+}
+
+/* Idle on one server, the read is one blocking XREADGROUP over every
+ * stream, re-sent only when it answered: about 2000 / BLOCK_MS calls in
+ * 2 s (bounded by half as much again, plus one), never a busy loop. */
+Test(runtime, idle_worker_blocks_instead_of_polling)
+{
+    spawn_worker("idle", "BLOCK_MS=200", NULL);
+    int first = append_events("{\"mode\":\"ok\"}", 3);
+    wait_all_handled(first, first + 3, 15000);
+    tf_sleep_ms(300);
+    long long before = xreadgroup_calls(), t0 = tf_now_ms();
+    tf_sleep_ms(2000);
+    long long calls = xreadgroup_calls() - before, spent = tf_now_ms() - t0;
+    long long bound = spent / 200 * 3 / 2 + 1;
+    check(calls >= 2 && calls <= bound, "%lld XREADGROUP calls in %lld ms (bound %lld)", calls, spent, bound);
+}

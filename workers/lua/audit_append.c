@@ -63,7 +63,7 @@ static int build(const wk_aa_call *call, cm_argv *a)
     return (int)(WK_AA_KEY_FIRST_SEEN + nseen);
 }
 
-int wk_audit_append(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
+int (wk_audit_append)(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
 {
     memset(v, 0, sizeof *v);
     if (call->n == 0 || call->seen_ttl_s < 1) {
@@ -72,10 +72,17 @@ int wk_audit_append(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, c
     }
     cm_argv a = {0};
     int nkeys = build(call, &a);
-    redisReply *r = cm_script_call(c, &k_script, nkeys, &a);
+    redisReply *r = cm_cluster_script(cc, &k_script, nkeys, &a);
     cm_argv_free(&a);
-    if (cm_reply_failed(c, r, err, errlen))
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
         return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return -1;
+    }
     const redisReply *st = cm_reply_elem(r, 0), *val = cm_reply_elem(r, 1);
     int rc = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !cm_reply_is_str(st)) {
@@ -95,5 +102,13 @@ int wk_audit_append(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, c
     if (rc != 0)
         snprintf(err, errlen, "unexpected reply of audit_append.lua");
     freeReplyObject(r);
+    return rc;
+}
+
+int wk_audit_append_conn(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
+{
+    cm_cluster *cc = cm_cluster_borrow(c);
+    int rc = (wk_audit_append)(cc, call, v, err, errlen);
+    cm_cluster_free(cc);
     return rc;
 }

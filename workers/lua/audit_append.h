@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/cluster.h"
 #include "projections/audit.h"
 
 /* KEYS, 0-based (Lua adds 1). The seen keys follow, one per aggregate. */
@@ -74,9 +75,15 @@ typedef struct wk_aa_verdict {
     char key_id[PJ_AUDIT_KEY_ID + 8];   /* WRONG_KEY: the chain's key id */
 } wk_aa_verdict;
 
-/* Runs the script on c. Returns 0 with *v filled, or -1 with err on a Redis
- * error or a reply of another shape. */
-int wk_audit_append(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
+/* Runs the script through cc on the {audit} slot's master. Returns 0 with
+ * *v filled, or -1 with err on a Redis error or a reply of another shape. */
+int wk_audit_append(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+/* Transitional: the same on one server's connection c (cm_cluster_borrow). */
+int wk_audit_append_conn(redisContext *c, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/* One name for both: a redisContext * picks the _conn variant. */
+#define wk_audit_append(c, ...)                                                                              \
+    _Generic((c), redisContext *: wk_audit_append_conn, default: wk_audit_append)(c, __VA_ARGS__)
 
 #endif

@@ -9,7 +9,7 @@
 extern const char wk_lua_notify[];
 static cm_script k_notify = {.src = wk_lua_notify};
 
-int wk_script_notify(redisContext *c, const wk_notify_in *in, wk_notify_out *out, char *err, size_t errlen)
+int wk_script_notify(cm_cluster *cc, const wk_notify_in *in, wk_notify_out *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     cm_argv a = {0};
@@ -25,10 +25,18 @@ int wk_script_notify(redisContext *c, const wk_notify_in *in, wk_notify_out *out
         cm_argv_addf(&a, "%lld-0", (long long)(cm_wall_ms() - in->ttl_s * 1000));
     else
         cm_argv_adds(&a, "0");
-    redisReply *r = cm_script_call(c, &k_notify, 2, &a);
+    /* marker and log carry the checkout's partition tag: one slot */
+    redisReply *r = cm_cluster_script(cc, &k_notify, 2, &a);
     cm_argv_free(&a);
-    if (cm_reply_failed(c, r, err, errlen))
+    if (!r) {
+        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
         return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis: %s", r->str);
+        freeReplyObject(r);
+        return -1;
+    }
     const redisReply *verdict = cm_reply_elem(r, 0), *hs = cm_reply_elem(r, 1);
     int rc = 0;
     if (!cm_reply_is_str(verdict) || (strcmp(verdict->str, "new") && strcmp(verdict->str, "dup"))) {

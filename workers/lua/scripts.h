@@ -115,7 +115,7 @@ typedef struct wk_notify_out {
     bool fresh;                  /* recorded now (else an earlier delivery did) */
     bool delivered;              /* the webhook already answered 2xx */
 } wk_notify_out;
-int wk_script_notify(redisContext *c, const wk_notify_in *in, wk_notify_out *out, char *err, size_t errlen)
+int wk_script_notify(cm_cluster *cc, const wk_notify_in *in, wk_notify_out *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
 #endif
