@@ -439,10 +439,104 @@ def up_restarts_a_killed_worker_under_its_name_and_it_resumes_at_once():
         up.cleanup()
 
 
+def cluster_master_pid(up, base):
+    """(port, pid) of a node that is a master now, from the processes file."""
+    procs = up.processes()
+    for port in range(base, base + 6):
+        role = redis_cli(port, "ROLE")
+        if role and role[0] == "master":
+            pid = procs.get("redis-%d" % port, "-")
+            if pid != "-":
+                return port, int(pid)
+    fail("no master among the cluster's nodes")
+
+
+def up_runs_on_an_embedded_cluster_and_a_killed_master_loses_nothing():
+    """Issue 11 parts 7 and 8: CHORUS_CLUSTER=3 ./chorus up runs everything
+    on an embedded 3+3 Redis Cluster; ./chorus demo works as on one node; a
+    master SIGKILLed during a stream of checkouts (REDIS_WAIT_REPLICAS=1) is
+    replaced by its replica, `up` restarts the node, and every 202-accepted
+    checkout ends with exactly one terminal event."""
+    env = private_ports()
+    base = free_range(6, also=10000)   # node ports and their cluster bus ports
+    env.update({"CHORUS_CLUSTER": "3", "CHORUS_CLUSTER_PORT": str(base), "PARTITIONS": "8",
+                "REDIS_WAIT_REPLICAS": "1"})
+    up = Up(env)
+    try:
+        up.wait_banner()
+        out = up.output()
+        if "redis cluster: 3 masters + 3 replicas" not in out or "PARTITIONS=8" not in out:
+            fail("the banner does not announce the cluster with PARTITIONS=8")
+        api = int(env["API_PORT"])
+        demo = subprocess.run([os.path.join(os.environ["CHORUS_ROOT"], "chorus"), "demo"],
+                              cwd=os.environ["CHORUS_ROOT"], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, API_PORT=env["API_PORT"], CHORUS_DATA_DIR=up.dir))
+        if demo.returncode != 0 or "SUCCEEDED" not in demo.stdout or "FAILED" not in demo.stdout:
+            fail("./chorus demo on the cluster: exit %d\n%s\n%s" % (demo.returncode, demo.stdout, demo.stderr))
+        c = Client(api)
+        st, body = c.call("PUT", "/api/products/" + PRODUCT,
+                          {"name": "up test", "price_cents": 100, "available": 1000000},
+                          {"Authorization": "Bearer " + ADMIN_TOKEN})
+        if st != 200:
+            fail("PUT product: %s %s" % (st, body))
+        port, pid = cluster_master_pid(up, base)
+        accepted, refused = [], 0
+        killed = False
+        end = time.monotonic() + 60
+        while len(accepted) < 120 and time.monotonic() < end:
+            if len(accepted) == 40 and not killed:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            st, body = c.call("POST", "/api/checkouts",
+                              {"client_id": "up-cluster", "items": [{"product_id": PRODUCT, "quantity": 1}]},
+                              {"Idempotency-Key": "k%d" % (len(accepted) + refused)})
+            if st == 202:
+                accepted.append(body["checkout_id"])
+            elif st == 503:
+                refused += 1
+                time.sleep(0.05)
+            else:
+                fail("POST /api/checkouts during the failover: %s %s" % (st, body))
+        if len(accepted) < 120:
+            fail("only %d checkouts accepted in 60 s (%d answered 503)" % (len(accepted), refused))
+
+        def all_ended():
+            for cid in accepted:
+                st, got = c.call("GET", "/api/checkouts/%s" % cid)
+                if st != 200 or got.get("status") not in ("SUCCEEDED", "FAILED"):
+                    return False
+            return True
+        wait_until("every accepted checkout ended", all_ended, 90)
+        for cid in accepted:
+            st, page = c.call("GET", "/api/event-store/replay/checkout/%s" % cid)
+            if st != 200:
+                fail("history of %s: %s %s" % (cid, st, page))
+            terminals = [e["type"] for e in page.get("events", [])
+                         if e["type"] in ("CheckoutSucceeded", "CheckoutFailed")]
+            if len(terminals) != 1:
+                fail("checkout %s has terminal events %s, expected exactly one" % (cid, terminals))
+        wait_until("the killed node restarted", lambda: up.processes().get("redis-%d" % port, "-")
+                   not in ("-", str(pid)), 30)
+        st, prod = c.call("GET", "/api/products/" + PRODUCT)
+        if st != 200 or prod["available"] + prod["reserved"] + prod["sold"] != 1000000 or prod["reserved"] != 0:
+            fail("stock not conserved after the failover: %s" % prod)
+        print("cluster: demo ok; master :%d SIGKILLed after 40 of %d accepted checkouts (%d answered 503); "
+              "each ended once; stock conserved" % (port, len(accepted), refused))
+        if up.stop() != 143:
+            fail("chorus up exited %d on SIGTERM, expected 143" % up.proc.returncode)
+        up.check_sanitizers()
+    except AssertionError:
+        print(up.output(), file=sys.stderr)
+        raise
+    finally:
+        up.cleanup()
+
+
 CASES = [up_refuses_an_explicit_busy_redis_port_in_one_line,
          up_takes_a_free_redis_port_when_the_default_is_busy,
          up_restarts_a_killed_worker_under_its_name_and_it_resumes_at_once,
-         up_survives_redis_sigkill_without_losing_accepted_checkouts]
+         up_survives_redis_sigkill_without_losing_accepted_checkouts,
+         up_runs_on_an_embedded_cluster_and_a_killed_master_loses_nothing]
 
 
 def main(argv):
