@@ -88,6 +88,11 @@ void cm_cluster_set_retry(cm_cluster *cc, int retry_ms);
 /* True when opened on a redis-cluster:// URL. */
 bool cm_cluster_is_cluster(const cm_cluster *cc);
 
+/* True when r, the reply of a call on cc (NULL cc: never connected), is
+ * NULL or an error reply: then the reason goes into err ("redis: " and the
+ * error reply, or cc's failure) and r is freed. False: r is the caller's. */
+bool cm_cluster_reply_failed(const cm_cluster *cc, redisReply *r, char *err, size_t errlen);
+
 /* The error of the last failed call (a cm_cluster_err) and its text. */
 int cm_cluster_err(const cm_cluster *cc);
 const char *cm_cluster_errstr(const cm_cluster *cc);

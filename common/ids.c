@@ -109,3 +109,15 @@ bool cm_id_valid(const char *s, size_t n, size_t max)
     }
     return true;
 }
+
+bool cm_stream_id_parse(const char *s, unsigned long long *ms, unsigned long long *seq)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return false;
+    *ms = strtoull(s, &end, 10);
+    if (*end != '-' || end[1] < '0' || end[1] > '9')
+        return false;
+    *seq = strtoull(end + 1, &end, 10);
+    return *end == '\0';
+}

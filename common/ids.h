@@ -24,4 +24,8 @@ bool cm_uuid_valid(const char *s);
  * allows for client, product and checkout ids. */
 bool cm_id_valid(const char *s, size_t n, size_t max);
 
+/* Parses a stream entry id "<ms>-<seq>" (digits only, nothing after):
+ * true with its parts, false for anything else. */
+bool cm_stream_id_parse(const char *s, unsigned long long *ms, unsigned long long *seq);
+
 #endif

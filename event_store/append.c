@@ -53,16 +53,7 @@ cm_cluster *es_store_cluster(const es_store *s)
  * when r is NULL or an error reply. */
 bool es_reply_failed(es_store *s, redisReply *r)
 {
-    if (!r) {
-        snprintf(s->err, sizeof s->err, "redis: %s", cm_cluster_errstr(s->cc));
-        return true;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(s->err, sizeof s->err, "redis: %s", r->str);
-        freeReplyObject(r);
-        return true;
-    }
-    return false;
+    return cm_cluster_reply_failed(s->cc, r, s->err, sizeof s->err);
 }
 
 const char *es_store_bus(const es_store *s)

@@ -19,22 +19,6 @@ void es_retry_stream(const char *bus, const char *group, char *out, size_t outle
     snprintf(out, outlen, "%s.retry.%s", bus, group);
 }
 
-/* "redis: <why>" of a failed cc call into err; true when r is NULL or an
- * error reply (r is freed then). */
-static bool dlq_failed(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
-{
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
-        return true;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %s", r->str);
-        freeReplyObject(r);
-        return true;
-    }
-    return false;
-}
-
 int (es_dlq_park)(cm_cluster *cc, const char *bus, const char *stream, const char *group, const redisReply *entry,
                   const char *reason, long long attempts, char *err, size_t errlen)
 {
@@ -80,7 +64,7 @@ int (es_dlq_park)(cm_cluster *cc, const char *bus, const char *stream, const cha
     redisReply *r = cm_cluster_multi(cc, cm_key_slot(stream, strlen(stream)), cmds, 2);
     cm_argv_free(&cmds[0]);
     cm_argv_free(&cmds[1]);
-    if (dlq_failed(cc, r, err, errlen))
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return ES_EREDIS;
     int rc = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
@@ -113,7 +97,7 @@ static long long call_retry(cm_cluster *cc, const char *bus, const char *group, 
     cm_argv_addll(&a, count);
     redisReply *r = cm_cluster_script(cc, &t_retry, 2, &a);
     cm_argv_free(&a);
-    if (dlq_failed(cc, r, err, errlen))
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return ES_EREDIS;
     long long n = cm_reply_ll(r, 0);
     freeReplyObject(r);

@@ -68,18 +68,6 @@ int es_history_read(es_store *s, const char *aggregate, const char *aggregate_id
     return es_history_fetch(s->cc, aggregate, aggregate_id, out, n, s->err, sizeof s->err);
 }
 
-/* Copies the failure of a cluster call (r: an error reply, or NULL) into err. */
-static int cluster_failed(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
-{
-    if (r) {
-        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
-        freeReplyObject(r);
-    } else {
-        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
-    }
-    return ES_EREDIS;
-}
-
 int es_history_fetch(cm_cluster *cc, const char *aggregate, const char *aggregate_id, es_event ***out,
                      size_t *n, char *err, size_t errlen)
 {
@@ -88,8 +76,8 @@ int es_history_fetch(cm_cluster *cc, const char *aggregate, const char *aggregat
     char key[512];
     es_history_key(aggregate, aggregate_id, key, sizeof key);
     redisReply *r = cm_cluster_command(cc, cm_key_slot(key, strlen(key)), "LRANGE %s 0 -1", key);
-    if (!r || r->type == REDIS_REPLY_ERROR)
-        return cluster_failed(cc, r, err, errlen);
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
+        return ES_EREDIS;
     return history_decode(r, key, out, n, err, errlen);
 }
 
@@ -172,7 +160,7 @@ int es_stream_fetch(cm_cluster *cc, const char *stream, const char *after, size_
     page_start(after, start, sizeof start);
     redisReply *r = cm_cluster_command(cc, cm_key_slot(stream, strlen(stream)), "XRANGE %s %s + COUNT %lld",
                                        stream, start, (long long)count);
-    if (!r || r->type == REDIS_REPLY_ERROR)
-        return cluster_failed(cc, r, err, errlen);
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
+        return ES_EREDIS;
     return page_decode(r, count, out, n, next);
 }

@@ -215,25 +215,12 @@ int pj_apply_call_add_client(pj_apply_call *call, const char *client_id)
     return PJ_OK;
 }
 
-/* Parses "<ms>-<seq>". */
-static bool parse_entry_id(const char *s, unsigned long long *ms, unsigned long long *seq)
-{
-    char *end;
-    if (!s || *s < '0' || *s > '9')
-        return false;
-    *ms = strtoull(s, &end, 10);
-    if (*end != '-' || end[1] < '0' || end[1] > '9')
-        return false;
-    *seq = strtoull(end + 1, &end, 10);
-    return *end == '\0';
-}
-
 int pj_apply_call_checkpoint(pj_apply_call *call, const char *entry_id)
 {
     unsigned long long ms, seq, cms, cseq;
-    if (!parse_entry_id(entry_id, &ms, &seq) || strlen(entry_id) >= sizeof call->checkpoint)
+    if (!cm_stream_id_parse(entry_id, &ms, &seq) || strlen(entry_id) >= sizeof call->checkpoint)
         return PJ_EINVAL;
-    if (!call->checkpoint[0] || !parse_entry_id(call->checkpoint, &cms, &cseq) || ms > cms ||
+    if (!call->checkpoint[0] || !cm_stream_id_parse(call->checkpoint, &cms, &cseq) || ms > cms ||
         (ms == cms && seq > cseq))
         snprintf(call->checkpoint, sizeof call->checkpoint, "%s", entry_id);
     return PJ_OK;

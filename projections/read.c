@@ -203,19 +203,6 @@ int pj_read_client_checkouts(cm_cluster *cc, const char *client_id, size_t count
     return PJ_OK;
 }
 
-/* Parses "<ms>-<seq>". */
-static bool entry_id(const char *s, unsigned long long *ms, unsigned long long *seq)
-{
-    char *end;
-    if (!s || *s < '0' || *s > '9')
-        return false;
-    *ms = strtoull(s, &end, 10);
-    if (*end != '-' || end[1] < '0' || end[1] > '9')
-        return false;
-    *seq = strtoull(end + 1, &end, 10);
-    return *end == '\0';
-}
-
 static cm_key checkpoint_key(int p, const char *unused)
 {
     (void)unused;
@@ -231,7 +218,7 @@ int pj_read_checkpoint(cm_cluster *cc, char out[48], char *err, size_t errlen)
         return rc;
     unsigned long long bms = 0, bseq = 0, ms, seq;
     for (int p = 0; p < cm_partitions(); p++)
-        if (cm_reply_is_str(r[p]) && r[p]->len < 48 && entry_id(r[p]->str, &ms, &seq) &&
+        if (cm_reply_is_str(r[p]) && r[p]->len < 48 && cm_stream_id_parse(r[p]->str, &ms, &seq) &&
             (!out[0] || ms > bms || (ms == bms && seq > bseq))) {
             bms = ms;
             bseq = seq;

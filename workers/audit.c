@@ -106,7 +106,7 @@ static void migrate_legacy(cm_cluster *cc)
 static int check_chain_key(cm_cluster *cc, const pj_audit_key *key, char *err, size_t errlen)
 {
     redisReply *r = cm_cluster_command(cc, audit_slot(), "HGET %s key_id", PJ_AUDIT_HEAD_KEY);
-    if (wk_reply_err(cc, r, err, errlen))
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return -1;
     int rc = 0;
     if (cm_reply_is_str(r) && strcmp(r->str, PJ_AUDIT_UNKEYED) != 0 && strcmp(r->str, key->id) != 0) {

@@ -101,11 +101,11 @@ static int record_outcome(wk_ctx *ctx, const char *marker, int code, const char 
         r = cm_cluster_command(cc, slot, "HSET %s webhook_status %d", marker, code);
     else
         r = cm_cluster_command(cc, slot, "HSET %s webhook_last_error %s", marker, error);
-    if (wk_reply_err(cc, r, err, errlen))
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return -1;
     freeReplyObject(r);
     r = cm_cluster_command(cc, slot, "HINCRBY %s webhook_attempts 1", marker);
-    if (wk_reply_err(cc, r, err, errlen))
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return -1;
     freeReplyObject(r);
     return 0;

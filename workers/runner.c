@@ -208,20 +208,6 @@ static bool broken(const wk_ctx *ctx)
     return !ctx->cc || (ctx->c && ctx->c->err);
 }
 
-bool wk_reply_err(cm_cluster *cc, redisReply *r, char *err, size_t errlen)
-{
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", cc ? cm_cluster_errstr(cc) : "not connected");
-        return true;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %s", r->str);
-        freeReplyObject(r);
-        return true;
-    }
-    return false;
-}
-
 bool wk_reply_failed(wk_ctx *ctx, redisReply *r, char *err, size_t errlen)
 {
     if (!r) {

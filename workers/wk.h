@@ -46,10 +46,6 @@ cm_cluster *wk_cluster(wk_ctx *ctx);
  * reaches every key. */
 redisContext *wk_redis(wk_ctx *ctx);
 es_store *wk_store(wk_ctx *ctx);          /* event store over wk_cluster */
-/* Like cm_reply_failed for a reply of cc: true (r freed, "redis: <why>" in
- * err) when r is NULL or an error reply; false for a good reply the caller
- * still owns. */
-bool wk_reply_err(cm_cluster *cc, redisReply *r, char *err, size_t errlen);
 const char *wk_consumer(const wk_ctx *ctx);
 const char *wk_group(const wk_ctx *ctx);
 void *wk_state(wk_ctx *ctx);              /* what init stored */
