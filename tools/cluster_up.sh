@@ -10,6 +10,8 @@
 #   tools/cluster_up.sh stop DIR                stop the servers started by `start` (by PID)
 #   tools/cluster_up.sh conf DIR PORT           write DIR/node-PORT/redis.conf, print its path
 #                                               (AOF fsync CLUSTER_FSYNC: everysec by default)
+#   CLUSTER_PARTITIONS=N with start/create      on a new cluster, balance the slots of the
+#                                               partition tags {p0}..{pN-1} over the masters
 #                                               (for a supervisor: redis-server "$(... conf ...)")
 #   tools/cluster_up.sh create DIR [BASE_PORT]  with the 6 servers running: create the cluster
 #                                               unless they already form one (a restart keeps
@@ -108,16 +110,82 @@ create() {   # create DIR BASE
         addrs+=("127.0.0.1:$port")
     done
     # Already a cluster (a restart: nodes.conf kept)? Then only wait.
+    local created=0
     if [[ $(info_field "$base" cluster_known_nodes) != "$NODES" ]]; then
         redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
             >"$dir/cluster-create.log" 2>&1 ||
             { tail -n 20 "$dir/cluster-create.log" >&2; die "redis-cli --cluster create failed ($dir/cluster-create.log)"; }
+        created=1
     fi
     until whole "$base"; do
         ((SECONDS < deadline)) || die "cluster not whole after ${WAIT_S}s (logs: $dir/node-*/redis.log)"
         sleep 0.1
     done
+    if ((created)) && [[ ${CLUSTER_PARTITIONS:-1} -gt 1 ]]; then
+        balance "$base" "$CLUSTER_PARTITIONS"
+        until whole "$base"; do
+            ((SECONDS < deadline + WAIT_S)) || die "cluster not whole after balancing (logs: $dir/node-*/redis.log)"
+            sleep 0.1
+        done
+    fi
     url "$base"
+}
+
+# balance BASE PARTITIONS: on a new (empty) cluster, moves the slots of the
+# partitions' hash tags {p0}..{pN-1} from the master owning most partitions
+# to the one owning fewest until they differ by one at most. redis-cli's
+# even slot ranges give 3 masters 4, 5 and 7 of 16 partitions; a checkout's
+# keys follow its partition, so that would load one master 1.3x its share.
+# Only empty slots move (no MIGRATE): IMPORTING/MIGRATING, then NODE on the
+# destination and the source.
+balance() {
+    local base=$1 parts=$2 p slot id addr flags rest hi lo i moved=0 nodes owner
+    local -a mid=() mport=() count=() pslot=() powner=()
+    nodes=$(redis-cli -p "$base" cluster nodes) || die "CLUSTER NODES failed on port $base"
+    while read -r id addr flags rest; do
+        # masters owning slots (a replica can still read "master" from here
+        # for a moment after the create)
+        [[ $flags == *master* && $(wc -w <<<"$rest") -gt 5 ]] || continue
+        addr=${addr%%@*}
+        mid+=("$id"); mport+=("${addr##*:}"); count+=(0)
+    done <<<"$nodes"
+    ((${#mid[@]} > 1)) || return 0
+    for ((p = 0; p < parts; p++)); do
+        slot=$(redis-cli -p "$base" cluster keyslot "{p$p}")
+        owner=$(awk -v s="$slot" '$3 ~ /master/ {
+                    for (f = 9; f <= NF; f++) {
+                        if ($f ~ /^\[/) continue
+                        n = split($f, r, "-"); lo = r[1]; hi = n > 1 ? r[2] : r[1]
+                        if (s + 0 >= lo + 0 && s + 0 <= hi + 0) { print $1; exit }
+                    } }' <<<"$nodes")
+        pslot[p]=$slot
+        powner[p]=-1
+        for i in "${!mid[@]}"; do [[ ${mid[i]} == "$owner" ]] && powner[p]=$i; done
+        ((powner[p] >= 0)) || die "no master owns slot $slot of partition $p"
+        count[powner[p]]=$((count[powner[p]] + 1))
+    done
+    while :; do
+        hi=0; lo=0
+        for i in "${!mid[@]}"; do
+            ((count[i] > count[hi])) && hi=$i
+            ((count[i] < count[lo])) && lo=$i
+        done
+        ((count[hi] - count[lo] > 1)) || break
+        for ((p = 0; p < parts; p++)); do ((powner[p] == hi)) && break; done
+        slot=${pslot[p]}
+        redis-cli -p "${mport[lo]}" cluster setslot "$slot" importing "${mid[hi]}" >/dev/null &&
+            redis-cli -p "${mport[hi]}" cluster setslot "$slot" migrating "${mid[lo]}" >/dev/null &&
+            redis-cli -p "${mport[lo]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null &&
+            redis-cli -p "${mport[hi]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null ||
+            die "moving slot $slot (partition $p) to port ${mport[lo]} failed"
+        for ((i = 0; i < parts; i++)); do   # every partition in that slot went along
+            if ((pslot[i] == slot)); then
+                count[powner[i]]=$((count[powner[i]] - 1)); powner[i]=$lo; count[lo]=$((count[lo] + 1))
+            fi
+        done
+        moved=$((moved + 1))
+    done
+    ((moved == 0)) || echo "cluster_up: moved $moved empty partition slot(s): the masters own ${count[*]} of $parts partitions" >&2
 }
 
 start() {   # start DIR BASE

@@ -467,6 +467,12 @@ def up_runs_on_an_embedded_cluster_and_a_killed_master_loses_nothing():
         out = up.output()
         if "redis cluster: 3 masters + 3 replicas" not in out or "PARTITIONS=8" not in out:
             fail("the banner does not announce the cluster with PARTITIONS=8")
+        # redis-cli's slot ranges give the masters 2, 2 and 4 of the 8
+        # partitions; up moves the empty slots so they differ by one at most
+        m = re.search(r"the masters own ([0-9 ]+) of 8 partitions", out)
+        owned = [int(x) for x in m.group(1).split()] if m else []
+        if len(owned) != 3 or sum(owned) != 8 or max(owned) - min(owned) > 1:
+            fail("partitions not balanced over the masters: %r" % (m.group(0) if m else None))
         api = int(env["API_PORT"])
         demo = subprocess.run([os.path.join(os.environ["CHORUS_ROOT"], "chorus"), "demo"],
                               cwd=os.environ["CHORUS_ROOT"], capture_output=True, text=True, timeout=120,
