@@ -70,11 +70,21 @@ static void injected_delay(wk_ctx *ctx)
     }
 }
 
-static bool injected_fault(void)
+/* Whether the fault injection fails the order of StockReserved event_id: a
+ * pure function of the event (a keyed hash of its id against the rate), so
+ * every delivery of the event decides the same. A fresh draw per delivery
+ * could fail a redelivery whose first delivery created the order and then
+ * stopped before selling its lines: the failure's append conflicts and the
+ * lines would stay held for ever. */
+static bool injected_fault(const char *event_id)
 {
     if (g_fail_rate <= 0)
         return false;
-    return randombytes_uniform(1000000) < (uint32_t)(g_fail_rate * 1000000.0);
+    static const unsigned char key[crypto_shorthash_KEYBYTES] = "chorus-faults-01";
+    unsigned char h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const unsigned char *)event_id, strlen(event_id), key);
+    uint32_t v = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+    return v % 1000000u < (uint32_t)(g_fail_rate * 1000000.0);
 }
 
 /* Fills total and client from the folded history (older StockReserved data). */
@@ -154,7 +164,7 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
         injected_delay(ctx);
     if (p->total > g_limit_cents)
         p->fail = CM_REASON_ORDER_LIMIT;
-    else if (injected_fault())
+    else if (injected_fault(ev->event_id))
         p->fail = CM_REASON_INJECTED_FAULT;
     wk_step_init(&p->s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
     if (p->fail) {

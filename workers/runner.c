@@ -431,19 +431,23 @@ static int wait_slot(const wk_ctx *ctx, int s)
  * effects redelivers them and the idempotent handlers redo them). */
 static bool node_replicated(wk_ctx *ctx, int slot, long long held)
 {
-    /* the PUBLISH makes the WAIT cover every write the master made before
-     * it, also effects another consumer wrote that a redelivered entry's
-     * handler found already done (a single server replicates it) */
+    /* on one server the PUBLISH makes the WAIT cover every write the master
+     * made before it, also effects another consumer wrote that a
+     * redelivered entry's handler found already done (it is replicated) */
     cm_pipe *p = cm_pipe_new(ctx->cc);
-    cm_pipe_command(p, slot, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+    size_t w = 0;   /* the WAIT's index */
+    if (!ctx->cluster) {   /* a cluster broadcasts a PUBLISH instead of replicating it */
+        cm_pipe_command(p, slot, "PUBLISH %s %s", CM_WAIT_MARK_CHANNEL, "");
+        w = 1;
+    }
     cm_pipe_command(p, slot, "WAIT %lld %lld", (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms);
     long long got = -1;
     if (cm_pipe_exec(p) == 0) {
-        redisReply *r = cm_pipe_take(p, 0);
+        redisReply *r = w ? cm_pipe_take(p, 0) : NULL;
         if (r && r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
             cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);
         freeReplyObject(r);
-        r = cm_pipe_take(p, 1);
+        r = cm_pipe_take(p, w);
         got = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
         if (r && r->type == REDIS_REPLY_ERROR)
             cm_log_limited(CM_ERROR, "wk-wait", "WAIT: %s", r->str);
@@ -460,8 +464,8 @@ static bool node_replicated(wk_ctx *ctx, int slot, long long held)
 }
 
 /* Which of streams[0..n) may have their collected acks sent now: all of
- * them without REDIS_WAIT_REPLICAS; with it, those whose master (one WAIT
- * per slot asked) confirmed. ok[i] is set per stream. Past
+ * them without REDIS_WAIT_REPLICAS; with it, on one server those whose
+ * master confirmed, on a cluster all of them once every master confirmed. ok[i] is set per stream. Past
  * WK_HELD_ACKS_MAX held ids, the held ones are dropped (the retry scan
  * re-handles those entries later). */
 static void acks_replicated(wk_ctx *ctx, const int *streams, int n, bool *ok)
@@ -473,7 +477,20 @@ static void acks_replicated(wk_ctx *ctx, const int *streams, int n, bool *ok)
     }
     if (ctx->set.wait_replicas <= 0 || !held)
         return;
-    for (int i = 0; i < n; i++) {
+    if (ctx->cluster) {
+        /* A batch's effects are not all in its streams' slots: each stock
+         * line is written in its product's slot, on any master. Every
+         * master must confirm (a WAIT where this client wrote nothing
+         * answers at once), or no ack goes. */
+        int slots[64];
+        int m = cm_cluster_master_slots(ctx->cc, slots, 64);
+        bool all = m > 0;
+        for (int k = 0; k < m && all; k++)
+            all = node_replicated(ctx, slots[k], held);
+        for (int i = 0; i < n; i++)
+            ok[i] = all;
+    }
+    for (int i = 0; i < n && !ctx->cluster; i++) {
         int s = streams[i];
         if (!ctx->acks[s].n)
             continue;

@@ -150,7 +150,7 @@ int wk_step_queue(wk_ctx *ctx, cm_pipe *p, cm_script *script, wk_step *s, const 
 void wk_pipe_exec(wk_ctx *ctx, cm_pipe *p)
 {
     if (cm_pipe_count(p) > 0 && cm_pipe_exec(p) != 0)
-        wk_fail_reason(ctx, "Redis: %s", cm_cluster_errstr(wk_cluster(ctx)));
+        wk_fail_reason(ctx, "redis: %s", cm_cluster_errstr(wk_cluster(ctx)));
 }
 
 wk_outcome wk_step_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, const wk_refusal *refusals,
@@ -163,11 +163,11 @@ wk_outcome wk_step_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, const wk_r
         return WK_OUT_EREDIS;   /* never queued: the reason is set */
     redisReply *r = cm_pipe_take(p, (size_t)idx);
     if (!r) {
-        wk_fail_reason(ctx, "step script: no reply (%s)", cm_cluster_errstr(wk_cluster(ctx)));
+        wk_fail_reason(ctx, "step script: redis: no reply (%s)", cm_cluster_errstr(wk_cluster(ctx)));
         return WK_OUT_EREDIS;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        wk_fail_reason(ctx, "step script: %.200s", r->str);
+        wk_fail_reason(ctx, "step script: redis: %.200s", r->str);
         freeReplyObject(r);
         return WK_OUT_EREDIS;
     }

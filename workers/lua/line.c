@@ -150,11 +150,11 @@ void wk_line_set_take(wk_ctx *ctx, wk_line_set *s, cm_pipe *p)
             continue;   /* never queued: the reason is set */
         redisReply *r = cm_pipe_take(p, (size_t)gr->idx);
         if (!r) {
-            wk_fail_reason(ctx, "line script: no reply (%s)", cm_cluster_errstr(wk_cluster(ctx)));
+            wk_fail_reason(ctx, "line script: redis: no reply (%s)", cm_cluster_errstr(wk_cluster(ctx)));
             continue;
         }
         if (r->type == REDIS_REPLY_ERROR) {
-            wk_fail_reason(ctx, "line script: %.200s", r->str);
+            wk_fail_reason(ctx, "line script: redis: %.200s", r->str);
         } else if (r->type != REDIS_REPLY_ARRAY || r->elements != gr->n) {
             wk_fail_reason(ctx, "line script: unexpected reply");
         } else {
