@@ -279,9 +279,14 @@ void api_intake_run(cm_cluster *cc, cm_script *sc, api_job **jobs, size_t n)
         }
         nodes[k].acked = wait_acked(cm_pipe_take(p, nodes[k].at));
     }
+    /* A script redirected during the pipeline (a slot migrating, a
+     * failover) ran on another master than its WAIT went to: that WAIT
+     * says nothing about it, so it counts as not confirmed (503). */
     for (size_t i = 0; i < n; i++)
         if (sent[i] && g_api.wait_replicas > 0)
-            jobs[i]->replicas = node[i] >= 0 ? nodes[node[i]].acked : -1;
+            jobs[i]->replicas = node[i] >= 0 && cm_pipe_node(p, at[i]) == cm_pipe_node(p, nodes[node[i]].at)
+                                    ? nodes[node[i]].acked
+                                    : -1;
     if (!ok) {
         snprintf(why, sizeof why, "redis: %s", cm_cluster_errstr(cc));
         api_redis_mark_down(why);

@@ -173,6 +173,12 @@ size_t cm_pipe_count(const cm_pipe *p);
  * deadline passed first: the replies that came are kept, the others NULL. */
 int cm_pipe_exec(cm_pipe *p) __attribute__((warn_unused_result));
 
+/* The node that gave command i its final reply after cm_pipe_exec (the
+ * same number for two commands one master answered), or -1 when it has
+ * none. A keyless command (WAIT) is never redirected: comparing nodes tells
+ * whether it reached the master its keyed commands ended up on. */
+int cm_pipe_node(const cm_pipe *p, size_t i);
+
 /* Reply i after cm_pipe_exec, handed to the caller (who frees it); NULL if
  * it has none or was taken already. */
 redisReply *cm_pipe_take(cm_pipe *p, size_t i);

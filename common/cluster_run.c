@@ -46,6 +46,7 @@ typedef struct creq {
     int next;               /* node for the next send only (a redirection); -1: by the map */
     bool next_asking;       /* that send is prefixed by ASKING (an ASK redirection) */
     int node;               /* node written to this round; -1 none */
+    int answered;           /* node the final reply came from; -1 none yet */
     bool asking;            /* an ASKING precedes it this round */
     bool by_src;            /* send EVAL <source> (after NOSCRIPT) */
     int nreplies;           /* replies it gets: 1, or n + 2 for MULTI + n commands + EXEC */
@@ -95,7 +96,7 @@ static void req_argv(creq *q, int slot, const cm_argv *a)
     q->len = (size_t)n;
     q->slot = slot;
     q->nreplies = 1;
-    q->next = q->node = -1;
+    q->next = q->node = q->answered = -1;
 }
 
 /* MULTI, the n commands of cmds, EXEC: one request, resent as a whole. */
@@ -132,7 +133,7 @@ static void req_multi(creq *q, int slot, const cm_argv *cmds, int n)
     q->len = total;
     q->slot = slot;
     q->nreplies = n + 2;
-    q->next = q->node = -1;
+    q->next = q->node = q->answered = -1;
 }
 
 /* A plain command from a redisCommand-style format (a bad format is a
@@ -149,7 +150,7 @@ static void req_vformat(creq *q, int slot, const char *fmt, va_list ap)
     q->len = (size_t)n;
     q->slot = slot;
     q->nreplies = 1;
-    q->next = q->node = -1;
+    q->next = q->node = q->answered = -1;
 }
 
 /* The slot of a script call: that of KEYS[1], the same for every key.
@@ -216,7 +217,7 @@ static int req_script(cm_cluster *cc, creq *q, cm_script *s, int numkeys, const 
     q->argc = argc;
     q->slot = slot;
     q->nreplies = 1;
-    q->next = q->node = -1;
+    q->next = q->node = q->answered = -1;
     return 0;
 }
 
@@ -477,6 +478,8 @@ static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
             continue;
         }
         wait |= handle_reply(cc, &q[i], r, k);
+        if (q[i].done)
+            q[i].answered = k;
     }
     return wait;
 }
@@ -663,6 +666,11 @@ size_t cm_pipe_count(const cm_pipe *p)
 int cm_pipe_exec(cm_pipe *p)
 {
     return run(p->cc, p->q, p->n);
+}
+
+int cm_pipe_node(const cm_pipe *p, size_t i)
+{
+    return i < p->n ? p->q[i].answered : -1;
 }
 
 redisReply *cm_pipe_take(cm_pipe *p, size_t i)

@@ -337,6 +337,37 @@ Test(cluster, pipeline_across_nodes_returns_replies_in_order)
     cr_assert_eq(routed_port(mslot), g_cl.node[dst].port);
 }
 
+Test(cluster, pipe_node_names_the_master_that_answered_after_a_redirect)
+{
+    const char *key = "{wait42}.x";
+    int slot = slot_of(key);
+    set_key(key, "v");
+    int src = tf_cluster_master_of(&g_cl, slot), dst = -1;
+    for (int i = 0; i < TF_CLUSTER_NODES && dst < 0; i++)
+        if (i != src && tf_cluster_is_master(&g_cl, i))
+            dst = i;
+    char on_src[32], on_dst[32];
+    key_on(src, "ns:", slot, on_src, sizeof on_src);
+    key_on(dst, "nd:", slot, on_dst, sizeof on_dst);
+    cr_assert_eq(tf_cluster_migrate_slot(&g_cl, slot, dst, true), 0);
+
+    /* The map still says src: the GET is sent there, answered MOVED and
+     * redone on dst; keyless PINGs go where their slots say. */
+    cm_pipe *p = cm_pipe_new(g_cc);
+    cm_pipe_command(p, slot, "GET %s", key);
+    cm_pipe_command(p, slot_of(on_src), "PING");
+    cm_pipe_command(p, slot_of(on_dst), "PING");
+    cr_assert_eq(cm_pipe_exec(p), 0, "%s", cm_cluster_errstr(g_cc));
+    redisReply *r = cm_pipe_take(p, 0);
+    cr_assert(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "v"));
+    freeReplyObject(r);
+    cr_assert_geq(cm_pipe_node(p, 0), 0);
+    cr_assert_eq(cm_pipe_node(p, 0), cm_pipe_node(p, 2), "the redirected GET was answered by dst");
+    cr_assert_neq(cm_pipe_node(p, 0), cm_pipe_node(p, 1), "not by src");
+    cr_assert_eq(cm_pipe_node(p, 3), -1, "no such command");
+    cm_pipe_free(p);
+}
+
 /* INCRs {tag}a and {tag}b in one transaction; asserts EXEC's [1, 1] style
  * answer equals want for both. */
 static void incr_both(const char *a, const char *b, long long want)
