@@ -158,7 +158,7 @@ int wk_step_queue(wk_ctx *ctx, cm_pipe *p, cm_script *script, wk_step *s, const 
  * order, the runner's WAIT covers everything). */
 static bool phase_replicated(wk_ctx *ctx, cm_pipe *p)
 {
-    enum { MAX_MASTERS = 64 };
+    enum { MAX_MASTERS = 64 };   /* masters WAITed per phase (a cluster past that: the first 64) */
     cm_cluster *cc = wk_cluster(ctx);
     long long want = wk_wait_replicas(ctx);
     if (want <= 0 || !cm_cluster_is_cluster(cc))
