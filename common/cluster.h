@@ -166,6 +166,10 @@ int cm_pipe_script(cm_pipe *p, cm_script *s, int numkeys, const cm_argv *a)
 /* Number of queued commands. */
 size_t cm_pipe_count(const cm_pipe *p);
 
+/* The slot command i was queued for (CM_SLOT_ANY: keyless; -1 when i is
+ * out of range). */
+int cm_pipe_slot(const cm_pipe *p, size_t i);
+
 /* Sends every queued command and collects the replies, following
  * redirections per reply and retrying transient failures as a single call
  * does. Returns 0 when every command has a reply (some may be error

@@ -663,6 +663,11 @@ size_t cm_pipe_count(const cm_pipe *p)
     return p->n;
 }
 
+int cm_pipe_slot(const cm_pipe *p, size_t i)
+{
+    return i < p->n ? p->q[i].slot : -1;
+}
+
 int cm_pipe_exec(cm_pipe *p)
 {
     return run(p->cc, p->q, p->n);

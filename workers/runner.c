@@ -49,6 +49,8 @@ void *wk_state(wk_ctx *ctx) { return ctx->state; }
 void wk_set_state(wk_ctx *ctx, void *state) { ctx->state = state; }
 bool wk_stopping(const wk_ctx *ctx) { (void)ctx; return wk_stop_flag != 0; }
 bool wk_batch_redelivered(const wk_ctx *ctx) { return WK_STREAM_IS_RETRY(ctx->cur_stream); }
+long long wk_wait_replicas(const wk_ctx *ctx) { return (long long)ctx->set.wait_replicas; }
+long long wk_wait_timeout_ms(const wk_ctx *ctx) { return (long long)ctx->set.wait_timeout_ms; }
 
 void wk_fail_reason(wk_ctx *ctx, const char *fmt, ...)
 {

@@ -147,10 +147,71 @@ int wk_step_queue(wk_ctx *ctx, cm_pipe *p, cm_script *script, wk_step *s, const 
     return idx;
 }
 
+/* On a Redis Cluster a phase writes to several masters (each line in its
+ * product's slot, the saga's events in the checkout's), and the runner's
+ * WAITs before acking come only after the whole batch. With
+ * REDIS_WAIT_REPLICAS=N each master the phase wrote to must confirm N
+ * replicas (WAIT on the connection the writes went through) before the saga
+ * moves on: otherwise a failover to a replica that missed a hold or a sale
+ * loses it while the follow-up events, on another master, survive. True
+ * when confirmed or not asked (one server: replication keeps the master's
+ * order, the runner's WAIT covers everything). */
+static bool phase_replicated(wk_ctx *ctx, cm_pipe *p)
+{
+    enum { MAX_MASTERS = 64 };   /* masters WAITed per phase (a cluster past that: the first 64) */
+    cm_cluster *cc = wk_cluster(ctx);
+    long long want = wk_wait_replicas(ctx);
+    if (want <= 0 || !cm_cluster_is_cluster(cc))
+        return true;
+    int slot[MAX_MASTERS], nm = 0;
+    char addr[MAX_MASTERS][272];
+    cm_redis_url *u = cm_xmalloc(sizeof *u);
+    bool ok = true;
+    for (size_t i = 0; ok && i < cm_pipe_count(p); i++) {
+        int s = cm_pipe_slot(p, i);
+        if (s < 0)
+            continue;
+        char a[272];
+        ok = cm_cluster_slot_addr(cc, s, u) == 0;
+        snprintf(a, sizeof a, "%s:%d", ok ? u->host : "", ok ? u->port : 0);
+        int k = 0;
+        while (k < nm && strcmp(addr[k], a) != 0)
+            k++;
+        if (ok && k == nm && nm < MAX_MASTERS) {
+            slot[nm] = s;
+            memcpy(addr[nm++], a, sizeof a);
+        }
+    }
+    free(u);
+    cm_pipe *w = cm_pipe_new(cc);
+    for (int k = 0; ok && k < nm; k++)
+        cm_pipe_command(w, slot[k], "WAIT %lld %lld", want, wk_wait_timeout_ms(ctx));
+    long long got = want;
+    if (ok && nm > 0 && cm_pipe_exec(w) != 0)
+        got = -1;
+    for (int k = 0; ok && got >= want && k < nm; k++) {
+        redisReply *r = cm_pipe_take(w, (size_t)k);
+        got = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+        freeReplyObject(r);
+    }
+    cm_pipe_free(w);
+    if (ok && got >= want)
+        return true;
+    wk_fail_reason(ctx, "redis: NOREPLICAS a step's writes were not confirmed by %lld replicas within %lld ms", want,
+                   wk_wait_timeout_ms(ctx));
+    cm_log_limited(CM_WARN, "wk-step-wait-short", "%s", "a step's writes on a master were not confirmed by "
+                   "REDIS_WAIT_REPLICAS replicas in time: the step is retried");
+    return false;
+}
+
 void wk_pipe_exec(wk_ctx *ctx, cm_pipe *p)
 {
-    if (cm_pipe_count(p) > 0 && cm_pipe_exec(p) != 0)
+    if (cm_pipe_count(p) == 0)
+        return;
+    if (cm_pipe_exec(p) != 0)
         wk_fail_reason(ctx, "redis: %s", cm_cluster_errstr(wk_cluster(ctx)));
+    else if (!phase_replicated(ctx, p))
+        cm_pipe_reset(p);   /* no replies: every step of the phase is retried (each is idempotent) */
 }
 
 wk_outcome wk_step_take(wk_ctx *ctx, cm_pipe *p, int idx, wk_step *s, const wk_refusal *refusals,

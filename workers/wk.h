@@ -59,6 +59,9 @@ void wk_touch(wk_ctx *ctx);
 bool wk_batch_redelivered(const wk_ctx *ctx);
 /* True once SIGTERM/SIGINT arrived: long handlers should finish quickly. */
 bool wk_stopping(const wk_ctx *ctx);
+/* REDIS_WAIT_REPLICAS (0: off) and REDIS_WAIT_TIMEOUT_MS of this worker. */
+long long wk_wait_replicas(const wk_ctx *ctx);
+long long wk_wait_timeout_ms(const wk_ctx *ctx);
 
 typedef wk_result (*wk_handler_fn)(wk_ctx *ctx, const es_event *ev);
 
