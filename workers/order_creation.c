@@ -119,7 +119,9 @@ typedef struct plan {
     int idx;                  /* the script's or the append's call in the pipe */
     wk_outcome rc;
     wk_step_out o;
-    bool sold;                /* create, appended: every line's sell answered */
+    const char *checkout;     /* the event's aggregate id (borrowed) */
+    bool sell;                /* its order is recorded: sell its lines */
+    bool sold;                /* sell: every line's sell answered */
     wk_line_res res[WK_SAGA_MAX_LINES];
     size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the sells' wk_line_set */
 } plan;
@@ -143,6 +145,7 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
 {
     if (!wk_saga_checkout(ctx, ev))
         return 0;
+    p->checkout = ev->aggregate_id;
     char err[160];
     if (wk_lines_parse(json_object_get(ev->data, "items"), &p->lines, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "StockReserved data: %s", err);
@@ -183,6 +186,33 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     return 1;
 }
 
+/* Sells, in one round trip, every line of each plan whose order is recorded
+ * (p->sell); sets p->sold when every one of its lines answered. */
+static void sell(wk_ctx *ctx, plan *const *ps, size_t n)
+{
+    cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
+    wk_line_set *ls = wk_line_set_new();
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        for (size_t i = 0; p->sell && i < p->lines.n; i++)
+            p->at[i] = wk_line_set_add(ls, WK_LINE_SELL, p->checkout, &p->lines.v[i]);
+    }
+    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
+    wk_pipe_exec(ctx, pipe);
+    wk_line_set_take(ctx, ls, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (!p->sell)
+            continue;
+        p->sold = true;
+        for (size_t i = 0; i < p->lines.n; i++)
+            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
+                p->sold = false;
+    }
+    wk_line_set_free(ls);
+    cm_pipe_free(pipe);
+}
+
 /* Runs the plans together, one round trip per phase: (1) in the checkouts'
  * slots, create_order.lua for the orders and the plain append of the
  * failures; (2) sell every line of each order whose append is done (now or
@@ -201,29 +231,11 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
         p->rc = p->fail ? wk_step_take(ctx, pipe, p->idx, &p->s, wk_no_refusals, &p->o)
                         : wk_script_create_order_take(ctx, pipe, p->idx, &p->s, &p->o);
         p->sold = false;
+        p->sell = !p->fail && p->rc == WK_OUT_APPENDED;
     }
 
-    cm_pipe_reset(pipe);
-    wk_line_set *ls = wk_line_set_new();
-    for (size_t k = 0; k < n; k++) {
-        plan *p = ps[k];
-        for (size_t i = 0; !p->fail && p->rc == WK_OUT_APPENDED && i < p->lines.n; i++)
-            p->at[i] = wk_line_set_add(ls, WK_LINE_SELL, p->in.checkout_id, &p->lines.v[i]);
-    }
-    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
-    wk_pipe_exec(ctx, pipe);
-    wk_line_set_take(ctx, ls, pipe);
-    for (size_t k = 0; k < n; k++) {
-        plan *p = ps[k];
-        if (p->fail || p->rc != WK_OUT_APPENDED)
-            continue;
-        p->sold = true;
-        for (size_t i = 0; i < p->lines.n; i++)
-            if (wk_line_set_res(ls, p->at[i], &p->res[i]) != 0)
-                p->sold = false;
-    }
-    wk_line_set_free(ls);
     cm_pipe_free(pipe);
+    sell(ctx, ps, n);
 }
 
 /* The order's append landed: every line must be sold now. Logs a line that
@@ -269,6 +281,37 @@ static wk_result order_created(wk_ctx *ctx, const es_event *ev, plan *p)
     }
 }
 
+/* The failure's append conflicted: the saga moved on. If it moved on with
+ * an OrderCreated of this very event, an earlier delivery created the order
+ * and stopped before selling its lines, and this one decided otherwise
+ * (ORDER_LIMIT_CENTS changed meanwhile): the lines are sold now, as that
+ * delivery would have, or they would stay reserved for ever. */
+static wk_result order_failed_late(wk_ctx *ctx, const es_event *ev, plan *p)
+{
+    es_event **evs = NULL;
+    size_t n = 0;
+    if (es_history_read(wk_store(ctx), WK_SAGA_AGGREGATE, ev->aggregate_id, &evs, &n) != ES_OK) {
+        wk_fail_reason(ctx, "history read: %s", es_store_errstr(wk_store(ctx)));
+        return WK_RETRY;
+    }
+    const es_event *next = ev->seq >= 1 && (int64_t)n > ev->seq ? evs[ev->seq] : NULL;
+    p->sell = next && next->kind == CM_EV_ORDER_CREATED && next->causation_id &&
+              !strcmp(next->causation_id, ev->event_id);
+    es_events_free(evs, n);
+    if (!p->sell)
+        return wk_saga_moved(ctx, ev, "order-failed");
+    sell(ctx, &p, 1);
+    if (!p->sold) {
+        wk_fail_reason(ctx, "order of %s recorded by an earlier delivery, its lines not all sold yet",
+                       ev->aggregate_id);
+        return WK_RETRY;
+    }
+    check_sold(ev, p);
+    cm_logx(CM_INFO, ev->aggregate_id, ev->event_id, NULL,
+            "order recorded by an earlier delivery (this one decided %s): its lines sold", p->fail);
+    return WK_ACK;
+}
+
 /* Acts on what run found for a failed order. */
 static wk_result order_failed(wk_ctx *ctx, const es_event *ev, plan *p)
 {
@@ -280,7 +323,7 @@ static wk_result order_failed(wk_ctx *ctx, const es_event *ev, plan *p)
         return WK_ACK;
     }
     if (p->rc == WK_OUT_CONFLICT)
-        return wk_saga_moved(ctx, ev, "order-failed");
+        return order_failed_late(ctx, ev, p);
     return WK_RETRY;
 }
 

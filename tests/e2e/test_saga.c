@@ -419,6 +419,41 @@ Test(saga, late_redelivery_after_the_line_marks_expired_keeps_no_stock_held)
     stop_clean();
 }
 
+Test(saga, redelivery_deciding_otherwise_still_sells_an_order_recorded_before)
+{
+    /* An earlier delivery of StockReserved recorded the order and stopped
+     * before selling its lines (simulated: the sale undone by hand); the
+     * redelivery meets a lowered ORDER_LIMIT_CENTS and decides "fail". Its
+     * append conflicts with the OrderCreated of that same event, so it
+     * sells the lines instead of leaving them reserved for ever. */
+    sg_product(&E, "p1", 10);
+    sg_spawn(&E, "stock-reservation", NULL);
+    int oc = sg_spawn(&E, "order-creation", NULL);
+    sg_spawn(&E, "stock-compensation", NULL);
+    sg_line lines[] = {{"p1", 2, 100}};
+    sg_checkout(&E, "co-relimit", "client-1", lines, 1);
+    char *ids[] = {"co-relimit"};
+    wait_ended(ids, 1, 20000);
+    wait_quiet();
+    expect_types("co-relimit", SEQ_OK);
+    expect_stock("p1", 8, 0, 2);
+    /* the sale never happened */
+    sg_ll(&E, "SET %s held:2", cm_key_hold("p1", "co-relimit").s);
+    sg_ll(&E, "HINCRBY chorus:product:p1 reserved 2");
+    sg_ll(&E, "HINCRBY chorus:product:p1 sold -2");
+    expect_stock("p1", 8, 2, 0);
+    sg_kill9(&E, oc);
+    const char *lowered[] = {"ORDER_LIMIT_CENTS=1", NULL};
+    sg_spawn(&E, "order-creation", lowered);
+    copy_bus_entry("StockReserved");
+    wait_quiet();
+    expect_types("co-relimit", SEQ_OK);
+    expect_stock("p1", 8, 0, 2);
+    expect_mark("co-relimit", "p1", "sold:2");
+    cr_expect_eq(dlq_total(), 0);
+    stop_clean();
+}
+
 static bool has_order_created(void *ud)
 {
     return sg_ll(&E, "EXISTS chorus:order:%s", (const char *)ud) == 1;
