@@ -490,7 +490,7 @@ Test(api_cluster, master_killed_under_the_api_is_503_never_a_hang_then_202_with_
         cm_key h = cm_key_history("checkout", ids[i]);
         cr_assert_eq(cmd_int(h.s, "LLEN %s", h.s), 1, "checkout %s (fo-%d) lost its history", ids[i], i);
         char path[128], again[64] = "";
-        snprintf(path, sizeof path, "/api/checkouts/%s", ids[i]);
+        snprintf(path, sizeof path, "/api/checkouts/%.64s", ids[i]);
         json_decref(get_json(path));
         char key[32];
         snprintf(key, sizeof key, "fo-%d", i);
