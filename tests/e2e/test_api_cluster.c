@@ -540,28 +540,6 @@ static long long node_llen(int i, const char *key)
     return n;
 }
 
-/* True once master m's replica has acknowledged m's whole replication
- * offset (INFO replication: slave0's offset), 10 s at most. */
-static bool replica_caught_up(int m)
-{
-    redisContext *c = tf_redis_connect(&g_cl.node[m]);
-    bool ok = false;
-    for (long long until = tf_now_ms() + 10000; !ok && tf_now_ms() < until;) {
-        redisReply *r = redisCommand(c, "INFO replication");
-        cr_assert(r && r->type == REDIS_REPLY_STRING);
-        char off[32], slave[256];
-        tf_info_field(r->str, "master_repl_offset", off, sizeof off);
-        tf_info_field(r->str, "slave0", slave, sizeof slave);
-        freeReplyObject(r);
-        const char *so = strstr(slave, "offset=");
-        ok = so && off[0] && atoll(so + 7) >= atoll(off);
-        if (!ok)
-            tf_sleep_ms(50);
-    }
-    redisFree(c);
-    return ok;
-}
-
 Test(api_cluster, a_replay_is_202_only_once_a_replica_has_the_record_another_process_wrote)
 {
     start_api("REDIS_WAIT_REPLICAS=1", "REDIS_WAIT_TIMEOUT_MS=300");
@@ -584,7 +562,8 @@ Test(api_cluster, a_replay_is_202_only_once_a_replica_has_the_record_another_pro
     int m = tf_cluster_master_of(&g_cl, slot_of(idem.s));
     int rep = tf_cluster_replica_of(&g_cl, m);
     cr_assert_geq(rep, 0);
-    cr_assert(replica_caught_up(m), "the replica of node %d never acknowledged its master's offset", m);
+    cr_assert(tf_cluster_replica_caught_up(&g_cl, m, 10000), "the replica of node %d never acknowledged its master's offset",
+              m);
     cr_assert_eq(kill(g_cl.node[rep].server_pid, SIGSTOP), 0);
     int first = post("c-w", "pw", "w-1", id, NULL);
     /* the record is on the master, written by the first API */

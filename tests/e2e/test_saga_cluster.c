@@ -843,28 +843,6 @@ Test(saga_cluster, sigkilled_order_creation_mid_batch_and_full_redelivery_change
 
 /* ---- a step's writes on other masters ------------------------------------ */
 
-/* True once master m's replica has acknowledged m's whole replication
- * offset (INFO replication: slave0's offset), 10 s at most. */
-static bool replica_caught_up(int m)
-{
-    redisContext *c = tf_redis_connect(&CL.node[m]);
-    bool ok = false;
-    for (long long until = tf_now_ms() + 10000; !ok && tf_now_ms() < until;) {
-        redisReply *r = redisCommand(c, "INFO replication");
-        cr_assert(r && r->type == REDIS_REPLY_STRING);
-        char off[32], slave[256];
-        tf_info_field(r->str, "master_repl_offset", off, sizeof off);
-        tf_info_field(r->str, "slave0", slave, sizeof slave);
-        freeReplyObject(r);
-        const char *so = strstr(slave, "offset=");
-        ok = so && off[0] && atoll(so + 7) >= atoll(off);
-        if (!ok)
-            tf_sleep_ms(20);
-    }
-    redisFree(c);
-    return ok;
-}
-
 typedef struct retried {
     const char *bus, *history;
 } retried;
@@ -905,7 +883,7 @@ Test(saga_cluster, line_effects_on_another_master_are_replicated_before_the_saga
         p++;
     cr_assert_lt(p, NPART, "every partition is on pf's master");
     wait_quiet(20000);   /* every group on every partition */
-    cr_assert(replica_caught_up(m1), "the replica of node %d never caught up", m1);
+    cr_assert(tf_cluster_replica_caught_up(&CL, m1, 10000), "the replica of node %d never caught up", m1);
 
     /* pf's master keeps its replica frozen; the checkout's partition is on
      * another master, whose replica answers */

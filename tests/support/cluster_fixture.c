@@ -467,3 +467,27 @@ int tf_cluster_failover(tf_cluster *cl, int r)
     }
     return tf_cluster_wait_ok(cl, FAILOVER_TIMEOUT_MS);
 }
+
+bool tf_cluster_replica_caught_up(const tf_cluster *cl, int m, int timeout_ms)
+{
+    redisContext *c = tf_redis_connect(&cl->node[m]);
+    bool ok = false;
+    for (long long until = tf_now_ms() + timeout_ms; c && !ok && tf_now_ms() < until;) {
+        redisReply *r = redisCommand(c, "INFO replication");
+        if (!r || r->type != REDIS_REPLY_STRING) {
+            freeReplyObject(r);
+            break;
+        }
+        char off[32], slave[256];
+        tf_info_field(r->str, "master_repl_offset", off, sizeof off);
+        tf_info_field(r->str, "slave0", slave, sizeof slave);
+        freeReplyObject(r);
+        const char *so = strstr(slave, "offset=");
+        ok = so && off[0] && atoll(so + 7) >= atoll(off);
+        if (!ok)
+            tf_sleep_ms(20);
+    }
+    if (c)
+        redisFree(c);
+    return ok;
+}

@@ -55,6 +55,11 @@ void tf_cluster_dump_logs(const tf_cluster *cl);
  * reason and the logs on stderr). */
 int tf_cluster_wait_ok(tf_cluster *cl, int timeout_ms) __attribute__((warn_unused_result));
 
+/* True once master m's replica has acknowledged m's whole replication
+ * offset (INFO replication: slave0's offset at least master_repl_offset);
+ * false after timeout_ms or when m cannot be asked. */
+bool tf_cluster_replica_caught_up(const tf_cluster *cl, int m, int timeout_ms);
+
 /* Index of the node that a running node says is slot's master (-1 if
  * unknown). */
 int tf_cluster_master_of(const tf_cluster *cl, int slot);
