@@ -41,6 +41,7 @@
 #include "common/cluster.h"
 #include "common/names.h"
 #include "tests/e2e/api_env.h"
+#include "tests/e2e/cluster_cmd.h"
 #include "tests/support/cluster_fixture.h"
 #include "tests/support/proc.h"
 
@@ -99,26 +100,6 @@ static int slot_of(const char *key)
     return cm_key_slot(key, strlen(key));
 }
 
-/* A command on the cluster through the test's client; asserts a non-error
- * reply and returns it (caller frees). */
-static redisReply *cmd(const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cm_argv a = {0};
-    char *s = NULL;
-    cr_assert_geq(vasprintf(&s, fmt, ap), 0);
-    va_end(ap);
-    for (char *tok = strtok(s, " "); tok; tok = strtok(NULL, " "))
-        cm_argv_adds(&a, tok);
-    free(s);
-    redisReply *r = cm_cluster_argv(C, key ? slot_of(key) : CM_SLOT_ANY, &a);
-    cm_argv_free(&a);
-    cr_assert_not_null(r, "redis: %s", cm_cluster_errstr(C));
-    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "redis: %s", r->str);
-    return r;
-}
-
 static long long cmd_int(const char *key, const char *fmt, ...)
 {
     va_list ap;
@@ -126,7 +107,7 @@ static long long cmd_int(const char *key, const char *fmt, ...)
     char *s = NULL;
     cr_assert_geq(vasprintf(&s, fmt, ap), 0);
     va_end(ap);
-    redisReply *r = cmd(key, "%s", s);
+    redisReply *r = tc_cmd(C, key, "%s", s);
     free(s);
     cr_assert_eq(r->type, REDIS_REPLY_INTEGER);
     long long v = r->integer;
@@ -226,11 +207,11 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     }
     /* the event is priced from the catalog read at intake, "0999" is 999 */
     cm_key p2 = cm_key_product("p2");
-    freeReplyObject(cmd(p2.s, "HSET %s price_cents 0999", p2.s));
+    freeReplyObject(tc_cmd(C, p2.s, "HSET %s price_cents 0999", p2.s));
     char priced[64];
     cr_assert_eq(post("c-1", "p2", NULL, priced, NULL), 202);
     cm_key h = cm_key_history("checkout", priced);
-    redisReply *ev = cmd(h.s, "LINDEX %s 0", h.s);
+    redisReply *ev = tc_cmd(C, h.s, "LINDEX %s 0", h.s);
     cr_assert(strstr(ev->str, "\"unit_price_cents\":999"), "%s", ev->str);
     freeReplyObject(ev);
     /* an idempotent replay answers the same checkout and starts nothing */
@@ -247,8 +228,8 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     /* a catalog entry of the wrong type, or a price that is no number, is a
      * failure a retry cannot fix: 500, nothing written */
     cm_key px = cm_key_product("px"), py = cm_key_product("py");
-    freeReplyObject(cmd(px.s, "SET %s 1", px.s));
-    freeReplyObject(cmd(py.s, "HSET %s name y price_cents 12abc available 5", py.s));
+    freeReplyObject(tc_cmd(C, px.s, "SET %s 1", px.s));
+    freeReplyObject(tc_cmd(C, py.s, "HSET %s name y price_cents 12abc available 5", py.s));
     const char *broken[] = {"{\"client_id\":\"c-1\",\"items\":[{\"product_id\":\"px\",\"quantity\":1}]}",
                             "{\"client_id\":\"c-1\",\"items\":[{\"product_id\":\"p1\",\"quantity\":1},"
                             "{\"product_id\":\"py\",\"quantity\":1}]}"};
@@ -283,7 +264,7 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     cr_assert_gt(used, 3, "the checkouts landed on %d partitions only", used);
     for (int i = 0; i < 24; i++) {
         cm_key bus = cm_key_bus(AE_BUS, cm_partition_of(ids[i]));
-        redisReply *e = cmd(bus.s, "XRANGE %s - +", bus.s);
+        redisReply *e = tc_cmd(C, bus.s, "XRANGE %s - +", bus.s);
         bool found = false;
         for (size_t k = 0; k < e->elements && !found; k++) {
             const redisReply *f = e->element[k]->element[1];
@@ -331,7 +312,7 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     int p = cm_partition_of(ids[5]);
     cm_key bus = cm_key_bus(AE_BUS, p);
     cm_key dlq = cm_key_dlq(bus.s, "choreo-audit"), retry = cm_key_retry(bus.s, "choreo-audit");
-    redisReply *x = cmd(dlq.s, "XADD %s * stream %s entry_id 1-1 group choreo-audit reason handler_failed "
+    redisReply *x = tc_cmd(C, dlq.s, "XADD %s * stream %s entry_id 1-1 group choreo-audit reason handler_failed "
                               "attempts 3 type CheckoutInitiated payload {} ts 1.0",
                         dlq.s, bus.s);
     char dl_id[64];
@@ -354,7 +335,7 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     for (int i = 0; i < 2; i++) {
         cm_key b = cm_key_bus(AE_BUS, parts[i]);
         cm_key d = cm_key_dlq(b.s, "choreo-audit");
-        freeReplyObject(cmd(d.s, "XADD %s * stream %s entry_id 1-2 group choreo-audit reason handler_failed "
+        freeReplyObject(tc_cmd(C, d.s, "XADD %s * stream %s entry_id 1-2 group choreo-audit reason handler_failed "
                                  "attempts 3 type CheckoutInitiated payload {} ts 1.0",
                             d.s, b.s));
     }
@@ -383,7 +364,7 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     /* a long-poll is woken by a change announced on a master: PUBLISH is
      * broadcast, whichever master the API subscribed on */
     cm_key rm = cm_key_rm_checkout(ids[7]);
-    freeReplyObject(cmd(rm.s, "HSET %s client_id c-1 status PENDING updated_at 1", rm.s));
+    freeReplyObject(tc_cmd(C, rm.s, "HSET %s client_id c-1 status PENDING updated_at 1", rm.s));
     tf_http resp_conn;
     cr_assert_eq(tf_http_open(&resp_conn, E.port, 2000), 0);
     char req[300];
@@ -391,7 +372,7 @@ Test(api_cluster, every_route_answers_on_a_cluster_as_on_one_node)
     long long t0 = tf_now_ms();
     cr_assert_eq(tf_http_send_raw(&resp_conn, req, (size_t)reqlen, 2000), 0);
     tf_sleep_ms(300);   /* let it suspend (a wake-up before that is re-read anyway) */
-    freeReplyObject(cmd(rm.s, "HSET %s status SUCCEEDED order_id o-1", rm.s));
+    freeReplyObject(tc_cmd(C, rm.s, "HSET %s status SUCCEEDED order_id o-1", rm.s));
     /* announced on the master that owns the last slots: the API subscribed
      * on another (the first master of its map) */
     int slots[8];
@@ -567,7 +548,7 @@ Test(api_cluster, a_replay_is_202_only_once_a_replica_has_the_record_another_pro
     cr_assert_eq(kill(g_cl.node[rep].server_pid, SIGSTOP), 0);
     int first = post("c-w", "pw", "w-1", id, NULL);
     /* the record is on the master, written by the first API */
-    redisReply *rec = cmd(idem.s, "GET %s", idem.s);
+    redisReply *rec = tc_cmd(C, idem.s, "GET %s", idem.s);
     bool written = rec->type == REDIS_REPLY_STRING;
     freeReplyObject(rec);
     /* the second replays it: WAIT is documented to cover the connection's

@@ -40,6 +40,7 @@
 #include "common/redis.h"
 #include "event_store/deadletter.h"
 #include "event_store/store.h"
+#include "tests/e2e/cluster_cmd.h"
 #include "tests/support/cluster_fixture.h"
 #include "tests/support/http.h"
 #include "tests/support/proc.h"
@@ -282,42 +283,9 @@ static int slot_of(const char *key)
     return cm_key_slot(key, strlen(key));
 }
 
-/* A command on key's master that must succeed; caller frees the reply. */
-static redisReply *cmd(const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cm_argv a = {0};
-    char *text = NULL;
-    cr_assert_neq(vasprintf(&text, fmt, ap), -1);
-    va_end(ap);
-    for (char *save = NULL, *t = strtok_r(text, " ", &save); t; t = strtok_r(NULL, " ", &save))
-        cm_argv_adds(&a, t);
-    free(text);
-    redisReply *r = cm_cluster_argv(CC, slot_of(key), &a);
-    cm_argv_free(&a);
-    cr_assert_not_null(r, "redis: %s", cm_cluster_errstr(CC));
-    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "redis: %s", r->str);
-    return r;
-}
-
-static long long cmd_ll(const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *text = NULL;
-    cr_assert_neq(vasprintf(&text, fmt, ap), -1);
-    va_end(ap);
-    redisReply *r = cmd(key, "%s", text);
-    free(text);
-    long long v = cm_reply_ll(r, r->type == REDIS_REPLY_NIL ? 0 : -1);
-    freeReplyObject(r);
-    return v;
-}
-
-static long long handled(const char *event_id) { return cmd_ll("test:handled", "HGET test:handled %s", event_id); }
-static long long attempts(const char *event_id) { return cmd_ll("test:attempts", "HGET test:attempts %s", event_id); }
-static long long by_consumer(const char *name) { return cmd_ll("test:by_consumer", "HGET test:by_consumer %s", name); }
+static long long handled(const char *event_id) { return tc_ll(CC, "test:handled", "HGET test:handled %s", event_id); }
+static long long attempts(const char *event_id) { return tc_ll(CC, "test:attempts", "HGET test:attempts %s", event_id); }
+static long long by_consumer(const char *name) { return tc_ll(CC, "test:by_consumer", "HGET test:by_consumer %s", name); }
 
 /* The group's pending entries over every partition's bus and redelivery
  * stream (a missing group counts 0). */
@@ -435,7 +403,7 @@ static void wait_idle(int timeout_ms)
 static long long dlq_len(int p)
 {
     cm_key dlq = cm_key_dlq(cm_key_bus(BUS, p).s, GROUP);
-    return cmd_ll(dlq.s, "XLEN %s", dlq.s);
+    return tc_ll(CC, dlq.s, "XLEN %s", dlq.s);
 }
 
 /* ---- tests --------------------------------------------------------------- */
@@ -475,7 +443,7 @@ static bool notified_all(void *ud)
 static bool audited_all(void *ud)
 {
     (void)ud;
-    return cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) >= NEV;
+    return tc_ll(CC, CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) >= NEV;
 }
 
 /* The audit worker (its script in the {audit} slot) and the notification
@@ -490,12 +458,12 @@ Test(runtime_cluster, audit_and_notification_workers_run_on_the_cluster)
     check(tf_wait_until(notified_all, NULL, 20000), "not every checkout was notified");
     check(tf_wait_until(audited_all, NULL, 20000), "not every event was audited");
     tf_sleep_ms(300);   /* a second record would come now */
-    check(cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) == NEV, "audit records: %lld, want %d",
-          cmd_ll(CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG), NEV);
-    check(cmd_ll(CM_KEY_AUDIT_HEAD, "HGET %s count", CM_KEY_AUDIT_HEAD) == NEV, "audit head count is not %d", NEV);
+    check(tc_ll(CC, CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG) == NEV, "audit records: %lld, want %d",
+          tc_ll(CC, CM_KEY_AUDIT_LOG, "XLEN %s", CM_KEY_AUDIT_LOG), NEV);
+    check(tc_ll(CC, CM_KEY_AUDIT_HEAD, "HGET %s count", CM_KEY_AUDIT_HEAD) == NEV, "audit head count is not %d", NEV);
     for (int p = 0; p < NPART; p++) {
         cm_key log = cm_key_notify_log(p);
-        check(cmd_ll(log.s, "XLEN %s", log.s) == 2, "partition %d's notification log", p);
+        check(tc_ll(CC, log.s, "XLEN %s", log.s) == 2, "partition %d's notification log", p);
     }
 }
 
@@ -560,7 +528,7 @@ Test(runtime_cluster, failures_are_retried_and_poison_is_parked_per_partition)
         int p = EV[i].partition;
         check(dlq_len(p) == 1, "partition %d's dead-letter stream holds %lld entries", p, dlq_len(p));
         cm_key dlq = cm_key_dlq(cm_key_bus(BUS, p).s, GROUP);
-        redisReply *r = cmd(dlq.s, "XRANGE %s - +", dlq.s);
+        redisReply *r = tc_cmd(CC, dlq.s, "XRANGE %s - +", dlq.s);
         const redisReply *f = cm_reply_elem(cm_reply_elem(r, 0), 1);
         bool found = false;
         for (size_t j = 0; f && j + 1 < f->elements; j += 2)

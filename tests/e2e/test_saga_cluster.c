@@ -69,6 +69,7 @@
 #include "common/redis.h"
 #include "event_store/store.h"
 #include "tests/e2e/api_env.h"
+#include "tests/e2e/cluster_cmd.h"
 #include "tests/support/cluster_fixture.h"
 #include "tests/support/http.h"
 #include "tests/support/proc.h"
@@ -262,45 +263,10 @@ static int slot_of(const char *key)
     return cm_key_slot(key, strlen(key));
 }
 
-/* A command (space-separated words) on key's master; asserts a non-error
- * reply and returns it (caller frees). */
-static redisReply *cmd(const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *text = NULL;
-    cr_assert_neq(vasprintf(&text, fmt, ap), -1);
-    va_end(ap);
-    cm_argv a = {0};
-    for (char *save = NULL, *t = strtok_r(text, " ", &save); t; t = strtok_r(NULL, " ", &save))
-        cm_argv_adds(&a, t);
-    free(text);
-    redisReply *r = cm_cluster_argv(CC, slot_of(key), &a);
-    cm_argv_free(&a);
-    cr_assert_not_null(r, "redis: %s", cm_cluster_errstr(CC));
-    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "redis: %s", r->str);
-    return r;
-}
-
-/* An integer (or integer-like string) reply; nil is 0. */
-static long long cmd_ll(const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *text = NULL;
-    cr_assert_neq(vasprintf(&text, fmt, ap), -1);
-    va_end(ap);
-    redisReply *r = cmd(key, "%s", text);
-    free(text);
-    long long v = cm_reply_ll(r, r->type == REDIS_REPLY_NIL ? 0 : -1);
-    freeReplyObject(r);
-    return v;
-}
-
 /* GET of a string key (caller frees; NULL when absent). */
 static char *cmd_str(const char *key)
 {
-    redisReply *r = cmd(key, "GET %s", key);
+    redisReply *r = tc_cmd(CC, key, "GET %s", key);
     char *s = cm_reply_is_str(r) ? strdup(r->str) : NULL;
     freeReplyObject(r);
     return s;
@@ -309,7 +275,7 @@ static char *cmd_str(const char *key)
 static void stock(const char *pid, long long *av, long long *rs, long long *sold)
 {
     cm_key k = cm_key_product(pid);
-    redisReply *r = cmd(k.s, "HMGET %s available reserved sold", k.s);
+    redisReply *r = tc_cmd(CC, k.s, "HMGET %s available reserved sold", k.s);
     cr_assert(r->type == REDIS_REPLY_ARRAY && r->elements == 3, "HMGET %s", k.s);
     *av = cm_reply_ll(r->element[0], -999999);
     *rs = cm_reply_ll(r->element[1], -999999);
@@ -322,7 +288,7 @@ static long long order_exists(const char *checkout)
     char order_id[CM_UUID_LEN + 1];
     cm_uuid_derive(checkout, "order", order_id);
     cm_key k = cm_key_order(checkout, order_id);
-    return cmd_ll(k.s, "EXISTS %s", k.s);
+    return tc_ll(CC, k.s, "EXISTS %s", k.s);
 }
 
 static long long dlq_total(void)
@@ -331,7 +297,7 @@ static long long dlq_total(void)
     for (int p = 0; p < NPART; p++)
         for (int g = 0; g < CM_W_COUNT; g++) {
             cm_key d = cm_key_dlq(cm_key_bus(AE_BUS, p).s, cm_group_names[g]);
-            n += cmd_ll(d.s, "XLEN %s", d.s);
+            n += tc_ll(CC, d.s, "XLEN %s", d.s);
         }
     return n;
 }
@@ -341,7 +307,7 @@ static long long bus_len_total(void)
     long long n = 0;
     for (int p = 0; p < NPART; p++) {
         cm_key b = cm_key_bus(AE_BUS, p);
-        n += cmd_ll(b.s, "XLEN %s", b.s);
+        n += tc_ll(CC, b.s, "XLEN %s", b.s);
     }
     return n;
 }
@@ -622,7 +588,7 @@ static void expect_read_model(const char *id, const char *status, const char *re
 static void copy_bus_entry(int p, const char *type, const char *id)
 {
     cm_key b = cm_key_bus(AE_BUS, p);
-    redisReply *r = cmd(b.s, "XRANGE %s - +", b.s);
+    redisReply *r = tc_cmd(CC, b.s, "XRANGE %s - +", b.s);
     bool copied = false;
     for (size_t i = 0; i < r->elements && !copied; i++) {
         const redisReply *f = r->element[i]->element[1];
@@ -703,7 +669,7 @@ Test(saga_cluster, outcomes_match_one_node_and_duplicates_change_nothing)
     expect_data(ok, "CheckoutSucceeded", "order_id", order_id);
     expect_data(ok, "OrderCreated", "total_cents", "400");
     cm_key ok_order = cm_key_order(ok, order_id);
-    cr_expect_eq(cmd_ll(ok_order.s, "HGET %s total_cents", ok_order.s), 400);
+    cr_expect_eq(tc_ll(CC, ok_order.s, "HGET %s total_cents", ok_order.s), 400);
     expect_read_model(ok, CM_STATUS_SUCCEEDED, "");
 
     /* insufficient stock: nothing released (the held line was undone) */
@@ -826,7 +792,7 @@ Test(saga_cluster, sigkilled_order_creation_mid_batch_and_full_redelivery_change
     for (int p = 0; p < NPART; p++) {
         cm_key b = cm_key_bus(AE_BUS, p);
         for (int g = 0; g < 3; g++)
-            freeReplyObject(cmd(b.s, "XGROUP SETID %s %s 0", b.s, cm_group_names[g]));
+            freeReplyObject(tc_cmd(CC, b.s, "XGROUP SETID %s %s 0", b.s, cm_group_names[g]));
     }
     for (int i = 0; i < NW; i++)
         spawn(&W[i]);
@@ -852,9 +818,9 @@ typedef struct retried {
 static bool moved_or_retried(void *ud)
 {
     const retried *w = ud;
-    if (cmd_ll(w->history, "LLEN %s", w->history) > 1)
+    if (tc_ll(CC, w->history, "LLEN %s", w->history) > 1)
         return true;
-    redisReply *r = cmd(w->bus, "XPENDING %s choreo-reservation - + 10", w->bus);
+    redisReply *r = tc_cmd(CC, w->bus, "XPENDING %s choreo-reservation - + 10", w->bus);
     bool again = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                  cm_reply_ll(cm_reply_elem(r->element[0], 3), 0) >= 2;
     freeReplyObject(r);
