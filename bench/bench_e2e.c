@@ -63,7 +63,8 @@
  * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_RATE2, BENCH_CLOSED_S, BENCH_OPEN_S,
  * BENCH_APPENDFSYNC (everysec, the figures in BENCHMARKS.md; `up` runs
  * `always` unless CHORUS_REDIS_FSYNC says otherwise), BENCH_AOF_REWRITE (1:
- * automatic AOF rewrites past 512 MB, as under `up`; 0: off).
+ * automatic AOF rewrites past 512 MB, as under `up`; 0: off), BENCH_REDIS_CONF
+ * (redis.conf lines added after the bench's own, ';' between them).
  *
  * Binaries are found beside this one (../api/chorus-api,
  * ../workers/chorus-worker). Exits 1 when it could not run or lost a saga;
@@ -1201,15 +1202,26 @@ int main(void)
         fprintf(stderr, "bench e2e: BENCH_APPENDFSYNC must be always, everysec or no, not '%s'\n", fsync);
         return 1;
     }
-    char conf[400];
+    char conf[1400];
     /* on a cluster, Redis's default node timeout (15 s) instead of the test
      * fixture's 2 s: a loaded 2-core machine must not fail a master over in
-     * the middle of a measurement */
-    snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n"
-             "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s%s", fsync,
-             env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
-                                              : "auto-aof-rewrite-percentage 0\n",
-             cluster ? "cluster-node-timeout 15000\n" : "");
+     * the middle of a measurement; BENCH_REDIS_CONF adds redis.conf lines
+     * (';' between them) after these, to try a setting */
+    const char *extra = getenv("BENCH_REDIS_CONF");
+    int cn = snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n"
+                      "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s%s%s\n", fsync,
+                      env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
+                                                       : "auto-aof-rewrite-percentage 0\n",
+                      cluster ? "cluster-node-timeout 15000\n" : "", extra ? extra : "");
+    if (cn < 0 || (size_t)cn >= sizeof conf) {
+        fprintf(stderr, "bench e2e: BENCH_REDIS_CONF is too long\n");
+        return 1;
+    }
+    for (char *p = conf; *p; p++)
+        if (*p == ';')
+            *p = '\n';
+    if (extra && *extra)
+        printf("  redis.conf adds: %s\n", extra);
     if (backend_start(cluster, env_long("BENCH_CLUSTER_BALANCE", 1) != 0, conf) != 0) {
         fprintf(stderr, "bench e2e: cannot start %s\n", cluster ? "the redis cluster" : "redis-server");
         backend_stop();

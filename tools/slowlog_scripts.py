@@ -39,7 +39,10 @@ def read_reply(f):
 def label(args):
     cmd = args[0].decode().lower()
     if cmd in ("evalsha", "eval") and len(args) > 3 and int(args[2]) > 0:
-        key = re.sub(r":[0-9A-Za-z_-]{6,}$", ":*", args[3].decode(errors="replace"))
+        key = args[3].decode(errors="replace")
+        # an idempotency record names a client and a key: one label for all
+        key = re.sub(r"^(chorus:idem:(\{p\d+\}:)?).*$", r"\1*", key)
+        key = re.sub(r":[0-9A-Za-z_-]{6,}$", ":*", key)
         return "%s[%s]" % (cmd, key)
     return cmd
 
