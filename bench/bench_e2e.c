@@ -63,7 +63,8 @@
  * Knobs: BENCH_INFLIGHT, BENCH_RATE, BENCH_RATE2, BENCH_CLOSED_S, BENCH_OPEN_S,
  * BENCH_APPENDFSYNC (everysec, the figures in BENCHMARKS.md; `up` runs
  * `always` unless CHORUS_REDIS_FSYNC says otherwise), BENCH_AOF_REWRITE (1:
- * automatic AOF rewrites past 512 MB, as under `up`; 0: off), BENCH_REDIS_CONF
+ * automatic AOF rewrites as under `up`: at 512 MB, then at 5x the last
+ * compacted size; 0: off), BENCH_REDIS_CONF
  * (redis.conf lines added after the bench's own, ';' between them).
  *
  * Binaries are found beside this one (../api/chorus-api,
@@ -1211,6 +1212,7 @@ int main(void)
     int cn = snprintf(conf, sizeof conf, "appendonly yes\nappendfsync %s\n"
                       "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s%s%s\n", fsync,
                       env_long("BENCH_AOF_REWRITE", 1) ? "auto-aof-rewrite-min-size 512mb\n"
+                                                                         "auto-aof-rewrite-percentage 400\n"
                                                        : "auto-aof-rewrite-percentage 0\n",
                       cluster ? "cluster-node-timeout 15000\n" : "", extra ? extra : "");
     if (cn < 0 || (size_t)cn >= sizeof conf) {

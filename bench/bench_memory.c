@@ -419,7 +419,7 @@ int main(void)
     char conf[1024];
     const char *extra = getenv("BENCH_REDIS_CONF");   /* more redis.conf lines, ';' for newlines */
     snprintf(conf, sizeof conf,
-             "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\n"
+             "appendonly yes\nappendfsync everysec\nauto-aof-rewrite-min-size 512mb\nauto-aof-rewrite-percentage 400\n"
              "stream-node-max-bytes 16384\nstream-node-max-entries 1000\n%s\n",
              extra ? extra : "");
     for (char *p = conf; *p; p++)

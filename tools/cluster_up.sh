@@ -61,6 +61,7 @@ cluster-node-timeout $NODE_TIMEOUT_MS
 appendonly yes
 appendfsync ${CLUSTER_FSYNC:-everysec}
 auto-aof-rewrite-min-size 512mb
+auto-aof-rewrite-percentage 400
 stream-node-max-bytes 16384
 stream-node-max-entries 1000
 save ""
