@@ -15,9 +15,19 @@
  * the budget sends notifications to the dead-letter stream. The receiver may still
  * see a second POST if this process dies between the 2xx and recording it,
  * or when two copies handle the same redelivery at once: that is what the
- * Idempotency-Key is for. */
+ * Idempotency-Key is for.
+ *
+ * A receiver that hangs would hold the worker NOTIFY_TIMEOUT_MS per
+ * notification (the worker is synchronous). So after NOTIFY_BREAKER_AFTER
+ * calls in a row that got no answer within the timeout, the breaker opens:
+ * for NOTIFY_BREAKER_OPEN_MS no call is made, each notification is still
+ * logged at once and answered WK_RETRY (its retry budget runs as for any
+ * failure). The first notification after that is a trial call: any outcome
+ * but another hang closes the breaker, a hang opens it again. Calls that
+ * fail fast (refused, 5xx) never open it: they cost the worker nothing. */
 #include "workers/wk.h"
 #include "common/buf.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/xmalloc.h"
@@ -32,6 +42,8 @@
 static char *g_url;
 static int64_t g_timeout_ms;
 static int64_t g_ttl_s;
+static int64_t g_breaker_after;
+static int64_t g_breaker_open_ms;
 
 static const cm_opt k_opts[] = {
     {"notify-webhook-url", "NOTIFY_WEBHOOK_URL", CM_OPT_STR, &g_url, NULL, 0, -1,
@@ -40,6 +52,10 @@ static const cm_opt k_opts[] = {
      "webhook request timeout"},
     {"notify-ttl-s", "NOTIFY_TTL_S", CM_OPT_INT, &g_ttl_s, "604800", 0, 315360000,
      "lifetime of a checkout's notification marker and of notification log entries (0: kept)"},
+    {"notify-breaker-after", "NOTIFY_BREAKER_AFTER", CM_OPT_INT, &g_breaker_after, "3", 0, 1000,
+     "webhook calls in a row without an answer in time that open the breaker (0: never)"},
+    {"notify-breaker-open-ms", "NOTIFY_BREAKER_OPEN_MS", CM_OPT_INT, &g_breaker_open_ms, "30000", 100, 3600000,
+     "how long an open breaker skips webhook calls before one trial call"},
     {0},
 };
 
@@ -48,6 +64,9 @@ typedef struct notify_state {
     wk_webhook hook;
     cm_series *notified;      /* notifications_total */
     cm_series *hook_ok, *hook_bad, *hook_err;
+    int hung;                 /* calls in a row without an answer in time */
+    int64_t open_until_ms;    /* breaker open until then (monotonic); 0: closed */
+    cm_series *skipped, *breaker_open;
 } notify_state;
 
 static int notify_init(wk_ctx *ctx, char *err, size_t errlen)
@@ -65,6 +84,8 @@ static int notify_init(wk_ctx *ctx, char *err, size_t errlen)
     st->hook_ok = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"2xx\"");
     st->hook_bad = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"non_2xx\"");
     st->hook_err = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"error\"");
+    st->skipped = cm_counter("notify_webhook_skipped_total", "webhook calls not made while the breaker was open", "");
+    st->breaker_open = cm_gauge("notify_webhook_breaker_open", "1 while the webhook breaker is open", "");
     wk_set_state(ctx, st);
     return 0;
 }
@@ -111,6 +132,37 @@ static int record_outcome(wk_ctx *ctx, const char *marker, int code, const char 
     return 0;
 }
 
+/* Whether the breaker lets a call through now (closed, or its open time
+ * is over: the trial call). */
+static bool breaker_allows(const notify_state *st)
+{
+    return st->open_until_ms == 0 || cm_mono_ms() >= st->open_until_ms;
+}
+
+/* Counts a call's outcome: one without an answer that took the whole
+ * timeout is a hang; NOTIFY_BREAKER_AFTER of them in a row (or a trial
+ * call that hangs) open the breaker; any other outcome closes it. */
+static void breaker_note(notify_state *st, int code, int64_t took_ms)
+{
+    if (code > 0 || took_ms < g_timeout_ms * 9 / 10) {
+        st->hung = 0;
+        if (st->open_until_ms) {
+            st->open_until_ms = 0;
+            cm_series_set(st->breaker_open, 0);
+            cm_log(CM_INFO, "webhook call did not hang: breaker closed");
+        }
+        return;
+    }
+    st->hung++;
+    if (g_breaker_after > 0 && (st->hung >= g_breaker_after || st->open_until_ms)) {
+        st->open_until_ms = cm_mono_ms() + g_breaker_open_ms;
+        cm_series_set(st->breaker_open, 1);
+        cm_log_limited(CM_WARN, "notify-breaker", "webhook gave no answer in %lld ms %d times in a row: "
+                       "breaker open, no call for %lld ms", (long long)g_timeout_ms, st->hung,
+                       (long long)g_breaker_open_ms);
+    }
+}
+
 static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
 {
     notify_state *st = wk_state(ctx);
@@ -143,9 +195,19 @@ static wk_result handle_terminal(wk_ctx *ctx, const es_event *ev)
         return WK_RETRY;
     }
 
+    if (!breaker_allows(st)) {
+        cm_series_inc(st->skipped);
+        wk_fail_reason(ctx, "webhook not called: breaker open after %d calls without an answer in %lld ms, "
+                       "next trial in %lld ms", st->hung, (long long)g_timeout_ms,
+                       (long long)(st->open_until_ms - cm_mono_ms()));
+        return WK_RETRY;
+    }
+
     cm_buf body = CM_BUF_INIT;
     build_body(checkout_id, status, field, value, ev->event_id, &body);
+    int64_t t0 = cm_mono_ms();
     int code = wk_webhook_post(&st->hook, body.data, body.len, checkout_id, (int)g_timeout_ms, err, sizeof err);
+    breaker_note(st, code, cm_mono_ms() - t0);
     cm_buf_free(&body);
     if (code < 0)
         cm_series_inc(st->hook_err);

@@ -11,7 +11,9 @@
  * notification exactly once when it is back, none dead-lettered, with the
  * default retry settings; a webhook that never accepts ends in the
  * dead-letter stream (after MAX_DELIVERIES when set, or once its time budget
- * RETRY_BUDGET_MS is spent); a malformed
+ * RETRY_BUDGET_MS is spent); a webhook that hangs opens the breaker (no
+ * call, notifications still logged) and, once it answers, gets each
+ * notification exactly once; a malformed
  * NOTIFY_WEBHOOK_URL stops the worker at startup with a clear message.
  *
  * CHORUS_WORKER_BIN (meson env) names the chorus-worker binary. */
@@ -65,12 +67,16 @@ TestSuite(notification, .init = setup, .fini = teardown, .timeout = 120);
 typedef struct call {
     char method[16], path[128], idem[128];
     char body[1024];
+    bool hung;                 /* held without an answer (hang mode) */
 } call;
 
 typedef struct receiver {
     int fd, port;
     int fail_first;            /* answer 503 to this many calls, then 200 */
     int status_after;          /* what to answer after them */
+    atomic_bool hang;          /* read requests, never answer (until cleared) */
+    int held[MAX_CALLS];       /* connections held open in hang mode */
+    int nheld;
     atomic_bool stop;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -124,10 +130,20 @@ static bool read_request(int fd, call *c)
     return true;
 }
 
+/* Closes the connections hang mode held, once it is over. */
+static void release_held(receiver *rv)
+{
+    for (int i = 0; i < rv->nheld; i++)
+        close(rv->held[i]);
+    rv->nheld = 0;
+}
+
 static void *serve(void *arg)
 {
     receiver *rv = arg;
     while (!atomic_load(&rv->stop)) {
+        if (!atomic_load(&rv->hang))
+            release_held(rv);
         struct pollfd p = {rv->fd, POLLIN, 0};
         if (poll(&p, 1, 50) <= 0)
             continue;
@@ -135,6 +151,15 @@ static void *serve(void *arg)
         if (fd < 0)
             continue;
         call c = {0};
+        if (atomic_load(&rv->hang) && rv->nheld < MAX_CALLS && read_request(fd, &c)) {
+            c.hung = true;
+            pthread_mutex_lock(&rv->mu);
+            if (rv->ncalls < MAX_CALLS)
+                rv->calls[rv->ncalls++] = c;
+            pthread_mutex_unlock(&rv->mu);
+            rv->held[rv->nheld++] = fd;   /* no answer, connection kept open */
+            continue;
+        }
         if (read_request(fd, &c)) {
             pthread_mutex_lock(&rv->mu);
             int i = rv->ncalls;
@@ -151,6 +176,7 @@ static void *serve(void *arg)
         }
         close(fd);
     }
+    release_held(rv);
     return NULL;
 }
 
@@ -535,5 +561,58 @@ Test(notification, webhook_failing_past_its_time_budget_is_parked_with_the_reaso
     cr_assert(reason && strstr(reason, "retry budget") && strstr(reason, "500"), "reason: %s",
               reason ? reason : "(none)");
     freeReplyObject(r);
+    receiver_stop(&rv);
+}
+
+/* A receiver that accepts and reads but never answers: after
+ * NOTIFY_BREAKER_AFTER calls in a row ran into NOTIFY_TIMEOUT_MS, the worker
+ * stops calling it for NOTIFY_BREAKER_OPEN_MS, and every other notification
+ * is still logged at once instead of waiting a timeout each; once the
+ * receiver answers, the trial call closes the breaker and every
+ * notification lands exactly once, none parked. */
+Test(notification, hanging_webhook_opens_the_breaker_then_every_notification_lands_once)
+{
+    enum { N = 6, AFTER = 2 };
+    receiver rv;
+    receiver_start(&rv, 0, 200);
+    atomic_store(&rv.hang, true);
+    char url[128];
+    snprintf(url, sizeof url, "NOTIFY_WEBHOOK_URL=http://127.0.0.1:%d/hook", rv.port);
+    const char *env[] = {url, "NOTIFY_TIMEOUT_MS=300", "NOTIFY_BREAKER_AFTER=2", "NOTIFY_BREAKER_OPEN_MS=8000",
+                         "RETRY_BASE_MS=50", "RETRY_MAX_MS=300", NULL};
+    sg_spawn(&E, "notification", env);
+    markers m = {.n = N, .field = "webhook_status", .at_least = 200};
+    for (int i = 0; i < N; i++) {
+        snprintf(m.ids[i], sizeof m.ids[i], "co-hang-%d", i);
+        sx_saga(E.s, i % 2 ? SX_NO_STOCK : SX_SUCCESS, m.ids[i], "c1", "p1", 1);
+    }
+    /* every notification is logged although the webhook hangs ... */
+    bool logged = sx_wait_ll(E.c, LOG_KEY, NULL, N, WAIT_MS);
+    if (!logged)
+        sg_dump_logs(&E);
+    cr_assert(logged, "the notifications were not all logged while the webhook hung");
+    /* ... with only the calls that opened the breaker made (without it, each
+     * logged notification would have been POSTed and waited for) */
+    cr_assert_eq(receiver_calls(&rv), AFTER, "%d calls reached the hanging webhook, expected %d", receiver_calls(&rv),
+                 AFTER);
+    long long open = sg_ll(&E, "EXISTS %s.dlq.%s", BUS, GROUP);
+    cr_assert_eq(open, 0, "a notification was dead-lettered while the breaker was open");
+
+    atomic_store(&rv.hang, false);   /* the receiver answers 200 from now on */
+    bool ok = tf_wait_until(markers_reach, &m, 8000 + WAIT_MS);
+    if (!ok)
+        sg_dump_logs(&E);
+    cr_assert(ok, "not every notification was delivered once the webhook answered");
+    wait_idle();
+    for (int i = 0; i < N; i++) {
+        int answered = 0;
+        pthread_mutex_lock(&rv.mu);
+        for (int c = 0; c < rv.ncalls; c++)
+            answered += !rv.calls[c].hung && !strcmp(rv.calls[c].idem, m.ids[i]);
+        pthread_mutex_unlock(&rv.mu);
+        cr_assert_eq(answered, 1, "%s was answered %d times", m.ids[i], answered);
+    }
+    cr_assert_eq(sg_dlq_len(&E, GROUP), 0, "a notification was dead-lettered");
+    cr_assert_eq(sg_ll(&E, "XLEN %s", LOG_KEY), N);
     receiver_stop(&rv);
 }
