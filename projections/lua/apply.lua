@@ -176,25 +176,19 @@ local function stock_add(items, which)
   end
 end
 
--- es_checkout_fold's status rules, over the letters of the applied seqs.
+-- es_checkout_fold's status rules, over the letters of the applied seqs
+-- (by pattern, no string per letter): the last CheckoutSucceeded/Failed
+-- decides; without one, a StockReserved before any failure (X, Y, T)
+-- makes STOCK_RESERVED, else PENDING.
 local function fold_status(t)
-  local status, failing, terminal = PENDING, false, false
-  for i = 1, #t do
-    local c = string.sub(t, i, i)
-    if c == 'R' then
-      if not terminal and not failing then status = RESERVED end
-    elseif c == 'X' or c == 'Y' or c == 'T' then
-      failing = true
-    elseif c == 'S' then
-      terminal = true
-      status = SUCCEEDED
-    elseif c == 'F' then
-      terminal = true
-      failing = false
-      status = FAILED
-    end
-  end
-  return status
+  local last = string.match(t, '.*([SF])')
+  if last == 'S' then return SUCCEEDED end
+  if last == 'F' then return FAILED end
+  local r = string.find(t, 'R', 1, true)
+  if not r then return PENDING end
+  local x = string.find(t, '[XYT]')
+  if x and x < r then return PENDING end
+  return RESERVED
 end
 
 local function has(t, letter)
