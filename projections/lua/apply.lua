@@ -137,12 +137,15 @@ for i, name in ipairs(CO_FIELDS) do RANK[name] = i end
 -- rank (F_*), false where absent: `f` as the batch changes it, `old` as
 -- stored. `top` is the greatest rank stored; `whole` is set when the stored
 -- hash must be rewritten whole (fields out of order or unknown, a long value).
+-- A checkout not stored yet (its HGETALL is empty) shares one `old` of
+-- nothing: `old` is only ever read.
+local NONE = {false, false, false, false, false, false, false, false, false, false}
 local function load(id, ki)
   local st = co[id]
   if st then return st end
   local flat = redis.call('HGETALL', KEYS[ki])
   local f = {false, false, false, false, false, false, false, false, false, false}
-  local old = {false, false, false, false, false, false, false, false, false, false}
+  local old = #flat == 0 and NONE or {false, false, false, false, false, false, false, false, false, false}
   local top, whole = 0, false
   for i = 1, #flat, 2 do
     local r, v = RANK[flat[i]], flat[i + 1]
@@ -240,7 +243,7 @@ for k = 0, nev - 1 do
     f[F_CHECKOUT] = id
     if client ~= '' and not f[F_CLIENT] then f[F_CLIENT] = client end
     if seq > (tonumber(f[F_SEQ]) or 0) then
-      f[F_SEQ] = tostring(seq)
+      f[F_SEQ] = ARGV[b + EV_SEQ]   -- "%lld" from C: the bytes of tostring(seq)
       f[F_UPDATED] = em
     end
     if letter == 'I' then
