@@ -17,7 +17,11 @@
  * StockReserved. The entries are on the bus stream too (ids "<n>-0").
  * BENCH_PARTITIONS (1) sets PARTITIONS: a batch then goes out as one apply
  * script per partition it touches (one pipeline), so calls per saga grow
- * and each call is smaller.
+ * and each call is smaller. BENCH_CLIENTS (1,000) sets how many clients the
+ * sagas cycle through (the e2e bench has one per saga: BENCH_CLIENTS=
+ * BENCH_SAGAS); BENCH_TTL_S (604,800, the worker's READ_MODEL_TTL_S
+ * default; 0 = kept) the read models' lifetime, counted from event times
+ * that start at the bench's own start.
  *
  * Figures (each the median of BENCH_ROUNDS (5) rounds of BENCH_SAGAS (4,000)
  * sagas on fresh read models):
@@ -27,6 +31,9 @@
  *   projection.redis_cpu_us_per_saga  redis-server CPU (user + system) per saga
  *   projection.client_cpu_us_per_saga this process's CPU per saga (building
  *                                  the calls, hiredis)
+ *   projection.nested_per_saga     commands the script ran per saga (every
+ *                                  command but EVALSHA in commandstats),
+ *                                  each command's count printed beside it
  * The source only uses pj_projection_apply, so the same file measures an
  * older tree for a before/after. Exits 1 when it could not run. */
 #include <stdio.h>
@@ -52,6 +59,7 @@ static long env_long(const char *name, long dflt)
 enum shape { OK, NOSTOCK, LIMIT };
 
 static long long g_entry;   /* fake bus entry ids, increasing */
+static long g_clients = 1000;
 
 static es_event *mk(const char *co, int seq, const char *type, enum cm_event_type kind, double em, json_t *data)
 {
@@ -79,7 +87,7 @@ static size_t saga(long i, double t0, es_event **out)
 {
     char co[32], cl[32], ord[40];
     snprintf(co, sizeof co, "co-%08ld", i);
-    snprintf(cl, sizeof cl, "cl-%ld", i % 1000);
+    snprintf(cl, sizeof cl, "cl-%ld", i % g_clients);
     snprintf(ord, sizeof ord, "ord-%s", co);
     enum shape s = i % 20 == 7 ? NOSTOCK : i % 20 == 13 ? LIMIT : OK;
     const char *pid = s == OK ? "ok" : s == NOSTOCK ? "none" : "lux";
@@ -132,7 +140,7 @@ static batch *schedule(long nsagas, long group, size_t *nbatches)
     long ngroups = (nsagas + group - 1) / group;
     *nbatches = (size_t)ngroups + 5;
     batch *bs = cm_xcalloc(*nbatches, sizeof *bs);
-    double t0 = 1700000000.0;
+    double t0 = (double)(long long)cm_wall_s();   /* read models' lifetimes count from here */
     for (long g = 0; g < ngroups; g++)
         for (long i = g * group; i < (g + 1) * group && i < nsagas; i++) {
             es_event *evs[5];
@@ -170,6 +178,32 @@ static void evalsha_stats(redisContext *c, double *calls, double *usec)
     freeReplyObject(r);
 }
 
+/* Commands other than EVALSHA (the script's nested ones) since the last
+ * CONFIG RESETSTAT: their total, and "NAME=calls ..." into list. */
+static double nested_stats(redisContext *c, char *list, size_t listlen)
+{
+    double total = 0;
+    size_t off = 0;
+    list[0] = '\0';
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    if (r && r->type == REDIS_REPLY_STRING) {
+        for (const char *p = strstr(r->str, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
+            const char *name = p + 8, *colon = strchr(name, ':'), *cs = strstr(name, "calls=");
+            if (!colon || !cs)
+                break;
+            int nl = (int)(colon - name);
+            if ((nl == 7 && !strncmp(name, "evalsha", 7)) || (nl == 4 && !strncmp(name, "info", 4)))
+                continue;
+            double n = atof(cs + 6);
+            total += n;
+            if (off < listlen)
+                off += (size_t)snprintf(list + off, listlen - off, "%s%.*s=%.0f", off ? " " : "", nl, name, n);
+        }
+    }
+    freeReplyObject(r);
+    return total;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -186,6 +220,9 @@ int main(void)
 {
     long nsagas = env_long("BENCH_SAGAS", 4000), group = env_long("BENCH_GROUP", 2);
     long rounds = env_long("BENCH_ROUNDS", 5), parts = env_long("BENCH_PARTITIONS", 1);
+    g_clients = env_long("BENCH_CLIENTS", 1000);
+    const char *ttl_env = getenv("BENCH_TTL_S");
+    long long ttl_s = ttl_env && *ttl_env ? atoll(ttl_env) : atoll(PJ_READ_MODEL_TTL_DEFAULT);
     if (cm_partitions_set(parts) != 0) {
         fprintf(stderr, "bench projection: BENCH_PARTITIONS must be 1..%d\n", CM_PARTITIONS_MAX);
         return 1;
@@ -201,12 +238,14 @@ int main(void)
     size_t nev = 0;
     for (size_t k = 0; k < nb; k++)
         nev += bs[k].n;
-    printf("  %ld sagas, %zu events in %zu batches (%.1f events per batch), %ld rounds, %ld partition(s)\n", nsagas,
-           nev, nb, (double)nev / (double)nb, rounds, parts);
+    printf("  %ld sagas, %zu events in %zu batches (%.1f events per batch), %ld rounds, %ld partition(s), %ld "
+           "clients, lifetime %lld s\n",
+           nsagas, nev, nb, (double)nev / (double)nb, rounds, parts, g_clients, ttl_s);
     double *per_call = cm_xcalloc((size_t)rounds, sizeof *per_call);
     double *per_saga = cm_xcalloc((size_t)rounds, sizeof *per_saga);
     double *calls_saga = cm_xcalloc((size_t)rounds, sizeof *calls_saga), *cpu = cm_xcalloc((size_t)rounds, sizeof *cpu);
-    double *self = cm_xcalloc((size_t)rounds, sizeof *self);
+    double *self = cm_xcalloc((size_t)rounds, sizeof *self), *nested = cm_xcalloc((size_t)rounds, sizeof *nested);
+    char nested_list[1024] = "";
     int rc = 0;
     for (long round = 0; round < rounds && rc == 0; round++) {
         freeReplyObject(redisCommand(c, "FLUSHALL"));
@@ -226,6 +265,7 @@ int main(void)
         }
         freeReplyObject(redisCommand(c, "CONFIG RESETSTAT"));
         pj_projection *p = pj_projection_new();
+        pj_projection_set_lifetime(p, ttl_s);
         cm_cluster *cc = cm_cluster_borrow(c);
         double r0 = bu_cpu_seconds(rs.server_pid), s0 = bu_self_cpu();
         for (size_t k = 0; k < nb && rc == 0; k++) {
@@ -242,6 +282,7 @@ int main(void)
         double r1 = bu_cpu_seconds(rs.server_pid), s1 = bu_self_cpu();
         double ecalls, eusec;
         evalsha_stats(c, &ecalls, &eusec);
+        nested[round] = nested_stats(c, nested_list, sizeof nested_list) / (double)nsagas;
         pj_projection_free(p);
         cm_cluster_free(cc);
         per_call[round] = ecalls ? eusec / ecalls : 0;
@@ -259,6 +300,8 @@ int main(void)
         printf("BENCH projection.calls_per_saga %.3f calls\n", median(calls_saga, (size_t)rounds));
         printf("BENCH projection.redis_cpu_us_per_saga %.1f us\n", median(cpu, (size_t)rounds));
         printf("BENCH projection.client_cpu_us_per_saga %.1f us\n", median(self, (size_t)rounds));
+        printf("BENCH projection.nested_per_saga %.2f commands\n", median(nested, (size_t)rounds));
+        printf("  nested commands of the last round (%ld sagas): %s\n", nsagas, nested_list);
     }
     for (size_t k = 0; k < nb; k++)
         es_events_free(bs[k].evs, bs[k].n);
@@ -268,6 +311,7 @@ int main(void)
     free(calls_saga);
     free(cpu);
     free(self);
+    free(nested);
     redisFree(c);
     tf_redis_stop(&rs);
     return rc;

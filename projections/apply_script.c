@@ -27,7 +27,7 @@
 
 extern const char pj_lua_apply[];
 
-#define LAYOUT "3"   /* apply.lua's LAYOUT: bump both when the layout changes */
+#define LAYOUT "4"   /* apply.lua's LAYOUT: bump both when the layout changes (4: checkout field order) */
 #define STR_(x) #x
 #define STR(x) STR_(x)
 #define CLIENT_KEEP STR(PJ_CLIENT_CHECKOUTS_MAX)

@@ -3,12 +3,13 @@
  *
  * Read models (the API reads these keys and fields; names from
  * common/names.h's cm_key_* functions):
- *   chorus:rm:checkout:<id>  hash  checkout_id client_id status order_id?
- *                                  reason? updated_at seq, plus internal
- *                                  fields prefixed "_" (_t applied seqs, _init
- *                                  CheckoutInitiated's emitted_at, _items the
- *                                  reservation not yet sold), always in this
- *                                  field order
+ *   chorus:rm:checkout:<id>  hash  checkout_id client_id status updated_at
+ *                                  seq _t _init _items? order_id? reason?
+ *                                  (internal fields prefixed "_": _t applied
+ *                                  seqs, _init CheckoutInitiated's emitted_at,
+ *                                  _items the reservation not yet sold),
+ *                                  always in this field order: the order a
+ *                                  saga's events bring them (apply.lua)
  *   chorus:rm:client:<id>    hash  total_orders last_order_id last_checkout_id
  *                                  last_update_ts (from OrderCreated)
  *   chorus:rm:client-checkouts:<id> zset  the client's newest

@@ -6,7 +6,8 @@
 -- KEYS[1] checkpoint (string)   KEYS[2] rebuild lock
 -- KEYS[3..] every read-model key of the batch, each once; ARGV refers to
 --           them by index (no key name is built here).
--- ARGV[1] layout version ("3"), checked against this script
+-- ARGV[1] layout version ("4"), checked against this script (4: the checkout
+--         hash's field order of CO_FIELDS below; ARGV unchanged since 3)
 -- ARGV[2] mode: "live" (refuses while a rebuild holds the lock) or "rebuild"
 -- ARGV[3] checkpoint candidate: the greatest bus entry id of the call, or ""
 --         (events from a group's redelivery stream do not move it)
@@ -63,7 +64,7 @@
 -- accept-to-terminal time, reported once: by the batch that completed the
 -- pair (initiated, terminal).
 
-local LAYOUT = '3'
+local LAYOUT = '4'
 local A_LAYOUT, A_MODE, A_CHECKPOINT, A_CHANNEL = 1, 2, 3, 4
 local A_PENDING, A_RESERVED, A_SUCCEEDED, A_FAILED = 5, 6, 7, 8
 local A_NEVENTS, A_NPRODUCTS, A_NCLIENTS, A_CLIENT_KEEP, A_TTL, A_NOW, A_FIRST = 9, 10, 11, 12, 13, 14, 15
@@ -118,9 +119,16 @@ local orders, orders_order = {}, {}     -- per client: OrderCreated applied now
 local started, started_order = {}, {}   -- per client: CheckoutInitiated applied now
 
 -- The fixed field order of a checkout hash, and each field's rank in it.
-local CO_FIELDS = {'checkout_id', 'client_id', 'status', 'order_id', 'reason', 'updated_at', 'seq', '_t', '_init',
-  '_items'}
-local F_CHECKOUT, F_CLIENT, F_STATUS, F_ORDER, F_REASON, F_UPDATED, F_SEQ, F_T, F_INIT, F_ITEMS = 1, 2, 3, 4, 5, 6, 7,
+-- Fields come in the order a saga's events usually bring them (Initiated the
+-- first seven, StockReserved `_items`, OrderCreated `order_id` — removing
+-- `_items` —, a failure `reason`), so an in-order saga only ever appends
+-- fields, replaces values in place or removes fields: HSET/HDEL of what
+-- changed, never a whole rewrite. (Before layout 4, `order_id` and `reason`
+-- came after `status`: such a hash is out of order here and is rewritten
+-- whole, in this order, by the next batch that changes it.)
+local CO_FIELDS = {'checkout_id', 'client_id', 'status', 'updated_at', 'seq', '_t', '_init', '_items', 'order_id',
+  'reason'}
+local F_CHECKOUT, F_CLIENT, F_STATUS, F_UPDATED, F_SEQ, F_T, F_INIT, F_ITEMS, F_ORDER, F_REASON = 1, 2, 3, 4, 5, 6, 7,
   8, 9, 10
 local RANK = {}
 for i, name in ipairs(CO_FIELDS) do RANK[name] = i end
@@ -129,12 +137,15 @@ for i, name in ipairs(CO_FIELDS) do RANK[name] = i end
 -- rank (F_*), false where absent: `f` as the batch changes it, `old` as
 -- stored. `top` is the greatest rank stored; `whole` is set when the stored
 -- hash must be rewritten whole (fields out of order or unknown, a long value).
+-- A checkout not stored yet (its HGETALL is empty) shares one `old` of
+-- nothing: `old` is only ever read.
+local NONE = {false, false, false, false, false, false, false, false, false, false}
 local function load(id, ki)
   local st = co[id]
   if st then return st end
   local flat = redis.call('HGETALL', KEYS[ki])
   local f = {false, false, false, false, false, false, false, false, false, false}
-  local old = {false, false, false, false, false, false, false, false, false, false}
+  local old = #flat == 0 and NONE or {false, false, false, false, false, false, false, false, false, false}
   local top, whole = 0, false
   for i = 1, #flat, 2 do
     local r, v = RANK[flat[i]], flat[i + 1]
@@ -168,25 +179,19 @@ local function stock_add(items, which)
   end
 end
 
--- es_checkout_fold's status rules, over the letters of the applied seqs.
+-- es_checkout_fold's status rules, over the letters of the applied seqs
+-- (by pattern, no string per letter): the last CheckoutSucceeded/Failed
+-- decides; without one, a StockReserved before any failure (X, Y, T)
+-- makes STOCK_RESERVED, else PENDING.
 local function fold_status(t)
-  local status, failing, terminal = PENDING, false, false
-  for i = 1, #t do
-    local c = string.sub(t, i, i)
-    if c == 'R' then
-      if not terminal and not failing then status = RESERVED end
-    elseif c == 'X' or c == 'Y' or c == 'T' then
-      failing = true
-    elseif c == 'S' then
-      terminal = true
-      status = SUCCEEDED
-    elseif c == 'F' then
-      terminal = true
-      failing = false
-      status = FAILED
-    end
-  end
-  return status
+  local last = string.match(t, '.*([SF])')
+  if last == 'S' then return SUCCEEDED end
+  if last == 'F' then return FAILED end
+  local r = string.find(t, 'R', 1, true)
+  if not r then return PENDING end
+  local x = string.find(t, '[XYT]')
+  if x and x < r then return PENDING end
+  return RESERVED
 end
 
 local function has(t, letter)
@@ -238,7 +243,7 @@ for k = 0, nev - 1 do
     f[F_CHECKOUT] = id
     if client ~= '' and not f[F_CLIENT] then f[F_CLIENT] = client end
     if seq > (tonumber(f[F_SEQ]) or 0) then
-      f[F_SEQ] = tostring(seq)
+      f[F_SEQ] = ARGV[b + EV_SEQ]   -- "%lld" from C: the bytes of tostring(seq)
       f[F_UPDATED] = em
     end
     if letter == 'I' then
@@ -258,6 +263,8 @@ for k = 0, nev - 1 do
           end
           s[#s + 1] = em
           s[#s + 1] = id
+          local x = tonumber(em)
+          if not s.newest or x > s.newest then s.newest = x end
         end
       end
     elseif letter == 'R' then
@@ -397,13 +404,24 @@ for _, cid in ipairs(orders_order) do
 end
 
 -- The client's newest checkouts (score: CheckoutInitiated's emitted_at).
+-- ZADD answers how many members are new and ZCARD how many there are: equal
+-- means the index did not exist before (an empty zset is no key), so it has
+-- no expiry yet and its newest score is this batch's greatest; only an index
+-- that existed is read for its newest score, and only one past its cap is
+-- trimmed.
 for _, cid in ipairs(started_order) do
-  local key = KEYS[cckey[cid]]
-  redis.call('ZADD', key, unpack(started[cid]))
-  redis.call('ZREMRANGEBYRANK', key, 0, -(client_keep + 1))
+  local key, s = KEYS[cckey[cid]], started[cid]
+  local added = redis.call('ZADD', key, unpack(s))
+  local n = redis.call('ZCARD', key)
+  if n > client_keep then redis.call('ZREMRANGEBYRANK', key, 0, -(client_keep + 1)) end
   if ttl > 0 then
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    redis.call('EXPIREAT', key, math.floor(tonumber(newest[2])) + ttl)
+    local newest
+    if n == added then
+      newest = s.newest
+    else
+      newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+    end
+    redis.call('EXPIREAT', key, math.floor(newest) + ttl)
   end
 end
 

@@ -8,7 +8,9 @@
  * does not; a batch from the redelivery stream leaves the checkpoint; the
  * client's checkout index keeps the newest PJ_CLIENT_CHECKOUTS_MAX; closed
  * checkouts' read models and client indexes expire from their events' time
- * (READ_MODEL_TTL_S), open ones and the aggregates are kept.
+ * (READ_MODEL_TTL_S), open ones and the aggregates are kept; an in-order
+ * saga changes its hash in place (no whole rewrite); a hash of the layout 3
+ * field order is put in order by its next batch.
  * With PARTITIONS=4 (suite apply_script4): a call's keys are all in its
  * partition's slot and it refuses another partition's checkout; the client
  * index merged over partitions is the unpartitioned one, ties included.
@@ -126,8 +128,8 @@ Test(apply_script, a_batch_with_its_keys_is_applied_in_one_call)
 
     sx_assert_hash(C, CM_KEY_RM_PREFIX "checkout:co-1",
                    (const char *const[]){"checkout_id", "co-1", "client_id", "c1", "status", CM_STATUS_SUCCEEDED,
-                                         "order_id", "ord-co-1", "updated_at", "1700000003.000000", "seq", "4",
-                                         "_t", "IROS", "_init", "1700000000.000000", NULL});
+                                         "updated_at", "1700000003.000000", "seq", "4", "_t", "IROS", "_init",
+                                         "1700000000.000000", "order_id", "ord-co-1", NULL});
     sx_assert_hash(C, CM_KEY_RM_PREFIX "stock:p1",
                    (const char *const[]){"reserved", "2", "sold", "2", "released", "0", NULL});
     sx_assert_hash(C, CM_KEY_RM_PREFIX "client:c1",
@@ -483,6 +485,159 @@ Test(apply_script, closed_checkouts_expire_from_their_events_time_open_ones_are_
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "checkout:co-kept"), -1);
     cr_assert_eq(expiretime(CM_KEY_RM_PREFIX "client-checkouts:c3"), -1);
     pj_apply_call_free(call);
+}
+
+/* Commands named cmd run since the last CONFIG RESETSTAT (0: none). */
+static long long cmd_calls(const char *cmd)
+{
+    redisReply *r = redisCommand(C, "INFO commandstats");
+    cr_assert(r && r->type == REDIS_REPLY_STRING);
+    char tag[64];
+    snprintf(tag, sizeof tag, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(r->str, tag);
+    long long n = p ? atoll(p + strlen(tag)) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Applies each event in a call of its own (the stock of p1 passed). */
+static void one_per_call(const pj_apply_event *evs, size_t n)
+{
+    pj_apply_call *call = pj_apply_call_new(0);
+    pj_apply_call_lifetime(call, 3600);
+    for (size_t i = 0; i < n; i++) {
+        pj_apply_call_reset(call, PJ_LIVE);
+        add(call, evs[i]);
+        cr_assert_eq(pj_apply_call_add_product(call, "p1"), PJ_OK);
+        cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    }
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, an_in_order_saga_changes_its_hash_in_place_and_never_rewrites_it)
+{
+    /* the checkout hash's field order (apply.lua's CO_FIELDS) is the order
+     * a saga's events bring the fields in: a saga applied one event per
+     * batch only appends, replaces and removes fields (no DEL and whole
+     * rewrite), and ends byte for byte as the same events in one batch */
+    double now = (double)(long long)cm_wall_s();
+    const pj_apply_event ok[] = {
+        ev_init("co-ok", "c1", now + 1), ev_reserved("co-ok", P1x2, 1, now + 2),
+        ev_order("co-ok", "c1", "ord-co-ok", now + 3), ev_succeeded("co-ok", "ord-co-ok", now + 4)};
+    const pj_apply_event limit[] = {
+        ev_init("co-lim", "c2", now + 1), ev_reserved("co-lim", P1x2, 1, now + 2),
+        {.type = CM_EV_ORDER_CREATION_FAILED, .checkout_id = "co-lim", .seq = 3, .emitted_at = now + 3,
+         .value = "order_limit_exceeded"},
+        {.type = CM_EV_STOCK_RELEASED, .checkout_id = "co-lim", .seq = 4, .emitted_at = now + 4, .items = P1x2,
+         .nitems = 1},
+        {.type = CM_EV_CHECKOUT_FAILED, .checkout_id = "co-lim", .seq = 5, .emitted_at = now + 5,
+         .value = "order_limit_exceeded"}};
+    freeReplyObject(redisCommand(C, "CONFIG RESETSTAT"));
+    one_per_call(ok, 4);
+    one_per_call(limit, 5);
+    cr_assert_eq(cmd_calls("del"), 0, "no checkout hash was deleted to be rewritten whole");
+    cr_assert_gt(cmd_calls("hset"), 0, "the script's writes were counted");
+    char upd[32], init[32];
+    snprintf(upd, sizeof upd, "%.6f", now + 4);
+    snprintf(init, sizeof init, "%.6f", now + 1);
+    sx_assert_hash(C, CM_KEY_RM_PREFIX "checkout:co-ok",
+                   (const char *const[]){"checkout_id", "co-ok", "client_id", "c1", "status", CM_STATUS_SUCCEEDED,
+                                         "updated_at", upd, "seq", "4", "_t", "IROS", "_init", init, "order_id",
+                                         "ord-co-ok", NULL});
+    snprintf(upd, sizeof upd, "%.6f", now + 5);
+    sx_assert_hash(C, CM_KEY_RM_PREFIX "checkout:co-lim",
+                   (const char *const[]){"checkout_id", "co-lim", "client_id", "c2", "status", CM_STATUS_FAILED,
+                                         "updated_at", upd, "seq", "5", "_t", "IRYLF", "_init", init, "reason",
+                                         "order_limit_exceeded", NULL});
+    sx_dump a, b;
+    sx_dump_take(C, CM_KEY_RM_PREFIX "*", &a);
+    freeReplyObject(redisCommand(C, "FLUSHALL"));
+    pj_apply_call *call = pj_apply_call_new(0);
+    pj_apply_call_lifetime(call, 3600);
+    for (size_t i = 0; i < 4; i++)
+        add(call, ok[i]);
+    for (size_t i = 0; i < 5; i++)
+        add(call, limit[i]);
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    pj_apply_call_free(call);
+    sx_dump_take(C, CM_KEY_RM_PREFIX "*", &b);
+    sx_dump_assert_eq(&a, &b);
+    sx_dump_free(&a);
+    sx_dump_free(&b);
+}
+
+Test(apply_script, a_hash_in_the_layout_3_field_order_is_rewritten_in_order_by_its_next_batch)
+{
+    /* before layout 4 order_id and reason came right after status; the
+     * first batch that changes such a hash writes it in CO_FIELDS order, the
+     * bytes of the same events applied from zero */
+    const char *key = CM_KEY_RM_PREFIX "checkout:co-1";
+    freeReplyObject(redisCommand(C, "HSET %s checkout_id co-1 client_id c1 status %s order_id ord-co-1 "
+                                    "updated_at 1700000002.000000 seq 3 _t IRO _init 1700000000.000000",
+                                 key, CM_STATUS_STOCK_RESERVED));
+    pj_apply_call *call = pj_apply_call_new(0);
+    add(call, ev_succeeded("co-1", "ord-co-1", T0 + 3));
+    cr_assert_eq(run_once(call).applied, 1);
+    sx_assert_hash(C, key,
+                   (const char *const[]){"checkout_id", "co-1", "client_id", "c1", "status", CM_STATUS_SUCCEEDED,
+                                         "updated_at", "1700000003.000000", "seq", "4", "_t", "IROS", "_init",
+                                         "1700000000.000000", "order_id", "ord-co-1", NULL});
+    sx_dump a, b;
+    sx_dump_take(C, key, &a);
+    freeReplyObject(redisCommand(C, "FLUSHALL"));
+    pj_apply_call_reset(call, PJ_LIVE);
+    whole_saga(call, "co-1", "c1", T0);
+    cr_assert_eq(run_once(call).applied, 4);
+    sx_dump_take(C, key, &b);
+    sx_dump_assert_eq(&a, &b);
+    sx_dump_free(&a);
+    sx_dump_free(&b);
+    pj_apply_call_free(call);
+}
+
+Test(apply_script, a_client_index_that_exists_expires_after_its_newest_checkout_whatever_comes_later)
+{
+    /* a new index takes its expiry from its batch; one that exists moves on
+     * only with a newer checkout, and ends as the same checkouts in one
+     * batch; a first batch past the cap keeps the newest */
+    const long long ttl = 3600;
+    double now = (double)(long long)cm_wall_s();
+    const char *key = CM_KEY_RM_PREFIX "client-checkouts:c1";
+    const double at[] = {now + 10.5, now + 5.25, now + 20.75};
+    const long long want[] = {(long long)now + 10 + ttl, (long long)now + 10 + ttl, (long long)now + 20 + ttl};
+    pj_apply_call *call = pj_apply_call_new(0);
+    pj_apply_call_lifetime(call, ttl);
+    for (int i = 0; i < 3; i++) {
+        char co[16];
+        snprintf(co, sizeof co, "co-%d", i);
+        pj_apply_call_reset(call, PJ_LIVE);
+        add(call, ev_init(co, "c1", at[i]));
+        cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+        cr_assert_eq(expiretime(key), want[i], "after co-%d", i);
+    }
+    sx_dump a, b;
+    sx_dump_take(C, key, &a);
+    freeReplyObject(redisCommand(C, "FLUSHALL"));
+    pj_apply_call_reset(call, PJ_LIVE);
+    add(call, ev_init("co-2", "c1", at[2]));
+    add(call, ev_init("co-0", "c1", at[0]));
+    add(call, ev_init("co-1", "c1", at[1]));
+    cr_assert_eq(run_once(call).verdict, PJ_APPLY_DONE);
+    cr_assert_eq(expiretime(key), want[2]);
+    sx_dump_take(C, key, &b);
+    sx_dump_assert_eq(&a, &b);
+    sx_dump_free(&a);
+    sx_dump_free(&b);
+    pj_apply_call_free(call);
+
+    enum { N = PJ_CLIENT_CHECKOUTS_MAX + 30 };
+    int fwd[N];
+    for (int i = 0; i < N; i++)
+        fwd[i] = i;
+    freeReplyObject(redisCommand(C, "FLUSHALL"));
+    init_many(fwd, N, N);   /* one batch, past the cap, into no index */
+    cr_assert_eq(ll("ZCARD %s", key), PJ_CLIENT_CHECKOUTS_MAX);
+    cr_assert_eq(ll("ZRANK %s co-030", key), 0, "the oldest kept");
 }
 
 /* ---- PARTITIONS=4 ---- */

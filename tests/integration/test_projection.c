@@ -99,12 +99,12 @@ static void assert_checkout_rm(const char *id, const char *client, const char *s
     int k = 0;
     fv[k++] = "checkout_id", fv[k++] = id, fv[k++] = "client_id", fv[k++] = client;
     fv[k++] = "status", fv[k++] = status;
-    if (order_id)
+    fv[k++] = "updated_at", fv[k++] = upd, fv[k++] = "seq", fv[k++] = seq;
+    fv[k++] = "_t", fv[k++] = letters, fv[k++] = "_init", fv[k++] = init;
+    if (order_id)   /* the fields' fixed order (apply.lua's CO_FIELDS, layout 4) */
         fv[k++] = "order_id", fv[k++] = order_id;
     if (reason)
         fv[k++] = "reason", fv[k++] = reason;
-    fv[k++] = "updated_at", fv[k++] = upd, fv[k++] = "seq", fv[k++] = seq;
-    fv[k++] = "_t", fv[k++] = letters, fv[k++] = "_init", fv[k++] = init;
     fv[k] = NULL;
     sx_assert_hash(E.c, key, fv);
     es_events_free(evs, n);
