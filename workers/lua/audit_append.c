@@ -41,7 +41,6 @@ static int build(const wk_aa_call *call, cm_argv *a)
             [WK_AA_REC_TYPE] = r->rec.type,
             [WK_AA_REC_AGGREGATE_ID] = r->rec.aggregate_id,
             [WK_AA_REC_DIGEST] = r->rec.digest,
-            [WK_AA_REC_PREV] = r->prev,
             [WK_AA_REC_HASH] = r->hash,
         };
         char seen_ix[24], seq[24];
@@ -63,11 +62,32 @@ static int build(const wk_aa_call *call, cm_argv *a)
     return (int)(WK_AA_KEY_FIRST_SEEN + nseen);
 }
 
+/* The script writes each record's prev itself (the hash before it), so the
+ * hashes computed here must have been chained the same way. Returns the
+ * index of the first record that was not, or call->n. */
+static size_t first_unlinked(const wk_aa_call *call)
+{
+    const char *before = call->head[0] ? call->head : pj_audit_genesis;
+    for (size_t i = 0; i < call->n; i++) {
+        const wk_aa_record *r = &call->recs[i];
+        if (!r->prev || !r->hash || strcmp(r->prev, before) != 0)
+            return i;
+        before = r->hash;
+    }
+    return call->n;
+}
+
 int (wk_audit_append)(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
 {
     memset(v, 0, sizeof *v);
     if (call->n == 0 || call->seen_ttl_s < 1) {
         snprintf(err, errlen, "audit append: no records, or a seen lifetime below 1 s");
+        return -1;
+    }
+    size_t bad = first_unlinked(call);
+    if (bad < call->n) {
+        snprintf(err, errlen, "audit append: record %zu's prev is not the %s", bad,
+                 bad == 0 ? "head the call names" : "hash of the record before it");
         return -1;
     }
     cm_argv a = {0};

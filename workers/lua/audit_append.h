@@ -38,8 +38,7 @@ enum wk_aa_rec {
     WK_AA_REC_TYPE,
     WK_AA_REC_AGGREGATE_ID,
     WK_AA_REC_DIGEST,
-    WK_AA_REC_PREV,
-    WK_AA_REC_HASH,
+    WK_AA_REC_HASH,          /* (no prev: the script links each record to the hash before it) */
     WK_AA_REC_SEEN,          /* 1-based index of its seen key in KEYS */
     WK_AA_REC_SEQ,
     WK_AA_REC_NARGS,
@@ -48,7 +47,8 @@ enum wk_aa_rec {
 /* A record to append (strings borrowed for the call). */
 typedef struct wk_aa_record {
     pj_audit_rec rec;          /* what the hash covers */
-    const char *prev;          /* hash of the record before */
+    const char *prev;          /* hash of the record before: checked against the call's head and the
+                                  record before it, not sent (the script writes the link itself) */
     const char *hash;          /* pj_audit_hash(key, prev, &rec) */
     const char *seen_key;      /* its aggregate's seen-mark key */
     int64_t seq;               /* its event's seq (1..) */
@@ -76,7 +76,9 @@ typedef struct wk_aa_verdict {
 } wk_aa_verdict;
 
 /* Runs the script through cc on the {audit} slot's master. Returns 0 with
- * *v filled, or -1 with err on a Redis error or a reply of another shape. */
+ * *v filled, or -1 with err on a Redis error, a reply of another shape, or
+ * records not linked in order (recs[0].prev is not the head — 64 '0' for
+ * "" —, or a prev is not the hash of the record before it). */
 int wk_audit_append(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Transitional: the same on one server's connection c (cm_cluster_borrow). */

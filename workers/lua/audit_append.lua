@@ -8,60 +8,95 @@
 --
 -- KEYS: log stream, head hash, then the seen-mark key of each aggregate of
 -- the batch (chorus:{audit}:seen:<aggregate>:<id>, a string with '1' at each
--- audited seq). All share the {audit} hash tag.
+-- audited seq), each once. All share the {audit} hash tag.
 -- ARGV: the head hash the records were chained to ("" = empty log), the
 -- worker's key id ("none" = unkeyed), the seen marks' lifetime in seconds,
 -- the number of records, then per record: event_id, entry_id, type,
--- aggregate_id, digest, prev, hash, seen (index into KEYS), seq.
+-- aggregate_id, digest, hash, seen (index into KEYS), seq. A record's `prev`
+-- is not sent: the script writes the hash before it (the head for the first,
+-- 64 '0' on an empty log), so every stored link is the chain's real one.
 --
 -- Returns {"moved", current head} when another worker appended first (the
--- caller re-reads and recomputes), {"wrong_key", the chain's key id} when the
--- chain is keyed with another key (or the worker has none and it is keyed),
--- else {"ok", count}. Log, head and seen marks change together, so a record
--- is never written twice for an event while its mark lives.
+-- caller re-reads and recomputes) or a record's event is already marked (or
+-- named twice), {"wrong_key", the chain's key id} when the chain is keyed
+-- with another key (or the worker has none and it is keyed), else
+-- {"ok", count}. Log, head and seen marks change together, so a record is
+-- never written twice for an event while its mark lives.
+--
+-- Cost per record: one XADD. The marks cost one GET and one SET (with the
+-- lifetime) per aggregate, the head one HMGET and one HSET per call.
 
-local K_LOG, K_HEAD = 1, 2
+local K_LOG, K_HEAD, K_FIRST_SEEN = 1, 2, 3
 local A_HEAD, A_KEY_ID, A_SEEN_TTL, A_N, A_FIRST = 1, 2, 3, 4, 5
-local R_EVENT_ID, R_ENTRY_ID, R_TYPE, R_AGGREGATE_ID, R_DIGEST, R_PREV, R_HASH, R_SEEN, R_SEQ, R_NARGS =
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+local R_EVENT_ID, R_ENTRY_ID, R_TYPE, R_AGGREGATE_ID, R_DIGEST, R_HASH, R_SEEN, R_SEQ, R_NARGS =
+  0, 1, 2, 3, 4, 5, 6, 7, 8
+local GENESIS = string.rep('0', 64)
 
-local head = redis.call('HGET', KEYS[K_HEAD], 'hash') or ''
+local h = redis.call('HMGET', KEYS[K_HEAD], 'hash', 'key_id', 'count')
+local head = h[1] or ''
 if head ~= ARGV[A_HEAD] then
   return {'moved', head}
 end
-local chain_key = redis.call('HGET', KEYS[K_HEAD], 'key_id') or 'none'
+local chain_key = h[2] or 'none'
 local my_key = ARGV[A_KEY_ID]
 -- an unkeyed chain may become keyed; a keyed one only goes on with its key
 if chain_key ~= 'none' and chain_key ~= my_key then
   return {'wrong_key', chain_key}
 end
-local count = tonumber(redis.call('HGET', KEYS[K_HEAD], 'count') or '0')
+local count = tonumber(h[3] or '0')
 local n = tonumber(ARGV[A_N])
 local ttl = tonumber(ARGV[A_SEEN_TTL])
 
--- Guard: the caller read the seen marks after this head, so none of its
--- records can be marked; refuse the whole batch if one is.
+-- Guard: the caller read the seen marks after this head (or assumed none),
+-- so none of its records can be marked; refuse the whole batch if one is.
+-- Each aggregate's mark is read once; the seqs to set are gathered per key.
+local marks, seqs, named = {}, {}, {}
+for i = K_FIRST_SEEN, #KEYS do
+  marks[i] = redis.call('GET', KEYS[i]) or ''
+  seqs[i], named[i] = {}, {}
+end
 for k = 0, n - 1 do
   local b = A_FIRST + k * R_NARGS
+  local s = tonumber(ARGV[b + R_SEEN])
   local seq = tonumber(ARGV[b + R_SEQ])
-  local key = KEYS[tonumber(ARGV[b + R_SEEN])]
-  if redis.call('GETRANGE', key, seq - 1, seq - 1) == '1' then
+  if string.byte(marks[s], seq) == 49 or named[s][seq] then   -- 49: '1'
     return {'moved', head}
   end
+  named[s][seq] = true
+  local set = seqs[s]
+  set[#set + 1] = seq
 end
 
-local last = head
+local last = head ~= '' and head or GENESIS
 for k = 0, n - 1 do
   local b = A_FIRST + k * R_NARGS
   redis.call('XADD', KEYS[K_LOG], '*', 'event_id', ARGV[b + R_EVENT_ID], 'entry_id', ARGV[b + R_ENTRY_ID],
     'type', ARGV[b + R_TYPE], 'aggregate_id', ARGV[b + R_AGGREGATE_ID], 'digest', ARGV[b + R_DIGEST],
-    'prev', ARGV[b + R_PREV], 'hash', ARGV[b + R_HASH])
-  redis.call('SETRANGE', KEYS[tonumber(ARGV[b + R_SEEN])], tonumber(ARGV[b + R_SEQ]) - 1, '1')
+    'prev', last, 'hash', ARGV[b + R_HASH])
   last = ARGV[b + R_HASH]
   count = count + 1
 end
-for i = K_HEAD + 1, #KEYS do
-  redis.call('EXPIRE', KEYS[i], ttl)
+
+-- Each mark rewritten once, '1' at its new seqs ('\0' fills any gap, as
+-- SETRANGE would), with its lifetime renewed in the same command.
+for i = K_FIRST_SEEN, #KEYS do
+  local m, set = marks[i], seqs[i]
+  table.sort(set)
+  local parts, at = {}, 1   -- at: first byte of m not yet copied
+  for _, seq in ipairs(set) do
+    if seq > #m + 1 then
+      parts[#parts + 1] = string.sub(m, at)
+      parts[#parts + 1] = string.rep('\0', seq - 1 - math.max(#m, at - 1))
+    else
+      parts[#parts + 1] = string.sub(m, at, seq - 1)
+    end
+    parts[#parts + 1] = '1'
+    at = seq + 1
+  end
+  parts[#parts + 1] = string.sub(m, at)
+  if #set > 0 then
+    redis.call('SET', KEYS[i], table.concat(parts), 'EX', ttl)
+  end
 end
 if my_key ~= 'none' then
   redis.call('HSET', KEYS[K_HEAD], 'hash', last, 'count', count, 'key_id', my_key)
