@@ -12,12 +12,16 @@
  * --deep finds an event edited in its history; the dedupe marks expire after
  * AUDIT_SEEN_TTL_S (an event delivered after that is audited again, and the
  * chain still verifies); the script module (workers/lua/audit_append.h) answers
- * moved / ok / wrong_key as named.
+ * moved / ok / wrong_key as named, writes each record's prev itself and
+ * refuses records not linked in order; a chain and seen marks left by the
+ * previous script (prev sent, a SETRANGE per record) are continued by the
+ * worker with one record per event, and verify, --deep included.
  *
  * CHORUS_WORKER_BIN and CHORUS_AUDIT_VERIFY_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -746,6 +750,40 @@ Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
     cr_assert_str_eq(mark, "1");
     free(mark);
     cr_assert_gt(sg_ll(&E, "TTL %s", b[2].seen_key), 0);
+    /* the gap before seq 3 holds NULs, as a SETRANGE would leave it */
+    redisReply *raw = redisCommand(E.c, "GET %s", b[2].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 3 && !memcmp(raw->str, "\0\0" "1", 3));
+    freeReplyObject(raw);
+    /* the stored links are the chain's: the head before, then the record before */
+    log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->elements == 3);
+    cr_assert_str_eq(field_of(log->element[1], "prev"), b[0].hash);
+    cr_assert_str_eq(field_of(log->element[2], "prev"), b[1].hash);
+    freeReplyObject(log);
+
+    /* records whose prev does not follow the head, or each other: an error, nothing sent */
+    rec_buf y[2];
+    make_rec(&y[0], &key, b[1].hash, "co-4", 1);   /* the head is b[2]'s hash */
+    wk_aa_record yr[2] = {y[0].r};
+    wk_aa_call bad = {.head = b[2].hash, .key_id = key.id, .seen_ttl_s = 1000, .recs = yr, .n = 1};
+    char err[256];
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), -1);
+    cr_assert(strstr(err, "prev"), "%s", err);
+    make_rec(&y[0], &key, b[2].hash, "co-4", 1);
+    make_rec(&y[1], &key, b[2].hash, "co-4", 2);   /* should follow y[0] */
+    yr[0] = y[0].r;
+    yr[1] = y[1].r;
+    bad.n = 2;
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), -1);
+    cr_assert(strstr(err, "record 1"), "%s", err);
+    /* one event named twice in a call: refused, nothing written */
+    make_rec(&y[1], &key, y[0].hash, "co-4", 1);
+    yr[1] = y[1].r;
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    cr_assert_str_eq(v.head, b[2].hash);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), 3);
+    cr_assert_eq(sg_ll(&E, "EXISTS %s", y[0].seen_key), 0, "a refused call marks nothing");
 
     /* another key, or none, on a keyed chain */
     rec_buf x;
@@ -822,4 +860,77 @@ Test(audit, head_file_lines_are_validated)
     snprintf(env, sizeof env, "AUDIT_HEAD_FILE=%s", path);
     cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 2, "%s", out);
     cr_assert(strstr(out, "disagree"), "%s", out);
+}
+
+/* Writes the records and seen marks of checkout's first max events (chained
+ * from the head) as the script before this one did: every field sent, prev
+ * included, a SETRANGE per record, an EXPIRE per aggregate, then the head.
+ * Returns how many events the checkout's history holds. */
+static size_t append_as_previous_script(const char *checkout, size_t max)
+{
+    size_t n = 0;
+    es_event **evs = sx_history(E.s, checkout, &n);
+    cr_assert(evs && n > 0);
+    char *h = sg_str(&E, "HGET %s hash", PJ_AUDIT_HEAD_KEY);
+    char prev[PJ_AUDIT_HEX], hash[PJ_AUDIT_HEX], digest[PJ_AUDIT_HEX], seen[128], off[24];
+    snprintf(prev, sizeof prev, "%s", h ? h : pj_audit_genesis);
+    long long count = h ? sg_ll(&E, "HGET %s count", PJ_AUDIT_HEAD_KEY) : 0;
+    free(h);
+    for (size_t i = 0; i < n && i < max; i++) {
+        const es_event *ev = evs[i];
+        pj_audit_digest(ev->payload, ev->payload_len, digest);
+        pj_audit_rec rec = {ev->event_id, ev->entry_id, ev->type, ev->aggregate_id, digest};
+        pj_audit_hash(NULL, prev, &rec, hash);
+        const char *argv[] = {"XADD",   PJ_AUDIT_LOG_KEY, "*",    "event_id", rec.event_id, "entry_id",
+                              rec.entry_id, "type",       rec.type, "aggregate_id", rec.aggregate_id,
+                              "digest", rec.digest,       "prev", prev,     "hash",     hash};
+        freeReplyObject(redisCommandArgv(E.c, 17, argv, NULL));
+        snprintf(seen, sizeof seen, "%s%s:%s", PJ_AUDIT_SEEN_PREFIX, ev->aggregate, ev->aggregate_id);
+        snprintf(off, sizeof off, "%lld", (long long)ev->seq - 1);
+        freeReplyObject(redisCommand(E.c, "SETRANGE %s %s 1", seen, off));
+        freeReplyObject(redisCommand(E.c, "EXPIRE %s 604800", seen));
+        snprintf(prev, sizeof prev, "%s", hash);
+        count++;
+    }
+    freeReplyObject(redisCommand(E.c, "HSET %s hash %s count %lld", PJ_AUDIT_HEAD_KEY, prev, count));
+    es_events_free(evs, n);
+    return n;
+}
+
+Test(audit, chain_and_marks_of_the_previous_script_are_continued_once_per_event)
+{
+    long long events = append_sagas(8);
+    append_as_previous_script("co-000", SIZE_MAX);
+    append_as_previous_script("co-001", SIZE_MAX);
+    size_t n2 = append_as_previous_script("co-002", 2);   /* a saga half audited */
+    cr_assert_gt(n2, 2);
+    long long old = sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY);
+    cr_assert_gt(old, 4);
+    cr_assert(verify_with(&(pj_audit_opts){.deep = true}).intact, "the previous script's chain verifies");
+
+    /* the worker reads the bus from its start: the events already audited
+     * are skipped by their marks, the others get their record, chained on */
+    sg_spawn(&E, "audit", (const char *const[]){"BATCH_SIZE=7", NULL});
+    wait_audited(events);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), events);
+    redisReply *log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->type == REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < log->elements; i++)
+        sg_ll(&E, "HINCRBY test:audit:ids %s 1", field_of(log->element[i], "event_id"));
+    freeReplyObject(log);
+    cr_assert_eq(sg_ll(&E, "HLEN test:audit:ids"), events, "each event once");
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, events);
+    char out[1024];
+    cr_assert_eq(run_verify_cli_with((const char *const[]){"--deep", NULL}, NULL, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "\"intact\":true"), "%s", out);
+
+    /* the half-audited saga's mark, begun by SETRANGE, completed by the new script */
+    char seen[128];
+    snprintf(seen, sizeof seen, "%scheckout:co-002", PJ_AUDIT_SEEN_PREFIX);
+    char *mark = sg_str(&E, "GET %s", seen);
+    cr_assert(mark && strlen(mark) == n2 && strspn(mark, "1") == n2, "%s", mark ? mark : "(nil)");
+    free(mark);
+    cr_assert_gt(sg_ll(&E, "TTL %s", seen), 0);
 }
