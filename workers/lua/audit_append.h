@@ -22,12 +22,14 @@ enum wk_aa_key {
     WK_AA_KEY_FIRST_SEEN,   /* chorus:{audit}:seen:<aggregate>:<id>, ... */
 };
 
-/* ARGV, 0-based: the fixed arguments, then WK_AA_REC_NARGS per record. */
+/* ARGV, 0-based: the fixed arguments, then WK_AA_REC_NARGS per record,
+ * then WK_AA_RUN_NARGS per run. */
 enum wk_aa_arg {
     WK_AA_ARG_HEAD,          /* the head the records were chained to ("" = empty log) */
     WK_AA_ARG_KEY_ID,        /* the worker's key id, "none" when unkeyed */
     WK_AA_ARG_SEEN_TTL_S,    /* lifetime of the seen marks, seconds */
     WK_AA_ARG_NRECORDS,
+    WK_AA_ARG_NRUNS,
     WK_AA_ARG_FIRST_RECORD,
 };
 
@@ -39,9 +41,18 @@ enum wk_aa_rec {
     WK_AA_REC_AGGREGATE_ID,
     WK_AA_REC_DIGEST,
     WK_AA_REC_HASH,          /* (no prev: the script links each record to the hash before it) */
-    WK_AA_REC_SEEN,          /* 1-based index of its seen key in KEYS */
-    WK_AA_REC_SEQ,
     WK_AA_REC_NARGS,
+};
+
+/* One run's arguments, relative to its first: seqs first..last of one
+ * aggregate, each the seq of one record of the call. The records' seqs of a
+ * seen key become its runs, in seq order; a seq named twice starts a run
+ * that overlaps the one before (the script refuses it). */
+enum wk_aa_run {
+    WK_AA_RUN_SEEN,          /* 1-based index of the seen key in KEYS */
+    WK_AA_RUN_FIRST,         /* first seq (>= 1) */
+    WK_AA_RUN_LAST,          /* last seq (>= first) */
+    WK_AA_RUN_NARGS,
 };
 
 /* A record to append (strings borrowed for the call). */
@@ -76,9 +87,9 @@ typedef struct wk_aa_verdict {
 } wk_aa_verdict;
 
 /* Runs the script through cc on the {audit} slot's master. Returns 0 with
- * *v filled, or -1 with err on a Redis error, a reply of another shape, or
- * records not linked in order (recs[0].prev is not the head — 64 '0' for
- * "" —, or a prev is not the hash of the record before it). */
+ * *v filled, or -1 with err on a Redis error, a reply of another shape, a
+ * seq below 1, or records not linked in order (recs[0].prev is not the head
+ * — 64 '0' for "" —, or a prev is not the hash of the record before it). */
 int wk_audit_append(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Transitional: the same on one server's connection c (cm_cluster_borrow). */

@@ -11,25 +11,27 @@
 -- audited seq), each once. All share the {audit} hash tag.
 -- ARGV: the head hash the records were chained to ("" = empty log), the
 -- worker's key id ("none" = unkeyed), the seen marks' lifetime in seconds,
--- the number of records, then per record: event_id, entry_id, type,
--- aggregate_id, digest, hash, seen (index into KEYS), seq. A record's `prev`
--- is not sent: the script writes the hash before it (the head for the first,
--- 64 '0' on an empty log), so every stored link is the chain's real one.
+-- the number of records, the number of runs, then per record: event_id,
+-- entry_id, type, aggregate_id, digest, hash; then per run of consecutive
+-- seqs the records cover in one aggregate: seen (index into KEYS), first
+-- seq, last seq. A record's `prev` is not sent: the script writes the hash
+-- before it (the head for the first, 64 '0' on an empty log), so every
+-- stored link is the chain's real one.
 --
 -- Returns {"moved", current head} when another worker appended first (the
--- caller re-reads and recomputes) or a record's event is already marked (or
+-- caller re-reads and recomputes) or a seq of a run is already marked (or
 -- named twice), {"wrong_key", the chain's key id} when the chain is keyed
 -- with another key (or the worker has none and it is keyed), else
 -- {"ok", count}. Log, head and seen marks change together, so a record is
 -- never written twice for an event while its mark lives.
 --
--- Cost per record: one XADD. The marks cost one GET and one SET (with the
--- lifetime) per aggregate, the head one HMGET and one HSET per call.
+-- Cost: one XADD per record; one GET and one SET (with the lifetime) per
+-- aggregate; one HMGET and one HSET per call.
 
 local K_LOG, K_HEAD, K_FIRST_SEEN = 1, 2, 3
-local A_HEAD, A_KEY_ID, A_SEEN_TTL, A_N, A_FIRST = 1, 2, 3, 4, 5
-local R_EVENT_ID, R_ENTRY_ID, R_TYPE, R_AGGREGATE_ID, R_DIGEST, R_HASH, R_SEEN, R_SEQ, R_NARGS =
-  0, 1, 2, 3, 4, 5, 6, 7, 8
+local A_HEAD, A_KEY_ID, A_SEEN_TTL, A_N, A_NRUNS, A_FIRST = 1, 2, 3, 4, 5, 6
+local R_EVENT_ID, R_ENTRY_ID, R_TYPE, R_AGGREGATE_ID, R_DIGEST, R_HASH, R_NARGS = 0, 1, 2, 3, 4, 5, 6
+local U_SEEN, U_FIRST, U_LAST, U_NARGS = 0, 1, 2, 3
 local GENESIS = string.rep('0', 64)
 
 local h = redis.call('HMGET', KEYS[K_HEAD], 'hash', 'key_id', 'count')
@@ -45,26 +47,28 @@ if chain_key ~= 'none' and chain_key ~= my_key then
 end
 local count = tonumber(h[3] or '0')
 local n = tonumber(ARGV[A_N])
+local nruns = tonumber(ARGV[A_NRUNS])
 local ttl = tonumber(ARGV[A_SEEN_TTL])
 
 -- Guard: the caller read the seen marks after this head (or assumed none),
--- so none of its records can be marked; refuse the whole batch if one is.
--- Each aggregate's mark is read once; the seqs to set are gathered per key.
-local marks, seqs, named = {}, {}, {}
-for i = K_FIRST_SEEN, #KEYS do
-  marks[i] = redis.call('GET', KEYS[i]) or ''
-  seqs[i], named[i] = {}, {}
-end
-for k = 0, n - 1 do
-  local b = A_FIRST + k * R_NARGS
-  local s = tonumber(ARGV[b + R_SEEN])
-  local seq = tonumber(ARGV[b + R_SEQ])
-  if string.byte(marks[s], seq) == 49 or named[s][seq] then   -- 49: '1'
+-- so no seq of its runs can be marked; refuse the whole batch if one is.
+-- Each aggregate's mark is read once and its new value built here ('\0'
+-- fills a gap, as SETRANGE would).
+local marks = {}
+for r = 0, nruns - 1 do
+  local b = A_FIRST + n * R_NARGS + r * U_NARGS
+  local k, first, last = tonumber(ARGV[b + U_SEEN]), tonumber(ARGV[b + U_FIRST]), tonumber(ARGV[b + U_LAST])
+  if not (k and first and last and k >= K_FIRST_SEEN and k <= #KEYS and first >= 1 and last >= first) then
+    return redis.error_reply('audit_append.lua: run ' .. r .. ' is not a seen key and 1 <= first <= last')
+  end
+  local m = marks[k] or redis.call('GET', KEYS[k]) or ''
+  if string.find(string.sub(m, first, last), '1', 1, true) then
     return {'moved', head}
   end
-  named[s][seq] = true
-  local set = seqs[s]
-  set[#set + 1] = seq
+  if #m < first - 1 then
+    m = m .. string.rep('\0', first - 1 - #m)
+  end
+  marks[k] = string.sub(m, 1, first - 1) .. string.rep('1', last - first + 1) .. string.sub(m, last + 1)
 end
 
 local last = head ~= '' and head or GENESIS
@@ -77,25 +81,9 @@ for k = 0, n - 1 do
   count = count + 1
 end
 
--- Each mark rewritten once, '1' at its new seqs ('\0' fills any gap, as
--- SETRANGE would), with its lifetime renewed in the same command.
-for i = K_FIRST_SEEN, #KEYS do
-  local m, set = marks[i], seqs[i]
-  table.sort(set)
-  local parts, at = {}, 1   -- at: first byte of m not yet copied
-  for _, seq in ipairs(set) do
-    if seq > #m + 1 then
-      parts[#parts + 1] = string.sub(m, at)
-      parts[#parts + 1] = string.rep('\0', seq - 1 - math.max(#m, at - 1))
-    else
-      parts[#parts + 1] = string.sub(m, at, seq - 1)
-    end
-    parts[#parts + 1] = '1'
-    at = seq + 1
-  end
-  parts[#parts + 1] = string.sub(m, at)
-  if #set > 0 then
-    redis.call('SET', KEYS[i], table.concat(parts), 'EX', ttl)
+for k = K_FIRST_SEEN, #KEYS do
+  if marks[k] then
+    redis.call('SET', KEYS[k], marks[k], 'EX', ttl)
   end
 end
 if my_key ~= 'none' then
