@@ -798,6 +798,35 @@ Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
     pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
     cr_assert(rep.intact, "%s", rep.problem);
     cr_assert_eq(rep.count, 3);
+
+    /* seqs out of order and with a gap in one aggregate, and another
+     * aggregate's: each mark gets exactly its seqs */
+    rec_buf z[3];
+    make_rec(&z[0], &key, b[2].hash, "co-5", 3);
+    make_rec(&z[1], &key, z[0].hash, "co-6", 2);
+    make_rec(&z[2], &key, z[1].hash, "co-5", 1);
+    v = call_script(b[2].hash, key.id, z, 3);
+    cr_assert_eq(v.status, WK_AA_OK);
+    cr_assert_eq(v.count, 6);
+    raw = redisCommand(E.c, "GET %s", z[0].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 3 && !memcmp(raw->str, "1\0" "1", 3));
+    freeReplyObject(raw);
+    raw = redisCommand(E.c, "GET %s", z[1].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 2 && !memcmp(raw->str, "\0" "1", 2));
+    freeReplyObject(raw);
+    /* the gap filled later; a seq already marked in the same call refused */
+    make_rec(&z[0], &key, z[2].hash, "co-5", 2);
+    make_rec(&z[1], &key, z[0].hash, "co-5", 3);
+    v = call_script(z[2].hash, key.id, z, 2);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    v = call_script(z[2].hash, key.id, z, 1);
+    cr_assert_eq(v.status, WK_AA_OK);
+    mark = sg_str(&E, "GET %s", z[0].seen_key);
+    cr_assert_str_eq(mark, "111");
+    free(mark);
+    rep = verify_with(&(pj_audit_opts){.key = &key});
+    cr_assert(rep.intact, "%s", rep.problem);
+    cr_assert_eq(rep.count, 7);
 }
 
 Test(audit, legacy_audit_keys_are_renamed_at_start)
