@@ -6,8 +6,8 @@ everysec, no automatic rewrite): CALLS calls of RECORDS records each (default
 1000 x 60, about one closed-loop batch of `./chorus bench e2e`), PER_AGGREGATE
 consecutive seqs per aggregate (default 4, a saga's events). Prints EVALSHA's
 us per call (INFO commandstats, inclusive), redis-server CPU per call (INFO
-used_cpu_*: also request parsing, AOF formatting and writes) and the commands
-the script ran per call.
+used_cpu_*: also request parsing, AOF formatting and writes), request bytes
+per call and the commands the script ran per call.
 
 LAYOUT is the script's ARGV layout: "runs" (default: six fields per record,
 then seen/first/last per run of seqs, as workers/lua/audit_append.h) or "v1"
@@ -93,6 +93,7 @@ try:
     cmd("CONFIG", "RESETSTAT")
     c = info("cpu")
     cpu0 = float(c["used_cpu_user"]) + float(c["used_cpu_sys"])
+    in0 = int(info("stats")["total_net_input_bytes"])
     for call in range(calls):
         keys = ["chorus:{audit}:log", "chorus:{audit}:head"]
         args = [head, "none", "604800", str(nrec)]
@@ -118,15 +119,16 @@ try:
         head = prev
     c = info("cpu")
     cpu1 = float(c["used_cpu_user"]) + float(c["used_cpu_sys"])
+    in1 = int(info("stats")["total_net_input_bytes"])
     stats = {k[8:]: dict(x.split("=") for x in v.split(",")) for k, v in info("commandstats").items()
              if k.startswith("cmdstat_")}
     ev = stats["evalsha"]
     inner = ", ".join("%s %.1f" % (k, int(v["calls"]) / calls) for k, v in sorted(stats.items())
                       if k not in ("evalsha", "info", "script|load") and not k.startswith("config"))
     print("%s: %d calls of %d records (%d per aggregate): evalsha %.1f us/call (%.2f us/record), "
-          "redis-server CPU %.1f us/call; per call: %s"
+          "redis-server CPU %.1f us/call, %.0f bytes in/call; per call: %s"
           % (layout, calls, nrec, per, float(ev["usec_per_call"]), float(ev["usec_per_call"]) / nrec,
-             (cpu1 - cpu0) * 1e6 / calls, inner))
+             (cpu1 - cpu0) * 1e6 / calls, (in1 - in0) / calls, inner))
 finally:
     srv.terminate()
     srv.wait()
