@@ -15,7 +15,8 @@
  * moved / ok / wrong_key as named, writes each record's prev itself and
  * refuses records not linked in order; a chain and seen marks left by the
  * previous script (prev sent, a SETRANGE per record) are continued by the
- * worker with one record per event, and verify, --deep included.
+ * worker with one record per event, and verify, --deep included; a lone
+ * worker reads the seen marks once, then sends each batch in one call.
  *
  * CHORUS_WORKER_BIN and CHORUS_AUDIT_VERIFY_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
@@ -962,4 +963,33 @@ Test(audit, chain_and_marks_of_the_previous_script_are_continued_once_per_event)
     cr_assert(mark && strlen(mark) == n2 && strspn(mark, "1") == n2, "%s", mark ? mark : "(nil)");
     free(mark);
     cr_assert_gt(sg_ll(&E, "TTL %s", seen), 0);
+}
+
+/* Calls of cmd since the last CONFIG RESETSTAT (INFO commandstats). */
+static long long command_calls(const char *cmd)
+{
+    redisReply *r = redisCommand(E.c, "INFO commandstats");
+    cr_assert(r && r->type == REDIS_REPLY_STRING);
+    char needle[64];
+    snprintf(needle, sizeof needle, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(r->str, needle);
+    long long n = p ? atoll(p + strlen(needle)) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+Test(audit, a_lone_worker_reads_the_marks_once_then_sends_each_batch_in_one_call)
+{
+    freeReplyObject(redisCommand(E.c, "CONFIG RESETSTAT"));
+    sg_spawn(&E, "audit", (const char *const[]){"BATCH_SIZE=5", NULL});
+    long long events = append_sagas(12);
+    wait_audited(events);
+    /* the first batch reads the head and marks; every later one is chained
+     * from the head the worker's last append left, checked by the script */
+    cr_assert_eq(command_calls("mget"), 1, "the seen marks were read more than once");
+    cr_assert_eq(command_calls("getrange") + command_calls("setrange"), 0);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), events);
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, events);
 }
