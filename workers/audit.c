@@ -1,17 +1,20 @@
 /* audit.c - the audit worker: one hash-chained record per event
  * (projections/audit.h), a batch at a time.
  *
- * A batch costs two round trips: read the head and the seen marks of the
- * batch's aggregates (pipelined, head first), then one script that appends
- * the records, chained in C from that head, only if the head did not move
- * (workers/audit_append.{h,c} + lua/audit_append.lua). When another audit
- * copy appended in between, the script refuses and the batch is re-read and
- * re-chained. After Redis accepted a batch, the new head is appended to
- * AUDIT_HEAD_FILE (fsync'd), outside Redis.
+ * A batch usually costs one round trip: one script that appends the
+ * records, chained in C from the head this worker's last append left, only
+ * if the head is still that one and no record's event is marked seen
+ * (workers/audit_append.{h,c} + lua/audit_append.lua). When the script
+ * refuses (another audit copy appended, an event was delivered again, or the
+ * worker has no head yet), the head and the seen marks of the batch's
+ * aggregates are read (pipelined, head first), the records already marked
+ * are dropped and the rest re-chained and sent again. After Redis accepted a
+ * batch, the new head is appended to AUDIT_HEAD_FILE (fsync'd), outside Redis.
  *
  * Why the head is read before the seen marks: any append after the head read
  * changes the head, so the compare-and-set fails; a seen mark read after the
- * head is therefore current whenever the script accepts.
+ * head is therefore current whenever the script accepts. (The script checks
+ * the marks of every record itself too, so a guess is never written.)
  *
  * Lifetimes: the log and the head are kept indefinitely; an aggregate's seen
  * marks expire AUDIT_SEEN_TTL_S after its last audited event. An event
@@ -56,6 +59,8 @@ static const cm_opt k_opts[] = {
 typedef struct audit_state {
     pj_audit_key key;
     int head_fd;              /* AUDIT_HEAD_FILE, or -1 */
+    char head[PJ_AUDIT_HEX];  /* the chain's head after this worker's last batch ("" = empty log) */
+    bool head_known;          /* head is worth a guess (false at start and after an error) */
     cm_series *records;       /* audit_records_total */
     cm_series *races;         /* audit_cas_retries_total */
     cm_series *file_errors;   /* audit_head_file_errors_total */
@@ -65,6 +70,7 @@ typedef struct audit_state {
 typedef struct item {
     const es_event *ev;
     char seen_key[400];           /* chorus:{audit}:seen:<aggregate>:<aggregate_id> */
+    size_t key_ix;                /* its seen key's place among the batch's distinct ones */
     char digest[PJ_AUDIT_HEX];
     char hash[PJ_AUDIT_HEX];
     bool write;                   /* not seen yet: gets a record */
@@ -197,13 +203,15 @@ static void audit_fini(wk_ctx *ctx)
 }
 
 /* Reads the head and, for every item, whether its event already has a
- * record. Returns 0 or -1 with err. */
-static int read_state(cm_cluster *cc, item *it, size_t n, char head[PJ_AUDIT_HEX], char *err, size_t errlen)
+ * record (one MGET of the nkeys distinct seen keys). Returns 0 or -1 with err. */
+static int read_state(cm_cluster *cc, item *it, size_t n, size_t nkeys, char head[PJ_AUDIT_HEX], char *err,
+                      size_t errlen)
 {
     cm_argv a = {0};
     cm_argv_adds(&a, "MGET");
     for (size_t i = 0; i < n; i++)
-        cm_argv_adds(&a, it[i].seen_key);
+        if (it[i].key_ix == (size_t)a.n - 1)   /* the first item of each key, in key order */
+            cm_argv_adds(&a, it[i].seen_key);
     /* head and seen marks share the {audit} tag: one slot, one round trip */
     cm_pipe *p = cm_pipe_new(cc);
     cm_pipe_command(p, audit_slot(), "HGET %s hash", PJ_AUDIT_HEAD_KEY);
@@ -219,13 +227,13 @@ static int read_state(cm_cluster *cc, item *it, size_t n, char head[PJ_AUDIT_HEX
         snprintf(err, errlen, "redis: %s", h->type == REDIS_REPLY_ERROR ? h->str : s->str);
         goto done;
     }
-    if (s->type != REDIS_REPLY_ARRAY || s->elements != n) {
+    if (s->type != REDIS_REPLY_ARRAY || s->elements != nkeys) {
         snprintf(err, errlen, "unexpected MGET reply for the audit seen marks");
         goto done;
     }
     snprintf(head, PJ_AUDIT_HEX, "%s", cm_reply_is_str(h) ? h->str : "");
     for (size_t i = 0; i < n; i++) {
-        const redisReply *v = s->element[i];
+        const redisReply *v = s->element[it[i].key_ix];
         int64_t seq = it[i].ev->seq;
         bool seen = cm_reply_is_str(v) && (size_t)seq <= v->len && v->str[seq - 1] == '1';
         it[i].write = !seen && !it[i].dup_in_batch;
@@ -240,9 +248,10 @@ done:
 
 /* Chains the records to be written from head and appends them if the head
  * is unchanged. Returns 1 appended (or nothing to append; *count is then
- * the chain's length, or 0), 0 the head moved, -1 error with err. */
+ * the chain's length, or 0), 0 refused (moved: the head now, maybe still
+ * head when a record was marked already), -1 error with err. */
 static int append_chain(cm_cluster *c, const audit_state *st, item *it, size_t n, const char *head,
-                        long long *written, long long *count, char *err, size_t errlen)
+                        long long *written, long long *count, char moved[PJ_AUDIT_HEX], char *err, size_t errlen)
 {
     wk_aa_record *recs = cm_xcalloc(n, sizeof *recs);
     const char *prev = head[0] ? head : pj_audit_genesis;
@@ -270,8 +279,10 @@ static int append_chain(cm_cluster *c, const audit_state *st, item *it, size_t n
             rc = -1;
         else if (v.status == WK_AA_OK)
             *count = v.count;
-        else if (v.status == WK_AA_MOVED)
+        else if (v.status == WK_AA_MOVED) {
+            snprintf(moved, PJ_AUDIT_HEX, "%s", v.head);
             rc = 0;
+        }
         else {
             snprintf(err, errlen, "the audit chain is keyed with key id %s, not with this worker's (%s)", v.key_id,
                      st->key.id);
@@ -282,13 +293,27 @@ static int append_chain(cm_cluster *c, const audit_state *st, item *it, size_t n
     return rc;
 }
 
-/* Marks items whose (aggregate, seq) appeared earlier in the batch. */
-static void mark_batch_dups(item *it, size_t n)
+/* Marks items whose (aggregate, seq) appeared earlier in the batch and
+ * numbers the batch's distinct seen keys in order of first use. Returns how
+ * many there are. */
+static size_t mark_batch_dups(item *it, size_t n)
 {
-    for (size_t i = 1; i < n; i++)
-        for (size_t j = 0; j < i && !it[i].dup_in_batch; j++)
-            if (!it[j].dup_in_batch && it[j].ev->seq == it[i].ev->seq && !strcmp(it[j].seen_key, it[i].seen_key))
+    size_t nkeys = 0;
+    for (size_t i = 0; i < n; i++) {
+        it[i].key_ix = nkeys;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(it[j].seen_key, it[i].seen_key) != 0)
+                continue;
+            it[i].key_ix = it[j].key_ix;
+            if (!it[j].dup_in_batch && it[j].ev->seq == it[i].ev->seq) {
                 it[i].dup_in_batch = true;
+                break;
+            }
+        }
+        if (it[i].key_ix == nkeys)
+            nkeys++;
+    }
+    return nkeys;
 }
 
 /* Appends the new head to AUDIT_HEAD_FILE. A failure is logged and counted,
@@ -324,7 +349,7 @@ static void audit_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *
         pj_audit_digest(evs[i]->payload, evs[i]->payload_len, it[m].digest);
         m++;
     }
-    mark_batch_dups(it, m);
+    size_t nkeys = mark_batch_dups(it, m);
     if (m == 0) {
         free(it);
         return;
@@ -333,18 +358,31 @@ static void audit_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *
     int rc = -1;
     long long written = 0, count = 0;
     const char *last = NULL;
+    /* first a guess: the head this worker left, every event new */
+    bool guess = st->head_known;
+    char head[PJ_AUDIT_HEX] = "";
     for (int attempt = 0; attempt < MAX_CAS && !wk_stopping(ctx); attempt++) {
-        char head[PJ_AUDIT_HEX];
-        if (read_state(c, it, m, head, err, sizeof err) != 0) {
+        char moved[PJ_AUDIT_HEX] = "";
+        if (guess) {
+            memcpy(head, st->head, sizeof head);
+            for (size_t i = 0; i < m; i++)
+                it[i].write = !it[i].dup_in_batch;
+        } else if (read_state(c, it, m, nkeys, head, err, sizeof err) != 0) {
             rc = -1;
             break;
         }
-        rc = append_chain(c, st, it, m, head, &written, &count, err, sizeof err);
+        rc = append_chain(c, st, it, m, head, &written, &count, moved, err, sizeof err);
         if (rc != 0)
             break;
-        cm_series_inc(st->races);
+        /* refused: a race when the head moved; a guess can also miss on a mark */
+        if (!guess || strcmp(moved, head) != 0)
+            cm_series_inc(st->races);
         if (attempt >= 3)   /* heavy contention: step aside a little */
             cm_sleep_ms(1 + (int64_t)(rand() % 5));
+        if (guess) {
+            guess = false;
+            attempt--;   /* the guess is not an attempt */
+        }
     }
     if (rc == 1) {
         cm_series_add(st->records, (uint64_t)written);
@@ -353,7 +391,10 @@ static void audit_batch(wk_ctx *ctx, es_event *const *evs, size_t n, wk_result *
                 last = it[i].hash;
         if (written > 0)
             anchor(st, count, last);
+        snprintf(st->head, sizeof st->head, "%s", written > 0 ? last : head);
+        st->head_known = true;
     } else {
+        st->head_known = false;
         wk_fail_reason(ctx, "audit append failed: %s", rc == 0 ? "the head kept moving" : err);
         for (size_t i = 0; i < n; i++)
             if (results[i] == WK_ACK)

@@ -12,12 +12,17 @@
  * --deep finds an event edited in its history; the dedupe marks expire after
  * AUDIT_SEEN_TTL_S (an event delivered after that is audited again, and the
  * chain still verifies); the script module (workers/lua/audit_append.h) answers
- * moved / ok / wrong_key as named.
+ * moved / ok / wrong_key as named, writes each record's prev itself and
+ * refuses records not linked in order; a chain and seen marks left by the
+ * previous script (prev sent, a SETRANGE per record) are continued by the
+ * worker with one record per event, and verify, --deep included; a lone
+ * worker reads the seen marks once, then sends each batch in one call.
  *
  * CHORUS_WORKER_BIN and CHORUS_AUDIT_VERIFY_BIN (meson env) name the binaries. */
 #include <criterion/criterion.h>
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -746,6 +751,40 @@ Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
     cr_assert_str_eq(mark, "1");
     free(mark);
     cr_assert_gt(sg_ll(&E, "TTL %s", b[2].seen_key), 0);
+    /* the gap before seq 3 holds NULs, as a SETRANGE would leave it */
+    redisReply *raw = redisCommand(E.c, "GET %s", b[2].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 3 && !memcmp(raw->str, "\0\0" "1", 3));
+    freeReplyObject(raw);
+    /* the stored links are the chain's: the head before, then the record before */
+    log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->elements == 3);
+    cr_assert_str_eq(field_of(log->element[1], "prev"), b[0].hash);
+    cr_assert_str_eq(field_of(log->element[2], "prev"), b[1].hash);
+    freeReplyObject(log);
+
+    /* records whose prev does not follow the head, or each other: an error, nothing sent */
+    rec_buf y[2];
+    make_rec(&y[0], &key, b[1].hash, "co-4", 1);   /* the head is b[2]'s hash */
+    wk_aa_record yr[2] = {y[0].r};
+    wk_aa_call bad = {.head = b[2].hash, .key_id = key.id, .seen_ttl_s = 1000, .recs = yr, .n = 1};
+    char err[256];
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), -1);
+    cr_assert(strstr(err, "prev"), "%s", err);
+    make_rec(&y[0], &key, b[2].hash, "co-4", 1);
+    make_rec(&y[1], &key, b[2].hash, "co-4", 2);   /* should follow y[0] */
+    yr[0] = y[0].r;
+    yr[1] = y[1].r;
+    bad.n = 2;
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), -1);
+    cr_assert(strstr(err, "record 1"), "%s", err);
+    /* one event named twice in a call: refused, nothing written */
+    make_rec(&y[1], &key, y[0].hash, "co-4", 1);
+    yr[1] = y[1].r;
+    cr_assert_eq(wk_audit_append(E.c, &bad, &v, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    cr_assert_str_eq(v.head, b[2].hash);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), 3);
+    cr_assert_eq(sg_ll(&E, "EXISTS %s", y[0].seen_key), 0, "a refused call marks nothing");
 
     /* another key, or none, on a keyed chain */
     rec_buf x;
@@ -760,6 +799,35 @@ Test(audit, append_script_answers_moved_ok_or_wrong_key_and_writes_marks)
     pj_audit_report rep = verify_with(&(pj_audit_opts){.key = &key});
     cr_assert(rep.intact, "%s", rep.problem);
     cr_assert_eq(rep.count, 3);
+
+    /* seqs out of order and with a gap in one aggregate, and another
+     * aggregate's: each mark gets exactly its seqs */
+    rec_buf z[3];
+    make_rec(&z[0], &key, b[2].hash, "co-5", 3);
+    make_rec(&z[1], &key, z[0].hash, "co-6", 2);
+    make_rec(&z[2], &key, z[1].hash, "co-5", 1);
+    v = call_script(b[2].hash, key.id, z, 3);
+    cr_assert_eq(v.status, WK_AA_OK);
+    cr_assert_eq(v.count, 6);
+    raw = redisCommand(E.c, "GET %s", z[0].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 3 && !memcmp(raw->str, "1\0" "1", 3));
+    freeReplyObject(raw);
+    raw = redisCommand(E.c, "GET %s", z[1].seen_key);
+    cr_assert(raw && raw->type == REDIS_REPLY_STRING && raw->len == 2 && !memcmp(raw->str, "\0" "1", 2));
+    freeReplyObject(raw);
+    /* the gap filled later; a seq already marked in the same call refused */
+    make_rec(&z[0], &key, z[2].hash, "co-5", 2);
+    make_rec(&z[1], &key, z[0].hash, "co-5", 3);
+    v = call_script(z[2].hash, key.id, z, 2);
+    cr_assert_eq(v.status, WK_AA_MOVED);
+    v = call_script(z[2].hash, key.id, z, 1);
+    cr_assert_eq(v.status, WK_AA_OK);
+    mark = sg_str(&E, "GET %s", z[0].seen_key);
+    cr_assert_str_eq(mark, "111");
+    free(mark);
+    rep = verify_with(&(pj_audit_opts){.key = &key});
+    cr_assert(rep.intact, "%s", rep.problem);
+    cr_assert_eq(rep.count, 7);
 }
 
 Test(audit, legacy_audit_keys_are_renamed_at_start)
@@ -822,4 +890,106 @@ Test(audit, head_file_lines_are_validated)
     snprintf(env, sizeof env, "AUDIT_HEAD_FILE=%s", path);
     cr_assert_eq(run_verify_cli_with(NULL, (const char *const[]){env, NULL}, out, sizeof out), 2, "%s", out);
     cr_assert(strstr(out, "disagree"), "%s", out);
+}
+
+/* Writes the records and seen marks of checkout's first max events (chained
+ * from the head) as the script before this one did: every field sent, prev
+ * included, a SETRANGE per record, an EXPIRE per aggregate, then the head.
+ * Returns how many events the checkout's history holds. */
+static size_t append_as_previous_script(const char *checkout, size_t max)
+{
+    size_t n = 0;
+    es_event **evs = sx_history(E.s, checkout, &n);
+    cr_assert(evs && n > 0);
+    char *h = sg_str(&E, "HGET %s hash", PJ_AUDIT_HEAD_KEY);
+    char prev[PJ_AUDIT_HEX], hash[PJ_AUDIT_HEX], digest[PJ_AUDIT_HEX], seen[128], off[24];
+    snprintf(prev, sizeof prev, "%s", h ? h : pj_audit_genesis);
+    long long count = h ? sg_ll(&E, "HGET %s count", PJ_AUDIT_HEAD_KEY) : 0;
+    free(h);
+    for (size_t i = 0; i < n && i < max; i++) {
+        const es_event *ev = evs[i];
+        pj_audit_digest(ev->payload, ev->payload_len, digest);
+        pj_audit_rec rec = {ev->event_id, ev->entry_id, ev->type, ev->aggregate_id, digest};
+        pj_audit_hash(NULL, prev, &rec, hash);
+        const char *argv[] = {"XADD",   PJ_AUDIT_LOG_KEY, "*",    "event_id", rec.event_id, "entry_id",
+                              rec.entry_id, "type",       rec.type, "aggregate_id", rec.aggregate_id,
+                              "digest", rec.digest,       "prev", prev,     "hash",     hash};
+        freeReplyObject(redisCommandArgv(E.c, 17, argv, NULL));
+        snprintf(seen, sizeof seen, "%s%s:%s", PJ_AUDIT_SEEN_PREFIX, ev->aggregate, ev->aggregate_id);
+        snprintf(off, sizeof off, "%lld", (long long)ev->seq - 1);
+        freeReplyObject(redisCommand(E.c, "SETRANGE %s %s 1", seen, off));
+        freeReplyObject(redisCommand(E.c, "EXPIRE %s 604800", seen));
+        snprintf(prev, sizeof prev, "%s", hash);
+        count++;
+    }
+    freeReplyObject(redisCommand(E.c, "HSET %s hash %s count %lld", PJ_AUDIT_HEAD_KEY, prev, count));
+    es_events_free(evs, n);
+    return n;
+}
+
+Test(audit, chain_and_marks_of_the_previous_script_are_continued_once_per_event)
+{
+    long long events = append_sagas(8);
+    append_as_previous_script("co-000", SIZE_MAX);
+    append_as_previous_script("co-001", SIZE_MAX);
+    size_t n2 = append_as_previous_script("co-002", 2);   /* a saga half audited */
+    cr_assert_gt(n2, 2);
+    long long old = sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY);
+    cr_assert_gt(old, 4);
+    cr_assert(verify_with(&(pj_audit_opts){.deep = true}).intact, "the previous script's chain verifies");
+
+    /* the worker reads the bus from its start: the events already audited
+     * are skipped by their marks, the others get their record, chained on */
+    sg_spawn(&E, "audit", (const char *const[]){"BATCH_SIZE=7", NULL});
+    wait_audited(events);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), events);
+    redisReply *log = redisCommand(E.c, "XRANGE %s - +", PJ_AUDIT_LOG_KEY);
+    cr_assert(log && log->type == REDIS_REPLY_ARRAY);
+    for (size_t i = 0; i < log->elements; i++)
+        sg_ll(&E, "HINCRBY test:audit:ids %s 1", field_of(log->element[i], "event_id"));
+    freeReplyObject(log);
+    cr_assert_eq(sg_ll(&E, "HLEN test:audit:ids"), events, "each event once");
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, events);
+    char out[1024];
+    cr_assert_eq(run_verify_cli_with((const char *const[]){"--deep", NULL}, NULL, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "\"intact\":true"), "%s", out);
+
+    /* the half-audited saga's mark, begun by SETRANGE, completed by the new script */
+    char seen[128];
+    snprintf(seen, sizeof seen, "%scheckout:co-002", PJ_AUDIT_SEEN_PREFIX);
+    char *mark = sg_str(&E, "GET %s", seen);
+    cr_assert(mark && strlen(mark) == n2 && strspn(mark, "1") == n2, "%s", mark ? mark : "(nil)");
+    free(mark);
+    cr_assert_gt(sg_ll(&E, "TTL %s", seen), 0);
+}
+
+/* Calls of cmd since the last CONFIG RESETSTAT (INFO commandstats). */
+static long long command_calls(const char *cmd)
+{
+    redisReply *r = redisCommand(E.c, "INFO commandstats");
+    cr_assert(r && r->type == REDIS_REPLY_STRING);
+    char needle[64];
+    snprintf(needle, sizeof needle, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(r->str, needle);
+    long long n = p ? atoll(p + strlen(needle)) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+Test(audit, a_lone_worker_reads_the_marks_once_then_sends_each_batch_in_one_call)
+{
+    freeReplyObject(redisCommand(E.c, "CONFIG RESETSTAT"));
+    sg_spawn(&E, "audit", (const char *const[]){"BATCH_SIZE=5", NULL});
+    long long events = append_sagas(12);
+    wait_audited(events);
+    /* the first batch reads the head and marks; every later one is chained
+     * from the head the worker's last append left, checked by the script */
+    cr_assert_eq(command_calls("mget"), 1, "the seen marks were read more than once");
+    cr_assert_eq(command_calls("getrange") + command_calls("setrange"), 0);
+    cr_assert_eq(sg_ll(&E, "XLEN %s", PJ_AUDIT_LOG_KEY), events);
+    pj_audit_report rep = verify_with(&(pj_audit_opts){.deep = true});
+    cr_assert(rep.intact, "chain broken at %lld: %s", rep.bad_pos, rep.problem);
+    cr_assert_eq(rep.count, events);
 }

@@ -23,16 +23,60 @@ static size_t seen_index(const char **keys, size_t *nkeys, const char *key)
     return WK_AA_KEY_FIRST_SEEN + *nkeys;
 }
 
+/* A record's mark: its seen key's KEYS index and its seq. */
+typedef struct mark {
+    size_t key;
+    long long seq;
+} mark;
+
+static int by_key_seq(const void *a, const void *b)
+{
+    const mark *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+/* Appends the runs of marks[0..n) (sorted by key, seq) to args (NULL: only
+ * counts them). Returns how many. */
+static long long add_runs(cm_argv *args, const mark *marks, size_t n)
+{
+    long long runs = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && marks[j].key == marks[i].key && marks[j].seq == marks[j - 1].seq + 1)
+            j++;
+        const long long v[WK_AA_RUN_NARGS] = {
+            [WK_AA_RUN_SEEN] = (long long)marks[i].key,
+            [WK_AA_RUN_FIRST] = marks[i].seq,
+            [WK_AA_RUN_LAST] = marks[j - 1].seq,
+        };
+        for (int k = 0; args && k < WK_AA_RUN_NARGS; k++)
+            cm_argv_addll(args, v[k]);
+        runs++;
+        i = j;
+    }
+    return runs;
+}
+
 /* Builds KEYS then ARGV into a. Returns the number of keys. */
 static int build(const wk_aa_call *call, cm_argv *a)
 {
     const char **seen = cm_xcalloc(call->n, sizeof *seen);
+    mark *marks = cm_xcalloc(call->n, sizeof *marks);
     size_t nseen = 0;
-    cm_argv args = {0};
-    cm_argv_adds(&args, call->head);             /* WK_AA_ARG_HEAD */
-    cm_argv_adds(&args, call->key_id);           /* WK_AA_ARG_KEY_ID */
-    cm_argv_addll(&args, call->seen_ttl_s);      /* WK_AA_ARG_SEEN_TTL_S */
-    cm_argv_addll(&args, (long long)call->n);    /* WK_AA_ARG_NRECORDS */
+    for (size_t i = 0; i < call->n; i++)
+        marks[i] = (mark){seen_index(seen, &nseen, call->recs[i].seen_key), (long long)call->recs[i].seq};
+    qsort(marks, call->n, sizeof *marks, by_key_seq);
+    cm_argv_adds(a, PJ_AUDIT_LOG_KEY);    /* WK_AA_KEY_LOG */
+    cm_argv_adds(a, PJ_AUDIT_HEAD_KEY);   /* WK_AA_KEY_HEAD */
+    for (size_t i = 0; i < nseen; i++)
+        cm_argv_adds(a, seen[i]);
+    cm_argv_adds(a, call->head);                          /* WK_AA_ARG_HEAD */
+    cm_argv_adds(a, call->key_id);                        /* WK_AA_ARG_KEY_ID */
+    cm_argv_addll(a, call->seen_ttl_s);                   /* WK_AA_ARG_SEEN_TTL_S */
+    cm_argv_addll(a, (long long)call->n);                 /* WK_AA_ARG_NRECORDS */
+    cm_argv_addll(a, add_runs(NULL, marks, call->n));     /* WK_AA_ARG_NRUNS */
     for (size_t i = 0; i < call->n; i++) {
         const wk_aa_record *r = &call->recs[i];
         const char *v[WK_AA_REC_NARGS] = {
@@ -41,26 +85,30 @@ static int build(const wk_aa_call *call, cm_argv *a)
             [WK_AA_REC_TYPE] = r->rec.type,
             [WK_AA_REC_AGGREGATE_ID] = r->rec.aggregate_id,
             [WK_AA_REC_DIGEST] = r->rec.digest,
-            [WK_AA_REC_PREV] = r->prev,
             [WK_AA_REC_HASH] = r->hash,
         };
-        char seen_ix[24], seq[24];
-        snprintf(seen_ix, sizeof seen_ix, "%zu", seen_index(seen, &nseen, r->seen_key));
-        snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
-        v[WK_AA_REC_SEEN] = seen_ix;
-        v[WK_AA_REC_SEQ] = seq;
         for (int k = 0; k < WK_AA_REC_NARGS; k++)
-            cm_argv_adds(&args, v[k]);
+            cm_argv_adds(a, v[k]);
     }
-    cm_argv_adds(a, PJ_AUDIT_LOG_KEY);    /* WK_AA_KEY_LOG */
-    cm_argv_adds(a, PJ_AUDIT_HEAD_KEY);   /* WK_AA_KEY_HEAD */
-    for (size_t i = 0; i < nseen; i++)
-        cm_argv_adds(a, seen[i]);
-    for (int i = 0; i < args.n; i++)
-        cm_argv_add(a, args.v[i], args.len[i]);
-    cm_argv_free(&args);
+    (void)add_runs(a, marks, call->n);
+    free(marks);
     free(seen);
     return (int)(WK_AA_KEY_FIRST_SEEN + nseen);
+}
+
+/* The script writes each record's prev itself (the hash before it), so the
+ * hashes computed here must have been chained the same way; a seq is >= 1.
+ * Returns the index of the first record that is not so, or call->n. */
+static size_t first_unlinked(const wk_aa_call *call)
+{
+    const char *before = call->head[0] ? call->head : pj_audit_genesis;
+    for (size_t i = 0; i < call->n; i++) {
+        const wk_aa_record *r = &call->recs[i];
+        if (r->seq < 1 || !r->prev || !r->hash || strcmp(r->prev, before) != 0)
+            return i;
+        before = r->hash;
+    }
+    return call->n;
 }
 
 int (wk_audit_append)(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
@@ -68,6 +116,14 @@ int (wk_audit_append)(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, 
     memset(v, 0, sizeof *v);
     if (call->n == 0 || call->seen_ttl_s < 1) {
         snprintf(err, errlen, "audit append: no records, or a seen lifetime below 1 s");
+        return -1;
+    }
+    size_t bad = first_unlinked(call);
+    if (bad < call->n) {
+        snprintf(err, errlen, "audit append: record %zu's %s", bad,
+                 call->recs[bad].seq < 1 ? "seq is below 1"
+                 : bad == 0              ? "prev is not the head the call names"
+                                         : "prev is not the hash of the record before it");
         return -1;
     }
     cm_argv a = {0};

@@ -22,12 +22,14 @@ enum wk_aa_key {
     WK_AA_KEY_FIRST_SEEN,   /* chorus:{audit}:seen:<aggregate>:<id>, ... */
 };
 
-/* ARGV, 0-based: the fixed arguments, then WK_AA_REC_NARGS per record. */
+/* ARGV, 0-based: the fixed arguments, then WK_AA_REC_NARGS per record,
+ * then WK_AA_RUN_NARGS per run. */
 enum wk_aa_arg {
     WK_AA_ARG_HEAD,          /* the head the records were chained to ("" = empty log) */
     WK_AA_ARG_KEY_ID,        /* the worker's key id, "none" when unkeyed */
     WK_AA_ARG_SEEN_TTL_S,    /* lifetime of the seen marks, seconds */
     WK_AA_ARG_NRECORDS,
+    WK_AA_ARG_NRUNS,
     WK_AA_ARG_FIRST_RECORD,
 };
 
@@ -38,17 +40,26 @@ enum wk_aa_rec {
     WK_AA_REC_TYPE,
     WK_AA_REC_AGGREGATE_ID,
     WK_AA_REC_DIGEST,
-    WK_AA_REC_PREV,
-    WK_AA_REC_HASH,
-    WK_AA_REC_SEEN,          /* 1-based index of its seen key in KEYS */
-    WK_AA_REC_SEQ,
+    WK_AA_REC_HASH,          /* (no prev: the script links each record to the hash before it) */
     WK_AA_REC_NARGS,
+};
+
+/* One run's arguments, relative to its first: seqs first..last of one
+ * aggregate, each the seq of one record of the call. The records' seqs of a
+ * seen key become its runs, in seq order; a seq named twice starts a run
+ * that overlaps the one before (the script refuses it). */
+enum wk_aa_run {
+    WK_AA_RUN_SEEN,          /* 1-based index of the seen key in KEYS */
+    WK_AA_RUN_FIRST,         /* first seq (>= 1) */
+    WK_AA_RUN_LAST,          /* last seq (>= first) */
+    WK_AA_RUN_NARGS,
 };
 
 /* A record to append (strings borrowed for the call). */
 typedef struct wk_aa_record {
     pj_audit_rec rec;          /* what the hash covers */
-    const char *prev;          /* hash of the record before */
+    const char *prev;          /* hash of the record before: checked against the call's head and the
+                                  record before it, not sent (the script writes the link itself) */
     const char *hash;          /* pj_audit_hash(key, prev, &rec) */
     const char *seen_key;      /* its aggregate's seen-mark key */
     int64_t seq;               /* its event's seq (1..) */
@@ -76,7 +87,9 @@ typedef struct wk_aa_verdict {
 } wk_aa_verdict;
 
 /* Runs the script through cc on the {audit} slot's master. Returns 0 with
- * *v filled, or -1 with err on a Redis error or a reply of another shape. */
+ * *v filled, or -1 with err on a Redis error, a reply of another shape, a
+ * seq below 1, or records not linked in order (recs[0].prev is not the head
+ * — 64 '0' for "" —, or a prev is not the hash of the record before it). */
 int wk_audit_append(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 /* Transitional: the same on one server's connection c (cm_cluster_borrow). */
