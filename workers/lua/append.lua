@@ -7,4 +7,4 @@
 -- KEYS: history, bus (the checkout's partition: one slot).
 -- ARGV: the append arguments.
 -- Returns the append result.
-return es_append(KEYS[1], KEYS[2], ARGV, 1)
+return es_append_after(KEYS[1], KEYS[2], ARGV, 1)

@@ -15,7 +15,7 @@
 --       lifetime in seconds (0: kept), m and the m product ids.
 -- Returns the append result, or {"not_held", state} / {"mismatch", product}
 -- with nothing written.
-local r, len = es_check(KEYS[1], ARGV, 1)
+local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)

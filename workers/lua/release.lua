@@ -13,7 +13,7 @@
 -- Returns the append result, or {"changed", state} with nothing written when
 -- the record is held but the caller released nothing (a held record means
 -- every line was held before any compensation: they cannot all be gone).
-local r, len = es_check(KEYS[1], ARGV, 1)
+local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)

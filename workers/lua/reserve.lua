@@ -12,7 +12,7 @@
 -- Returns the append result ({"dup"} / {"conflict"} with nothing done), or
 -- {"exists", state} with nothing written when the checkout already has a
 -- reservation.
-local r, len = es_check(KEYS[1], ARGV, 1)
+local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)
