@@ -25,8 +25,10 @@
 -- KEYS: product hash, then one mark per line.
 -- ARGV: op (hold | undo | sell | release), lifetime in seconds of a settled
 --       mark (0: kept), then one quantity per line (used by hold).
--- Returns one {state, qty, changed} per line: the mark after the op ("none"
--- when absent and left so), its quantity, and 1 when this call changed it.
+-- Returns state, qty, changed for each line, flat (3 values per line, not a
+-- table each: Redis converts a nested table much more slowly): the mark
+-- after the op ("none" when absent and left so), its quantity, and 1 when
+-- this call changed it.
 local product, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if op ~= 'hold' and op ~= 'undo' and op ~= 'sell' and op ~= 'release' then
   return redis.error_reply('line.lua: unknown op ' .. tostring(op))
@@ -74,6 +76,13 @@ local function step(mark, hold_qty)
   redis.call('HINCRBY', product, 'reserved', -q)
   redis.call('HINCRBY', product, 'available', q)
   return settle(mark, op == 'undo' and 'undone' or 'released', q)
+end
+
+-- Appends one line's {state, qty, changed} to the flat reply out.
+local function answer(out, r)
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
 end
 
 -- The fast path: the same steps on the marks and counters read once (MGET,
@@ -138,7 +147,7 @@ local function fast(v)
   end
   local out = {}
   for i = 2, #KEYS do
-    out[i - 1] = step2(KEYS[i], tonumber(ARGV[i + 1]))
+    answer(out, step2(KEYS[i], tonumber(ARGV[i + 1])))
   end
   local fields, names = {}, {'available', 'reserved', 'sold'}
   for f = 1, 3 do
@@ -170,6 +179,6 @@ if plain(v[1]) and plain(v[2]) and plain(v[3]) then return fast(v) end
 
 local out = {}
 for i = 2, #KEYS do
-  out[i - 1] = step(KEYS[i], tonumber(ARGV[i + 1]))
+  answer(out, step(KEYS[i], tonumber(ARGV[i + 1])))
 end
 return out
