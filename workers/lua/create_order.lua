@@ -15,6 +15,8 @@
 --       lifetime in seconds (0: kept), m and the m product ids.
 -- Returns the append result, or {"not_held", state} / {"mismatch", product}
 -- with nothing written.
+-- (es_check_after: the step's ids derive from its cause and are only ever
+-- appended at the cause's seq, so a redelivery's copy can only follow it)
 local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 

@@ -12,6 +12,8 @@
 -- Returns the append result ({"dup"} / {"conflict"} with nothing done), or
 -- {"exists", state} with nothing written when the checkout already has a
 -- reservation.
+-- (es_check_after: the step's ids derive from its cause and are only ever
+-- appended at the cause's seq, so a redelivery's copy can only follow it)
 local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
