@@ -120,8 +120,18 @@ int es_append_args(const es_append_req *req, cm_argv *args)
         cm_argv_adds(args, enc.event_id);
         cm_argv_adds(args, ev->type);
         cm_argv_adds(args, enc.ts);
-        cm_argv_add(args, enc.head.data, enc.head.len);
-        cm_argv_add(args, enc.tail.data, enc.tail.len);
+        if (req->expected_version >= 0) {
+            /* the append happens at that version or not at all: event i's seq
+             * is known, so the whole payload goes as the head (the script
+             * stores it as it is) and the tail is empty */
+            cm_buf_printf(&enc.head, "%lld", (long long)req->expected_version + (long long)i + 1);
+            cm_buf_put(&enc.head, enc.tail.data, enc.tail.len);
+            cm_argv_add(args, enc.head.data, enc.head.len);
+            cm_argv_add(args, "", 0);
+        } else {
+            cm_argv_add(args, enc.head.data, enc.head.len);
+            cm_argv_add(args, enc.tail.data, enc.tail.len);
+        }
     }
     es_encoded_free(&enc);
     return ES_OK;

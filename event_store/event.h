@@ -69,7 +69,8 @@ typedef struct es_new_event {
 } es_new_event;
 
 /* The payload of a new event, split around its seq so the store's script can
- * put the seq it assigns in between: payload = head .. seq .. tail. */
+ * put the seq it assigns in between: payload = head .. seq .. tail
+ * (es_append_args joins them itself when the expected version fixes the seq). */
 typedef struct es_encoded {
     char event_id[37];
     char ts[32];               /* "%.6f" seconds */

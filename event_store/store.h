@@ -88,9 +88,11 @@ int es_append(es_store *s, const es_append_req *req, es_append_res *res) __attri
 
 /* For scripts that combine an effect with an append (workers, intake): adds
  * the history key and the bus key to keys, and the append arguments
- * (expected version, n, then per event id/type/ts/head/tail) to args. The Lua
- * side is event_store/lua/append_lib.lua (es_check/es_write/es_append),
- * prepended to such scripts at build time. */
+ * (expected version, n, then per event id/type/ts/head/tail; with an
+ * expected version >= 0 the head is the whole payload and the tail empty) to
+ * args. The Lua side is event_store/lua/append_lib.lua (es_check/es_write/
+ * es_append, and es_check_after for callers whose duplicates can only follow
+ * the expected version), prepended to such scripts at build time. */
 void es_append_keys(const es_store *s, const char *aggregate, const char *aggregate_id, cm_argv *keys);
 int es_append_args(const es_append_req *req, cm_argv *args) __attribute__((warn_unused_result));
 /* Parses the append result table {"ok"|"dup"|"conflict", version, seq, id,

@@ -40,7 +40,9 @@ if refused ~= 0 then
   return {'refused', refused}
 end
 
-local r = es_append(KEYS[2], KEYS[3], ARGV, 7)
+-- (expected 0: es_append_after reads the whole history, as es_append would,
+-- but only when it is not empty)
+local r = es_append_after(KEYS[2], KEYS[3], ARGV, 7)
 if has_key and r[1] == 'ok' then
   redis.call('SET', KEYS[1], ARGV[2] .. '\n' .. ARGV[3], 'EX', tonumber(ARGV[4]))
 end

@@ -544,6 +544,139 @@ Test(scripts, a_batchs_calls_take_one_round_trip_and_answer_as_alone)
     es_events_free(b, 1);
 }
 
+/* Queues set ls on a pipe of its own and runs it; asserts it sent calls calls. */
+static void set_run(wk_line_set *ls, long long ttl_s, size_t calls)
+{
+    cm_pipe *p = cm_pipe_new(X.cc);
+    wk_line_set_queue(&X, ls, p, ttl_s);
+    cr_expect_eq(cm_pipe_count(p), calls, "one call per product and op");
+    wk_pipe_exec(&X, p);
+    wk_line_set_take(&X, ls, p);
+    cm_pipe_free(p);
+}
+
+static void expect_res(const wk_line_set *ls, size_t i, wk_mark mark, long long qty, bool changed)
+{
+    wk_line_res r;
+    cr_assert_eq(wk_line_set_res(ls, i, &r), 0, "line %zu: %s", i, X.reason);
+    expect_mark(&r, mark, qty, changed);
+}
+
+Test(scripts, one_line_call_takes_a_products_lines_in_turn_as_alone)
+{
+    product("p1", 5);
+    wk_line l2 = {.product_id = "p1", .qty = 2};
+    wk_line_set *ls = wk_line_set_new();
+    size_t x = wk_line_set_add(ls, WK_LINE_HOLD, "co-x", &l2);
+    size_t y = wk_line_set_add(ls, WK_LINE_HOLD, "co-y", &l2);
+    size_t x2 = wk_line_set_add(ls, WK_LINE_HOLD, "co-x", &l2);   /* a copied entry: the line again */
+    size_t z = wk_line_set_add(ls, WK_LINE_HOLD, "co-z", &l2);
+    set_run(ls, 60, 1);
+    expect_res(ls, x, WK_MARK_HELD, 2, true);
+    expect_res(ls, y, WK_MARK_HELD, 2, true);
+    expect_res(ls, x2, WK_MARK_HELD, 2, false);   /* the first hold of the call is seen */
+    expect_res(ls, z, WK_MARK_SHORT, 2, true);    /* 1 left after co-x and co-y */
+    wk_line_set_free(ls);
+    expect_stock("p1", 1, 4, 0);
+    char *m = str("GET %s", cm_key_hold("p1", "co-x").s);
+    cr_expect_str_eq(m, "held:2");
+    free(m);
+    cr_expect_eq(num("TTL %s", cm_key_hold("p1", "co-y").s), -1, "a held mark never expires");
+    long long ttl = num("TTL %s", cm_key_hold("p1", "co-z").s);
+    cr_expect(ttl > 0 && ttl <= 60, "a refused mark expires (ttl %lld)", ttl);
+    /* sell one, release one, void one never held: kept marks (lifetime 0) */
+    ls = wk_line_set_new();
+    x = wk_line_set_add(ls, WK_LINE_SELL, "co-x", &l2);
+    y = wk_line_set_add(ls, WK_LINE_RELEASE, "co-y", &l2);
+    size_t w = wk_line_set_add(ls, WK_LINE_RELEASE, "co-w", &l2);
+    x2 = wk_line_set_add(ls, WK_LINE_SELL, "co-x", &l2);
+    set_run(ls, 0, 2);
+    expect_res(ls, x, WK_MARK_SOLD, 2, true);
+    expect_res(ls, x2, WK_MARK_SOLD, 2, false);
+    expect_res(ls, y, WK_MARK_RELEASED, 2, true);
+    expect_res(ls, w, WK_MARK_VOID, 0, true);
+    wk_line_set_free(ls);
+    expect_stock("p1", 3, 0, 2);
+    cr_expect_eq(stock_total("p1"), 5);
+    cr_expect_eq(num("TTL %s", cm_key_hold("p1", "co-x").s), -1, "lifetime 0: kept");
+    cr_expect_eq(num("TTL %s", cm_key_hold("p1", "co-w").s), -1, "lifetime 0: kept");
+    m = str("GET %s", cm_key_hold("p1", "co-w").s);
+    cr_expect_str_eq(m, "void:0");
+    free(m);
+}
+
+Test(scripts, a_line_call_on_a_broken_counter_answers_as_before)
+{
+    /* sold is not an integer: the steps run one by one, as they always did:
+     * a hold (which reads only available and reserved) goes ahead, a sell
+     * fails on HINCRBY with its line still held */
+    product("p2", 4);
+    num("HSET %s sold x", cm_key_product("p2").s);
+    wk_line l1 = {.product_id = "p2", .qty = 1}, l5 = {.product_id = "p2", .qty = 5};
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_HOLD, "co-a", &l1);
+    size_t b = wk_line_set_add(ls, WK_LINE_HOLD, "co-b", &l5);
+    set_run(ls, 60, 1);
+    expect_res(ls, a, WK_MARK_HELD, 1, true);
+    expect_res(ls, b, WK_MARK_SHORT, 5, true);
+    wk_line_set_free(ls);
+    cr_expect_eq(num("HGET %s available", cm_key_product("p2").s), 3);
+    cr_expect_eq(num("HGET %s reserved", cm_key_product("p2").s), 1);
+    ls = wk_line_set_new();
+    a = wk_line_set_add(ls, WK_LINE_SELL, "co-a", &l1);
+    set_run(ls, 60, 1);
+    wk_line_res r;
+    cr_expect_eq(wk_line_set_res(ls, a, &r), -1, "HINCRBY on a non-integer fails the call");
+    wk_line_set_free(ls);
+    char *m = str("GET %s", cm_key_hold("p2", "co-a").s);
+    cr_expect_str_eq(m, "held:1");
+    free(m);
+}
+
+Test(scripts, a_step_finds_its_earlier_append_after_its_cause_and_conflicts_otherwise)
+{
+    es_event **init = append("co-s", CM_EV_CHECKOUT_INITIATED, json_object());
+    wk_step s;
+    wk_step_init(&s, init[0], "stock-reservation");
+    wk_step_add(&s, CM_EV_STOCK_RESERVATION_FAILED, json_pack("{s:s}", "reason", CM_REASON_INSUFFICIENT_STOCK));
+    es_append_res first, again;
+    cr_assert_eq(wk_step_append(&X, &s, &first), WK_STEP_OK, "%s", X.reason);
+    cr_expect_not(first.duplicate);
+    cr_expect_eq(first.pos[0].seq, 2);
+    es_event **rel = append("co-s", CM_EV_CHECKOUT_FAILED, json_object());   /* the saga moved on */
+    /* a redelivery: found after its cause, at the position it was stored */
+    cr_assert_eq(wk_step_append(&X, &s, &again), WK_STEP_OK, "%s", X.reason);
+    cr_expect(again.duplicate);
+    cr_expect_eq(again.version, 3);
+    cr_expect_eq(again.pos[0].seq, 2);
+    cr_expect_str_eq(again.pos[0].entry_id, first.pos[0].entry_id);
+    wk_step_free(&s);
+    /* another step of the same cause, not appended: the history is past it */
+    wk_step_init(&s, init[0], "order-creation");
+    wk_step_add(&s, CM_EV_ORDER_CREATION_FAILED, json_pack("{s:s}", "reason", CM_REASON_ORDER_LIMIT));
+    cr_expect_eq(wk_step_append(&X, &s, &again), WK_STEP_CONFLICT);
+    wk_step_free(&s);
+    /* a cause the history has not reached yet */
+    es_event ahead = *rel[0];
+    ahead.seq = 7;
+    wk_step_init(&s, &ahead, "stock-compensation");
+    wk_step_add(&s, CM_EV_STOCK_RELEASED, json_object());
+    cr_expect_eq(wk_step_append(&X, &s, &again), WK_STEP_CONFLICT);
+    wk_step_free(&s);
+    cr_expect_eq(hist_len("co-s"), 3, "nothing written by the conflicts");
+    /* the stored payloads carry their positions */
+    es_event **evs = NULL;
+    size_t n = 0;
+    cr_assert_eq(es_history_read(X.store, "checkout", "co-s", &evs, &n), ES_OK);
+    cr_assert_eq(n, 3);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_eq(evs[i]->seq, (int64_t)i + 1);
+    cr_expect_str_eq(evs[1]->event_id, first.pos[0].event_id);
+    es_events_free(evs, n);
+    es_events_free(init, 1);
+    es_events_free(rel, 1);
+}
+
 /* ---- the same calls through a real Redis Cluster ---- */
 
 static tf_cluster CL;

@@ -7,4 +7,6 @@
 -- KEYS: history, bus (the checkout's partition: one slot).
 -- ARGV: the append arguments.
 -- Returns the append result.
-return es_append(KEYS[1], KEYS[2], ARGV, 1)
+-- (es_append_after: ids derived from the cause, expected = the cause's seq,
+-- also for the timeout, whose cause is the history's last event)
+return es_append_after(KEYS[1], KEYS[2], ARGV, 1)

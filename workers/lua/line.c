@@ -126,17 +126,18 @@ void wk_line_set_queue(wk_ctx *ctx, wk_line_set *s, cm_pipe *p, long long ttl_s)
     cm_argv_free(&a);
 }
 
-/* Parses one {state, qty, changed} into out. Returns 0 or -1. */
-static int parse_one(const redisReply *r, wk_line_res *out)
+/* Parses one line's state, qty, changed (v[0..2] of the flat reply) into
+ * out. Returns 0 or -1. */
+static int parse_one(redisReply *const *v, wk_line_res *out)
 {
-    const redisReply *st = cm_reply_elem(r, 0);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || !cm_reply_is_str(st))
+    const redisReply *st = v[0];
+    if (!cm_reply_is_str(st) || v[1]->type != REDIS_REPLY_INTEGER || v[2]->type != REDIS_REPLY_INTEGER)
         return -1;
     for (int m = 0; m < WK_MARK_COUNT; m++)
         if (!strcmp(st->str, wk_mark_names[m])) {
             out->mark = (wk_mark)m;
-            out->qty = cm_reply_ll(r->element[1], 0);
-            out->changed = cm_reply_ll(r->element[2], 0) == 1;
+            out->qty = v[1]->integer;
+            out->changed = v[2]->integer == 1;
             return 0;
         }
     return -1;
@@ -155,12 +156,12 @@ void wk_line_set_take(wk_ctx *ctx, wk_line_set *s, cm_pipe *p)
         }
         if (r->type == REDIS_REPLY_ERROR) {
             wk_fail_reason(ctx, "line script: redis: %.200s", r->str);
-        } else if (r->type != REDIS_REPLY_ARRAY || r->elements != gr->n) {
+        } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 * gr->n) {
             wk_fail_reason(ctx, "line script: unexpected reply");
         } else {
-            size_t k = 0;
-            for (size_t i = gr->first; i != SIZE_MAX; i = s->l[i].next, k++)
-                if ((s->l[i].rc = parse_one(r->element[k], &s->l[i].res)) != 0)
+            size_t k = 0;   /* 3 values per line */
+            for (size_t i = gr->first; i != SIZE_MAX; i = s->l[i].next, k += 3)
+                if ((s->l[i].rc = parse_one(r->element + k, &s->l[i].res)) != 0)
                     wk_fail_reason(ctx, "line script: unexpected answer for %.64s", s->l[i].checkout);
         }
         freeReplyObject(r);

@@ -13,7 +13,9 @@
 -- Returns the append result, or {"changed", state} with nothing written when
 -- the record is held but the caller released nothing (a held record means
 -- every line was held before any compensation: they cannot all be gone).
-local r, len = es_check(KEYS[1], ARGV, 1)
+-- (es_check_after: the step's ids derive from its cause and are only ever
+-- appended at the cause's seq, so a redelivery's copy can only follow it)
+local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)

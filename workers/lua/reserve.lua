@@ -12,7 +12,9 @@
 -- Returns the append result ({"dup"} / {"conflict"} with nothing done), or
 -- {"exists", state} with nothing written when the checkout already has a
 -- reservation.
-local r, len = es_check(KEYS[1], ARGV, 1)
+-- (es_check_after: the step's ids derive from its cause and are only ever
+-- appended at the cause's seq, so a redelivery's copy can only follow it)
+local r, len = es_check_after(KEYS[1], ARGV, 1)
 if r then return r end
 
 local j = 1 + es_argc(ARGV, 1)
