@@ -1073,8 +1073,10 @@ static int open_phase(double rate, int64_t dur_ms, hl_result *open, hl_hist *e2e
     uint64_t base;
     char tag[32];
     snprintf(tag, sizeof tag, "open-%.0f/s", rate);
+    long long rw0 = masters_info("persistence", "aof_rewrites:");
     if (load(tag, rate, 64, 2000, dur_ms, open, &base) != 0)
         return -1;
+    long long rw = masters_info("persistence", "aof_rewrites:") - rw0;
     uint64_t miss = settle(120000);   /* a backlog from an overloaded open loop drains here */
     if (miss)
         printf("  %s: %llu sagas not terminal 120 s after the last request\n", tag, (unsigned long long)miss);
@@ -1089,10 +1091,11 @@ static int open_phase(double rate, int64_t dur_ms, hl_result *open, hl_hist *e2e
         hl_hist_record(e2e, (uint64_t)((g_term[n] > g_origin[n] ? g_term[n] - g_origin[n] : 0) / 1000));
     }
     printf("  open-loop %.0f/s: %llu measured sagas; accept->terminal ms p50 %.3f p90 %.3f p99 %.3f p99.9 %.3f "
-           "max %.3f; 202 ms p50 %.3f p99 %.3f max %.3f\n",
+           "max %.3f; 202 ms p50 %.3f p99 %.3f max %.3f; AOF rewrites started meanwhile: %lld\n",
            rate, (unsigned long long)e2e->total, hl_percentile_ms(e2e, 0.5), hl_percentile_ms(e2e, 0.9),
            hl_percentile_ms(e2e, 0.99), hl_percentile_ms(e2e, 0.999), (double)e2e->max_us / 1000.0,
-           hl_percentile_ms(&open->lat, 0.5), hl_percentile_ms(&open->lat, 0.99), (double)open->lat.max_us / 1000.0);
+           hl_percentile_ms(&open->lat, 0.5), hl_percentile_ms(&open->lat, 0.99), (double)open->lat.max_us / 1000.0,
+           rw);
     return 0;
 }
 
@@ -1369,17 +1372,20 @@ int main(void)
     double press0 = cpu_pressure_us();
     int64_t wall0 = cm_mono_ns();
     cpu_mark(cpu_a);
+    long long closed_rw = masters_info("persistence", "aof_rewrites:");
     if (load("closed-loop", 0, 32, 1000, closed_ms, &closed, &b_closed) != 0)
         goto out;
     cpu_mark(cpu_b);
+    closed_rw = masters_info("persistence", "aof_rewrites:") - closed_rw;
     double win_s = (double)(closed.t_end_ns - closed.t_measure_ns) / 1e9;
     uint64_t c_terms = bins_sum(g_bin_terms, closed.t_measure_ns, closed.t_end_ns);
     uint64_t c_events = bins_sum(g_bin_events, closed.t_measure_ns, closed.t_end_ns);
     double sagas_per_s = (double)c_terms / win_s, events_per_s = (double)c_events / win_s;
     double ev_per_saga = c_terms ? (double)c_events / (double)c_terms : 4;
     uint64_t closed_started = g_next_base - b_closed;
-    printf("  closed-loop: %d sagas in flight, %.1f events per saga; CPU per saga (whole phase, %llu sagas):\n",
-           g_inflight_max, ev_per_saga, (unsigned long long)closed_started);
+    printf("  closed-loop: %d sagas in flight, %.1f events per saga, AOF rewrites started meanwhile: %lld; CPU per "
+           "saga (whole phase, %llu sagas):\n",
+           g_inflight_max, ev_per_saga, closed_rw, (unsigned long long)closed_started);
     double cpu_sum = 0;
     char lbuf[64];
     for (int i = 0; i <= MARK_SELF; i++) {
