@@ -359,3 +359,19 @@ void tf_redis_dump_log(const tf_redis *r)
     if (r->logpath[0])
         tf_dump_file(r->logpath, "redis-server log");
 }
+
+long long tf_redis_command_calls(redisContext *c, const char *cmd)
+{
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        if (r)
+            freeReplyObject(r);
+        return -1;
+    }
+    char tag[96];
+    snprintf(tag, sizeof tag, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(r->str, tag);
+    long long n = p ? atoll(p + strlen(tag)) : 0;
+    freeReplyObject(r);
+    return n;
+}

@@ -69,6 +69,11 @@ int tf_redis_restart(tf_redis *r) __attribute__((warn_unused_result));
  * The caller frees the context with redisFree. */
 redisContext *tf_redis_connect(const tf_redis *r);
 
+/* Calls of command cmd (lower case, e.g. "hgetall") on c's server since its
+ * last CONFIG RESETSTAT, from INFO commandstats: 0 when it never ran, -1
+ * when INFO failed. */
+long long tf_redis_command_calls(redisContext *c, const char *cmd);
+
 /* Copies the value of `field:` from an INFO-style reply ("field:value"
  * lines, as INFO and CLUSTER INFO send) into out ("" if absent). */
 void tf_info_field(const char *info, const char *field, char *out, size_t outlen);
