@@ -633,6 +633,27 @@ Test(scripts, a_line_call_on_a_broken_counter_answers_as_before)
     free(m);
 }
 
+Test(scripts, a_corrupted_mark_fails_its_own_line_alone)
+{
+    /* a mark without a quantity (written by hand) fails its line; the other
+     * lines of the same call answer as alone and nothing moves for it */
+    product("p3", 10);
+    num("SET %s sold:", cm_key_hold("p3", "co-bad").s);
+    wk_line l1 = {.product_id = "p3", .qty = 1}, l2 = {.product_id = "p3", .qty = 2};
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_HOLD, "co-a", &l1);
+    size_t bad = wk_line_set_add(ls, WK_LINE_HOLD, "co-bad", &l1);
+    size_t b = wk_line_set_add(ls, WK_LINE_HOLD, "co-b", &l2);
+    set_run(ls, 60, 1);
+    expect_res(ls, a, WK_MARK_HELD, 1, true);
+    expect_res(ls, b, WK_MARK_HELD, 2, true);
+    wk_line_res r;
+    cr_expect_eq(wk_line_set_res(ls, bad, &r), -1, "a corrupted mark answered a state");
+    wk_line_set_free(ls);
+    cr_expect_eq(num("HGET %s available", cm_key_product("p3").s), 7);
+    cr_expect_eq(num("HGET %s reserved", cm_key_product("p3").s), 3);
+}
+
 Test(scripts, a_step_finds_its_earlier_append_after_its_cause_and_conflicts_otherwise)
 {
     es_event **init = append("co-s", CM_EV_CHECKOUT_INITIATED, json_object());

@@ -81,7 +81,9 @@ end
 -- Appends one line's {state, qty, changed} to the flat reply out.
 local function answer(out, r)
   out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
+  -- a mark whose quantity is not a number answers nil for that line alone
+  -- (false: a nil in a Lua table would shift every later line)
+  out[#out + 1] = r[2] or false
   out[#out + 1] = r[3]
 end
 
