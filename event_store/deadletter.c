@@ -7,7 +7,9 @@
 #include <string.h>
 
 extern const char es_lua_dlq_retry[];
+extern const char es_lua_dlq_park[];
 static __thread cm_script t_retry = {.src = es_lua_dlq_retry};
+static __thread cm_script t_park = {.src = es_lua_dlq_park};
 
 void es_dlq_stream(const char *bus, const char *group, char *out, size_t outlen)
 {
@@ -30,10 +32,11 @@ int (es_dlq_park)(cm_cluster *cc, const char *bus, const char *stream, const cha
     }
     char dlq[512];
     es_dlq_stream(bus, group, dlq, sizeof dlq);
-    cm_argv a = {0};
-    cm_argv_adds(&a, "XADD");
+    cm_argv a = {0};   /* KEYS, then group, id and the dead letter's fields (lua/dlq_park.lua) */
     cm_argv_adds(&a, dlq);
-    cm_argv_adds(&a, "*");
+    cm_argv_adds(&a, stream);
+    cm_argv_adds(&a, group);
+    cm_argv_add(&a, id->str, id->len);
     cm_argv_adds(&a, "group");
     cm_argv_adds(&a, group);
     cm_argv_adds(&a, "reason");
@@ -55,27 +58,16 @@ int (es_dlq_park)(cm_cluster *cc, const char *bus, const char *stream, const cha
             cm_argv_add(&a, v->str, v->len);
         }
     }
-    cm_argv cmds[2] = {a, {0}};
-    cm_argv_adds(&cmds[1], "XACK");
-    cm_argv_adds(&cmds[1], stream);
-    cm_argv_adds(&cmds[1], group);
-    cm_argv_add(&cmds[1], id->str, id->len);
-    /* the dead-letter stream carries the bus's hash tag: one slot, one unit */
-    redisReply *r = cm_cluster_multi(cc, cm_key_slot(stream, strlen(stream)), cmds, 2);
-    cm_argv_free(&cmds[0]);
-    cm_argv_free(&cmds[1]);
+    /* the dead-letter stream carries the bus's hash tag: one slot, one script */
+    redisReply *r = cm_cluster_script(cc, &t_park, 2, &a);
+    cm_argv_free(&a);
     if (cm_cluster_reply_failed(cc, r, err, errlen))
         return ES_EREDIS;
     int rc = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-        snprintf(err, errlen, "redis: EXEC aborted");
+        snprintf(err, errlen, "redis: unexpected answer of the park script");
         rc = ES_EREDIS;
     }
-    for (size_t i = 0; rc == 0 && i < r->elements; i++)
-        if (r->element[i]->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "redis: %s", r->element[i]->str);
-            rc = ES_EREDIS;
-        }
     freeReplyObject(r);
     return rc;
 }

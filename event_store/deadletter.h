@@ -27,8 +27,9 @@ void es_retry_stream(const char *bus, const char *group, char *out, size_t outle
 
 /* Parks the entry `entry` (an XRANGE-shaped reply [id, [k, v, ...]] read from
  * `stream`) in group's dead-letter stream and acknowledges it, atomically
- * (MULTI/EXEC, one unit on the stream's master). Returns 0 or ES_EREDIS with
- * err. */
+ * (one script on the stream's master, lua/dlq_park.lua). Parking the same
+ * entry of the same stream again while its dead letter is among the group's
+ * newest 16 adds nothing (a resent park). Returns 0 or ES_EREDIS with err. */
 int es_dlq_park(cm_cluster *cc, const char *bus, const char *stream, const char *group, const redisReply *entry,
                 const char *reason, long long attempts, char *err, size_t errlen) __attribute__((warn_unused_result));
 

@@ -20,6 +20,7 @@
 #include "common/ids.h"
 #include "common/names.h"
 #include "common/redis.h"
+#include "event_store/deadletter.h"
 #include "event_store/store.h"
 #include "tests/support/proc.h"
 #include "tests/support/redis_fixture.h"
@@ -1017,4 +1018,37 @@ Test(store, redis_gone_is_a_transient_error_not_a_crash)
     cr_assert_eq(es_history_read(S, "checkout", "gone", &h, &n), ES_EREDIS);
     cr_assert_eq(es_stream_page(S, es_store_bus(S), NULL, 10, &h, &n, &(char *){NULL}), ES_EREDIS);
     cr_assert_eq(es_retention_trim(S, 30), ES_EREDIS);
+}
+
+/* ---- dead letters ------------------------------------------------------ */
+
+/* A park sent twice (what the cluster client does when a connection broke
+ * after the command was written) leaves one dead letter and the entry acked;
+ * the same entry read from another stream (its redelivery) is parked again. */
+Test(store, a_resent_park_writes_one_dead_letter)
+{
+    const char *bus = es_store_bus(S);
+    freeReplyObject(cmd("XGROUP CREATE %s g $ MKSTREAM", bus));
+    freeReplyObject(cmd("XADD %s * type Poison payload {} ts 1", bus));
+    redisReply *rd = cmd("XREADGROUP GROUP g c COUNT 1 STREAMS %s >", bus);
+    cr_assert(rd->type == REDIS_REPLY_ARRAY && rd->elements == 1);
+    const redisReply *entry = rd->element[0]->element[1]->element[0];
+    char err[256];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(es_dlq_park(C, bus, bus, "g", entry, "poison", 3, err, sizeof err), 0, "%s", err);
+    char dlq[512], retry[512];
+    es_dlq_stream(bus, "g", dlq, sizeof dlq);
+    es_retry_stream(bus, "g", retry, sizeof retry);
+    redisReply *n = cmd("XLEN %s", dlq);
+    cr_expect_eq(n->integer, 1, "%lld dead letters for one entry parked twice", n->integer);
+    freeReplyObject(n);
+    redisReply *p = cmd("XPENDING %s g", bus);
+    cr_expect_eq(p->element[0]->integer, 0, "the parked entry is still pending");
+    freeReplyObject(p);
+    /* the same id read from the redelivery stream is another delivery */
+    cr_assert_eq(es_dlq_park(C, bus, retry, "g", entry, "poison again", 4, err, sizeof err), 0, "%s", err);
+    n = cmd("XLEN %s", dlq);
+    cr_expect_eq(n->integer, 2);
+    freeReplyObject(n);
+    freeReplyObject(rd);
 }
