@@ -633,6 +633,32 @@ Test(scripts, a_line_call_on_a_broken_counter_answers_as_before)
     free(m);
 }
 
+Test(scripts, a_set_of_many_products_sends_one_call_per_product_and_op)
+{
+    /* 300 lines over 150 products and two ops, interleaved: one call per
+     * (product, op), each line answered as alone */
+    enum { NP = 150 };
+    wk_line lines[NP];
+    for (int k = 0; k < NP; k++) {
+        lines[k] = (wk_line){.qty = 2};
+        snprintf(lines[k].product_id, sizeof lines[k].product_id, "m%d", k);
+        product(lines[k].product_id, 5);
+    }
+    wk_line_set *ls = wk_line_set_new();
+    size_t held[NP], undone[NP];
+    for (int k = 0; k < NP; k++) {
+        held[k] = wk_line_set_add(ls, WK_LINE_HOLD, "co-many", &lines[k]);
+        undone[k] = wk_line_set_add(ls, WK_LINE_UNDO, "co-none", &lines[(k * 7) % NP]);
+    }
+    set_run(ls, 60, 2 * NP);
+    for (int k = 0; k < NP; k++) {
+        expect_res(ls, held[k], WK_MARK_HELD, 2, true);
+        expect_res(ls, undone[k], WK_MARK_NONE, 0, false);
+    }
+    wk_line_set_free(ls);
+    cr_expect_eq(num("HGET %s available", cm_key_product("m149").s), 3);
+}
+
 Test(scripts, a_corrupted_mark_fails_its_own_line_alone)
 {
     /* a mark without a quantity (written by hand) fails its line; the other

@@ -8,6 +8,7 @@
 #include "common/names.h"
 #include "common/xmalloc.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,8 @@ struct wk_line_set {
     size_t n, cap;
     ls_group *g;
     size_t ng, gcap;
+    size_t *index;        /* groups by (op, product): open addressing, SIZE_MAX empty */
+    size_t nindex;        /* a power of two, at least twice ng */
 };
 
 wk_line_set *wk_line_set_new(void)
@@ -58,7 +61,39 @@ void wk_line_set_free(wk_line_set *s)
         return;
     free(s->l);
     free(s->g);
+    free(s->index);
     free(s);
+}
+
+/* The index slot of (op, product): its group's, or the empty one where it
+ * goes. */
+static size_t index_slot(const wk_line_set *s, wk_line_op op, const char *product)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)op;   /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)product; *c; c++)
+        h = (h ^ *c) * 1099511628211ULL;
+    size_t i = (size_t)h & (s->nindex - 1);
+    while (s->index[i] != SIZE_MAX) {
+        const ls_group *g = &s->g[s->index[i]];
+        if (g->op == op && !strcmp(s->l[g->first].line.product_id, product))
+            break;
+        i = (i + 1) & (s->nindex - 1);
+    }
+    return i;
+}
+
+/* Makes room in the index for one more group (rehashing every group). */
+static void index_grow(wk_line_set *s)
+{
+    if (s->nindex >= 2 * (s->ng + 1))
+        return;
+    free(s->index);
+    s->nindex = s->nindex ? 2 * s->nindex : 64;
+    s->index = cm_xmalloc(s->nindex * sizeof *s->index);
+    for (size_t i = 0; i < s->nindex; i++)
+        s->index[i] = SIZE_MAX;
+    for (size_t g = 0; g < s->ng; g++)
+        s->index[index_slot(s, s->g[g].op, s->l[s->g[g].first].line.product_id)] = g;
 }
 
 size_t wk_line_set_add(wk_line_set *s, wk_line_op op, const char *checkout, const wk_line *line)
@@ -75,17 +110,16 @@ size_t wk_line_set_add(wk_line_set *s, wk_line_op op, const char *checkout, cons
     l->line = *line;
     l->next = SIZE_MAX;
     l->rc = -1;
-    size_t g = 0;   /* newest groups first: a batch adds a checkout's products together */
-    for (g = s->ng; g > 0; g--)
-        if (s->g[g - 1].op == op && !strcmp(s->l[s->g[g - 1].first].line.product_id, line->product_id))
-            break;
-    if (g > 0) {
-        ls_group *gr = &s->g[g - 1];
+    index_grow(s);
+    size_t at = index_slot(s, op, line->product_id);
+    if (s->index[at] != SIZE_MAX) {
+        ls_group *gr = &s->g[s->index[at]];
         s->l[gr->last].next = i;
         gr->last = i;
         gr->n++;
         return i;
     }
+    s->index[at] = s->ng;
     if (s->ng == s->gcap) {
         s->gcap = s->gcap ? 2 * s->gcap : 16;
         s->g = cm_xrealloc(s->g, s->gcap * sizeof *s->g);
