@@ -330,15 +330,6 @@ const char *cm_cluster_errstr(const cm_cluster *cc)
 
 bool cm_cluster_reply_failed(const cm_cluster *cc, redisReply *r, char *err, size_t errlen)
 {
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", cc ? cc->errstr : "not connected");
-        return true;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %.*s", (int)r->len, r->str);
-        freeReplyObject(r);
-        return true;
-    }
-    return false;
+    return cm_reply_failed_as(cc ? cc->errstr : "not connected", r, err, errlen);
 }
 

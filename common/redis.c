@@ -188,10 +188,10 @@ int cm_redis_url_parse(const char *url_in, cm_redis_url *out, char *err, size_t 
     return 0;
 }
 
-bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen)
+bool cm_reply_failed_as(const char *no_reply, redisReply *r, char *err, size_t errlen)
 {
     if (!r) {
-        snprintf(err, errlen, "redis: %s", c && c->errstr[0] ? c->errstr : "no reply");
+        snprintf(err, errlen, "redis: %s", no_reply);
         return true;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -200,6 +200,11 @@ bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t err
         return true;
     }
     return false;
+}
+
+bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen)
+{
+    return cm_reply_failed_as(c && c->errstr[0] ? c->errstr : "no reply", r, err, errlen);
 }
 
 /* Sends AUTH [user] password, then SELECT db when not 0. */

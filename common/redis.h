@@ -80,6 +80,9 @@ redisContext *cm_redis_connect_url(const cm_redis_url *u, int timeout_ms, char *
  * message (or the context's errstr) into err; false for a good reply, which the
  * caller still owns. Use as: if (cm_reply_failed(c, r, err, len)) goto fail; */
 bool cm_reply_failed(const redisContext *c, redisReply *r, char *err, size_t errlen);
+/* The same with the text to give when there is no reply (cm_cluster's
+ * cm_cluster_reply_failed passes its client's error). */
+bool cm_reply_failed_as(const char *no_reply, redisReply *r, char *err, size_t errlen);
 
 /* An argument vector for redisCommandArgv / redisAppendCommandArgv.
  * Arguments are copied; cm_argv_free releases them. */
