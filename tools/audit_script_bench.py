@@ -16,7 +16,9 @@ so the script of another commit can be timed the same way, e.g.
   git show f5ce60c:workers/lua/audit_append.lua > /tmp/v1.lua
   tools/audit_script_bench.py /tmp/v1.lua v1
 Hashes are random-looking hex: the script does not check them."""
-import hashlib, socket, subprocess, sys, tempfile, time
+import hashlib, sys
+
+from redis_lab import PrivateRedis
 
 lua = sys.argv[1]
 layout = sys.argv[2] if len(sys.argv) > 2 else "runs"
@@ -27,60 +29,9 @@ if layout not in ("runs", "v1"):
     sys.exit("layout must be runs or v1")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-d = tempfile.mkdtemp()
-port = free_port()
-srv = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
-                        "--appendonly", "yes", "--appendfsync", "everysec", "--auto-aof-rewrite-percentage", "0"],
-                       stdout=subprocess.DEVNULL)
-for _ in range(200):
-    try:
-        sock = socket.create_connection(("127.0.0.1", port))
-        break
-    except OSError:
-        time.sleep(0.05)
-else:
-    sys.exit("redis-server did not start")
-f = sock.makefile("rb")
-
-
-def enc(args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-def reply():
-    line = f.readline()
-    t, rest = line[:1], line[1:-2]
-    if t in (b"+", b":"):
-        return rest
-    if t == b"-":
-        raise RuntimeError(rest.decode())
-    if t == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if t == b"*":
-        return [reply() for _ in range(int(rest))]
-    raise RuntimeError("bad reply %r" % line)
-
-
-def cmd(*a):
-    sock.sendall(enc(a))
-    return reply()
-
-
-def info(section):
-    return dict(l.split(":", 1) for l in cmd("INFO", section).decode().split("\r\n") if ":" in l)
+srv = PrivateRedis(["--appendonly", "yes", "--appendfsync", "everysec", "--auto-aof-rewrite-percentage", "0"])
+conn = srv.conn()
+cmd, info = conn.cmd, conn.info
 
 
 def hexhash(s):
@@ -130,5 +81,5 @@ try:
           % (layout, calls, nrec, per, float(ev["usec_per_call"]), float(ev["usec_per_call"]) / nrec,
              (cpu1 - cpu0) * 1e6 / calls, (in1 - in0) / calls, inner))
 finally:
-    srv.terminate()
-    srv.wait()
+    conn.close()
+    srv.stop()

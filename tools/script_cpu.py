@@ -15,7 +15,9 @@ the minimum over ROUNDS (default 3) is printed. Run from the repository.
 
 Written for issue 10 to tell the scripts' own cost from the bench's noise;
 the KEYS/ARGV layouts here mirror the C modules beside the scripts."""
-import json, os, socket, subprocess, sys, tempfile, time, uuid
+import json, subprocess, sys, uuid
+
+from redis_lab import Conn, PrivateRedis
 
 N = 4000
 
@@ -27,68 +29,19 @@ def git_file(rev, path):
                           text=True).stdout
 
 
-class Redis:
+class Redis(Conn):
+    """The private server (no AOF) and one connection to it."""
+
     def __init__(self):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.dir = tempfile.mkdtemp(prefix="script_cpu.")
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while True:
-            try:
-                self.s = socket.create_connection(("127.0.0.1", self.port))
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.s.makefile("rb")
+        self.srv = PrivateRedis(["--appendonly", "no"])
+        Conn.__init__(self, self.srv.port)
 
     def cpu_ns(self):
-        p = self.proc.pid
-        return int(open("/proc/%d/task/%d/schedstat" % (p, p)).read().split()[0])
-
-    @staticmethod
-    def enc(*a):
-        out = [b"*%d\r\n" % len(a)]
-        for x in a:
-            x = x if isinstance(x, bytes) else str(x).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(x), x))
-        return b"".join(out)
-
-    def read(self):
-        line = self.f.readline()
-        t, rest = line[:1], line[1:-2]
-        if t == b"-":
-            raise RuntimeError(rest.decode())
-        if t in b"+:":
-            return rest
-        if t == b"$":
-            n = int(rest)
-            return None if n < 0 else self.f.read(n + 2)[:-2]
-        if t == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read() for _ in range(n)]
-        raise RuntimeError("bad reply %r" % line)
-
-    def cmd(self, *a):
-        self.s.sendall(self.enc(*a))
-        return self.read()
-
-    def pipe(self, cmds):
-        last = None
-        for i in range(0, len(cmds), 200):
-            self.s.sendall(b"".join(self.enc(*c) for c in cmds[i:i + 200]))
-            for _ in cmds[i:i + 200]:
-                last = self.read()
-        return last
+        return self.srv.cpu_ns()
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+        self.close()
+        self.srv.stop()
 
 
 CO = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee"

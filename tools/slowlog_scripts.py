@@ -10,30 +10,9 @@ Used during `./chorus bench e2e` to see what one script costs Redis: a
 script's calls per saga = its share of EVALSHA calls x the bench's
 evalsha calls/saga. Times are wall-clock inside redis-server (a busy machine
 inflates them). Restores slowlog-log-slower-than 10000 at the end."""
-import collections, re, socket, sys, time
+import collections, re, sys, time
 
-
-def read_reply(f):
-    line = f.readline()
-    t, rest = line[:1], line[1:-2]
-    if t == b"+":
-        return rest.decode()
-    if t == b"-":
-        raise RuntimeError(rest.decode())
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)[:-2]
-        return data
-    if t == b"*":
-        n = int(rest)
-        if n < 0:
-            return None
-        return [read_reply(f) for _ in range(n)]
-    raise RuntimeError("bad reply %r" % line)
+from redis_lab import Conn
 
 
 def label(args):
@@ -52,17 +31,7 @@ def main():
     samples = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     window = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
     gap = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
-    s = socket.create_connection(("127.0.0.1", port))
-    f = s.makefile("rb")
-
-    def cmd(*a):
-        out = b"*%d\r\n" % len(a)
-        for x in a:
-            x = x if isinstance(x, bytes) else str(x).encode()
-            out += b"$%d\r\n%s\r\n" % (len(x), x)
-        s.sendall(out)
-        return read_reply(f)
-
+    cmd = Conn(port).cmd
     cmd("CONFIG", "SET", "slowlog-max-len", "100000")
     calls, us = collections.Counter(), collections.Counter()
     try:
@@ -77,7 +46,7 @@ def main():
                 if lab in ("slowlog", "config"):
                     continue
                 calls[lab] += 1
-                us[lab] += e[2]
+                us[lab] += int(e[2])
             time.sleep(gap)
     finally:
         cmd("CONFIG", "SET", "slowlog-log-slower-than", "10000")
