@@ -197,9 +197,7 @@ static void sell(wk_ctx *ctx, plan *const *ps, size_t n)
         for (size_t i = 0; p->sell && i < p->lines.n; i++)
             p->at[i] = wk_line_set_add(ls, WK_LINE_SELL, p->checkout, &p->lines.v[i]);
     }
-    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
-    wk_pipe_exec(ctx, pipe);
-    wk_line_set_take(ctx, ls, pipe);
+    wk_line_set_exec(ctx, ls, pipe, g_resv_ttl_s);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         if (!p->sell)

@@ -196,9 +196,7 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
     for (size_t k = 0; k < n; k++)
         for (size_t i = 0; ps[k]->st == 0 && i < ps[k]->lines.n; i++)
             ps[k]->at[i] = wk_line_set_add(ls, WK_LINE_RELEASE, ps[k]->ev->aggregate_id, &ps[k]->lines.v[i]);
-    wk_line_set_queue(ctx, ls, pipe, g_resv_ttl_s);
-    wk_pipe_exec(ctx, pipe);
-    wk_line_set_take(ctx, ls, pipe);
+    wk_line_set_exec(ctx, ls, pipe, g_resv_ttl_s);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
         p->released.n = 0;

@@ -202,6 +202,13 @@ void wk_line_set_take(wk_ctx *ctx, wk_line_set *s, cm_pipe *p)
     }
 }
 
+void wk_line_set_exec(wk_ctx *ctx, wk_line_set *s, cm_pipe *p, long long ttl_s)
+{
+    wk_line_set_queue(ctx, s, p, ttl_s);
+    wk_pipe_exec(ctx, p);
+    wk_line_set_take(ctx, s, p);
+}
+
 int wk_line_set_res(const wk_line_set *s, size_t i, wk_line_res *out)
 {
     memset(out, 0, sizeof *out);
@@ -218,9 +225,7 @@ int wk_line_run(wk_ctx *ctx, wk_line_op op, const char *checkout, const wk_lines
     for (size_t i = 0; i < lines->n; i++)
         wk_line_set_add(s, op, checkout, &lines->v[i]);
     cm_pipe *p = cm_pipe_new(wk_cluster(ctx));
-    wk_line_set_queue(ctx, s, p, ttl_s);
-    wk_pipe_exec(ctx, p);
-    wk_line_set_take(ctx, s, p);
+    wk_line_set_exec(ctx, s, p, ttl_s);
     int rc = 0;
     for (size_t i = 0; i < lines->n; i++)
         if (wk_line_set_res(s, i, &res[i]) != 0)

@@ -61,6 +61,10 @@ size_t wk_line_set_add(wk_line_set *s, wk_line_op op, const char *checkout, cons
 void wk_line_set_queue(wk_ctx *ctx, wk_line_set *s, cm_pipe *p, long long ttl_s);
 /* After cm_pipe_exec: takes s's replies from p. */
 void wk_line_set_take(wk_ctx *ctx, wk_line_set *s, cm_pipe *p);
+/* The three in one: queues s's calls behind what p already holds, sends p
+ * (wk_pipe_exec: one round trip for all of it) and takes s's replies; the
+ * caller takes its own commands' replies from p afterwards. */
+void wk_line_set_exec(wk_ctx *ctx, wk_line_set *s, cm_pipe *p, long long ttl_s);
 /* Line i's result into out. Returns 0, or -1 when its call failed (no
  * reply, an error, a foreign shape: the fail reason was set; retry). */
 int wk_line_set_res(const wk_line_set *s, size_t i, wk_line_res *out) __attribute__((warn_unused_result));
