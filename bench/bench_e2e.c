@@ -863,16 +863,18 @@ static int load(const char *tag, double rate, int conns, int64_t warm_ms, int64_
     *base = ph.base;
     hl_config cfg = {.port = g_port, .conns = conns, .rate = rate, .warmup_ms = warm_ms, .duration_ms = dur_ms,
                      .timeout_ms = 10000, .expect_status = 202, .build = build_checkout, .ud = &ph,
-                     .on_answer = on_answer, .gate = rate > 0 ? NULL : gate, .wake_fd = rate > 0 ? 0 : g_wake};
+                     .on_answer = on_answer, .gate = rate > 0 ? NULL : gate, .wake_fd = rate > 0 ? 0 : g_wake,
+                     .resend_unanswered = true};
     char err[256];
     if (hl_run(&cfg, res, err, sizeof err) != 0) {
         fprintf(stderr, "bench e2e: %s\n", err);
         return -1;
     }
     g_next_base = atomic_load(&g_issued);
-    printf("  %-12s sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu\n", tag,
+    printf("  %-12s sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu  resent %llu\n", tag,
            (unsigned long long)res->sent, (unsigned long long)res->ok, (unsigned long long)res->other_status,
-           res->last_other_status, (unsigned long long)res->errors, (unsigned long long)res->unsent);
+           res->last_other_status, (unsigned long long)res->errors, (unsigned long long)res->unsent,
+           (unsigned long long)res->resent);
     return 0;
 }
 

@@ -167,17 +167,19 @@ static int load(const char *tag, int port, int conns, double rate, hl_result *re
     phase ph;
     snprintf(ph.tag, sizeof ph.tag, "%s", tag);
     hl_config cfg = {.port = port, .conns = conns, .rate = rate, .warmup_ms = 1000, .duration_ms = 5000,
-                     .timeout_ms = 10000, .expect_status = 202, .build = build_checkout, .ud = &ph};
+                     .timeout_ms = 10000, .expect_status = 202, .build = build_checkout, .ud = &ph,
+                     .resend_unanswered = true};
     char err[256];
     if (hl_run(&cfg, res, err, sizeof err) != 0) {
         fprintf(stderr, "bench intake: %s\n", err);
         return -1;
     }
-    printf("  %-14s %7.0f accepted/s  sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu\n"
+    printf("  %-14s %7.0f accepted/s  sent %llu  202 %llu  other %llu (last %d)  errors %llu  unsent %llu"
+           "  resent %llu\n"
            "  %-14s latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
            tag, res->ok_per_s, (unsigned long long)res->sent, (unsigned long long)res->ok,
            (unsigned long long)res->other_status, res->last_other_status, (unsigned long long)res->errors,
-           (unsigned long long)res->unsent, "", hl_percentile_ms(&res->lat, 0.5), hl_percentile_ms(&res->lat, 0.9),
+           (unsigned long long)res->unsent, (unsigned long long)res->resent, "", hl_percentile_ms(&res->lat, 0.5), hl_percentile_ms(&res->lat, 0.9),
            hl_percentile_ms(&res->lat, 0.99), hl_percentile_ms(&res->lat, 0.999), (double)res->lat.max_us / 1000.0,
            hl_mean_ms(&res->lat));
     double b1 = metric(port, "intake_batches_total"), j1 = metric(port, "intake_batched_total");

@@ -26,6 +26,8 @@ typedef struct conn {
     bool busy;                /* a request is in flight */
     bool want_out;            /* EPOLLOUT registered */
     bool record;              /* the request in flight counts */
+    bool answered;            /* an answer came on this connection: it is a kept-alive one */
+    bool resend;              /* the request in flight goes out again once connected */
     int64_t t_ns;             /* latency origin of the request in flight */
     uint64_t seq;             /* seq of the request in flight */
     char *out;                /* request bytes */
@@ -117,6 +119,22 @@ static void set_events(run *r, int i, bool out)
     c->want_out = out;
 }
 
+/* A connection is up: it sends its request to be resent, or waits idle. */
+static void conn_write(run *r, int i);
+static void conn_ready(run *r, int i)
+{
+    conn *c = &r->c[i];
+    r->connected++;
+    set_events(r, i, false);
+    if (c->resend) {
+        c->resend = false;
+        c->out_off = 0;
+        conn_write(r, i);
+    } else {
+        r->idle[r->nidle++] = i;
+    }
+}
+
 static int conn_open(run *r, int i)
 {
     conn *c = &r->c[i];
@@ -137,21 +155,22 @@ static int conn_open(run *r, int i)
     epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd, &ev);
     c->want_out = true;
     c->in_len = 0;
-    c->busy = false;
-    if (!c->connecting) {
-        r->connected++;
-        r->idle[r->nidle++] = i;
-        set_events(r, i, false);
-    }
+    c->answered = false;
+    if (!c->connecting)
+        conn_ready(r, i);
     return 0;
 }
 
-/* Drops connection i (its request in flight, if any, is an error) and
- * opens it again. */
-static void conn_reset(run *r, int i)
+/* Drops connection i and opens it again. Its request in flight, if any,
+ * is an error, unless it may go again (closed, not timed out) and
+ * resend_unanswered holds for it: see hl_config. */
+static void conn_reset(run *r, int i, bool closed)
 {
     conn *c = &r->c[i];
-    if (c->busy && c->record)
+    bool again = closed && c->busy && r->cfg->resend_unanswered && c->answered && c->in_len == 0;
+    if (again)
+        r->res->resent++;
+    else if (c->busy && c->record)
         r->res->errors++;
     if (!c->busy && !c->connecting) {   /* it was idle: take it off the stack */
         for (int k = 0; k < r->nidle; k++)
@@ -165,8 +184,13 @@ static void conn_reset(run *r, int i)
         close(c->fd);
     }
     c->fd = -1;
-    c->busy = false;
-    conn_open(r, i);
+    c->busy = again;   /* a request to resend stays in flight: it counts for busy_count and expire */
+    c->resend = again;
+    if (conn_open(r, i) != 0 && again) {
+        c->busy = c->resend = false;
+        if (c->record)
+            r->res->errors++;
+    }
 }
 
 static void conn_write(run *r, int i)
@@ -185,7 +209,7 @@ static void conn_write(run *r, int i)
                 set_events(r, i, true);
             return;
         }
-        conn_reset(r, i);
+        conn_reset(r, i, true);
         return;
     }
     if (c->want_out)
@@ -264,7 +288,7 @@ static void conn_read(run *r, int i)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
-        conn_reset(r, i);   /* EOF or error */
+        conn_reset(r, i, true);   /* EOF or error */
         return;
     }
     int status = 0;
@@ -273,7 +297,7 @@ static void conn_read(run *r, int i)
     if (len == 0)
         return;
     if (len < 0 || !c->busy) {
-        conn_reset(r, i);
+        conn_reset(r, i, false);
         return;
     }
     int64_t t = now_ns();
@@ -296,8 +320,9 @@ static void conn_read(run *r, int i)
     memmove(c->in, c->in + len, c->in_len - (size_t)len);
     c->in_len -= (size_t)len;
     c->busy = false;
+    c->answered = true;
     if (close_after) {
-        conn_reset(r, i);
+        conn_reset(r, i, false);
         return;
     }
     r->idle[r->nidle++] = i;
@@ -320,13 +345,11 @@ static void on_event(run *r, int i, uint32_t ev)
         socklen_t l = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err || (ev & (EPOLLERR | EPOLLHUP))) {
-            conn_reset(r, i);
+            conn_reset(r, i, false);
             return;
         }
         c->connecting = false;
-        r->connected++;
-        set_events(r, i, false);
-        r->idle[r->nidle++] = i;
+        conn_ready(r, i);
         return;
     }
     if (ev & EPOLLOUT)
@@ -341,7 +364,7 @@ static void expire(run *r, int64_t now)
     int64_t limit = r->cfg->timeout_ms * 1000000LL;
     for (int i = 0; i < r->cfg->conns; i++)
         if (r->c[i].busy && now - r->c[i].t_ns > limit)
-            conn_reset(r, i);
+            conn_reset(r, i, false);
 }
 
 /* Hands due requests to idle connections. */

@@ -23,6 +23,7 @@
 #define HTTPLOAD_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Writes request number seq (raw HTTP/1.1 bytes) into buf (cap bytes) and
@@ -60,6 +61,10 @@ typedef struct hl_config {
     hl_answer_fn on_answer;   /* optional: called on every answer */
     hl_gate_fn gate;          /* optional, closed loop: may a request start now? */
     int wake_fd;              /* optional (> 0): an eventfd written when the gate may pass again */
+    bool resend_unanswered;   /* the requests are safe to send twice (an Idempotency-Key each): one whose
+                               * kept-alive connection closes before any byte of its answer (the server
+                               * dropping an idle connection as the request arrives) is sent again, once, on
+                               * a new connection, its latency still counted from its first origin */
 } hl_config;
 
 #define HL_BUCKETS 2048
@@ -76,6 +81,7 @@ typedef struct hl_result {
     uint64_t ok;              /* answers with the expected status */
     uint64_t other_status;    /* answers with another status */
     uint64_t errors;          /* broken connections, timeouts, unparsable answers */
+    uint64_t resent;          /* requests sent again after their connection closed unanswered */
     uint64_t unsent;          /* open loop: scheduled but never sent before the end */
     double elapsed_s;         /* the measured window */
     double ok_per_s;          /* ok / elapsed_s */

@@ -85,7 +85,7 @@ static int notify_init(wk_ctx *ctx, char *err, size_t errlen)
     st->hook_bad = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"non_2xx\"");
     st->hook_err = cm_counter("notify_webhook_requests_total", "webhook POSTs by outcome", "result=\"error\"");
     st->skipped = cm_counter("notify_webhook_skipped_total", "webhook calls not made while the breaker was open", "");
-    st->breaker_open = cm_gauge("notify_webhook_breaker_open", "1 while the webhook breaker is open", "");
+    st->breaker_open = cm_gauge("notify_webhook_breaker_open", "1 from the webhook breaker's opening until a call gets an answer", "");
     wk_set_state(ctx, st);
     return 0;
 }
