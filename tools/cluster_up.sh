@@ -16,6 +16,10 @@
 #   tools/cluster_up.sh create DIR [BASE_PORT]  with the 6 servers running: create the cluster
 #                                               unless they already form one (a restart keeps
 #                                               nodes.conf), wait until whole, print REDIS_URL
+#   tools/cluster_up.sh balance HOST:PORT N     on a new (empty) cluster reached at HOST:PORT (any
+#                                               node; the others as CLUSTER NODES names them),
+#                                               balance partitions {p0}..{pN-1} as above and wait
+#                                               for cluster_state:ok (compose's cluster-init)
 #
 # The REDIS_URL printed is redis-cluster://127.0.0.1:BASE_PORT,...; data and
 # logs stay under DIR/node-PORT/ across restarts. Exits non-zero with a
@@ -68,6 +72,12 @@ save ""
 repl-diskless-sync-delay 0
 EOF
     echo "$nd/redis.conf"
+}
+
+cli() {   # cli HOST:PORT ARGS...: redis-cli against that node
+    local a=$1
+    shift
+    redis-cli -h "${a%:*}" -p "${a##*:}" "$@"
 }
 
 info_field() {   # info_field PORT FIELD [SECTION]: a field of CLUSTER INFO or INFO SECTION
@@ -123,7 +133,7 @@ create() {   # create DIR BASE
         sleep 0.1
     done
     if ((created)) && [[ ${CLUSTER_PARTITIONS:-1} -gt 1 ]]; then
-        balance "$base" "$CLUSTER_PARTITIONS"
+        balance "127.0.0.1:$base" "$CLUSTER_PARTITIONS"
         until whole "$base"; do
             ((SECONDS < deadline + WAIT_S)) || die "cluster not whole after balancing (logs: $dir/node-*/redis.log)"
             sleep 0.1
@@ -132,7 +142,8 @@ create() {   # create DIR BASE
     url "$base"
 }
 
-# balance BASE PARTITIONS: on a new (empty) cluster, moves the slots of the
+# balance SEED PARTITIONS: on a new (empty) cluster that the node at SEED
+# (HOST:PORT) belongs to, moves the slots of the
 # partitions' hash tags {p0}..{pN-1} from the master owning most partitions
 # to the one owning fewest until they differ by one at most. redis-cli's
 # even slot ranges give 3 masters 4, 5 and 7 of 16 partitions; a checkout's
@@ -140,19 +151,19 @@ create() {   # create DIR BASE
 # Only empty slots move (no MIGRATE): IMPORTING/MIGRATING, then NODE on the
 # destination and the source.
 balance() {
-    local base=$1 parts=$2 p slot id addr flags rest hi lo i moved=0 nodes owner
-    local -a mid=() mport=() count=() pslot=() powner=()
-    nodes=$(redis-cli -p "$base" cluster nodes) || die "CLUSTER NODES failed on port $base"
+    local seed=$1 parts=$2 p slot id addr flags rest hi lo i moved=0 nodes owner
+    local -a mid=() maddr=() count=() pslot=() powner=()
+    nodes=$(cli "$seed" cluster nodes) || die "CLUSTER NODES failed on $seed"
     while read -r id addr flags rest; do
         # masters owning slots (a replica can still read "master" from here
         # for a moment after the create)
         [[ $flags == *master* && $(wc -w <<<"$rest") -gt 5 ]] || continue
         addr=${addr%%@*}
-        mid+=("$id"); mport+=("${addr##*:}"); count+=(0)
+        mid+=("$id"); maddr+=("$addr"); count+=(0)
     done <<<"$nodes"
     ((${#mid[@]} > 1)) || return 0
     for ((p = 0; p < parts; p++)); do
-        slot=$(redis-cli -p "$base" cluster keyslot "{p$p}")
+        slot=$(cli "$seed" cluster keyslot "{p$p}")
         owner=$(awk -v s="$slot" '$3 ~ /master/ {
                     for (f = 9; f <= NF; f++) {
                         if ($f ~ /^\[/) continue
@@ -174,11 +185,11 @@ balance() {
         ((count[hi] - count[lo] > 1)) || break
         for ((p = 0; p < parts; p++)); do ((powner[p] == hi)) && break; done
         slot=${pslot[p]}
-        redis-cli -p "${mport[lo]}" cluster setslot "$slot" importing "${mid[hi]}" >/dev/null &&
-            redis-cli -p "${mport[hi]}" cluster setslot "$slot" migrating "${mid[lo]}" >/dev/null &&
-            redis-cli -p "${mport[lo]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null &&
-            redis-cli -p "${mport[hi]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null ||
-            die "moving slot $slot (partition $p) to port ${mport[lo]} failed"
+        cli "${maddr[lo]}" cluster setslot "$slot" importing "${mid[hi]}" >/dev/null &&
+            cli "${maddr[hi]}" cluster setslot "$slot" migrating "${mid[lo]}" >/dev/null &&
+            cli "${maddr[lo]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null &&
+            cli "${maddr[hi]}" cluster setslot "$slot" node "${mid[lo]}" >/dev/null ||
+            die "moving slot $slot (partition $p) to ${maddr[lo]} failed"
         for ((i = 0; i < parts; i++)); do   # every partition in that slot went along
             if ((pslot[i] == slot)); then
                 count[powner[i]]=$((count[powner[i]] - 1)); powner[i]=$lo; count[lo]=$((count[lo] + 1))
@@ -236,5 +247,13 @@ case "$cmd" in
             conf "$2" "$3" ;;
     stop)   [[ $# -eq 2 ]] || die "usage: $0 stop DIR"
             stop "$2" ;;
-    *)      die "usage: $0 start|stop|conf|create DIR [PORT] (see the top of $0)" ;;
+    balance) [[ $# -eq 3 && $2 =~ ^[^:]+:[0-9]+$ && $3 =~ ^[0-9]+$ ]] ||
+                 die "usage: $0 balance HOST:PORT PARTITIONS"
+             balance "$2" "$3"
+             deadline=$((SECONDS + WAIT_S))
+             until cli "$2" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
+                 ((SECONDS < deadline)) || die "cluster not ok after balancing"
+                 sleep 0.1
+             done ;;
+    *)      die "usage: $0 start|stop|conf|create DIR [PORT], or balance HOST:PORT PARTITIONS (see the top of $0)" ;;
 esac

@@ -254,6 +254,20 @@ def check_cluster_override(compose_file):
     script = init["command"][0]
     if "--cluster create" not in script or "--cluster-replicas 1" not in script:
         fail("cluster-init does not create a cluster with one replica per master: %r" % script)
+    # the partitions balanced over the masters by the repository's own
+    # tools/cluster_up.sh (as `CHORUS_CLUSTER=3 ./chorus up` does), with the
+    # caller's PARTITIONS
+    mounts = {}
+    for v in init.get("volumes") or []:
+        src, dst = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+        mounts[dst] = src
+    tool = mounts.get("/usr/local/bin/cluster_up.sh", "")
+    if os.path.realpath(tool) != os.path.realpath(os.path.join(os.path.dirname(compose_file), "..", "tools",
+                                                              "cluster_up.sh")):
+        fail("cluster-init does not mount tools/cluster_up.sh: %r" % mounts)
+    if "cluster_up.sh balance redis:6379" not in script or \
+            str((init.get("environment") or {}).get("PARTITIONS")) != "12":
+        fail("cluster-init does not balance the caller's PARTITIONS: %r %r" % (script, init.get("environment")))
     sh = subprocess.run(["sh", "-n"], input=script, text=True, stderr=subprocess.PIPE)
     if sh.returncode != 0:
         fail("cluster-init's script does not parse: %s" % sh.stderr)
