@@ -680,6 +680,40 @@ Test(scripts, a_corrupted_mark_fails_its_own_line_alone)
     cr_expect_eq(num("HGET %s reserved", cm_key_product("p3").s), 3);
 }
 
+Test(scripts, a_mark_key_of_another_type_fails_its_own_line_alone)
+{
+    /* a hash where a line's mark belongs (not chorus's): that line fails,
+     * the key is left as it was, the call's other lines answer as alone */
+    product("p4", 10);
+    num("HSET %s owner someone-else", cm_key_hold("p4", "co-bad").s);
+    wk_line l1 = {.product_id = "p4", .qty = 1}, l2 = {.product_id = "p4", .qty = 2};
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_HOLD, "co-a", &l1);
+    size_t bad = wk_line_set_add(ls, WK_LINE_HOLD, "co-bad", &l1);
+    size_t b = wk_line_set_add(ls, WK_LINE_HOLD, "co-b", &l2);
+    set_run(ls, 60, 1);
+    expect_res(ls, a, WK_MARK_HELD, 1, true);
+    expect_res(ls, b, WK_MARK_HELD, 2, true);
+    wk_line_res r;
+    cr_expect_eq(wk_line_set_res(ls, bad, &r), -1, "a hash at a mark's key answered as a mark");
+    wk_line_set_free(ls);
+    cr_expect_eq(num("HLEN %s", cm_key_hold("p4", "co-bad").s), 1, "the foreign key was overwritten");
+    char *t = str("HGET %s owner", cm_key_hold("p4", "co-bad").s);
+    cr_expect_str_eq(t, "someone-else");
+    free(t);
+    cr_expect_eq(num("HGET %s available", cm_key_product("p4").s), 7);
+    cr_expect_eq(num("HGET %s reserved", cm_key_product("p4").s), 3);
+    /* a sell over the same keys: the held lines are sold, the foreign one fails again */
+    ls = wk_line_set_new();
+    a = wk_line_set_add(ls, WK_LINE_SELL, "co-a", &l1);
+    bad = wk_line_set_add(ls, WK_LINE_SELL, "co-bad", &l1);
+    set_run(ls, 60, 1);
+    expect_res(ls, a, WK_MARK_SOLD, 1, true);
+    cr_expect_eq(wk_line_set_res(ls, bad, &r), -1);
+    wk_line_set_free(ls);
+    cr_expect_eq(stock_total("p4"), 10);
+}
+
 Test(scripts, a_step_finds_its_earlier_append_after_its_cause_and_conflicts_otherwise)
 {
     es_event **init = append("co-s", CM_EV_CHECKOUT_INITIATED, json_object());

@@ -28,7 +28,8 @@
 -- Returns state, qty, changed for each line, flat (3 values per line, not a
 -- table each: Redis converts a nested table much more slowly): the mark
 -- after the op ("none" when absent and left so), its quantity, and 1 when
--- this call changed it.
+-- this call changed it; a line whose mark's key holds something else (a
+-- hash, a mark without a number) answers a nil quantity: it fails alone.
 local product, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if op ~= 'hold' and op ~= 'undo' and op ~= 'sell' and op ~= 'release' then
   return redis.error_reply('line.lua: unknown op ' .. tostring(op))
@@ -105,11 +106,28 @@ local function fast(v)
   local moved = {false, false, false}
   local function add(f, d) c[f] = (c[f] or 0) + d; moved[f] = true end
   local cur, order, keep, expiring = {}, {}, {}, {}
+  local absent = {}
   for a = 2, #KEYS, CHUNK do
     local b = math.min(#KEYS, a + CHUNK - 1)
     local got = redis.call('MGET', unpack(KEYS, a, b))
     for k = a, b do
-      if cur[KEYS[k]] == nil then cur[KEYS[k]] = got[k - a + 1] end
+      if cur[KEYS[k]] == nil then
+        cur[KEYS[k]] = got[k - a + 1]
+        if not got[k - a + 1] then absent[#absent + 1] = KEYS[k] end
+      end
+    end
+  end
+  -- MGET answers nil for a key of another type as for no key: such a key is
+  -- no mark (someone else wrote it), so its line fails alone and it is left
+  -- as it is. One EXISTS over the nil ones says whether there is any.
+  local foreign = {}
+  local there = 0
+  for a = 1, #absent, CHUNK do
+    there = there + redis.call('EXISTS', unpack(absent, a, math.min(#absent, a + CHUNK - 1)))
+  end
+  if there > 0 then
+    for _, k in ipairs(absent) do
+      if redis.call('EXISTS', k) == 1 then foreign[k] = true end
     end
   end
   local function put(mark, v, settled)
@@ -123,6 +141,7 @@ local function fast(v)
     return {state, qty, 1}
   end
   local function step2(mark, hold_qty)
+    if foreign[mark] then return {'foreign', false, 0} end
     local m = cur[mark]
     if not m then
       if op == 'release' then return settle2(mark, 'void', 0) end
