@@ -125,16 +125,11 @@ typedef struct plan {
     size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the sells' wk_line_set */
 } plan;
 
-static void plan_clear(plan *p)
+static void plan_free(void *vp)
 {
+    plan *p = vp;
     wk_step_free(&p->s);
     free(p->items);
-    p->items = NULL;
-}
-
-static void plan_free(void *p)
-{
-    plan_clear(p);
     free(p);
 }
 

@@ -143,15 +143,15 @@ void *wk_prefetch_plan(const es_event *ev);   /* the plan noted for ev (once), o
 /* A worker's plans, for wk_plan_prepare and wk_plan_handle: what a plan is,
  * which events prepare plans, how one is made, run, judged and released. */
 typedef struct wk_plan_def {
-    size_t size;                                               /* sizeof the worker's plan (zeroed for make) */
-    bool (*wants)(const es_event *ev);                         /* prepare plans ev; others: their handler, alone */
-    wk_result (*make)(wk_ctx *ctx, const es_event *ev, void *plan);   /* WK_ACK: planned; else the answer
-                                                                         (fail reason set) */
-    void (*run)(wk_ctx *ctx, void *const *plans, size_t n);    /* runs the plans' steps, phase by phase */
-    bool (*failed)(const void *plan);                          /* a call of run failed: the handler runs it again */
-    bool remake;                                               /* ... from a new plan (make) rather than the same */
-    wk_result (*act)(wk_ctx *ctx, const es_event *ev, void *plan);    /* the handler's decision on the outcome */
-    void (*free)(void *plan);                                  /* releases plan and what it holds */
+    size_t size;                                 /* sizeof the worker's plan, given zeroed to make */
+    bool (*wants)(const es_event *ev);           /* prepare plans ev (others: their handler, alone) */
+    /* WK_ACK: planned; else what the handler answers (the fail reason set) */
+    wk_result (*make)(wk_ctx *ctx, const es_event *ev, void *plan);
+    void (*run)(wk_ctx *ctx, void *const *plans, size_t n);   /* the plans' steps, phase by phase */
+    bool (*failed)(const void *plan);            /* a call of run failed: the handler runs it again, */
+    bool remake;                                 /* ... from a new plan (make) rather than the same one */
+    wk_result (*act)(wk_ctx *ctx, const es_event *ev, void *plan);   /* the handler's decision on the outcome */
+    void (*free)(void *plan);                    /* releases plan and what it holds */
 } wk_plan_def;
 
 /* Plans every event of evs that def wants (one allocation each, owned by the

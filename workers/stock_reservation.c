@@ -81,15 +81,11 @@ typedef struct plan {
     size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the phase's wk_line_set */
 } plan;
 
-static void plan_clear(plan *p)
+static void plan_free(void *vp)
 {
+    plan *p = vp;
     wk_step_free(&p->s);
     wk_step_free(&p->f);
-}
-
-static void plan_free(void *p)
-{
-    plan_clear(p);
     free(p);
 }
 
