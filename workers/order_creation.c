@@ -30,7 +30,6 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
-#include "common/xmalloc.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -126,30 +125,26 @@ typedef struct plan {
     size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the sells' wk_line_set */
 } plan;
 
-static void plan_clear(plan *p)
+static void plan_free(void *vp)
 {
+    plan *p = vp;
     wk_step_free(&p->s);
     free(p->items);
-    p->items = NULL;
-}
-
-static void plan_free(void *p)
-{
-    plan_clear(p);
     free(p);
 }
 
-/* Decides ev into p: 1, or 0 (never possible: WK_DEAD) / -1 (retry) after
+/* Decides ev into p: WK_ACK, or WK_DEAD (never possible) / WK_RETRY after
  * setting the fail reason. */
-static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+static wk_result plan_make(wk_ctx *ctx, const es_event *ev, void *vp)
 {
+    plan *p = vp;
     if (!wk_saga_checkout(ctx, ev))
-        return 0;
+        return WK_DEAD;
     p->checkout = ev->aggregate_id;
     char err[160];
     if (wk_lines_parse(json_object_get(ev->data, "items"), &p->lines, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "StockReserved data: %s", err);
-        return 0;
+        return WK_DEAD;
     }
     json_t *t = json_object_get(ev->data, "total_cents");
     const char *c = es_event_data_str(ev, "client_id");
@@ -157,11 +152,11 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
         p->total = json_integer_value(t);
         snprintf(p->client, sizeof p->client, "%s", c);
     } else if (totals_from_history(ctx, ev, &p->total, p->client, sizeof p->client) != 0) {
-        return -1;
+        return WK_RETRY;
     }
     if (!p->client[0]) {
         wk_fail_reason(ctx, "checkout %s has no client_id", ev->aggregate_id);
-        return 0;
+        return WK_DEAD;
     }
     if (g_delay_ms > 0)
         injected_delay(ctx);
@@ -172,7 +167,7 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     wk_step_init(&p->s, ev, cm_worker_names[CM_W_ORDER_CREATION]);
     if (p->fail) {
         wk_step_add(&p->s, CM_EV_ORDER_CREATION_FAILED, json_pack("{s:s}", "reason", p->fail));
-        return 1;
+        return WK_ACK;
     }
     const char *checkout = ev->aggregate_id;
     cm_uuid_derive(checkout, "order", p->order_id);
@@ -183,12 +178,12 @@ static int plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     p->in = (wk_order_in){.checkout_id = checkout, .order_id = p->order_id, .client_id = p->client,
                           .total_cents = (long long)p->total, .items_json = p->items ? p->items : "[]",
                           .created_at = cm_wall_s(), .resv_ttl_s = g_resv_ttl_s, .lines = &p->lines};
-    return 1;
+    return WK_ACK;
 }
 
 /* Sells, in one round trip, every line of each plan whose order is recorded
  * (p->sell); sets p->sold when every one of its lines answered. */
-static void sell(wk_ctx *ctx, plan *const *ps, size_t n)
+static void sell(wk_ctx *ctx, void *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
     wk_line_set *ls = wk_line_set_new();
@@ -215,7 +210,7 @@ static void sell(wk_ctx *ctx, plan *const *ps, size_t n)
  * slots, create_order.lua for the orders and the plain append of the
  * failures; (2) sell every line of each order whose append is done (now or
  * by an earlier delivery). */
-static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+static void run(wk_ctx *ctx, void *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
     for (size_t k = 0; k < n; k++) {
@@ -298,7 +293,8 @@ static wk_result order_failed_late(wk_ctx *ctx, const es_event *ev, plan *p)
     es_events_free(evs, n);
     if (!p->sell)
         return wk_saga_moved(ctx, ev, "order-failed");
-    sell(ctx, &p, 1);
+    void *const one[] = {p};
+    sell(ctx, one, 1);
     if (!p->sold) {
         wk_fail_reason(ctx, "order of %s recorded by an earlier delivery, its lines not all sold yet",
                        ev->aggregate_id);
@@ -325,55 +321,44 @@ static wk_result order_failed(wk_ctx *ctx, const es_event *ev, plan *p)
     return WK_RETRY;
 }
 
+/* Acts on what run found for ev. */
+static wk_result act(wk_ctx *ctx, const es_event *ev, void *vp)
+{
+    plan *p = vp;
+    return p->fail ? order_failed(ctx, ev, p) : order_created(ctx, ev, p);
+}
+
+/* A StockReserved with its total and client: one without needs a history
+ * read, its handler plans it alone. */
+static bool wants(const es_event *ev)
+{
+    return ev->kind == CM_EV_STOCK_RESERVED && json_is_integer(json_object_get(ev->data, "total_cents")) &&
+           es_event_data_str(ev, "client_id");
+}
+
+static bool failed(const void *p)
+{
+    return ((const plan *)p)->rc == WK_OUT_EREDIS;
+}
+
+static const wk_plan_def k_plan = {
+    .size = sizeof(plan), .wants = wants, .make = plan_make, .run = run, .failed = failed, .act = act,
+    .free = plan_free,
+};
+
 /* The batch's orders run together (saga.h, prefetch); each handler then
  * finds its decision and outcome. Not with an injected delay, which tests
  * use to race each event against the timeout. */
 static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
     wk_prefetch_clear();
-    if (g_delay_ms > 0)
-        return;
-    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
-    size_t np = 0;
-    for (size_t i = 0; i < n; i++) {
-        /* an event without its total needs a history read: its handler
-         * plans it alone */
-        if (evs[i]->kind != CM_EV_STOCK_RESERVED || !json_is_integer(json_object_get(evs[i]->data, "total_cents")) ||
-            !es_event_data_str(evs[i], "client_id"))
-            continue;
-        plan *p = cm_xcalloc(1, sizeof *p);
-        if (plan_make(ctx, evs[i], p) != 1) {
-            plan_free(p);   /* the handler decides again, alone */
-            continue;
-        }
-        ps[np++] = p;
-        wk_prefetch_note(evs[i], p, plan_free);
-    }
-    if (np)
-        run(ctx, ps, np);
-    free(ps);
+    if (g_delay_ms <= 0)
+        wk_plan_prepare(ctx, &k_plan, evs, n);
 }
 
 static wk_result handle_stock_reserved(wk_ctx *ctx, const es_event *ev)
 {
-    plan *own = NULL, *p = wk_prefetch_plan(ev);
-    if (!p || p->rc == WK_OUT_EREDIS) {
-        /* not prefetched, or a call failed there: again, alone */
-        if (!p) {
-            own = cm_xcalloc(1, sizeof *own);
-            int rc = plan_make(ctx, ev, own);
-            if (rc != 1) {
-                plan_free(own);
-                return rc == 0 ? WK_DEAD : WK_RETRY;
-            }
-            p = own;
-        }
-        run(ctx, &p, 1);
-    }
-    wk_result out = p->fail ? order_failed(ctx, ev, p) : order_created(ctx, ev, p);
-    if (own)
-        plan_free(own);
-    return out;
+    return wk_plan_handle(ctx, &k_plan, ev);
 }
 
 static const wk_handler k_handlers[] = {

@@ -7,6 +7,7 @@
 #include "common/xmalloc.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int wk_lines_parse(const json_t *items, wk_lines *out, char *err, size_t errlen)
@@ -303,6 +304,47 @@ void *wk_prefetch_plan(const es_event *ev)
             return g_pf.v[i].plan;
         }
     return NULL;
+}
+
+void wk_plan_prepare(wk_ctx *ctx, const wk_plan_def *def, es_event *const *evs, size_t n)
+{
+    void **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!def->wants(evs[i]))
+            continue;
+        void *p = cm_xcalloc(1, def->size);
+        if (def->make(ctx, evs[i], p) != WK_ACK) {
+            def->free(p);   /* the handler decides again, alone */
+            continue;
+        }
+        ps[np++] = p;
+        wk_prefetch_note(evs[i], p, def->free);
+    }
+    if (np)
+        def->run(ctx, ps, np);
+    free(ps);
+}
+
+wk_result wk_plan_handle(wk_ctx *ctx, const wk_plan_def *def, const es_event *ev)
+{
+    void *own = NULL, *p = wk_prefetch_plan(ev);
+    if (!p || def->failed(p)) {   /* not prefetched, or a call failed there: again, alone */
+        if (!p || def->remake) {
+            own = cm_xcalloc(1, def->size);
+            wk_result rc = def->make(ctx, ev, own);
+            if (rc != WK_ACK) {
+                def->free(own);
+                return rc;
+            }
+            p = own;
+        }
+        def->run(ctx, &p, 1);
+    }
+    wk_result out = def->act(ctx, ev, p);
+    if (own)
+        def->free(own);
+    return out;
 }
 
 extern const char wk_lua_append[];

@@ -140,6 +140,30 @@ void wk_prefetch_clear(void);
 void wk_prefetch_note(const es_event *ev, void *plan, void (*plan_free)(void *));
 void *wk_prefetch_plan(const es_event *ev);   /* the plan noted for ev (once), or NULL */
 
+/* A worker's plans, for wk_plan_prepare and wk_plan_handle: what a plan is,
+ * which events prepare plans, how one is made, run, judged and released. */
+typedef struct wk_plan_def {
+    size_t size;                                 /* sizeof the worker's plan, given zeroed to make */
+    bool (*wants)(const es_event *ev);           /* prepare plans ev (others: their handler, alone) */
+    /* WK_ACK: planned; else what the handler answers (the fail reason set) */
+    wk_result (*make)(wk_ctx *ctx, const es_event *ev, void *plan);
+    void (*run)(wk_ctx *ctx, void *const *plans, size_t n);   /* the plans' steps, phase by phase */
+    bool (*failed)(const void *plan);            /* a call of run failed: the handler runs it again, */
+    bool remake;                                 /* ... from a new plan (make) rather than the same one */
+    wk_result (*act)(wk_ctx *ctx, const es_event *ev, void *plan);   /* the handler's decision on the outcome */
+    void (*free)(void *plan);                    /* releases plan and what it holds */
+} wk_plan_def;
+
+/* Plans every event of evs that def wants (one allocation each, owned by the
+ * prefetch table from then on), notes them and runs them together. An event
+ * whose make fails is left to its handler. Call after wk_prefetch_clear. */
+void wk_plan_prepare(wk_ctx *ctx, const wk_plan_def *def, es_event *const *evs, size_t n);
+
+/* A handler's whole path: takes ev's prefetched plan, or plans and runs ev
+ * alone when there is none or its run failed (def->failed), then answers
+ * def->act's decision; a plan made here is freed before returning. */
+wk_result wk_plan_handle(wk_ctx *ctx, const wk_plan_def *def, const es_event *ev);
+
 /* After a conflict: re-reads the checkout's history and decides. The saga
  * moved past cause (its follow-up was already written, it timed out or ended)
  * gives WK_ACK with nothing done; a history that does not hold cause at its

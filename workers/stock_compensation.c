@@ -39,7 +39,6 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/log.h"
-#include "common/xmalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,30 +171,34 @@ static void plan_free(void *p)
     free(p);
 }
 
-/* Checks ev and reads its lines into p (st -2 when ev can never be
- * compensated, -1 on a Redis error). */
-static void plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+/* Checks ev and reads its lines into p. Returns WK_ACK, or WK_DEAD when ev
+ * can never be compensated / WK_RETRY on a Redis error, the fail reason set. */
+static wk_result plan_make(wk_ctx *ctx, const es_event *ev, void *vp)
 {
+    plan *p = vp;
     p->ev = ev;
     p->st = -2;
     if (!wk_saga_checkout(ctx, ev))
-        return;
+        return WK_DEAD;
     if (!(p->reason = wk_saga_failure_reason(ev))) {
         wk_fail_reason(ctx, "%s names no known failure reason", ev->type);
-        return;
+        return WK_DEAD;
     }
     p->st = read_lines(ctx, ev, &p->lines);
+    return p->st == 0 ? WK_ACK : p->st == -1 ? WK_RETRY : WK_DEAD;
 }
 
 /* Runs the plans together, one round trip per phase: (1) release every
  * line of every checkout, (2) the release scripts. */
-static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+static void run(wk_ctx *ctx, void *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
     wk_line_set *ls = wk_line_set_new();
-    for (size_t k = 0; k < n; k++)
-        for (size_t i = 0; ps[k]->st == 0 && i < ps[k]->lines.n; i++)
-            ps[k]->at[i] = wk_line_set_add(ls, WK_LINE_RELEASE, ps[k]->ev->aggregate_id, &ps[k]->lines.v[i]);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        for (size_t i = 0; p->st == 0 && i < p->lines.n; i++)
+            p->at[i] = wk_line_set_add(ls, WK_LINE_RELEASE, p->ev->aggregate_id, &p->lines.v[i]);
+    }
     wk_line_set_exec(ctx, ls, pipe, g_resv_ttl_s);
     for (size_t k = 0; k < n; k++) {
         plan *p = ps[k];
@@ -224,9 +227,11 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
         p->idx = wk_script_release_queue(ctx, pipe, &p->s, p->ev->aggregate_id, p->released.n > 0, g_resv_ttl_s);
     }
     wk_pipe_exec(ctx, pipe);
-    for (size_t k = 0; k < n; k++)
-        if (ps[k]->st == 0)
-            ps[k]->rc = wk_script_release_take(ctx, pipe, ps[k]->idx, &ps[k]->s, &ps[k]->o);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->st == 0)
+            p->rc = wk_script_release_take(ctx, pipe, p->idx, &p->s, &p->o);
+    }
     cm_pipe_free(pipe);
 }
 
@@ -236,6 +241,44 @@ static bool is_failure(const es_event *ev)
            ev->kind == CM_EV_CHECKOUT_TIMED_OUT;
 }
 
+/* Acts on what run found for ev. */
+static wk_result act(wk_ctx *ctx, const es_event *ev, void *vp)
+{
+    plan *p = vp;
+    if (p->st != 0)
+        return WK_RETRY;
+    const char *checkout = ev->aggregate_id;
+    switch (p->rc) {
+    case WK_OUT_APPENDED: {
+        wk_saga_count(ctx, &p->s, &p->o.res);
+        const char *kv[] = {"reason", p->reason, NULL};
+        cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
+                p->released.n ? ", reservation released" : ", nothing held",
+                p->o.res.duplicate ? " (already recorded)" : "");
+        return WK_ACK;
+    }
+    case WK_OUT_CONFLICT:
+        return wk_saga_moved(ctx, ev, "compensate");
+    case WK_OUT_CHANGED:
+        /* a held record means every line was held before any compensation */
+        wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
+        return WK_DEAD;
+    default:
+        return WK_RETRY;
+    }
+}
+
+static bool failed(const void *p)
+{
+    return ((const plan *)p)->st != 0 || ((const plan *)p)->rc == WK_OUT_EREDIS;
+}
+
+/* A failed one is planned anew: its lines are read again. */
+static const wk_plan_def k_plan = {
+    .size = sizeof(plan), .wants = is_failure, .make = plan_make, .run = run, .failed = failed, .remake = true,
+    .act = act, .free = plan_free,
+};
+
 /* Records every new saga of the batch in the timeout set with one ZADD
  * instead of one per event (their handlers then have nothing left to do),
  * and compensates the batch's failures together (saga.h, prefetch). */
@@ -243,64 +286,12 @@ static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
 {
     wk_prefetch_clear();
     record_started(ctx, evs, n);
-    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
-    size_t np = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!is_failure(evs[i]))
-            continue;
-        plan *p = cm_xcalloc(1, sizeof *p);
-        plan_make(ctx, evs[i], p);
-        if (p->st != 0) {
-            plan_free(p);   /* the handler decides again, alone */
-            continue;
-        }
-        ps[np++] = p;
-        wk_prefetch_note(evs[i], p, plan_free);
-    }
-    if (np)
-        run(ctx, ps, np);
-    free(ps);
+    wk_plan_prepare(ctx, &k_plan, evs, n);
 }
 
 static wk_result compensate(wk_ctx *ctx, const es_event *ev)
 {
-    plan *own = NULL, *p = wk_prefetch_plan(ev);
-    if (!p || p->st != 0 || p->rc == WK_OUT_EREDIS) {   /* not prefetched, or failed there: again, alone */
-        own = cm_xcalloc(1, sizeof *own);
-        plan_make(ctx, ev, own);
-        if (own->st == 0)
-            run(ctx, &own, 1);
-        p = own;
-    }
-    wk_result out = WK_RETRY;
-    const char *checkout = ev->aggregate_id;
-    if (p->st == -2)
-        out = WK_DEAD;
-    else if (p->st == 0)
-        switch (p->rc) {
-        case WK_OUT_APPENDED: {
-            wk_saga_count(ctx, &p->s, &p->o.res);
-            const char *kv[] = {"reason", p->reason, NULL};
-            cm_logx(CM_INFO, checkout, ev->event_id, kv, "checkout failed%s%s",
-                    p->released.n ? ", reservation released" : ", nothing held",
-                    p->o.res.duplicate ? " (already recorded)" : "");
-            out = WK_ACK;
-            break;
-        }
-        case WK_OUT_CONFLICT:
-            out = wk_saga_moved(ctx, ev, "compensate");
-            break;
-        case WK_OUT_CHANGED:
-            /* a held record means every line was held before any compensation */
-            wk_fail_reason(ctx, "reservation of %s is held but none of its lines was released", checkout);
-            out = WK_DEAD;
-            break;
-        default:
-            break;
-        }
-    if (own)
-        plan_free(own);
-    return out;
+    return wk_plan_handle(ctx, &k_plan, ev);
 }
 
 /* Decides the timeout of one expired saga. Returns true when it should leave

@@ -27,7 +27,6 @@
 #include "workers/lua/scripts.h"
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/xmalloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,34 +81,31 @@ typedef struct plan {
     size_t at[WK_SAGA_MAX_LINES];    /* each line's index in the phase's wk_line_set */
 } plan;
 
-static void plan_clear(plan *p)
+static void plan_free(void *vp)
 {
+    plan *p = vp;
     wk_step_free(&p->s);
     wk_step_free(&p->f);
-}
-
-static void plan_free(void *p)
-{
-    plan_clear(p);
     free(p);
 }
 
-/* Validates ev and builds its StockReserved step into p. Returns false after
- * setting the fail reason (the event can never be reserved: WK_DEAD). */
-static bool plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
+/* Validates ev and builds its StockReserved step into p. Returns WK_ACK, or
+ * WK_DEAD after setting the fail reason (the event can never be reserved). */
+static wk_result plan_make(wk_ctx *ctx, const es_event *ev, void *vp)
 {
+    plan *p = vp;
     if (!wk_saga_checkout(ctx, ev))
-        return false;
+        return WK_DEAD;
     if (ev->seq != 1) {
         wk_fail_reason(ctx, "CheckoutInitiated at seq %lld: a checkout starts once", (long long)ev->seq);
-        return false;
+        return WK_DEAD;
     }
     const char *client = es_event_data_str(ev, "client_id");
     json_t *items = json_object_get(ev->data, "items");
     char err[160];
     if (!client || wk_lines_parse(items, &p->lines, err, sizeof err) != 0) {
         wk_fail_reason(ctx, "CheckoutInitiated data: %s", client ? err : "no client_id");
-        return false;
+        return WK_DEAD;
     }
     /* StockReserved carries the initiated lines as they were, plus the total
      * so order creation needs no history read. */
@@ -117,7 +113,7 @@ static bool plan_make(wk_ctx *ctx, const es_event *ev, plan *p)
     wk_step_add(&p->s, CM_EV_STOCK_RESERVED,
                 json_pack("{s:s, s:O, s:I}", "client_id", client, "items", items, "total_cents",
                           checkout_total(ev)));
-    return true;
+    return WK_ACK;
 }
 
 /* Decides p from its lines' marks (all taken). The first refused line, in
@@ -163,7 +159,7 @@ static void decide(plan *p)
  * (2) record the reservations whose lines are all held and undo the held
  * lines of the refused ones, (3) append the failures. Each plan ends with
  * its decision and, unless D_EREDIS or D_MOVED, its append's outcome. */
-static void run(wk_ctx *ctx, plan *const *ps, size_t n)
+static void run(wk_ctx *ctx, void *const *ps, size_t n)
 {
     cm_pipe *pipe = cm_pipe_new(wk_cluster(ctx));
     wk_line_set *ls = wk_line_set_new();
@@ -211,35 +207,18 @@ static void run(wk_ctx *ctx, plan *const *ps, size_t n)
     wk_line_set_free(ls);
 
     cm_pipe_reset(pipe);   /* phase 3: the failures */
-    for (size_t k = 0; k < n; k++)
-        if (ps[k]->d == D_FAIL)
-            ps[k]->idx = wk_step_append_queue(ctx, pipe, &ps[k]->f);
-    wk_pipe_exec(ctx, pipe);
-    for (size_t k = 0; k < n; k++)
-        if (ps[k]->d == D_FAIL)
-            ps[k]->rc = wk_step_take(ctx, pipe, ps[k]->idx, &ps[k]->f, wk_no_refusals, &ps[k]->o);
-    cm_pipe_free(pipe);
-}
-
-/* The batch's reservations run together (saga.h, prefetch); each handler
- * then finds its plan with the outcome. */
-static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
-{
-    wk_prefetch_clear();
-    plan **ps = cm_xcalloc(n ? n : 1, sizeof *ps);
-    size_t np = 0;
-    for (size_t i = 0; i < n; i++) {
-        plan *p = cm_xcalloc(1, sizeof *p);
-        if (evs[i]->kind != CM_EV_CHECKOUT_INITIATED || !plan_make(ctx, evs[i], p)) {
-            free(p);   /* the handler decides again, alone */
-            continue;
-        }
-        ps[np++] = p;
-        wk_prefetch_note(evs[i], p, plan_free);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->d == D_FAIL)
+            p->idx = wk_step_append_queue(ctx, pipe, &p->f);
     }
-    if (np)
-        run(ctx, ps, np);
-    free(ps);
+    wk_pipe_exec(ctx, pipe);
+    for (size_t k = 0; k < n; k++) {
+        plan *p = ps[k];
+        if (p->d == D_FAIL)
+            p->rc = wk_step_take(ctx, pipe, p->idx, &p->f, wk_no_refusals, &p->o);
+    }
+    cm_pipe_free(pipe);
 }
 
 /* True when cause's saga has ended (read from its history); false also
@@ -298,20 +277,10 @@ static wk_result reserve_dup_fresh(wk_ctx *ctx, const es_event *ev, plan *p)
     return undo_fresh(ctx, ev, p);
 }
 
-static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+/* Acts on what run found for ev. */
+static wk_result act(wk_ctx *ctx, const es_event *ev, void *vp)
 {
-    plan *own = NULL, *p = wk_prefetch_plan(ev);
-    if (!p || p->d == D_EREDIS) {   /* not prefetched, or failed there: again, alone */
-        if (!p) {
-            own = cm_xcalloc(1, sizeof *own);
-            if (!plan_make(ctx, ev, own)) {
-                free(own);
-                return WK_DEAD;
-            }
-            p = own;
-        }
-        run(ctx, &p, 1);
-    }
+    plan *p = vp;
     const char *checkout = ev->aggregate_id;
     wk_result out = WK_RETRY;
     switch (p->d) {
@@ -349,9 +318,35 @@ static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
     case D_EREDIS:
         break;
     }
-    if (own)
-        plan_free(own);
     return out;
+}
+
+static bool wants(const es_event *ev)
+{
+    return ev->kind == CM_EV_CHECKOUT_INITIATED;
+}
+
+static bool failed(const void *p)
+{
+    return ((const plan *)p)->d == D_EREDIS;
+}
+
+static const wk_plan_def k_plan = {
+    .size = sizeof(plan), .wants = wants, .make = plan_make, .run = run, .failed = failed, .act = act,
+    .free = plan_free,
+};
+
+/* The batch's reservations run together (saga.h, prefetch); each handler
+ * then finds its plan with the outcome. */
+static void prepare(wk_ctx *ctx, es_event *const *evs, size_t n)
+{
+    wk_prefetch_clear();
+    wk_plan_prepare(ctx, &k_plan, evs, n);
+}
+
+static wk_result handle_checkout_initiated(wk_ctx *ctx, const es_event *ev)
+{
+    return wk_plan_handle(ctx, &k_plan, ev);
 }
 
 static const wk_handler k_handlers[] = {

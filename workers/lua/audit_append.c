@@ -130,15 +130,8 @@ int (wk_audit_append)(cm_cluster *cc, const wk_aa_call *call, wk_aa_verdict *v, 
     int nkeys = build(call, &a);
     redisReply *r = cm_cluster_script(cc, &k_script, nkeys, &a);
     cm_argv_free(&a);
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return -1;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %s", r->str);
-        freeReplyObject(r);
-        return -1;
-    }
     const redisReply *st = cm_reply_elem(r, 0), *val = cm_reply_elem(r, 1);
     int rc = 0;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !cm_reply_is_str(st)) {

@@ -28,15 +28,8 @@ int wk_script_notify(cm_cluster *cc, const wk_notify_in *in, wk_notify_out *out,
     /* marker and log carry the checkout's partition tag: one slot */
     redisReply *r = cm_cluster_script(cc, &k_notify, 2, &a);
     cm_argv_free(&a);
-    if (!r) {
-        snprintf(err, errlen, "redis: %s", cm_cluster_errstr(cc));
+    if (cm_cluster_reply_failed(cc, r, err, errlen))
         return -1;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis: %s", r->str);
-        freeReplyObject(r);
-        return -1;
-    }
     const redisReply *verdict = cm_reply_elem(r, 0), *hs = cm_reply_elem(r, 1);
     int rc = 0;
     if (!cm_reply_is_str(verdict) || (strcmp(verdict->str, "new") && strcmp(verdict->str, "dup"))) {
