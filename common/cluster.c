@@ -98,7 +98,8 @@ static void node_url(const cm_cluster *cc, int i, cm_redis_url *u)
 
 int cm_cluster_io_ms(const cm_cluster *cc)
 {
-    return cc->budget_ms > 0 && cc->budget_ms < cc->timeout_ms ? cc->budget_ms : cc->timeout_ms;
+    bool cap = cc->budget_ms > 0 && (cc->timeout_ms <= 0 || cc->budget_ms < cc->timeout_ms);
+    return cap ? cc->budget_ms : cc->timeout_ms;
 }
 
 /* Node i's connection, opened when needed, its I/O timeout that of a call
