@@ -17,6 +17,8 @@
 
 enum {
     DEFAULT_RETRY_MS = 5000,   /* cm_cluster_set_retry default */
+    SKIP_MIN_MS = 50,          /* best effort: a node that gave up is skipped this long, */
+    SKIP_MAX_MS = 2000,        /* doubling to this while it keeps giving up */
 };
 
 /* ---- slots ------------------------------------------------------------- */
@@ -94,19 +96,66 @@ static void node_url(const cm_cluster *cc, int i, cm_redis_url *u)
     memcpy(u->password, cc->url.password, sizeof u->password);
 }
 
-/* Node i's connection, opened when needed; NULL with errstr on failure. */
+int cm_cluster_io_ms(const cm_cluster *cc)
+{
+    bool cap = cc->budget_ms > 0 && (cc->timeout_ms <= 0 || cc->budget_ms < cc->timeout_ms);
+    return cap ? cc->budget_ms : cc->timeout_ms;
+}
+
+/* Node i's connection, opened when needed, its I/O timeout that of a call
+ * now (a frozen node costs a best effort call the budget, not the open
+ * timeout); NULL with errstr on failure. A borrowed connection's timeout is
+ * its owner's. */
 redisContext *cm_cluster_node_conn(cm_cluster *cc, int i)
 {
     node *n = &cc->nodes[i];
-    if (n->c)
+    int io = cm_cluster_io_ms(cc);
+    if (n->c) {
+        if (!cc->borrowed && io > 0 && n->tmo_ms != io) {
+            struct timeval tv = {io / 1000, (io % 1000) * 1000};
+            if (redisSetTimeout(n->c, tv) == REDIS_OK)
+                n->tmo_ms = io;
+        }
         return n->c;
+    }
     cm_redis_url u;
     char err[300];
     node_url(cc, i, &u);
-    n->c = cm_redis_connect_url(&u, cc->timeout_ms, err, sizeof err);
+    n->c = cm_redis_connect_url(&u, io, err, sizeof err);
     if (!n->c)
         cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "%s", err);
+    n->tmo_ms = io;
     return n->c;
+}
+
+bool cm_cluster_node_skipped(const cm_cluster *cc, int i)
+{
+    const node *n = &cc->nodes[i];
+    return cc->budget_ms > 0 && (n->given_up || cm_mono_ms() < n->skip_until_ms);
+}
+
+void cm_cluster_node_note_skip(cm_cluster *cc, int i)
+{
+    node *n = &cc->nodes[i];
+    if (n->given_up)
+        return;
+    n->given_up = true;
+    size_t off = strlen(cc->skipped);
+    if (off + 80 < sizeof cc->skipped)   /* a few addresses say enough */
+        snprintf(cc->skipped + off, sizeof cc->skipped - off, "%s%.64s:%d", off ? ", " : "", n->host, n->port);
+    cc->nskipped++;
+}
+
+void cm_cluster_node_give_up(cm_cluster *cc, int i)
+{
+    node *n = &cc->nodes[i];
+    if (n->given_up)
+        return;
+    n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : SKIP_MIN_MS;
+    if (n->backoff_ms > SKIP_MAX_MS)
+        n->backoff_ms = SKIP_MAX_MS;
+    n->skip_until_ms = cm_mono_ms() + n->backoff_ms;
+    cm_cluster_node_note_skip(cc, i);
 }
 
 /* Drops node i's connection after an I/O error, recording why. */
@@ -183,7 +232,7 @@ int cm_cluster_reload(cm_cluster *cc)
     for (int pass = 0; pass < 3 && rc != 0; pass++) {
         for (int i = 0; i < cc->nnodes && rc != 0; i++) {
             bool connected = cc->nodes[i].c != NULL, master = i < known && owns[i];
-            if (pass != (connected ? (master ? 0 : 1) : 2))
+            if (pass != (connected ? (master ? 0 : 1) : 2) || cm_cluster_node_skipped(cc, i))
                 continue;
             redisContext *c = cm_cluster_node_conn(cc, i);
             if (!c)
@@ -311,6 +360,31 @@ void cm_cluster_free(cm_cluster *cc)
 void cm_cluster_set_retry(cm_cluster *cc, int retry_ms)
 {
     cc->retry_ms = retry_ms < 0 ? 0 : retry_ms;
+}
+
+void cm_cluster_set_best_effort(cm_cluster *cc, int budget_ms)
+{
+    cc->budget_ms = budget_ms < 0 ? 0 : budget_ms;
+}
+
+int cm_cluster_best_effort(const cm_cluster *cc)
+{
+    return cc->budget_ms;
+}
+
+void cm_cluster_skips_begin(cm_cluster *cc)
+{
+    for (int i = 0; i < cc->nnodes; i++)
+        cc->nodes[i].given_up = false;
+    cc->nskipped = 0;
+    cc->skipped[0] = '\0';
+}
+
+int cm_cluster_skips(const cm_cluster *cc, char *what, size_t whatlen)
+{
+    if (whatlen)
+        snprintf(what, whatlen, "%s", cc->skipped);
+    return cc->nskipped;
 }
 
 bool cm_cluster_is_cluster(const cm_cluster *cc)

@@ -18,7 +18,8 @@
  * or whose connection breaks are retried with capped exponential backoff
  * (10 ms doubling to 500 ms) until the retry deadline (cm_cluster_set_retry,
  * default 5 s), re-reading the map between tries so a promoted replica is
- * found.
+ * found. In best effort (cm_cluster_set_best_effort) a node that does not
+ * answer within a short budget is given up and skipped instead.
  *
  * A command whose connection broke after it was written may have run: it is
  * sent again, so commands routed here must be safe to repeat (chorus writes
@@ -84,6 +85,31 @@ void cm_cluster_free(cm_cluster *cc);
  * redirections are still followed). A call may overrun it by one command
  * timeout. */
 void cm_cluster_set_retry(cm_cluster *cc, int retry_ms);
+
+/* Best effort, for periodic work that can wait for its next turn while a
+ * master is down or frozen (the worker's jobs). With budget_ms > 0 a call
+ * gives up on a node after budget_ms: its retry deadline, and each
+ * command's I/O on an owned connection (connect, write, reply), are capped
+ * by it, so a frozen master costs that much, not the retry deadline. A node
+ * that gave up is skipped: the commands routed to it fail at once with
+ * CM_CLUSTER_EUNAVAIL (nothing sent; in a pipeline the other nodes'
+ * replies are kept) for the rest of the run (cm_cluster_skips_begin) and,
+ * across runs, for a backoff of 50 ms doubling to 2 s while it keeps giving
+ * up; any reply from it ends the backoff. budget_ms 0 turns it off: calls
+ * keep the retry deadline and the open timeout again, and skip no node
+ * (the run's skips are kept for when it is turned on again). */
+void cm_cluster_set_best_effort(cm_cluster *cc, int budget_ms);
+
+/* The best effort budget in force (0: off). */
+int cm_cluster_best_effort(const cm_cluster *cc);
+
+/* Starts a best effort run: no node has given up in it yet (the nodes
+ * backing off stay skipped until their time). */
+void cm_cluster_skips_begin(cm_cluster *cc);
+
+/* How many nodes gave up or were skipped since cm_cluster_skips_begin;
+ * their addresses ("host:port, ...") into what. */
+int cm_cluster_skips(const cm_cluster *cc, char *what, size_t whatlen);
 
 /* True when opened on a redis-cluster:// URL. */
 bool cm_cluster_is_cluster(const cm_cluster *cc);

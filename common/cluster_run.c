@@ -53,6 +53,7 @@ typedef struct creq {
     int redirects;
     redisReply *reply;      /* the final reply once done */
     bool done;
+    bool skipped;           /* best effort: its node gave up in this run; no reply */
 } creq;
 
 struct cm_pipe {
@@ -357,7 +358,7 @@ static bool handle_reply(cm_cluster *cc, creq *q, redisReply *r, int from)
 static void load_scripts(cm_cluster *cc, creq *q, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (q[i].done || !q[i].script || q[i].script->sha[0] || q[i].by_src)
+        if (q[i].done || q[i].skipped || !q[i].script || q[i].script->sha[0] || q[i].by_src)
             continue;
         int to = q[i].next >= 0 ? q[i].next : cm_cluster_route(cc, q[i].slot);
         redisContext *c = to >= 0 ? cm_cluster_node_conn(cc, to) : NULL;
@@ -373,7 +374,7 @@ static bool send_round(cm_cluster *cc, creq *q, size_t n)
 {
     bool wait = false;
     for (size_t i = 0; i < n; i++) {
-        if (q[i].done)
+        if (q[i].done || q[i].skipped)
             continue;
         int to = q[i].next >= 0 ? q[i].next : cm_cluster_route(cc, q[i].slot);
         q[i].asking = q[i].next >= 0 && q[i].next_asking;
@@ -478,40 +479,83 @@ static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
             continue;
         }
         wait |= handle_reply(cc, &q[i], r, k);
+        cc->nodes[k].backoff_ms = 0;   /* it answers: best effort stops skipping it */
+        cc->nodes[k].skip_until_ms = 0;
         if (q[i].done)
             q[i].answered = k;
     }
     return wait;
 }
 
-/* Runs requests q[0..n) to completion or the retry deadline (see top). */
+/* The node q goes to next: a redirection's, else its slot's owner (-1:
+ * none known). */
+static int target(const cm_cluster *cc, const creq *q)
+{
+    return q->next >= 0 ? q->next : cm_cluster_route(cc, q->slot);
+}
+
+/* Best effort: gives up at once every pending request whose node is
+ * skipped (gave up earlier in this run, or backing off). */
+static void skip_round(cm_cluster *cc, creq *q, size_t n)
+{
+    for (size_t i = 0; cc->budget_ms > 0 && i < n; i++) {
+        if (q[i].done || q[i].skipped)
+            continue;
+        int to = target(cc, &q[i]);
+        if (to >= 0 && cm_cluster_node_skipped(cc, to)) {
+            q[i].skipped = true;
+            cm_cluster_node_note_skip(cc, to);
+        }
+    }
+}
+
+/* Runs requests q[0..n) to completion or the retry deadline (see top). In
+ * best effort the deadline is the budget, the nodes of the requests still
+ * pending then give up, and requests for a node that gave up are not sent:
+ * the call fails with CM_CLUSTER_EUNAVAIL, the others' replies kept. */
 static int run(cm_cluster *cc, creq *q, size_t n)
 {
-    int64_t deadline = cm_mono_ms() + cc->retry_ms;
+    int limit = cc->budget_ms > 0 && cc->budget_ms < cc->retry_ms ? cc->budget_ms : cc->retry_ms;
+    int64_t deadline = cm_mono_ms() + limit;
     int backoff = BACKOFF_MIN_MS;
     cc->err = 0;
     cc->errstr[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        q[i].skipped = false;
     for (;;) {
         if (cc->map_stale)
             cm_cluster_reload(cc);   /* on failure the old map still routes, and map_stale stays */
+        skip_round(cc, q, n);
         load_scripts(cc, q, n);
         bool wait = send_round(cc, q, n);
         flush_all(cc);
         for (int k = 0; k < cc->nnodes; k++)
             wait |= read_node(cc, q, n, k);
-        size_t left = 0;
-        for (size_t i = 0; i < n; i++)
-            left += !q[i].done;
-        if (!left) {
+        size_t left = 0, skipped = 0;
+        for (size_t i = 0; i < n; i++) {
+            left += !q[i].done && !q[i].skipped;
+            skipped += q[i].skipped;
+        }
+        if (!left && !skipped) {
             cc->err = 0;
             return 0;
+        }
+        if (!left) {
+            cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "Redis at %s: skipped, it did not answer within %d ms",
+                               cc->skipped, cc->budget_ms);
+            return CM_CLUSTER_EUNAVAIL;
         }
         if (!wait)
             continue;
         int64_t now = cm_mono_ms();
         if (now >= deadline) {
+            for (size_t i = 0; cc->budget_ms > 0 && i < n; i++) {
+                int to = q[i].done || q[i].skipped ? -1 : target(cc, &q[i]);
+                if (to >= 0)
+                    cm_cluster_node_give_up(cc, to);
+            }
             if (!cc->errstr[0])
-                cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "no answer within %d ms", cc->retry_ms);
+                cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "no answer within %d ms", limit);
             cc->err = CM_CLUSTER_EUNAVAIL;
             return CM_CLUSTER_EUNAVAIL;
         }

@@ -208,44 +208,54 @@ static int retry_stream(wk_ctx *ctx, int s, redisReply *r, int *waiting)
             (*waiting)++;
         }
     }
-    /* a full page: go on after its last entry next time; else from the start */
+    /* a full page: go on after its last entry next time; else from the
+     * start. Moved only once the page's due entries are claimed: a claim
+     * that failed (its master unavailable) sees the same page next time. */
     const redisReply *last = r->elements ? cm_reply_elem(r->element[r->elements - 1], 0) : NULL;
+    char next[sizeof ctx->retry_cursor[s]] = "";
     if (r->elements == RETRY_PAGE && cm_reply_is_str(last)) {
-        snprintf(cursor, sizeof ctx->retry_cursor[s], "(%s", last->str);
+        snprintf(next, sizeof next, "(%s", last->str);
         (*waiting)++;   /* more to look at: keep the loop waking for retries */
-    } else {
-        cursor[0] = '\0';
     }
     freeReplyObject(r);
     int rc = due ? claim_and_process(ctx, s, &a, due, 0) : 0;
     cm_argv_free(&a);
+    if (rc == 0)
+        memcpy(cursor, next, sizeof next);
+    else
+        (*waiting)++;
     return rc;
 }
 
 int wk_retry_due(wk_ctx *ctx)
 {
     /* one pipeline (one write per master) asks every partition's streams,
-     * then each is handled */
+     * then each that answered is handled: a master that did not answer
+     * (unavailable, or skipped by the job's best effort) holds back only
+     * its own partitions, which count as waiting so the scan comes again */
     cm_pipe *p = cm_pipe_new(ctx->cc);
     for (int s = 0; s < ctx->nstreams; s++)
         retry_ask(ctx, p, s);
     redisReply **rs = cm_xcalloc((size_t)ctx->nstreams, sizeof *rs);
     int waiting = 0, rc = cm_pipe_exec(p) == 0 ? 0 : -1;
-    for (int s = 0; s < ctx->nstreams && rc == 0; s++)
-        if (!(rs[s] = cm_pipe_take(p, (size_t)s)))
-            rc = -1;
+    for (int s = 0; s < ctx->nstreams; s++)
+        rs[s] = cm_pipe_take(p, (size_t)s);
     cm_pipe_free(p);
-    for (int s = 0; s < ctx->nstreams && rc == 0; s++) {
+    for (int s = 0; s < ctx->nstreams && !wk_stop_flag; s++) {
         redisReply *r = rs[s];
         rs[s] = NULL;
-        rc = retry_stream(ctx, s, r, &waiting);
+        if (!r) {
+            waiting++;
+            continue;
+        }
+        if (retry_stream(ctx, s, r, &waiting) != 0)
+            rc = -1;
     }
     for (int s = 0; s < ctx->nstreams; s++)
         if (rs[s])
             freeReplyObject(rs[s]);
     free(rs);
-    if (rc == 0)
-        ctx->retry_waiting = waiting;
+    ctx->retry_waiting = waiting;
     return rc;
 }
 
@@ -302,12 +312,15 @@ int wk_resume_own(wk_ctx *ctx)
 
 int wk_claim_idle(wk_ctx *ctx)
 {
-    for (int s = 0; s < ctx->nstreams; s++) {
+    bool failed = false;
+    for (int s = 0; s < ctx->nstreams && !wk_stop_flag; s++) {
         redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", ctx->streams[s], ctx->group,
                                      ctx->consumer, (long long)ctx->set.claim_idle_ms, ctx->claim_cursor[s],
                                      (long long)ctx->set.batch);
-        if (!r)
-            return -1;
+        if (!r) {   /* its master unavailable: the other partitions go on */
+            failed = true;
+            continue;
+        }
         if (r->type == REDIS_REPLY_ERROR) {
             cm_log(CM_WARN, "XAUTOCLAIM on %s: %s", ctx->streams[s], r->str);
             freeReplyObject(r);
@@ -335,19 +348,21 @@ int wk_claim_idle(wk_ctx *ctx)
             free(counts);
         }
         freeReplyObject(r);
-        if (rc != 0)
-            return -1;
+        failed = failed || rc != 0;
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
 int wk_prune_consumers(wk_ctx *ctx)
 {
+    bool failed = false;
     for (int s = 0; s < ctx->nstreams; s++) {
         redisReply *r = cm_cluster_command(ctx->cc, ctx->slot[s], "XINFO CONSUMERS %s %s", ctx->streams[s],
                                            ctx->group);
-        if (!r)
-            return -1;
+        if (!r) {   /* its master unavailable: the other partitions go on */
+            failed = true;
+            continue;
+        }
         for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
             const redisReply *c = r->element[i];
             const char *name = NULL;
@@ -372,5 +387,5 @@ int wk_prune_consumers(wk_ctx *ctx)
         }
         freeReplyObject(r);
     }
-    return 0;
+    return failed ? -1 : 0;
 }

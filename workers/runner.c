@@ -304,6 +304,11 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
 {
     if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0)
         return 0;
+    /* a job (retry, claim) hands entries over: their handlers' calls keep
+     * the long deadline (an event that needs a master waits for it) */
+    int best_effort = ctx->cc ? cm_cluster_best_effort(ctx->cc) : 0;
+    if (best_effort)
+        cm_cluster_set_best_effort(ctx->cc, 0);
     size_t n = entries->elements;
     ctx->cur_stream = stream;
     ctx->inflight = cm_xcalloc(n, sizeof *ctx->inflight);
@@ -413,6 +418,8 @@ int wk_process(wk_ctx *ctx, int stream, const redisReply *entries, const long lo
     free(ctx->inflight);
     ctx->inflight = NULL;
     ctx->ninflight = 0;
+    if (best_effort && ctx->cc)
+        cm_cluster_set_best_effort(ctx->cc, best_effort);
     return rc;
 }
 
@@ -521,40 +528,49 @@ static void ack_argv(const wk_ctx *ctx, int s, cm_argv *a)
 
 /* Sends every collected ack now through the sync client (one pipeline,
  * split per master) and waits for the replies: before periodic jobs (so
- * their XPENDING never sees an entry already handled) and at shutdown. */
+ * their XPENDING never sees an entry already handled) and at shutdown. A
+ * stream whose XACK got no answer (its master unavailable, or skipped by a
+ * job's best effort) keeps its ids for the next flush or read: XACK is
+ * idempotent. */
 static int flush_acks(wk_ctx *ctx)
 {
     if (broken(ctx))
         return -1;
     int *all = cm_xcalloc((size_t)ctx->nstreams, sizeof *all);
+    int *sent = cm_xcalloc((size_t)ctx->nstreams, sizeof *sent);   /* the stream of each command */
     bool *ok = cm_xcalloc((size_t)ctx->nstreams, sizeof *ok);
     for (int s = 0; s < ctx->nstreams; s++)
         all[s] = s;
     acks_replicated(ctx, all, ctx->nstreams, ok);
     cm_pipe *p = cm_pipe_new(ctx->cc);
     cm_argv a = {0};
+    size_t k = 0;
     for (int s = 0; s < ctx->nstreams; s++) {
         if (!ok[s] || !ctx->acks[s].n)
             continue;
         ack_argv(ctx, s, &a);
         cm_pipe_argv(p, ctx->slot[s], &a);
-        cm_argv_reset(&ctx->acks[s]);
+        sent[k++] = s;
     }
     cm_argv_free(&a);
     int rc = 0;
-    if (cm_pipe_count(p) && cm_pipe_exec(p) != 0) {
-        cm_log(CM_ERROR, "XACK failed: %s (the entries stay pending and are handled again)",
-               cm_cluster_errstr(ctx->cc));
+    if (k && cm_pipe_exec(p) != 0) {
+        cm_log_limited(CM_WARN, "wk-xack", "XACK failed: %s (the ids are kept and sent again)",
+                       cm_cluster_errstr(ctx->cc));
         rc = -1;
     }
-    for (size_t i = 0; rc == 0 && i < cm_pipe_count(p); i++) {
+    for (size_t i = 0; i < k; i++) {
         redisReply *r = cm_pipe_take(p, i);
-        if (r && r->type == REDIS_REPLY_ERROR)
+        if (!r)
+            continue;   /* unanswered: kept */
+        if (r->type == REDIS_REPLY_ERROR)
             cm_log(CM_ERROR, "XACK failed: %s", r->str);
         freeReplyObject(r);
+        cm_argv_reset(&ctx->acks[sent[i]]);
     }
     cm_pipe_free(p);
     free(ok);
+    free(sent);
     free(all);
     if (rc == 0)
         ctx->last_ok_ms = cm_mono_ms();
@@ -1017,7 +1033,53 @@ typedef struct job {
     const char *name;
     int (*fn)(wk_ctx *ctx);
     int64_t period_ms, next_ms;
+    cm_series *m_skips;   /* runs that skipped an unavailable node */
 } job;
+
+/* A periodic job's calls to one node may take this long before the node is
+ * given up for the run (at most REDIS_TIMEOUT_MS). */
+#define WK_JOB_BUDGET_MS 300
+
+/* Runs job j, the collected acks flushed first (so its XPENDING never sees
+ * an entry already handled).
+ *
+ * Jobs under an unavailable node: the loop that runs the jobs also hands
+ * the readers' entries over, so a job must not hold it for the retry
+ * deadline of a master that is dead (until its replica is promoted) or
+ * frozen. On a cluster a job's own calls are best effort
+ * (cm_cluster_set_best_effort): a node that does not answer within
+ * WK_JOB_BUDGET_MS is given up, the job's later calls to it in this run
+ * fail at once (its other partitions skipped), and the next runs skip it
+ * for a backoff doubling to 2 s, as a reader backs off, until it answers.
+ * What a job skipped stays as it was in Redis (pending entries pending,
+ * cursors not moved past them, acks kept) and is done at a later run. The
+ * handlers a job hands entries to (wk_process) keep the long deadline. */
+static void run_job(wk_ctx *ctx, job *j)
+{
+    bool best = ctx->job_budget_ms > 0 && ctx->cc != NULL;
+    if (best) {
+        cm_cluster_skips_begin(ctx->cc);
+        cm_cluster_set_best_effort(ctx->cc, ctx->job_budget_ms);
+    }
+    int rc = flush_acks(ctx);
+    char where[256] = "";
+    if (!broken(ctx) && (rc == 0 || (best && cm_cluster_skips(ctx->cc, NULL, 0) > 0)))
+        rc = j->fn(ctx);
+    int skipped = best && ctx->cc ? cm_cluster_skips(ctx->cc, where, sizeof where) : 0;
+    if (best && ctx->cc)
+        cm_cluster_set_best_effort(ctx->cc, 0);
+    if (skipped) {
+        char key[48];
+        snprintf(key, sizeof key, "wk-job-skip-%s", j->name);
+        cm_series_inc(j->m_skips);
+        cm_log_limited(CM_WARN, key,
+                       "periodic job %s skipped the partitions of Redis %s (no answer within %d ms); "
+                       "it tries them again at its next period",
+                       j->name, where, ctx->job_budget_ms);
+    } else if (rc != 0) {
+        cm_log(CM_WARN, "periodic job %s failed", j->name);
+    }
+}
 
 /* Trims the bus by EVENT_RETENTION_DAYS, and this group's dead-letter and
  * redelivery streams by DEAD_LETTER_TTL_S (histories are never trimmed). */
@@ -1027,13 +1089,12 @@ static int job_retention(wk_ctx *ctx)
     if (n > 0)
         cm_log(CM_INFO, "retention: trimmed %lld bus entries older than %lld days", n,
                (long long)ctx->set.retention_days);
-    if (n < 0)
-        return -1;
+    int rc = n < 0 ? -1 : 0;   /* the side streams are trimmed all the same */
     if (ctx->set.dead_letter_ttl_s <= 0)
-        return 0;
+        return rc;
     long long minid = (long long)(cm_wall_ms() - ctx->set.dead_letter_ttl_s * 1000);
     if (minid <= 0)
-        return 0;
+        return rc;
     for (int i = 0; i < ctx->nstreams; i++) {   /* each partition's dead letters and redeliveries */
         const char *bus = ctx->streams[WK_STREAM_BUS_OF(i)];
         cm_key side[2] = {cm_key_dlq(bus, ctx->group), cm_key_retry(bus, ctx->group)};
@@ -1041,16 +1102,20 @@ static int job_retention(wk_ctx *ctx)
         redisReply *r = cm_cluster_command(ctx->cc, cm_key_slot(side[k].s, strlen(side[k].s)), "XTRIM %s MINID %lld-0",
                                            side[k].s, minid);
         char err[256];
+        if (!r) {   /* its master unavailable: the other partitions go on */
+            rc = -1;
+            continue;
+        }
         if (wk_reply_failed(ctx, r, err, sizeof err)) {
             cm_log(CM_WARN, "retention: XTRIM %s: %s", side[k].s, err);
-            return r ? 0 : -1;
+            return rc;
         }
         if (r->integer > 0)
             cm_log(CM_INFO, "retention: trimmed %lld entries of %s older than %lld s", r->integer, side[k].s,
                    (long long)ctx->set.dead_letter_ttl_s);
         freeReplyObject(r);
     }
-    return 0;
+    return rc;
 }
 
 /* The group's lag and pending count in XINFO GROUPS reply r (-1 when
@@ -1089,14 +1154,15 @@ static int job_lag(wk_ctx *ctx)
     cm_pipe *p = cm_pipe_new(ctx->cc);
     for (int s = 0; s < ctx->nstreams; s += 2)
         cm_pipe_command(p, ctx->slot[s], "XINFO GROUPS %s", ctx->streams[s]);
-    if (cm_pipe_exec(p) != 0) {
-        cm_pipe_free(p);
-        return -1;
-    }
+    /* a partition whose master did not answer keeps its last gauges, and
+     * the sums wait for a run where every one answered */
+    int rc = cm_pipe_exec(p) == 0 ? 0 : -1;
     long long lag = 0, pending = 0;
-    bool lag_known = true, pending_known = true;
+    bool lag_known = rc == 0, pending_known = rc == 0;
     for (int i = 0; i < np; i++) {
         redisReply *r = cm_pipe_take(p, (size_t)i);
+        if (!r)
+            continue;
         long long l, pd;
         group_info(ctx, r, &l, &pd);
         freeReplyObject(r);
@@ -1112,6 +1178,8 @@ static int job_lag(wk_ctx *ctx)
         }
     }
     cm_pipe_free(p);
+    if (rc != 0)
+        return -1;
     ctx->last_ok_ms = cm_mono_ms();
     if (lag_known)
         cm_series_set(ctx->m_lag, (double)lag);
@@ -1380,14 +1448,24 @@ int wk_run(const wk_def *def, int argc, char **argv)
            ctx->set.max_deliveries ? ", and at most MAX_DELIVERIES deliveries" : "");
 
     job jobs[] = {
-        {"retry", wk_retry_due, 50, 0},
-        {"claim", wk_claim_idle, ctx->set.claim_idle_ms / 4 > 100 ? ctx->set.claim_idle_ms / 4 : 100, 0},
-        {"lag", job_lag, 2000, 0},
-        {"retention", job_retention, 60000, 0},
-        {"prune", wk_prune_consumers, 300000, 0},
-        {"tick", def->tick ? job_tick : NULL, def->tick_ms > 0 ? def->tick_ms : 1000, 0},
+        {"retry", wk_retry_due, 50, 0, NULL},
+        {"claim", wk_claim_idle, ctx->set.claim_idle_ms / 4 > 100 ? ctx->set.claim_idle_ms / 4 : 100, 0, NULL},
+        {"lag", job_lag, 2000, 0, NULL},
+        {"retention", job_retention, 60000, 0, NULL},
+        {"prune", wk_prune_consumers, 300000, 0, NULL},
+        {"tick", def->tick ? job_tick : NULL, def->tick_ms > 0 ? def->tick_ms : 1000, 0, NULL},
     };
     const size_t njobs = sizeof jobs / sizeof jobs[0];
+    for (size_t i = 0; i < njobs; i++) {
+        if (!jobs[i].fn)
+            continue;
+        char l[256];
+        cm_metrics_labels(l, sizeof l, "group", ctx->group, "job", jobs[i].name, NULL);
+        jobs[i].m_skips = cm_counter("worker_job_skips_total",
+                                     "periodic job runs that skipped an unavailable Redis node's partitions", l);
+    }
+    ctx->job_budget_ms = ctx->cluster ? (int)(ctx->set.redis_timeout_ms < WK_JOB_BUDGET_MS
+                                                   ? ctx->set.redis_timeout_ms : WK_JOB_BUDGET_MS) : 0;
     /* The loop: periodic jobs through the sync client when due; a blocking
      * read in flight on every reader (each answers after BLOCK_MS at most,
      * or as soon as entries come); one wait on the event loop until the
@@ -1411,8 +1489,7 @@ int wk_run(const wk_def *def, int argc, char **argv)
             if (!jobs[i].fn)
                 continue;
             if (now >= jobs[i].next_ms) {
-                if (flush_acks(ctx) != 0 || jobs[i].fn(ctx) != 0)
-                    cm_log(CM_WARN, "periodic job %s failed", jobs[i].name);
+                run_job(ctx, &jobs[i]);
                 jobs[i].next_ms = cm_mono_ms() + jobs[i].period_ms;
                 if (broken(ctx))
                     break;

@@ -93,6 +93,7 @@ struct wk_ctx {
     char (*retry_cursor)[64];         /* [nstreams] where the retry scan of our pending list goes on */
     char budget_def[24];              /* RETRY_BUDGET_MS default of this worker, as text */
     int64_t last_ok_ms;               /* last successful Redis round trip (health) */
+    int job_budget_ms;                /* a periodic job's share of a node (cluster: best effort); 0 off */
     /* metrics */
     cm_series *m_consumed[CM_EV_COUNT + 1], *m_latency[CM_EV_COUNT + 1], *m_errors[CM_EV_COUNT + 1];
     cm_series *m_skipped, *m_retries, *m_dead, *m_batches, *m_batch_entries, *m_batch_size, *m_lag,

@@ -346,7 +346,9 @@ static void timeout_partition(wk_ctx *ctx, int p)
     redisReply *r = cm_cluster_command(cc, slot, "ZRANGEBYSCORE %s -inf %lld WITHSCORES LIMIT 0 %d", started_key.s,
                                        (long long)(now - g_timeout_ms), TICK_BATCH);
     if (!r || r->type == REDIS_REPLY_ERROR) {
-        cm_log(CM_WARN, "saga timeout: ZRANGEBYSCORE: %s", r ? r->str : cm_cluster_errstr(cc));
+        /* a master down or frozen: each tick would say it again */
+        cm_log_limited(CM_WARN, "wk-saga-timeout-read", "saga timeout: ZRANGEBYSCORE: %s",
+                       r ? r->str : cm_cluster_errstr(cc));
         if (r)
             freeReplyObject(r);
         return;

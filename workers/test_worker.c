@@ -14,6 +14,9 @@
  *   test:attempts       hash event_id -> deliveries seen by the handler
  *   test:attempt_ms:<event_id>  list of wall-clock ms of each attempt
  *   test:by_consumer    hash consumer -> effects applied
+ * TEST_KEY_PREFIX (env, default "test:") replaces "test:" in those names: a
+ * prefix with a {hash tag} puts every effect in one cluster slot, so a test
+ * can keep them off a master it freezes.
  * TEST_HANDLE_DELAY_MS (env) slows every event, to catch a batch mid-way.
  * TEST_NOOP=1 (env) makes the handler acknowledge at once with no effect
  * and no Redis round trip: the runtime's drain benchmark measures the
@@ -30,10 +33,12 @@
 
 static int64_t g_delay_ms;
 static bool g_noop;
+static char *g_prefix;
 
 static const cm_opt k_opts[] = {
     {"handle-delay-ms", "TEST_HANDLE_DELAY_MS", CM_OPT_INT, &g_delay_ms, "0", 0, 600000, "sleep per event"},
     {"noop", "TEST_NOOP", CM_OPT_BOOL, &g_noop, "0", 0, 0, "acknowledge every event with no effect"},
+    {"key-prefix", "TEST_KEY_PREFIX", CM_OPT_STR, &g_prefix, "test:", 0, -1, "prefix of the effect keys"},
     {NULL, NULL, 0, NULL, NULL, 0, 0, NULL},
 };
 
@@ -59,12 +64,21 @@ static int key_slot(const char *key)
     return cm_key_slot(key, strlen(key));
 }
 
+/* The effect key `name` under TEST_KEY_PREFIX, into out. */
+static const char *effect_key(char *out, size_t len, const char *name)
+{
+    snprintf(out, len, "%s%s", g_prefix ? g_prefix : "test:", name);
+    return out;
+}
+
 static long long attempts_of(cm_cluster *cc, const es_event *ev)
 {
-    char list[128];
-    snprintf(list, sizeof list, "test:attempt_ms:%s", ev->event_id);
+    char list[160], name[64], hash[96];
+    snprintf(name, sizeof name, "attempt_ms:%s", ev->event_id);
+    effect_key(list, sizeof list, name);
+    effect_key(hash, sizeof hash, "attempts");
     cm_pipe *p = cm_pipe_new(cc);
-    cm_pipe_command(p, key_slot("test:attempts"), "HINCRBY test:attempts %s 1", ev->event_id);
+    cm_pipe_command(p, key_slot(hash), "HINCRBY %s %s 1", hash, ev->event_id);
     cm_pipe_command(p, key_slot(list), "RPUSH %s %lld", list, (long long)cm_wall_ms());
     long long n = -1;
     if (run_pipeline(p, &n) != 0)
@@ -74,9 +88,12 @@ static long long attempts_of(cm_cluster *cc, const es_event *ev)
 
 static int record_effect(wk_ctx *ctx, const es_event *ev)
 {
+    char handled[96], by[96];
+    effect_key(handled, sizeof handled, "handled");
+    effect_key(by, sizeof by, "by_consumer");
     cm_pipe *p = cm_pipe_new(wk_cluster(ctx));
-    cm_pipe_command(p, key_slot("test:handled"), "HINCRBY test:handled %s 1", ev->event_id);
-    cm_pipe_command(p, key_slot("test:by_consumer"), "HINCRBY test:by_consumer %s 1", wk_consumer(ctx));
+    cm_pipe_command(p, key_slot(handled), "HINCRBY %s %s 1", handled, ev->event_id);
+    cm_pipe_command(p, key_slot(by), "HINCRBY %s %s 1", by, wk_consumer(ctx));
     return run_pipeline(p, NULL);
 }
 

@@ -11,6 +11,7 @@
 
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,6 +464,64 @@ Test(cluster, killed_master_is_retried_until_its_replica_takes_over)
     set_key(key, "after");
     cr_assert(tf_cluster_is_master(&g_cl, r), "replica %d was promoted", r);
     cr_assert_eq(routed_port(slot), g_cl.node[r].port);
+}
+
+/* Best effort on a frozen master (SIGSTOP: it neither answers nor
+ * refuses): a call gives up after the budget instead of the command
+ * timeout (5 s here), the frozen node is then skipped at once for the rest
+ * of the run while the other masters' commands of a pipeline are answered,
+ * and with best effort off the same call waits for it again. */
+Test(cluster, best_effort_gives_up_on_a_frozen_master_and_skips_it)
+{
+    char frozen_key[32], other_key[32];
+    key_on(0, "be.f", -1, frozen_key, sizeof frozen_key);
+    key_on(1, "be.o", -1, other_key, sizeof other_key);
+    set_key(frozen_key, "f");
+    set_key(other_key, "o");
+    int m = tf_cluster_master_of(&g_cl, slot_of(frozen_key));
+    cr_assert_eq(m, 0);
+    pid_t pid = g_cl.node[m].server_pid;
+    cm_cluster_skips_begin(g_cc);
+    cm_cluster_set_best_effort(g_cc, 200);
+    cr_assert_eq(cm_cluster_best_effort(g_cc), 200);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    long long t0 = tf_now_ms();
+    redisReply *x = cm_cluster_command(g_cc, slot_of(frozen_key), "GET %s", frozen_key);
+    long long spent = tf_now_ms() - t0;
+    bool was_null = x == NULL;
+    freeReplyObject(x);
+    int err = cm_cluster_err(g_cc);
+
+    /* the same run: the frozen master's command is not even sent */
+    cm_pipe *p = cm_pipe_new(g_cc);
+    cm_pipe_command(p, slot_of(frozen_key), "GET %s", frozen_key);
+    cm_pipe_command(p, slot_of(other_key), "GET %s", other_key);
+    long long t1 = tf_now_ms();
+    int prc = cm_pipe_exec(p);
+    long long pspent = tf_now_ms() - t1;
+    redisReply *rf = cm_pipe_take(p, 0), *ro = cm_pipe_take(p, 1);
+    char where[256];
+    int nskips = cm_cluster_skips(g_cc, where, sizeof where);
+    cm_cluster_set_best_effort(g_cc, 0);
+    kill(pid, SIGCONT);
+
+    cr_assert(was_null, "a frozen master answered");
+    cr_assert_eq(err, CM_CLUSTER_EUNAVAIL);
+    cr_assert_lt(spent, 2500, "gave up after %lld ms (budget 200 ms; the command timeout is 5000)", spent);
+    cr_assert_eq(prc, CM_CLUSTER_EUNAVAIL);
+    cr_assert_null(rf, "the skipped master's command has a reply");
+    cr_assert(ro && ro->type == REDIS_REPLY_STRING && !strcmp(ro->str, "o"), "the other master's reply");
+    cr_assert_lt(pspent, 1000, "the pipeline took %lld ms with its frozen node skipped", pspent);
+    char port[16];
+    snprintf(port, sizeof port, ":%d", g_cl.node[m].port);
+    cr_assert_eq(nskips, 1, "skipped nodes: %d (%s)", nskips, where);
+    cr_assert(strstr(where, port), "the skipped node is named: %s", where);
+    freeReplyObject(rf);
+    freeReplyObject(ro);
+    cm_pipe_free(p);
+
+    /* best effort off: calls wait for the node again (here it answers) */
+    expect_key(frozen_key, "f");
 }
 
 /* ---- single server: the same API, one node owning every slot ----------- */
