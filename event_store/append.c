@@ -271,14 +271,22 @@ long long es_retention_trim(es_store *s, int64_t days)
         return 0;
     int64_t cutoff = now - days * 86400000LL;
     long long n = 0;
+    bool failed = false;
     for (int p = 0; p < cm_partitions(); p++) {   /* every partition's bus */
         cm_key bus = cm_key_bus(s->bus, p);
         redisReply *r = cm_cluster_command(s->cc, cm_key_slot(bus.s, strlen(bus.s)), "XTRIM %s MINID %lld-0", bus.s,
                                            (long long)cutoff);
-        if (es_reply_failed(s, r))
-            return ES_EREDIS;
+        if (es_reply_failed(s, r)) {
+            /* in best effort an unavailable master costs its budget once and
+             * is then skipped at once: the other partitions go on; else the
+             * next partition would wait the whole retry deadline again */
+            if (!cm_cluster_best_effort(s->cc))
+                return ES_EREDIS;
+            failed = true;
+            continue;
+        }
         n += cm_reply_ll(r, 0);
         freeReplyObject(r);
     }
-    return n;
+    return failed ? ES_EREDIS : n;
 }

@@ -170,7 +170,9 @@ void es_checkout_state_json(const es_checkout_state *st, cm_buf *out);
 
 /* Trims every partition's bus stream (each on its own slot's master) to
  * entries younger than days (0: keep forever); never touches histories.
- * Returns the number of entries removed, or ES_EREDIS. */
+ * Returns the number of entries removed, or ES_EREDIS: at the first failure,
+ * or, with the client in best effort (cm_cluster_set_best_effort), after
+ * trimming every partition whose master answered. */
 long long es_retention_trim(es_store *s, int64_t days);
 
 #endif

@@ -4,7 +4,9 @@
  * migration, ASK during one, a manual failover and a killed master.
  * Each test has its own cluster (about 2 s to start). */
 #include "common/cluster.h"
+#include "common/names.h"
 #include "common/redis.h"
+#include "event_store/store.h"
 #include "tests/support/cluster_fixture.h"
 #include "tests/support/proc.h"
 #include "tests/support/redis_fixture.h"
@@ -522,6 +524,69 @@ Test(cluster, best_effort_gives_up_on_a_frozen_master_and_skips_it)
 
     /* best effort off: calls wait for the node again (here it answers) */
     expect_key(frozen_key, "f");
+}
+
+/* The bus retention of a worker's job on a cluster (best effort): with one
+ * master frozen, the buses of the partitions on the other masters are
+ * trimmed at once and the call says it failed; once the master answers
+ * again, a later run leaves every bus trimmed. (The frozen master may run
+ * the XTRIM it was sent when it wakes: that is the same trim.) */
+Test(cluster, retention_in_best_effort_trims_the_answering_masters_buses)
+{
+    enum { NPART = 8 };
+    cr_assert_eq(cm_partitions_set(NPART), 0);
+    int master[NPART], on_frozen = 0;
+    for (int p = 0; p < NPART; p++) {
+        cm_key bus = cm_key_bus("rt.bus", p);
+        master[p] = tf_cluster_master_of(&g_cl, slot_of(bus.s));
+        on_frozen += master[p] == 0;
+        /* one entry from 1970 (older than any retention), one from now */
+        redisReply *r = cm_cluster_command(g_cc, slot_of(bus.s), "XADD %s 1000-0 type old", bus.s);
+        cr_assert(r && r->type == REDIS_REPLY_STRING, "XADD %s: %s", bus.s, cm_cluster_errstr(g_cc));
+        freeReplyObject(r);
+        r = cm_cluster_command(g_cc, slot_of(bus.s), "XADD %s * type new", bus.s);
+        cr_assert(r && r->type == REDIS_REPLY_STRING);
+        freeReplyObject(r);
+    }
+    cr_assert(on_frozen > 0 && on_frozen < NPART, "partitions on master 0: %d of %d", on_frozen, NPART);
+    es_store *s = es_store_open(g_cc, "rt.bus");
+    cr_assert_not_null(s);
+    pid_t pid = g_cl.node[0].server_pid;
+    cm_cluster_skips_begin(g_cc);
+    cm_cluster_set_best_effort(g_cc, 200);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    long long t0 = tf_now_ms();
+    long long n = es_retention_trim(s, 30);
+    long long spent = tf_now_ms() - t0;
+    cm_cluster_set_best_effort(g_cc, 0);
+    long long len[NPART];   /* read while master 0 is still frozen */
+    for (int p = 0; p < NPART; p++) {
+        len[p] = -1;
+        if (master[p] == 0)
+            continue;
+        cm_key bus = cm_key_bus("rt.bus", p);
+        redisReply *r = cm_cluster_command(g_cc, slot_of(bus.s), "XLEN %s", bus.s);
+        if (r && r->type == REDIS_REPLY_INTEGER)
+            len[p] = r->integer;
+        freeReplyObject(r);
+    }
+    kill(pid, SIGCONT);
+
+    cr_expect_eq(n, ES_EREDIS, "a trim that skipped a master answered %lld", n);
+    cr_expect_lt(spent, 2500, "took %lld ms (budget 200 ms, once for the frozen master)", spent);
+    for (int p = 0; p < NPART; p++)
+        cr_expect(master[p] == 0 || len[p] == 1, "partition %d (master %d): %lld entries during the freeze", p,
+                  master[p], len[p]);
+    /* it answers again: a run now leaves every bus with its new entry alone */
+    cr_expect_geq(es_retention_trim(s, 30), 0, "%s", es_store_errstr(s));
+    for (int p = 0; p < NPART; p++) {
+        cm_key bus = cm_key_bus("rt.bus", p);
+        redisReply *r = cm_cluster_command(g_cc, slot_of(bus.s), "XLEN %s", bus.s);
+        cr_assert(r && r->type == REDIS_REPLY_INTEGER, "XLEN %s: %s", bus.s, cm_cluster_errstr(g_cc));
+        cr_expect_eq(r->integer, 1, "partition %d: %lld entries after the thaw", p, r->integer);
+        freeReplyObject(r);
+    }
+    es_store_free(s);
 }
 
 /* ---- single server: the same API, one node owning every slot ----------- */
