@@ -43,30 +43,18 @@ static void teardown(void)
     ae_teardown(&E);
 }
 
+/* Lines of the file at path containing both a and b (b NULL: a alone). */
+static int file_count(const char *path, const char *a, const char *b)
+{
+    int n = tf_file_count(path, a, b);
+    cr_assert_geq(n, 0, "cannot open %s", path);
+    return n;
+}
+
 /* True if the file at path contains needle. */
 static bool file_has(const char *path, const char *needle)
 {
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char line[8192];
-    bool hit = false;
-    while (!hit && fgets(line, sizeof line, f))
-        hit = strstr(line, needle) != NULL;
-    fclose(f);
-    return hit;
-}
-
-/* Lines of the file at path containing both a and b. */
-static int file_count(const char *path, const char *a, const char *b)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char line[8192];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, a) && strstr(line, b);
-    fclose(f);
-    return n;
+    return file_count(path, needle, NULL) > 0;
 }
 
 /* One request on a fresh connection; returns its status (0: none) and its

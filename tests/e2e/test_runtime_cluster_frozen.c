@@ -175,20 +175,6 @@ static bool stopped(pid_t pid)
     return paren && paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't');
 }
 
-/* Lines of the worker's log holding needle. */
-static int log_lines(const char *needle)
-{
-    FILE *f = fopen(WLOG, "r");
-    if (!f)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
 /* Picks a {tag} for the effect keys whose slot is not on master `avoid`. */
 static void pick_prefix(int avoid)
 {
@@ -292,7 +278,7 @@ Test(runtime_cluster_frozen, healthy_partitions_progress_while_a_master_is_froze
     check(stopped(FROZEN), "master %d was not frozen all along", victim);
     long long frozen_ms = tf_now_ms() - frozen_at;
     /* the jobs said they skipped it, at most about once a second each */
-    int skips = log_lines("periodic job retry skipped");
+    int skips = tf_file_count(WLOG, "periodic job retry skipped", NULL);
     check(skips >= 1, "the retry job never said it skipped the frozen master");
     check(skips <= frozen_ms / 1000 + 3, "%d lines about the retry job's skips in %lld ms", skips, frozen_ms);
 

@@ -260,6 +260,19 @@ int tf_wait_exit(pid_t pid, int timeout_ms, int *status)
     }
 }
 
+int tf_file_count(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, a) && (!b || strstr(line, b));
+    fclose(f);
+    return n;
+}
+
 bool tf_wait_until(bool (*cond)(void *ud), void *ud, int timeout_ms)
 {
     long long deadline = tf_now_ms() + timeout_ms;

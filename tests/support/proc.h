@@ -42,6 +42,10 @@ int tf_wait_exit(pid_t pid, int timeout_ms, int *status);
  * timeout_ms has passed (returns false, after one last check). */
 bool tf_wait_until(bool (*cond)(void *ud), void *ud, int timeout_ms);
 
+/* How many lines of the file at path contain a, and b too unless b is
+ * NULL; -1 when the file cannot be opened. For reading logs in tests. */
+int tf_file_count(const char *path, const char *a, const char *b);
+
 /* A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read
  * it back, close). Another process may take it before you do: callers retry
  * on EADDRINUSE. Returns the port, or -1 with errno. */
