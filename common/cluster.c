@@ -111,7 +111,7 @@ redisContext *cm_cluster_node_conn(cm_cluster *cc, int i)
     node *n = &cc->nodes[i];
     int io = cm_cluster_io_ms(cc);
     if (n->c) {
-        if (!cc->borrowed && io > 0 && n->tmo_ms != io) {
+        if (!cc->borrowed && n->tmo_ms != io) {   /* io 0: back to no timeout */
             struct timeval tv = {io / 1000, (io % 1000) * 1000};
             if (redisSetTimeout(n->c, tv) == REDIS_OK)
                 n->tmo_ms = io;

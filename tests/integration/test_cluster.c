@@ -526,6 +526,36 @@ Test(cluster, best_effort_gives_up_on_a_frozen_master_and_skips_it)
     expect_key(frozen_key, "f");
 }
 
+/* Best effort caps the connections' timeouts only while it is on: a client
+ * opened without a timeout waits for a command longer than the budget
+ * again once it is off. */
+Test(cluster, best_effort_off_gives_the_client_its_own_timeout_back)
+{
+    char err[512] = "";
+    cm_cluster *cc = cm_cluster_open(g_cl.url, 0, err, sizeof err);
+    cr_assert_not_null(cc, "%s", err);
+    char key[32];
+    key_on(0, "be.t", -1, key, sizeof key);
+    cm_cluster_skips_begin(cc);
+    cm_cluster_set_best_effort(cc, 100);
+    redisReply *r = cm_cluster_command(cc, slot_of(key), "SET %s 0", key);
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "SET: %s", cm_cluster_errstr(cc));
+    freeReplyObject(r);
+    cm_cluster_set_best_effort(cc, 0);
+    /* a script that counts its runs and takes 400 ms, four times the budget:
+     * cut short by a timeout left over, the client would send it again */
+    r = cm_cluster_command(cc, slot_of(key), "EVAL %s 1 %s",
+                           "local n = redis.call('INCR', KEYS[1]) local t = redis.call('TIME') "
+                           "local s = t[1] * 1e6 + t[2] "
+                           "repeat local u = redis.call('TIME') until u[1] * 1e6 + u[2] - s > 400000 return n",
+                           key);
+    cr_expect(r && r->type == REDIS_REPLY_INTEGER && r->integer == 1, "the slow command: %s",
+              r ? (r->str ? r->str : "another run") : cm_cluster_errstr(cc));
+    freeReplyObject(r);
+    cm_cluster_free(cc);
+    expect_key(key, "1");
+}
+
 /* The bus retention of a worker's job on a cluster (best effort): with one
  * master frozen, the buses of the partitions on the other masters are
  * trimmed at once and the call says it failed; once the master answers
