@@ -203,6 +203,11 @@ int cm_pipe_slot(const cm_pipe *p, size_t i);
  * deadline passed first: the replies that came are kept, the others NULL. */
 int cm_pipe_exec(cm_pipe *p) __attribute__((warn_unused_result));
 
+/* cm_pipe_exec with best effort off for this call: for commands that block
+ * on purpose, such as WAIT, which a best-effort budget would cut short (and
+ * a WAIT resent on a new connection confirms nothing written before). */
+int cm_pipe_exec_blocking(cm_pipe *p) __attribute__((warn_unused_result));
+
 /* The node that gave command i its final reply after cm_pipe_exec (the
  * same number for two commands one master answered), or -1 when it has
  * none. A keyless command (WAIT) is never redirected: comparing nodes tells

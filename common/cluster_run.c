@@ -54,6 +54,8 @@ typedef struct creq {
     redisReply *reply;      /* the final reply once done */
     bool done;
     bool skipped;           /* best effort: its node gave up in this run; no reply */
+    int fault;              /* the node that last failed it (I/O, TRYAGAIN, CLUSTERDOWN,
+                             * LOADING); -1 when its last try failed for no node's fault */
 } creq;
 
 struct cm_pipe {
@@ -306,6 +308,7 @@ static int redirect_target(cm_cluster *cc, const redisReply *r, int from, int *s
  * Returns true when q must wait for a backoff before its next try. */
 static bool handle_reply(cm_cluster *cc, creq *q, redisReply *r, int from)
 {
+    q->fault = -1;   /* it answered; only the transient errors below are its fault */
     if (r->type != REDIS_REPLY_ERROR) {
         q->reply = r;
         q->done = true;
@@ -343,6 +346,7 @@ static bool handle_reply(cm_cluster *cc, creq *q, redisReply *r, int from)
                            cc->nodes[from].port, (int)r->len, r->str);
         if (err_is(r, "CLUSTERDOWN"))
             cc->map_stale = true;
+        q->fault = from;
         freeReplyObject(r);
         return true;
     }
@@ -390,6 +394,7 @@ static bool send_round(cm_cluster *cc, creq *q, size_t n)
         redisContext *c = cm_cluster_node_conn(cc, to);
         if (!c) {
             cc->map_stale = cc->url.cluster;
+            q[i].fault = to;
             wait = true;
             continue;
         }
@@ -475,14 +480,16 @@ static bool read_node(cm_cluster *cc, creq *q, size_t n, int k)
         redisReply *r;
         if (!cc->nodes[k].c || !read_request(cc, &q[i], k, &r)) {
             cm_cluster_node_drop(cc, k);   /* the rest of k's requests are resent next round */
+            q[i].fault = k;
             wait = true;
             continue;
         }
         wait |= handle_reply(cc, &q[i], r, k);
-        cc->nodes[k].backoff_ms = 0;   /* it answers: best effort stops skipping it */
-        cc->nodes[k].skip_until_ms = 0;
-        if (q[i].done)
+        if (q[i].done) {
             q[i].answered = k;
+            cc->nodes[k].backoff_ms = 0;   /* a final answer: best effort stops skipping it */
+            cc->nodes[k].skip_until_ms = 0;
+        }
     }
     return wait;
 }
@@ -520,8 +527,10 @@ static int run(cm_cluster *cc, creq *q, size_t n)
     int backoff = BACKOFF_MIN_MS;
     cc->err = 0;
     cc->errstr[0] = '\0';
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         q[i].skipped = false;
+        q[i].fault = -1;
+    }
     for (;;) {
         if (cc->map_stale)
             cm_cluster_reload(cc);   /* on failure the old map still routes, and map_stale stays */
@@ -549,11 +558,11 @@ static int run(cm_cluster *cc, creq *q, size_t n)
             continue;
         int64_t now = cm_mono_ms();
         if (now >= deadline) {
-            for (size_t i = 0; cc->budget_ms > 0 && i < n; i++) {
-                int to = q[i].done || q[i].skipped ? -1 : target(cc, &q[i]);
-                if (to >= 0)
-                    cm_cluster_node_give_up(cc, to);
-            }
+            /* give up the nodes that failed a pending request, not those it
+             * was redirected to or that asked for a script's source */
+            for (size_t i = 0; cc->budget_ms > 0 && i < n; i++)
+                if (!q[i].done && !q[i].skipped && q[i].fault >= 0)
+                    cm_cluster_node_give_up(cc, q[i].fault);
             if (!cc->errstr[0])
                 cm_cluster_set_err(cc, CM_CLUSTER_EUNAVAIL, "no answer within %d ms", limit);
             cc->err = CM_CLUSTER_EUNAVAIL;
@@ -715,6 +724,15 @@ int cm_pipe_slot(const cm_pipe *p, size_t i)
 int cm_pipe_exec(cm_pipe *p)
 {
     return run(p->cc, p->q, p->n);
+}
+
+int cm_pipe_exec_blocking(cm_pipe *p)
+{
+    int budget = p->cc->budget_ms;
+    p->cc->budget_ms = 0;
+    int rc = run(p->cc, p->q, p->n);
+    p->cc->budget_ms = budget;
+    return rc;
 }
 
 int cm_pipe_node(const cm_pipe *p, size_t i)

@@ -451,7 +451,7 @@ static bool node_replicated(wk_ctx *ctx, int slot, long long held)
     }
     cm_pipe_command(p, slot, "WAIT %lld %lld", (long long)ctx->set.wait_replicas, (long long)ctx->set.wait_timeout_ms);
     long long got = -1;
-    if (cm_pipe_exec(p) == 0) {
+    if (cm_pipe_exec_blocking(p) == 0) {   /* a job's best effort would cut the WAIT short */
         redisReply *r = w ? cm_pipe_take(p, 0) : NULL;
         if (r && r->type == REDIS_REPLY_ERROR)   /* e.g. an ACL without the channel: the WAIT may cover less */
             cm_log_limited(CM_ERROR, "wk-wait-mark", "PUBLISH %s: %s", CM_WAIT_MARK_CHANNEL, r->str);

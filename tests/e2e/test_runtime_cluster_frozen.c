@@ -190,7 +190,14 @@ static void pick_prefix(int avoid)
     cr_assert_neq(tf_cluster_master_of(&CL, slot_of(K_HANDLED)), avoid);
 }
 
+static void spawn_with(const char *extra);
 static void spawn(void)
+{
+    spawn_with(NULL);
+}
+
+/* Starts the worker, with one more environment entry when extra is set. */
+static void spawn_with(const char *extra)
 {
     const char *bin = getenv("CHORUS_WORKER_BIN");
     cr_assert_not_null(bin, "CHORUS_WORKER_BIN is not set (run through meson test)");
@@ -203,7 +210,7 @@ static void spawn(void)
     snprintf(tmo, sizeof tmo, "REDIS_TIMEOUT_MS=%d", WORKER_TIMEOUT_MS);
     /* a failure's retry comes 1..2 s later (RETRY_BASE_MS), within the freeze */
     const char *env[] = {url, bus, prefix, tmo, "PARTITIONS=8", "CONSUMER_NAME=rtf-a", "BLOCK_MS=100",
-                         "CLAIM_IDLE_MS=10000", "RETRY_BASE_MS=2000", "METRICS_PORT=0", NULL};
+                         "CLAIM_IDLE_MS=10000", "RETRY_BASE_MS=2000", "METRICS_PORT=0", extra, NULL};
     const char *argv[] = {bin, "test", NULL};
     WORKER = tf_spawn(argv, env, WLOG);
     cr_assert_gt(WORKER, 0, "cannot start %s: %s", bin, strerror(errno));
@@ -295,4 +302,48 @@ Test(runtime_cluster_frozen, healthy_partitions_progress_while_a_master_is_froze
     for (int i = vfail; i < vfail_end; i++)
         check(attempts(EV[i].event_id) >= 2, "the frozen partition's failed event was not retried");
     cr_log_info("%d waves handled during a %lld ms freeze", waves, frozen_ms);
+}
+
+/* With REDIS_WAIT_REPLICAS=1 and one replica frozen, the WAIT before the
+ * acks comes back short after REDIS_WAIT_TIMEOUT_MS (500 ms): the acks are
+ * held, and no master is given up. The WAIT a job's ack flush sends is not
+ * cut at the jobs' 300 ms budget (that gave its master up, skipping its
+ * partitions, and a WAIT resent on a new connection confirms nothing).
+ * Once the replica is back every event is handled once and acked. */
+Test(runtime_cluster_frozen, a_lagging_replica_holds_acks_without_giving_its_master_up)
+{
+    int owner[NPART];
+    for (int p = 0; p < NPART; p++)
+        owner[p] = master_of_partition(p);
+    int victim = owner[0];
+    int replica = tf_cluster_replica_of(&CL, victim);
+    cr_assert_geq(replica, 0, "master %d has no replica", victim);
+    pick_prefix(-1);
+    spawn_with("REDIS_WAIT_REPLICAS=1");
+    for (int p = 0; p < NPART; p++)
+        append_one(p, "{\"mode\":\"ok\"}");
+    span warm = {0, NEV};
+    check(tf_wait_until(all_handled, &warm, 30000), "warm-up events not handled");
+
+    FROZEN = CL.node[replica].server_pid;
+    cr_assert_eq(kill(FROZEN, SIGSTOP), 0);
+    /* each round now waits REDIS_WAIT_TIMEOUT_MS for its WAIT: slower, not stopped */
+    span w = {NEV, 0};
+    for (int p = 0; p < NPART; p++)
+        append_one(p, "{\"mode\":\"ok\"}");
+    w.to = NEV;
+    check(tf_wait_until(all_handled, &w, 30000), "events not handled while replica %d is frozen", replica);
+    check(stopped(FROZEN), "replica %d was not frozen all along", replica);
+    check(tf_file_count(WLOG, "replicas confirmed within", NULL) >= 1, "no WAIT came back short");
+    int skips = tf_file_count(WLOG, "skipped the partitions", NULL);
+    check(skips == 0, "%d lines say a job gave a master up while only a replica lagged", skips);
+
+    cr_assert_eq(kill(FROZEN, SIGCONT), 0);
+    FROZEN = 0;
+    span all = {0, NEV};
+    check(tf_wait_until(all_handled, &all, 30000), "not every event was handled after the thaw");
+    check(tf_wait_until(nothing_pending, NULL, 30000), "acks still held after the replica caught up");
+    for (int i = 0; i < NEV; i++)
+        check(handled(EV[i].event_id) == 1, "event %d (partition %d) handled %lld times", i, EV[i].partition,
+              handled(EV[i].event_id));
 }

@@ -689,6 +689,25 @@ Test(scripts, a_corrupted_mark_fails_its_own_line_alone)
     product("p3", 10);
     num("SET %s sold:", cm_key_hold("p3", "co-bad").s);
     hold_around_a_bad_mark("p3", "a corrupted mark answered a state");
+    /* any op: a held mark without its number, and a value that is no mark,
+     * each fail their own line; the call's held line is sold as alone */
+    num("SET %s held:", cm_key_hold("p3", "co-bad").s);
+    num("SET %s junk", cm_key_hold("p3", "co-junk").s);
+    wk_line l1 = {.product_id = "p3", .qty = 1};
+    wk_line_set *ls = wk_line_set_new();
+    size_t a = wk_line_set_add(ls, WK_LINE_SELL, "co-a", &l1);
+    size_t bad = wk_line_set_add(ls, WK_LINE_SELL, "co-bad", &l1);
+    size_t junk = wk_line_set_add(ls, WK_LINE_RELEASE, "co-junk", &l1);
+    set_run(ls, 60, 2);
+    expect_res(ls, a, WK_MARK_SOLD, 1, true);
+    wk_line_res r;
+    cr_expect_eq(wk_line_set_res(ls, bad, &r), -1, "a held mark without its number answered");
+    cr_expect_eq(wk_line_set_res(ls, junk, &r), -1, "a value that is no mark answered");
+    wk_line_set_free(ls);
+    char *m = str("GET %s", cm_key_hold("p3", "co-junk").s);
+    cr_expect_str_eq(m, "junk");
+    free(m);
+    cr_expect_eq(stock_total("p3"), 10);
 }
 
 Test(scripts, a_mark_key_of_another_type_fails_its_own_line_alone)

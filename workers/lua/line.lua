@@ -29,7 +29,9 @@
 -- table each: Redis converts a nested table much more slowly): the mark
 -- after the op ("none" when absent and left so), its quantity, and 1 when
 -- this call changed it; a line whose mark's key holds something else (a
--- hash, a mark without a number) answers a nil quantity: it fails alone.
+-- value that is no mark, a mark without a number, or, while the counters
+-- are plain integers, a key of another type) answers a nil quantity and
+-- changes nothing: it fails alone, whatever the op.
 local product, op, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if op ~= 'hold' and op ~= 'undo' and op ~= 'sell' and op ~= 'release' then
   return redis.error_reply('line.lua: unknown op ' .. tostring(op))
@@ -66,8 +68,9 @@ local function step(mark, hold_qty)
     return {'held', q, 1}
   end
   local c = string.find(cur, ':', 1, true)
+  if not c then return {cur, false, 0} end   -- not a mark: its line fails alone
   local state, q = string.sub(cur, 1, c - 1), tonumber(string.sub(cur, c + 1))
-  if state ~= 'held' or op == 'hold' then return {state, q, 0} end
+  if not q or state ~= 'held' or op == 'hold' then return {state, q or false, 0} end
   if op == 'sell' then
     redis.call('HINCRBY', product, 'reserved', -q)
     redis.call('HINCRBY', product, 'sold', q)
@@ -156,8 +159,9 @@ local function fast(v)
       return {'held', q, 1}
     end
     local x = string.find(m, ':', 1, true)
+    if not x then return {m, false, 0} end   -- not a mark: its line fails alone
     local state, q = string.sub(m, 1, x - 1), tonumber(string.sub(m, x + 1))
-    if state ~= 'held' or op == 'hold' then return {state, q, 0} end
+    if not q or state ~= 'held' or op == 'hold' then return {state, q or false, 0} end
     add(2, -q)
     if op == 'sell' then
       add(3, q)
