@@ -216,6 +216,18 @@ static void spawn_with(const char *extra)
     cr_assert_gt(WORKER, 0, "cannot start %s: %s", bin, strerror(errno));
 }
 
+/* Once the frozen server is back: every event appended is handled, exactly
+ * once, and nothing is left pending (every ack went out). */
+static void all_handled_once_after_the_thaw(void)
+{
+    span all = {0, NEV};
+    check(tf_wait_until(all_handled, &all, 40000), "not every event was handled after the thaw");
+    check(tf_wait_until(nothing_pending, NULL, 30000), "entries still pending (acks held) after the thaw");
+    for (int i = 0; i < NEV; i++)
+        check(handled(EV[i].event_id) == 1, "event %d (partition %d) handled %lld times", i, EV[i].partition,
+              handled(EV[i].event_id));
+}
+
 /* With one master frozen (SIGSTOP, no failover), the partitions on the
  * other masters go on: waves of their events, and the retry of a failed
  * one, are handled while it stays frozen; once it is thawed, its
@@ -293,12 +305,7 @@ Test(runtime_cluster_frozen, healthy_partitions_progress_while_a_master_is_froze
     FROZEN = 0;
     for (int p = 0; p < NPART; p++)
         append_one(p, "{\"mode\":\"ok\"}");
-    span all = {0, NEV};
-    check(tf_wait_until(all_handled, &all, 40000), "not every event was handled after the thaw");
-    check(tf_wait_until(nothing_pending, NULL, 30000), "entries still pending after the thaw");
-    for (int i = 0; i < NEV; i++)
-        check(handled(EV[i].event_id) == 1, "event %d (partition %d) handled %lld times", i, EV[i].partition,
-              handled(EV[i].event_id));
+    all_handled_once_after_the_thaw();
     for (int i = vfail; i < vfail_end; i++)
         check(attempts(EV[i].event_id) >= 2, "the frozen partition's failed event was not retried");
     cr_log_info("%d waves handled during a %lld ms freeze", waves, frozen_ms);
@@ -340,10 +347,5 @@ Test(runtime_cluster_frozen, a_lagging_replica_holds_acks_without_giving_its_mas
 
     cr_assert_eq(kill(FROZEN, SIGCONT), 0);
     FROZEN = 0;
-    span all = {0, NEV};
-    check(tf_wait_until(all_handled, &all, 30000), "not every event was handled after the thaw");
-    check(tf_wait_until(nothing_pending, NULL, 30000), "acks still held after the replica caught up");
-    for (int i = 0; i < NEV; i++)
-        check(handled(EV[i].event_id) == 1, "event %d (partition %d) handled %lld times", i, EV[i].partition,
-              handled(EV[i].event_id));
+    all_handled_once_after_the_thaw();
 }
