@@ -46,6 +46,15 @@ local function settle(mark, state, qty)
   return {state, qty, 1}
 end
 
+-- A stored mark's state and quantity; nil when it is no mark ("<state>:<n>"):
+-- its line then fails alone.
+local function parse_mark(m)
+  local x = string.find(m, ':', 1, true)
+  local q = x and tonumber(string.sub(m, x + 1))
+  if not q then return nil end
+  return string.sub(m, 1, x - 1), q
+end
+
 -- An integer field, nil when absent or not an integer (dflt when absent).
 local function int(v, dflt)
   if not v then return dflt end
@@ -67,10 +76,9 @@ local function step(mark, hold_qty)
     redis.call('SET', mark, 'held:' .. q)
     return {'held', q, 1}
   end
-  local c = string.find(cur, ':', 1, true)
-  if not c then return {cur, false, 0} end   -- not a mark: its line fails alone
-  local state, q = string.sub(cur, 1, c - 1), tonumber(string.sub(cur, c + 1))
-  if not q or state ~= 'held' or op == 'hold' then return {state, q or false, 0} end
+  local state, q = parse_mark(cur)
+  if not state then return {cur, false, 0} end
+  if state ~= 'held' or op == 'hold' then return {state, q, 0} end
   if op == 'sell' then
     redis.call('HINCRBY', product, 'reserved', -q)
     redis.call('HINCRBY', product, 'sold', q)
@@ -158,10 +166,9 @@ local function fast(v)
       put(mark, 'held:' .. q, false)
       return {'held', q, 1}
     end
-    local x = string.find(m, ':', 1, true)
-    if not x then return {m, false, 0} end   -- not a mark: its line fails alone
-    local state, q = string.sub(m, 1, x - 1), tonumber(string.sub(m, x + 1))
-    if not q or state ~= 'held' or op == 'hold' then return {state, q or false, 0} end
+    local state, q = parse_mark(m)
+    if not state then return {m, false, 0} end
+    if state ~= 'held' or op == 'hold' then return {state, q, 0} end
     add(2, -q)
     if op == 'sell' then
       add(3, q)
