@@ -291,38 +291,19 @@ static long long by_consumer(const char *name) { return tc_ll(CC, "test:by_consu
  * stream (a missing group counts 0). */
 static long long pending_all(void)
 {
-    long long n = 0;
-    for (int p = 0; p < NPART; p++) {
-        cm_key bus = cm_key_bus(BUS, p);
-        cm_key streams[2] = {bus, cm_key_retry(bus.s, GROUP)};
-        for (int k = 0; k < 2; k++) {
-            redisReply *r = cm_cluster_command(CC, slot_of(streams[k].s), "XPENDING %s %s", streams[k].s, GROUP);
-            cr_assert_not_null(r, "%s", cm_cluster_errstr(CC));
-            if (r->type == REDIS_REPLY_ARRAY)
-                n += cm_reply_ll(cm_reply_elem(r, 0), 0);
-            freeReplyObject(r);
-        }
-    }
-    return n;
+    return tc_pending_all(CC, BUS, GROUP);
 }
 
 /* Appends `per` events of type with data data_json into each partition,
  * each its own checkout; records them in EV. */
 static void append_typed(const char *data_json, int per, const char *type)
 {
-    json_error_t jerr;
-    json_t *data = json_loads(data_json, 0, &jerr);
-    cr_assert_not_null(data, "bad test data %s", data_json);
     for (int p = 0; p < NPART; p++) {
         for (int i = 0; i < per; i++) {
             cr_assert_lt(NEV, MAX_EVENTS);
-            char agg[37];
-            cm_partition_id(p, agg);
-            es_new_event ev = {.type = type, .data = data};
-            es_append_req req = {.aggregate = "checkout", .aggregate_id = agg, .producer = "test-runtime-cluster",
-                                 .expected_version = ES_ANY_VERSION, .events = &ev, .n = 1};
             es_append_res res;
-            cr_assert_eq(es_append(S, &req, &res), ES_OK, "es_append: %s", es_store_errstr(S));
+            char agg[37];
+            tc_append_to_partition(S, p, type, data_json, "test-runtime-cluster", agg, &res);
             event_ref *e = &EV[NEV++];
             snprintf(e->event_id, sizeof e->event_id, "%s", res.pos[0].event_id);
             snprintf(e->entry_id, sizeof e->entry_id, "%s", res.pos[0].entry_id);
@@ -330,7 +311,6 @@ static void append_typed(const char *data_json, int per, const char *type)
             e->partition = p;
         }
     }
-    json_decref(data);
 }
 
 static void append_each_partition(const char *data_json, int per)
@@ -561,15 +541,9 @@ Test(runtime_cluster, sigkilled_worker_entries_are_claimed_and_resumed)
      * event (partition 3); it holds other partitions' entries of its round */
     worker *a = spawn_worker("kill-a", "TEST_HANDLE_DELAY_MS=20", NULL);
     append_each_partition("{\"mode\":\"ok\"}", 3);
-    json_t *crash_data = json_pack("{s:s}", "mode", "crash");
     char agg[37];
-    cm_partition_id(3, agg);
-    es_new_event ev = {.type = "CheckoutInitiated", .data = crash_data};
-    es_append_req req = {.aggregate = "checkout", .aggregate_id = agg, .producer = "test-runtime-cluster",
-                         .expected_version = ES_ANY_VERSION, .events = &ev, .n = 1};
     es_append_res res;
-    cr_assert_eq(es_append(S, &req, &res), ES_OK, "es_append: %s", es_store_errstr(S));
-    json_decref(crash_data);
+    tc_append_to_partition(S, 3, "CheckoutInitiated", "{\"mode\":\"crash\"}", "test-runtime-cluster", agg, &res);
     int crash = NEV++;
     snprintf(EV[crash].event_id, sizeof EV[crash].event_id, "%s", res.pos[0].event_id);
     EV[crash].partition = 3;

@@ -113,17 +113,9 @@ static long long attempts(const char *id) { return tc_ll(CC, K_ATTEMPTS, "HGET %
 static void append_one(int p, const char *data_json)
 {
     cr_assert_lt(NEV, MAX_EVENTS);
-    json_error_t jerr;
-    json_t *data = json_loads(data_json, 0, &jerr);
-    cr_assert_not_null(data);
     char agg[37];
-    cm_partition_id(p, agg);
-    es_new_event ev = {.type = "CheckoutInitiated", .data = data};
-    es_append_req req = {.aggregate = "checkout", .aggregate_id = agg, .producer = "test-runtime-cluster-frozen",
-                         .expected_version = ES_ANY_VERSION, .events = &ev, .n = 1};
     es_append_res res;
-    cr_assert_eq(es_append(S, &req, &res), ES_OK, "es_append: %s", es_store_errstr(S));
-    json_decref(data);
+    tc_append_to_partition(S, p, "CheckoutInitiated", data_json, "test-runtime-cluster-frozen", agg, &res);
     snprintf(EV[NEV].event_id, sizeof EV[NEV].event_id, "%s", res.pos[0].event_id);
     EV[NEV].partition = p;
     NEV++;
@@ -142,22 +134,11 @@ static bool all_handled(void *ud)
     return true;
 }
 
-/* The group's pending entries over every partition's streams. */
+/* Nothing pending for the group on any partition's streams. */
 static bool nothing_pending(void *ud)
 {
     (void)ud;
-    for (int p = 0; p < NPART; p++) {
-        cm_key bus = cm_key_bus(BUS, p);
-        cm_key streams[2] = {bus, cm_key_retry(bus.s, GROUP)};
-        for (int k = 0; k < 2; k++) {
-            redisReply *r = tc_cmd(CC, streams[k].s, "XPENDING %s %s", streams[k].s, GROUP);
-            long long n = r->type == REDIS_REPLY_ARRAY ? cm_reply_ll(cm_reply_elem(r, 0), 0) : 0;
-            freeReplyObject(r);
-            if (n)
-                return false;
-        }
-    }
-    return true;
+    return tc_pending_all(CC, BUS, GROUP) == 0;
 }
 
 /* True while process pid is stopped (state T in /proc/<pid>/stat). */
@@ -190,14 +171,8 @@ static void pick_prefix(int avoid)
     cr_assert_neq(tf_cluster_master_of(&CL, slot_of(K_HANDLED)), avoid);
 }
 
-static void spawn_with(const char *extra);
-static void spawn(void)
-{
-    spawn_with(NULL);
-}
-
 /* Starts the worker, with one more environment entry when extra is set. */
-static void spawn_with(const char *extra)
+static void spawn(const char *extra)
 {
     const char *bin = getenv("CHORUS_WORKER_BIN");
     cr_assert_not_null(bin, "CHORUS_WORKER_BIN is not set (run through meson test)");
@@ -246,7 +221,7 @@ Test(runtime_cluster_frozen, healthy_partitions_progress_while_a_master_is_froze
         healthy += owner[p] != victim;
     cr_assert(healthy > 0 && healthy < NPART, "the partitions are all on one master");
     pick_prefix(victim);
-    spawn();
+    spawn(NULL);
 
     /* every partition is being read (each master's groups exist) */
     for (int p = 0; p < NPART; p++)
@@ -326,7 +301,7 @@ Test(runtime_cluster_frozen, a_lagging_replica_holds_acks_without_giving_its_mas
     int replica = tf_cluster_replica_of(&CL, victim);
     cr_assert_geq(replica, 0, "master %d has no replica", victim);
     pick_prefix(-1);
-    spawn_with("REDIS_WAIT_REPLICAS=1");
+    spawn("REDIS_WAIT_REPLICAS=1");
     for (int p = 0; p < NPART; p++)
         append_one(p, "{\"mode\":\"ok\"}");
     span warm = {0, NEV};
